@@ -1,0 +1,222 @@
+"""A Llama-family decoder-only transformer with a preallocated KV cache.
+
+    tokens ─► embedding ─► n x [ x + Attn(RMSNorm(x)) ; x + SwiGLU(RMSNorm(x)) ] ─► RMSNorm ─► head ─► logits
+
+Attention is grouped-query (n_kv_heads <= n_heads) with rotary position embedding (half-split pairs, the
+Hugging Face convention), optional qkv bias (Qwen2), and a tied or separate output head.
+
+The KV cache is a buffer [B, n_kv_heads, S, head_dim] per layer; `forward(tokens, input_pos)` writes the new
+keys/values at the cache slots `input_pos` and attends to every slot <= the query's slot. Prefill (T tokens)
+and one-token decode (T = 1) are the same code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import DecoderConfig
+from model.layers import RMSNorm, SwiGLU, apply_rope, rope_tables
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for one layer: [B, n_kv_heads, max_seq_len, head_dim] each."""
+
+    def __init__(self, batch_size: int, n_kv_heads: int, max_seq_len: int, head_dim: int,
+                 device: torch.device | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # input_pos: [T]; k, v: [B, n_kv, T, hd] -> the whole cache [B, n_kv, S, hd]
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary embedding."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=config.qkv_bias)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        input_pos: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        kv_len: int | None,
+    ) -> torch.Tensor:
+        # x: [B, T, D]; cos/sin: [T, hd]; mask: [B or 1, 1, T, S'] bool or None (None = causal over T)
+        batch, seq, _ = x.shape
+        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
+        k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
+        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if input_pos is not None:
+            if self.kv_cache is None:
+                raise RuntimeError("forward with input_pos needs a KV cache: call setup_cache() first")
+            k, v = self.kv_cache.update(input_pos, k, v)  # [B, nkv, S, hd]
+            if kv_len is not None:  # attend only over the filled prefix of the cache
+                k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+        gqa = self.n_kv_heads != self.n_heads
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)  # [B, T, nh*hd]
+        return self.wo(out)
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = SwiGLU(config.dim, config.ffn_dim)
+
+    def forward(self, x, cos, sin, input_pos, mask, kv_len):
+        x = x + self.attention(self.attention_norm(x), cos, sin, input_pos, mask, kv_len)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Decoder(nn.Module):
+    """The decoder-only language model. `forward` returns logits [B, T, vocab]."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, hd]
+        self.register_buffer("rope_sin", sin, persistent=False)
+        # When True, decode attends over the whole cache with a mask (fixed shapes: what torch.compile /
+        # CUDA graphs need); when False, only over the filled prefix (less work in eager mode).
+        self.static_cache_attention = False
+        self.cache_batch_size = 0
+        self.cache_len = 0
+
+    def init_weights(self, std: float = 0.02, seed: int | None = None) -> "Decoder":
+        """Random initialisation for training from scratch (normal(0, std), norms at 1, biases at 0)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for name, param in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("norm.weight"):
+                    param.fill_(1.0)
+                elif name.endswith("bias"):
+                    param.zero_()
+                else:
+                    param.copy_(torch.randn(param.shape, generator=gen) * std)
+        return self
+
+    # ---- cache --------------------------------------------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None,
+                    device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        """Allocate a KV cache for `batch_size` sequences of up to `max_seq_len` tokens (default: the context)."""
+        max_seq_len = min(max_seq_len or self.config.max_seq_len, self.config.max_seq_len)
+        param = self.tok_embeddings.weight
+        device = torch.device(device) if device is not None else param.device
+        dtype = dtype or (param.dtype if param.is_floating_point() else torch.float32)
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_seq_len,
+                                               self.config.head_dim, device, dtype)
+        self.cache_batch_size, self.cache_len = batch_size, max_seq_len
+
+    def reset_cache(self) -> None:
+        """Drop the KV cache (frees its memory)."""
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+        self.cache_batch_size = self.cache_len = 0
+
+    # ---- forward ------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        pad_mask: torch.Tensor | None = None,
+        kv_len: int | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, V] for tokens [B, T].
+
+        input_pos None: no cache, causal attention over `tokens` alone (training, scoring).
+        input_pos [T] (long): cache slots of these tokens. Each query attends to cache slots <= its own slot,
+        and, when pad_mask [B, S] (bool, True = real token) is given, only to slots marked True (left-padded
+        batches: RoPE depends on slot differences only, so padding slots shift nothing once they are masked).
+        kv_len: attend over cache slots [0, kv_len); default = last input position + 1 (eager) or the whole
+        cache (static_cache_attention).
+        """
+        batch, seq = tokens.shape
+        x = self.tok_embeddings(tokens)  # [B, T, D]
+        mask = None
+        if input_pos is None:
+            if seq > self.config.max_seq_len:
+                raise ValueError(f"{seq} tokens exceed the context window of {self.config.max_seq_len}")
+            positions = torch.arange(seq, device=tokens.device)
+        else:
+            positions = input_pos
+            if self.static_cache_attention:
+                kv_len = None
+                slots = torch.arange(self.cache_len, device=tokens.device)  # [S]
+            else:
+                if kv_len is None:
+                    kv_len = int(input_pos[-1]) + 1
+                slots = torch.arange(kv_len, device=tokens.device)  # [S']
+            causal = slots[None, :] <= input_pos[:, None]  # [T, S']
+            mask = causal[None, None]  # [1, 1, T, S']
+            if pad_mask is not None:
+                mask = mask & pad_mask[:, None, None, : slots.shape[0]]  # [B, 1, T, S']
+            elif seq == 1 and not self.static_cache_attention:
+                mask = None  # one query at the newest slot sees the whole filled prefix
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [T, hd]
+        for layer in self.layers:
+            x = layer(x, cos, sin, input_pos, mask, kv_len)
+        return self.output(self.norm(x))
+
+
+@torch.inference_mode()
+def greedy_generate(decoder: Decoder, prompt_ids: Sequence[int], max_new_tokens: int,
+                    eos_ids: Sequence[int] = ()) -> list[int]:
+    """Plain greedy decoding with the KV cache: prefill the prompt, then one token at a time.
+
+    Returns the new token ids (without the prompt), stopping after an EOS id or `max_new_tokens`.
+    """
+    device = decoder.tok_embeddings.weight.device
+    total = len(prompt_ids) + max_new_tokens
+    if total > decoder.config.max_seq_len:
+        raise ValueError(f"prompt + new tokens ({total}) exceed the context window ({decoder.config.max_seq_len})")
+    decoder.setup_cache(1, total)
+    tokens = torch.tensor([list(prompt_ids)], device=device)  # [1, T]
+    logits = decoder(tokens, torch.arange(tokens.shape[1], device=device))  # prefill: [1, T, V]
+    out: list[int] = []
+    pos = tokens.shape[1]
+    for _ in range(max_new_tokens):
+        next_id = int(logits[0, -1].argmax())
+        out.append(next_id)
+        if next_id in eos_ids:
+            break
+        logits = decoder(torch.tensor([[next_id]], device=device), torch.tensor([pos], device=device))
+        pos += 1
+    return out
