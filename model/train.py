@@ -376,7 +376,7 @@ class Trainer:
                     with self._autocast():
                         loss, _ = loss_sum(self.model, input_ids.to(self.device), labels.to(self.device))
                     (loss / max(n_target, 1)).backward()
-                    total_loss += float(loss)
+                    total_loss += float(loss.detach())
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_([p for _, p in self.named_trainable], config.grad_clip)
                 self.optimizer.step()
