@@ -1,0 +1,214 @@
+"""Search an index: dense (FAISS), lexical (BM25) or hybrid (reciprocal-rank fusion of both).
+
+Every returned `Hit` carries `dense_score`, the cosine between the query and the chunk, whatever the mode:
+the assistant uses it to decide that a question is not answered by the documents.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from retrieval.errors import IndexMismatchError, RetrievalError
+from retrieval.store import IndexStore, faiss_module, lexical_tokens, rebuild_hint
+
+RRF_K = 60
+MODES = ("hybrid", "dense", "lexical")
+
+PathFilter = str | Iterable[str] | Callable[[str], bool] | None
+
+
+@dataclass
+class Hit:
+    """One retrieved passage. `score` is the mode's own score (cosine, BM25 or RRF); `rank` starts at 1.
+
+    `path` is relative to the indexed folder; `also_in` lists other files with the very same content.
+    """
+
+    chunk_id: int
+    text: str
+    path: str
+    heading: str
+    page: int | None
+    start: int
+    end: int
+    score: float
+    dense_score: float
+    lexical_score: float | None
+    rank: int
+    also_in: tuple[str, ...] = ()
+
+
+def path_matcher(path_filter: PathFilter) -> Callable[[str], bool] | None:
+    """Turn a path filter into a predicate on relative paths.
+
+    A string is a glob pattern when it contains * ? or [ (matched against the whole relative path, e.g.
+    "notes/*.md" or "*.pdf"), else a file path or folder prefix ("notes" matches "notes/a.md").
+    A list of strings matches when any of them does; a callable is used as it is.
+    """
+    if path_filter is None:
+        return None
+    if callable(path_filter):
+        return path_filter
+    patterns = [path_filter] if isinstance(path_filter, str) else list(path_filter)
+
+    def one(pattern: str) -> Callable[[str], bool]:
+        pattern = pattern.replace("\\", "/").lstrip("./") if not pattern.startswith("@") else pattern
+        if any(c in pattern for c in "*?["):
+            return lambda p: fnmatch.fnmatchcase(p, pattern)
+        prefix = pattern.rstrip("/") + "/"
+        return lambda p: p == pattern or p.startswith(prefix)
+
+    matchers = [one(p) for p in patterns]
+    return lambda path: any(m(path) for m in matchers)
+
+
+class Retriever:
+    """Search one index with one encoder. Reloads by itself when another process updates the index."""
+
+    def __init__(self, index: str | Path | IndexStore, encoder) -> None:
+        self.store = index if isinstance(index, IndexStore) else IndexStore.open(index)
+        self.encoder = encoder
+        settings = self.store.settings
+        if settings.encoder != encoder.name or settings.dim != int(encoder.dim):
+            raise IndexMismatchError(
+                f"the index at {self.store.path} was built with encoder {settings.encoder} ({settings.dim}-d), "
+                f"but the current encoder is {encoder.name} ({encoder.dim}-d). " + rebuild_hint(self.store.path))
+        self._reload_lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Pick up a newer generation written by another process (e.g. an upload). True if reloaded."""
+        if not self.store.changed_on_disk():
+            return False
+        with self._reload_lock:
+            return self.store.reload()
+
+    def stats(self) -> dict:
+        """files, chunks, encoder, dim and more (see `IndexStore.stats`)."""
+        self.refresh()
+        return self.store.stats()
+
+    def embed_query(self, query: str) -> np.ndarray:
+        return np.asarray(self.encoder.embed([query], batch_size=1), dtype=np.float32)[0]  # [dim]
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", path_filter: PathFilter = None,
+               mmr: bool = False, mmr_lambda: float = 0.7, candidates: int | None = None) -> list[Hit]:
+        """The `k` best passages for `query`.
+
+        mode: "dense" (cosine, FAISS), "lexical" (BM25) or "hybrid" (reciprocal-rank fusion, k=60, of the
+        top `candidates` of each; default max(50, 4k)). `path_filter`: see `path_matcher`.
+        `mmr=True` re-ranks the candidates by maximal marginal relevance
+        (mmr_lambda * cos(q, d) - (1 - mmr_lambda) * max cos(d, already chosen)) to avoid near-duplicates.
+        """
+        if mode not in MODES:
+            raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        if k <= 0 or not query or not query.strip():
+            return []
+        self.refresh()
+        store = self.store
+        faiss_index, bm25, bm25_ids = store.faiss_index, store.bm25, store.bm25_ids
+        if faiss_index is None or faiss_index.ntotal == 0:
+            return []
+        keep = path_matcher(path_filter)
+        allowed = store.chunk_ids_for_paths(keep) if keep is not None else None
+        if allowed is not None and len(allowed) == 0:
+            return []
+        n_cand = candidates or max(50, 4 * k)
+        if mode != "hybrid" and not mmr:
+            n_cand = candidates or k
+        query_vec = self.embed_query(query)  # [dim]
+
+        dense: list[tuple[int, float]] = []
+        if mode in ("dense", "hybrid"):
+            dense = self._dense(faiss_index, query_vec, n_cand, allowed)
+        lexical: list[tuple[int, float]] = []
+        lexical_scores: np.ndarray | None = None
+        if mode in ("lexical", "hybrid") and bm25 is not None:
+            lexical, lexical_scores = self._lexical(bm25, bm25_ids, query, n_cand, allowed)
+
+        if mode == "dense":
+            ranked = dense
+        elif mode == "lexical":
+            ranked = lexical
+        else:
+            fused: dict[int, float] = {}
+            for results in (dense, lexical):
+                for rank, (chunk_id, _) in enumerate(results, start=1):
+                    fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+            ranked = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+        if not ranked:
+            return []
+        pool = ranked if mmr else ranked[: k + 5]  # a few spare in case some vanished meanwhile
+        rows = store.chunk_rows([cid for cid, _ in pool])
+        pool = [(cid, score) for cid, score in pool if cid in rows]
+        if mmr:
+            pool = _mmr(pool, rows, query_vec, k, mmr_lambda)
+        hits = []
+        for cid, score in pool[:k]:
+            row = rows[cid]
+            paths = [p for p in row.paths if keep is None or keep(p)] or list(row.paths)
+            lex = None
+            if lexical_scores is not None:
+                pos = int(np.searchsorted(bm25_ids, cid))
+                lex = float(lexical_scores[pos]) if pos < len(bm25_ids) and bm25_ids[pos] == cid else 0.0
+            hits.append(Hit(cid, row.text, paths[0], row.heading, row.page, row.start, row.end, float(score),
+                            float(np.dot(query_vec, row.vector)), lex, len(hits) + 1, tuple(paths[1:])))
+        return hits
+
+    def _dense(self, index, query_vec: np.ndarray, n: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        faiss = faiss_module()
+        n = min(n, index.ntotal)
+        params = None
+        hnsw = isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW)
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(allowed)
+            if hnsw:
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(64, n))
+            else:
+                params = faiss.SearchParameters(sel=selector)
+        elif hnsw:
+            params = faiss.SearchParametersHNSW(efSearch=max(64, n))
+        scores, ids = index.search(query_vec[None, :], n, params=params)  # [1, n] each
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    def _lexical(self, bm25, bm25_ids: np.ndarray, query: str, n: int, allowed: np.ndarray | None):
+        tokens = lexical_tokens([query])[0]
+        if not tokens:
+            return [], None
+        scores = np.asarray(bm25.get_scores(tokens), dtype=np.float32)  # [n_chunks]
+        masked = scores
+        if allowed is not None:
+            masked = np.where(np.isin(bm25_ids, allowed), scores, 0.0)
+        n = min(n, int(np.count_nonzero(masked > 0)))
+        if n == 0:
+            return [], scores
+        top = np.argpartition(-masked, n - 1)[:n]
+        top = top[np.lexsort((bm25_ids[top], -masked[top]))]
+        return [(int(bm25_ids[i]), float(masked[i])) for i in top], scores
+
+
+def _mmr(pool: list[tuple[int, float]], rows: dict, query_vec: np.ndarray, k: int, lam: float) \
+        -> list[tuple[int, float]]:
+    """Maximal marginal relevance over the candidate pool, using the chunks' stored vectors."""
+    if not pool:
+        return pool
+    vectors = np.stack([rows[cid].vector for cid, _ in pool])  # [n, dim]
+    relevance = vectors @ query_vec  # [n]
+    similarity = vectors @ vectors.T  # [n, n]
+    chosen: list[int] = []
+    remaining = list(range(len(pool)))
+    while remaining and len(chosen) < k:
+        if chosen:
+            redundancy = similarity[np.ix_(remaining, chosen)].max(axis=1)  # [len(remaining)]
+        else:
+            redundancy = np.zeros(len(remaining))
+        values = lam * relevance[remaining] - (1 - lam) * redundancy
+        best = remaining[int(np.argmax(values))]
+        chosen.append(best)
+        remaining.remove(best)
+    return [pool[i] for i in chosen]
