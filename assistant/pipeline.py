@@ -466,10 +466,13 @@ class Assistant:
         settings: Settings | None = None,
         generator: Any | None = None,
         encoder: Any | None = None,
-        progress: Callable[..., Any] | None = None,
+        progress: bool = False,
+        on_progress: Callable[[int, int], Any] | None = None,
         **overrides: Any,
     ) -> "Assistant":
         """Sync the folder's index (only new or changed files are embedded), then open it.
+
+        `progress=True` shows a terminal progress bar; `on_progress(done, total)` gets chunk counts.
 
         `overrides` are Settings fields (k=6, temperature=0.3, ...). `generator`/`encoder` may be given
         as ready objects (tests, or sharing one model between assistants).
@@ -485,7 +488,9 @@ class Assistant:
 
         index_path = Path(index).expanduser() if index else (settings.index or default_index_path(folder))
         encoder = encoder or _load_encoder(settings)
-        report = sync_folder(folder, index_path, encoder, progress=progress)
+        report = sync_folder(folder, index_path, encoder, progress=progress, on_progress=on_progress)
+        for path, reason in report.skipped:
+            log.warning("skipped %s: %s", path, reason)
         log.info("index %s in sync with %s: %s", index_path, folder, report)
         return cls._open(index_path, settings, generator, encoder, folder=folder)
 
@@ -510,7 +515,7 @@ class Assistant:
         return cls._open(index_path, settings, generator, encoder)
 
     @classmethod
-    def from_settings(cls, settings: Settings, progress: Callable[..., Any] | None = None, **kw: Any) -> "Assistant":
+    def from_settings(cls, settings: Settings, progress: bool = False, **kw: Any) -> "Assistant":
         """Open what the settings name: `index` alone opens that index as is; otherwise the folder
         (default: the repository's corpus/) is synced into its index first."""
         from assistant.settings import DEFAULT_CORPUS
@@ -529,15 +534,18 @@ class Assistant:
         return cls(retriever, generator, settings, encoder=encoder, index_path=index_path, folder=folder)
 
     # ------------------------------------------------------------------ index
-    def add_files(self, paths: Sequence[str | Path], progress: Callable[..., Any] | None = None) -> Any:
-        """Index extra files (uploads) into the current index; returns retrieval's SyncReport."""
+    def add_files(self, paths: Sequence[str | Path], on_progress: Callable[[int, int], Any] | None = None) -> Any:
+        """Index extra files (uploads) into the current index; returns retrieval's SyncReport.
+
+        The files are copied into `<index>/uploads/` and show up as `@uploads/<name>`; a file that cannot be
+        read is listed in `report.skipped` and leaves the index as it was."""
         if self.index_path is None or self.encoder is None:
             raise UserError("this assistant has no on-disk index to add files to")
         from retrieval.retriever import Retriever
         from retrieval.sync import add_files
 
         with self._index_lock:
-            report = add_files([Path(p) for p in paths], self.index_path, self.encoder, progress=progress)
+            report = add_files([Path(p) for p in paths], self.index_path, self.encoder, on_progress=on_progress)
             self.retriever = Retriever(self.index_path, self.encoder)
         return report
 
@@ -625,12 +633,17 @@ class Assistant:
         filt = CitationFilter(len(packed.passages))
         with self._model_lock:
             text_stream = self.generator.stream(packed.prompt, params, cancel=cancel)
-            for delta in text_stream:
-                if timings.time_to_first_token_ms is None and delta:
-                    timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
-                out = filt.feed(delta)
-                if out:
-                    yield out
+            try:
+                for delta in text_stream:
+                    if timings.time_to_first_token_ms is None and delta:
+                        timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
+                    out = filt.feed(delta)
+                    if out:
+                        yield out
+            finally:  # a caller that stops iterating early also stops the generation
+                close = getattr(text_stream, "close", None)
+                if close is not None:
+                    close()
             result = getattr(text_stream, "result", None)
         tail = filt.flush()
         if tail:

@@ -262,3 +262,59 @@ def test_concurrent_callers_each_get_their_own_answer():
         t.join()
     assert results == {i: f"Answer about {q}" for i, q in enumerate(questions)}
     assert generator.max_active == 1  # the model lock serialised them
+
+
+# ---------------------------------------------------------------------- with the real retrieval and generator code
+def write_docs(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, heading, text in CORPUS:
+        (folder / path).write_text(f"# {heading}\n\n{text}\n", encoding="utf-8")
+
+
+def test_from_folder_indexes_and_a_followup_retrieves_the_right_file(tmp_path):
+    from retrieval.testing import HashingEncoder
+
+    write_docs(tmp_path / "docs")
+    generator = FakeGenerator(reply="It holds well under one percent of the parameters [1].")
+    assistant = Assistant.from_folder(tmp_path / "docs", tmp_path / "index", encoder=HashingEncoder(),
+                                      generator=generator, refusal_threshold=0.0, k=2)
+    assert assistant.stats()["files"] == 4
+    history = [{"role": "user", "content": "What does LoRA freeze?"},
+               {"role": "assistant", "content": "The pretrained weights [1]."}]
+    answer = assistant.ask("and how big is it?", history=history)
+    assert answer.sources[0].path == "lora.md"
+    assert answer.citations == [1] and answer.sources[0].cited
+    # Re-opening syncs incrementally and finds the same index.
+    again = Assistant.from_folder(tmp_path / "docs", tmp_path / "index", encoder=HashingEncoder(),
+                                  generator=generator)
+    assert again.stats()["chunks"] == assistant.stats()["chunks"]
+
+
+def test_missing_folder_and_index_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        Assistant.from_folder(tmp_path / "nope", generator=FakeGenerator(), encoder=object())
+    with pytest.raises(UserError, match="no index"):
+        Assistant.from_index(tmp_path / "nope", generator=FakeGenerator(), encoder=object())
+
+
+def test_tiny_real_generator_never_overflows_its_window(tiny_tokenizer):
+    """The real Generator (tiny random decoder, 640-token window): prompt + answer always fit."""
+    import torch
+
+    from model.config import DecoderConfig
+    from model.decoder import Decoder
+    from model.generate import Generator
+
+    torch.manual_seed(0)
+    config = DecoderConfig.tiny(vocab_size=tiny_tokenizer.vocab_size, max_seq_len=640)
+    generator = Generator(Decoder(config).init_weights(seed=0).eval(), tiny_tokenizer)
+    assert generator.context_length == 640
+    long_text = " ".join(f"Attention sentence {i} mixes values by softmax." for i in range(200))
+    retriever = FakeRetriever([(f"d{i}.md", "H", long_text) for i in range(5)], dense_floor=0.5)
+    assistant = Assistant(retriever, generator, Settings(max_new_tokens=24, k=5, repetition_penalty=1.0))
+    history = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "reply " * 300}]
+    answer = assistant.ask("How does attention mix values?", history=history, seed=0)
+    assert answer.timings.prompt_tokens + 24 <= generator.context_length
+    assert answer.timings.generated_tokens <= 24
+    assert answer.finish_reason in ("eos", "length", "stop")
+    assert 1 <= len(answer.sources) < 5

@@ -18,47 +18,9 @@ def open_assistant(args: argparse.Namespace, **extra: Any) -> tuple[Any, Callabl
     def factory() -> Any:
         from assistant.pipeline import Assistant
 
-        progress = TqdmProgress("indexing")
-        try:
-            return Assistant.from_settings(settings, progress=progress)
-        finally:
-            progress.close()
+        return Assistant.from_settings(settings, progress=sys.stderr.isatty())
 
     return settings, factory
-
-
-class TqdmProgress:
-    """A progress callback for retrieval's sync: accepts (done, total[, description]) calls or
-    (fraction, description) like gr.Progress, and shows a tqdm bar on stderr only when there is work."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self._bar = None
-
-    def __call__(self, done: Any = None, total: Any = None, desc: Any = None, **kw: Any) -> None:
-        from tqdm import tqdm
-
-        desc = kw.get("description", desc)
-        if isinstance(total, str) and desc is None:
-            desc, total = total, None
-        if isinstance(done, float) and total is None and 0.0 <= done <= 1.0:
-            done, total = round(done * 1000), 1000
-        if not isinstance(done, int) or not isinstance(total, int) or total <= 0:
-            return
-        if self._bar is None:
-            self._bar = tqdm(total=total, desc=desc or self.description, file=sys.stderr, leave=False)
-        if self._bar.total != total:
-            self._bar.total = total
-        self._bar.n = done
-        if desc:
-            self._bar.set_description(str(desc), refresh=False)
-        self._bar.refresh()
-
-    def close(self) -> None:
-        """Remove the bar."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def format_source(source: Any) -> str:
