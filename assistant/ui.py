@@ -7,9 +7,10 @@ assistant's model lock gives every tab its own answer even when several ask at o
 Stable element ids (used by the browser tests): #chatbot, #question, #send, #stop, #clear, #message,
 #upload, #upload-status, #index-status, and the settings #temperature, #top-k, #top-p, #min-p,
 #repetition-penalty, #max-new-tokens, #passages, #retrieval-mode.
-"""
 
-from __future__ import annotations
+(No `from __future__ import annotations` here: Gradio finds the `gr.Request` parameter of a handler by
+its evaluated annotation.)
+"""
 
 import html
 import logging
