@@ -211,6 +211,8 @@ def calibrate_threshold(assistant: Any, questions: Sequence[Question]) -> dict[s
         "answerable_median": statistics.median(answerable) if answerable else None,
         "unanswerable_max": unanswerable[-1] if unanswerable else None,
         "unanswerable_median": statistics.median(unanswerable) if unanswerable else None,
+        "answerable_lowest": [round(s, 3) for s in answerable[:5]],
+        "unanswerable_scores": [round(s, 3) for s in unanswerable],
         "answerable_below": sum(s < threshold for s in answerable),
         "unanswerable_above": sum(s >= threshold for s in unanswerable),
     }

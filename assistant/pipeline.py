@@ -622,6 +622,7 @@ class Assistant:
                 yield REFUSAL_TEXT
                 yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question)
                 return
+            hits = relevant_hits(hits, threshold, self.settings.relative_floor)
             packed = pack_prompt(
                 self.generator, question, hits, turns, params.max_new_tokens, self.settings.max_context_tokens
             )
@@ -699,6 +700,15 @@ class Assistant:
         prompt = self.generator.render_chat(messages, add_generation_prompt=True)
         packed.messages, packed.prompt, packed.prompt_tokens = messages, prompt, self.generator.count_tokens(prompt)
         return packed
+
+
+def relevant_hits(hits: Sequence[Any], threshold: float, relative_floor: float) -> list[Any]:
+    """The hits worth showing the model: cosine at least `threshold` and at least `relative_floor` x the
+    best hit's. Hybrid ranking fuses ranks, so an unrelated passage can rank 2nd behind a clear match;
+    a small model is easily distracted by it (measured: answers got worse with such passages in)."""
+    best = max((_dense(h) for h in hits), default=0.0)
+    floor = max(threshold, relative_floor * best)
+    return [h for h in hits if _dense(h) >= floor] or list(hits[:1])
 
 
 def _dense(hit: Any) -> float:

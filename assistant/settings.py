@@ -40,7 +40,7 @@ DEFAULT_ADAPTER = PACKAGE_DIR / "data" / "adapter"
 # Calibrated on benchmarks/questions.jsonl (see docs/benchmarks.md, "Assistant"): the best hit's dense
 # cosine separates answerable from unanswerable questions; below this the assistant refuses without
 # calling the generator. `assistant eval --calibrate` recomputes it.
-DEFAULT_REFUSAL_THRESHOLD = 0.30
+DEFAULT_REFUSAL_THRESHOLD = 0.23
 
 RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
 
@@ -73,6 +73,7 @@ class Settings:
     k: int = 4                          # passages given to the model
     retrieval_mode: str = "hybrid"      # hybrid | dense | lexical
     refusal_threshold: float = DEFAULT_REFUSAL_THRESHOLD   # best dense cosine below this: refuse
+    relative_floor: float = 0.5         # drop passages whose cosine is below this x the best one's
     max_context_tokens: int = 2048      # prompt + answer budget (<= the model's window); small = fast on CPU
     max_history_turns: int = 6          # earlier chat messages kept (oldest dropped first when over budget)
     max_question_chars: int = 4000      # longer questions are rejected with a clear message
@@ -81,7 +82,7 @@ class Settings:
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = 1.0     # > 1 also penalises copying from the passages (HF semantics)
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     no_repeat_ngram_size: int = 0
@@ -282,7 +283,7 @@ def add_arguments(parser: Any, *, source: bool = True, model: bool = True, sampl
         group.add_argument("--top-k", type=int, help="keep the k most likely tokens (0 = off)")
         group.add_argument("--top-p", type=float, help="nucleus sampling mass (1 = off)")
         group.add_argument("--min-p", type=float, help="drop tokens below min_p x the top probability")
-        group.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeats (default 1.1)")
+        group.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeats, also of passage words (default 1.0)")
         group.add_argument("--frequency-penalty", type=float)
         group.add_argument("--presence-penalty", type=float)
         group.add_argument("--no-repeat-ngram-size", type=int)

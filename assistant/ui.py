@@ -216,7 +216,7 @@ def build_app(assistant: Assistant) -> Any:
         turns = gr.State([])
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(elem_id="chatbot", height=520, label="Chat", buttons=["copy"],
+                chatbot = gr.Chatbot(elem_id="chatbot", height=520, label="Chat", buttons=["copy_all"],
                                      feedback_options=None, group_consecutive_messages=False)
                 message = gr.Markdown("", elem_id="message")
                 question = gr.Textbox(elem_id="question", placeholder="Ask a question about your documents…",
@@ -264,6 +264,7 @@ def build_app(assistant: Assistant) -> Any:
         question.submit(respond, inputs, outputs, concurrency_id="answer")
         stop.click(on_stop, None, None, queue=False)
         clear.click(on_clear, None, [chatbot, turns, question, message], queue=False)
+        chatbot.clear(on_clear, None, [chatbot, turns, question, message], queue=False)
         upload.upload(on_upload, upload, [upload_status, status], concurrency_id="index")
         demo.load(app.status, None, status, queue=False)
     demo.queue(default_concurrency_limit=1)

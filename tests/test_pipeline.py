@@ -318,3 +318,11 @@ def test_tiny_real_generator_never_overflows_its_window(tiny_tokenizer):
     assert answer.timings.generated_tokens <= 24
     assert answer.finish_reason in ("eos", "length", "stop")
     assert 1 <= len(answer.sources) < 5
+
+
+def test_unrelated_passages_behind_a_clear_match_are_not_given():
+    from assistant.pipeline import relevant_hits
+
+    hits = [FakeHit(i, "t", f"{i}.md", None, None, 0, 1, 0.03, cos) for i, cos in enumerate([0.78, 0.06, 0.5, 0.38])]
+    assert [h.path for h in relevant_hits(hits, threshold=0.3, relative_floor=0.5)] == ["0.md", "2.md"]
+    assert [h.path for h in relevant_hits(hits, threshold=0.0, relative_floor=0.0)] == ["0.md", "1.md", "2.md", "3.md"]

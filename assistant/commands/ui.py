@@ -27,7 +27,14 @@ def run(args: argparse.Namespace) -> int:
     """Open the assistant and serve until interrupted."""
     from assistant.commands.common import open_assistant
 
-    settings, factory = open_assistant(args, folder=args.folder_arg)
+    from pathlib import Path
+
+    from assistant.settings import DEFAULT_CORPUS
+
+    folder = args.folder_arg or args.folder
+    if folder is None and not (args.index and Path(args.index).expanduser().exists()):
+        folder = str(DEFAULT_CORPUS)  # no folder and no existing index: serve (and index) the bundled corpus
+    settings, factory = open_assistant(args, folder=folder)
     assistant = factory()
     from assistant.ui import serve
 

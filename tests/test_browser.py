@@ -1,0 +1,131 @@
+"""Headless Chromium against a real `assistant ui` (default corpus, default weights).
+
+Skipped when /usr/bin/chromium or playwright is missing. The server runs in a subprocess on a free port;
+its index goes to a temporary folder (the corpus is indexed on start), the generator weights come from
+the user's cache as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.browser, pytest.mark.real]
+
+if not CHROMIUM.exists():
+    pytest.skip("needs /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`assistant ui` on the default corpus; yields its URL; stops it afterwards."""
+    port = _free_port()
+    index = tmp_path_factory.mktemp("ui-index") / "corpus-index"
+    log_path = tmp_path_factory.mktemp("ui-log") / "ui.log"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "GRADIO_ANALYTICS_ENABLED": "False",
+           "ASSISTANT_MAX_NEW_TOKENS": "48"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "ui", "--port", str(port), "--index",
+                                 str(index)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 600
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"assistant ui exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"assistant ui did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def page(server):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server, wait_until="domcontentloaded")
+            page.wait_for_selector("#question textarea", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def answer_text(page) -> str:
+    """Text of the latest assistant answer bubble."""
+    bots = page.locator("#chatbot [data-testid='bot']")
+    return bots.nth(0).inner_text() if bots.count() else ""
+
+
+def ask_and_watch(page, question: str, timeout: float = 240.0) -> tuple[list[int], str]:
+    """Type a question, send it, and sample the chat's length until the sources appear."""
+    page.fill("#question textarea", question)
+    page.click("#send")
+    lengths, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        chat = page.locator("#chatbot").inner_text()
+        lengths.append(len(chat))
+        if "similarity" in chat:  # source boxes come with the final answer
+            return lengths, chat
+        time.sleep(0.25)
+    pytest.fail(f"no answer within {timeout} s; chat shows: {page.locator('#chatbot').inner_text()[:500]}")
+
+
+def test_question_streams_an_answer_with_a_source_from_the_right_file(page):
+    status = page.locator("#index-status").inner_text()
+    assert "files" in status and "all-MiniLM-L6-v2" in status
+    lengths, chat = ask_and_watch(page, "What does LoRA train instead of the full weight matrices?")
+    growth = [b for a, b in zip(lengths, lengths[1:]) if b > a]
+    assert len(growth) >= 3, f"the answer did not stream in: {lengths}"
+    assert "peft-lora.md" in chat
+    assert "[1] " in chat and "score" in chat
+
+
+def test_uploaded_file_is_indexed_and_answers_cite_it(page, tmp_path):
+    doc = tmp_path / "zorblat-fruit.md"
+    doc.write_text(
+        "# The zorblat\n\nThe zorblat is a purple fruit that grows only on the island of Quenmora. "
+        "Zorblat trees flower every seven years, and each tree gives about forty fruits.\n",
+        encoding="utf-8",
+    )
+    page.set_input_files("#upload input[type='file']", str(doc))
+    page.wait_for_function(
+        "() => document.querySelector('#upload-status') && "
+        "document.querySelector('#upload-status').innerText.includes('Indexed')", timeout=120_000)
+    assert "@uploads/zorblat-fruit.md" in page.locator("#upload-status").inner_text()
+    _, chat = ask_and_watch(page, "Where does the zorblat fruit grow?")
+    assert "[1] @uploads/zorblat-fruit.md" in chat           # the upload is the top passage
+    assert "Quenmora" in chat.split("[1] @uploads")[0]       # ... and the answer uses it
