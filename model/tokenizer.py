@@ -69,6 +69,9 @@ class Tokenizer:
         add_bos: bool = False,
         chat_template: str | None = None,
     ) -> None:
+        # Truncation and padding are decided by our code (per batch), never baked into the tokenizer file.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
         self.hf = tokenizer
         self.bos_token = bos_token
         self.eos_tokens = tuple(t for t in eos_tokens if t)
