@@ -256,6 +256,15 @@ def passage_label(path: str, heading: str | None, page: int | None) -> str:
     return label
 
 
+def prompt_label(path: str, heading: str | None) -> str:
+    """The short label the prompt shows for a passage: its most specific heading, else the file's name.
+    Short titles, as in the fine-tuning data (article titles); long breadcrumb paths got copied into
+    answers by the small model."""
+    if heading:
+        return heading.split(" › ")[-1].strip()
+    return Path(str(path)).stem.replace("_", " ").replace("-", " ")
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
 
@@ -308,7 +317,7 @@ def pack_prompt(
             f"the question needs {n} tokens but only {budget} fit next to a {max_new_tokens}-token answer; "
             "shorten the question or lower max_new_tokens"
         )
-    candidates = [PromptPassage(text=h.text, label=passage_label(h.path, h.heading, h.page)) for h in hits]
+    candidates = [PromptPassage(text=h.text, label=prompt_label(h.path, h.heading)) for h in hits]
     # The top passage matters more than old turns: drop history until it fits whole.
     if candidates:
         while turns and render(candidates[:1], turns)[2] > budget:

@@ -198,3 +198,19 @@ def test_no_adapter_flag_and_missing_default_adapter(tmp_path, monkeypatch):
         Settings(adapter=tmp_path / "absent").adapter_path()
     args = _parse(["ask", "q", "--no-adapter"])
     assert args.use_adapter is False and _parse(["ask", "q"]).use_adapter is None
+
+
+# ---------------------------------------------------------------------- real weights
+@pytest.mark.real
+def test_eval_ci_subset_on_the_real_weights(capsys):
+    """`assistant eval --ci-subset` end to end on the default weights and corpus (10 questions)."""
+    code = main(["eval", "--ci-subset", "--json", "--folder", str(REPO / "corpus"), "--max-new-tokens", "64"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    m = result["metrics"]
+    assert m["questions"] == 10 and m["unanswerable"] >= 1
+    assert m["hit_rate"] >= 0.8                 # retrieval finds a gold file for nearly every question
+    assert m["refusal_accuracy"] >= 0.5         # off-topic questions are refused
+    assert m["false_refusal_rate"] <= 0.25
+    assert m["answer_accuracy"] >= 0.2          # the 135M model gets some right (see docs/benchmarks.md)
+    assert m["median_total_ms"] < 60_000

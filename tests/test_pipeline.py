@@ -42,7 +42,7 @@ def test_answer_maps_citations_to_the_passages_given():
     # The numbers in the prompt are the numbers of the sources.
     prompt = generator.calls[0]["prompt"]
     for source in answer.sources:
-        assert f"[{source.number}] ({source.path} › {source.heading})" in prompt
+        assert f"[{source.number}] ({source.heading})\n{source.text}" in prompt
     assert answer.sources[0].path == "lora.md"
     assert answer.cited_sources == [answer.sources[1]]
 
