@@ -1,1 +1,12 @@
-"""assistant package."""
+"""A local, private assistant that answers questions about your documents and cites them.
+
+    from assistant import Assistant
+    bot = Assistant.from_folder("corpus")
+    answer = bot.ask("What does LoRA train?")
+"""
+
+from assistant.pipeline import Answer, Assistant, Conversation, QuestionError, Source, Timings
+from assistant.prompts import REFUSAL_TEXT
+from assistant.settings import Settings
+
+__all__ = ["Answer", "Assistant", "Conversation", "QuestionError", "REFUSAL_TEXT", "Settings", "Source", "Timings"]

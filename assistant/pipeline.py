@@ -679,6 +679,10 @@ class Assistant:
             refused = False
         yield Answer(text, citations, sources, refused, timings, query, finish, question)
 
+    def conversation(self) -> Conversation:
+        """A new chat that keeps its own history (see Conversation)."""
+        return Conversation(self)
+
     # ------------------------------------------------------------------ helpers
     def _sampling_params(self, overrides: dict[str, Any]) -> Any:
         """SamplingParams from the settings' defaults and per-call overrides (unknown names are errors)."""
@@ -711,6 +715,40 @@ class Assistant:
         return packed
 
 
+class Conversation:
+    """A chat that remembers its turns: `ask`/`stream` pass the earlier turns as history, so follow-ups
+    ("and how big is it?") work without the caller keeping the messages.
+
+        chat = assistant.conversation()
+        chat.ask("What is LoRA?"); chat.ask("and how big is it?"); chat.reset()
+    """
+
+    def __init__(self, assistant: "Assistant") -> None:
+        self.assistant = assistant
+        self.messages: list[dict] = []
+
+    def stream(self, question: str, **options: Any) -> Iterator[str | Answer]:
+        """Like Assistant.stream, with this conversation's history; the turn is recorded at the end."""
+        for item in self.assistant.stream(question, history=self.messages, **options):
+            if isinstance(item, Answer):
+                self.messages += [{"role": "user", "content": item.question},
+                                  {"role": "assistant", "content": item.text}]
+            yield item
+
+    def ask(self, question: str, **options: Any) -> Answer:
+        """Like Assistant.ask, with this conversation's history."""
+        answer = None
+        for item in self.stream(question, **options):
+            if isinstance(item, Answer):
+                answer = item
+        assert answer is not None
+        return answer
+
+    def reset(self) -> None:
+        """Forget the turns."""
+        self.messages = []
+
+
 def relevant_hits(hits: Sequence[Any], threshold: float, relative_floor: float) -> list[Any]:
     """The hits worth showing the model: cosine at least `threshold` and at least `relative_floor` x the
     best hit's. Hybrid ranking fuses ranks, so an unrelated passage can rank 2nd behind a clear match;
@@ -740,6 +778,6 @@ def load_generator(settings: Settings) -> Any:
 
 
 __all__ = [
-    "Answer", "Assistant", "CitationFilter", "PackedPrompt", "QuestionError", "Source", "Timings",
+    "Answer", "Assistant", "CitationFilter", "Conversation", "PackedPrompt", "QuestionError", "Source", "Timings",
     "clean_citations", "is_followup", "pack_prompt", "standalone_query", "SAMPLING_FIELDS",
 ]

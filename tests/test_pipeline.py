@@ -326,3 +326,14 @@ def test_unrelated_passages_behind_a_clear_match_are_not_given():
     hits = [FakeHit(i, "t", f"{i}.md", None, None, 0, 1, 0.03, cos) for i, cos in enumerate([0.78, 0.06, 0.5, 0.38])]
     assert [h.path for h in relevant_hits(hits, threshold=0.3, relative_floor=0.5)] == ["0.md", "2.md"]
     assert [h.path for h in relevant_hits(hits, threshold=0.0, relative_floor=0.0)] == ["0.md", "1.md", "2.md", "3.md"]
+
+
+def test_conversation_keeps_history_for_followups():
+    assistant, generator, retriever = make()
+    chat = assistant.conversation()
+    chat.ask("What does LoRA freeze?")
+    answer = chat.ask("and how big is it?")
+    assert "LoRA" in answer.query and answer.sources[0].path == "lora.md"
+    assert len(chat.messages) == 4 and "What does LoRA freeze?" in generator.calls[1]["prompt"]
+    chat.reset()
+    assert chat.ask("and how big is it?", refusal_threshold=0.0).query == "and how big is it?"
