@@ -155,6 +155,11 @@ class ChatApp:
             turns = turns[:-1]
             yield render_messages(turns), question, turns, f"⚠ {exc}"
             return
+        except Exception as exc:  # a bug must not leave the tab hanging; say what happened
+            log.exception("answering %r failed", question)
+            turns = turns[:-1]
+            yield render_messages(turns), question, turns, f"⚠ Something went wrong while answering: {exc}"
+            return
         yield render_messages(turns), "", turns, ""
 
     def stop(self, session: str | None = None) -> None:
@@ -182,6 +187,9 @@ class ChatApp:
             report = self.assistant.add_files(paths, on_progress=on_progress)
         except UserError as exc:
             return f"⚠ Could not index the upload: {exc}. The index is unchanged.", self.status()
+        except Exception as exc:  # the index is written atomically, so it is still the old one
+            log.exception("indexing %s failed", paths)
+            return f"⚠ Could not index the upload ({exc}). The index is unchanged.", self.status()
         lines = []
         done = [*report.added, *report.updated, *[new for new, _ in report.renamed],
                 *[new for new, _ in report.duplicates], *report.unchanged]

@@ -107,6 +107,8 @@ def ask_and_watch(page, question: str, timeout: float = 240.0) -> tuple[list[int
 def test_question_streams_an_answer_with_a_source_from_the_right_file(page):
     status = page.locator("#index-status").inner_text()
     assert "files" in status and "all-MiniLM-L6-v2" in status
+    page.click("#send")  # an empty question gets a clear message, not an answer
+    page.wait_for_function("() => document.querySelector('#message').innerText.includes('empty')", timeout=30_000)
     lengths, chat = ask_and_watch(page, "What does LoRA train instead of the full weight matrices?")
     growth = [b for a, b in zip(lengths, lengths[1:]) if b > a]
     assert len(growth) >= 3, f"the answer did not stream in: {lengths}"

@@ -134,3 +134,17 @@ def test_app_builds_with_stable_element_ids():
                  "index-status", "temperature", "top-k", "top-p", "min-p", "repetition-penalty",
                  "max-new-tokens", "passages", "retrieval-mode"]:
         assert name in ids, name
+
+
+def test_unexpected_failures_show_a_message_instead_of_hanging():
+    app, generator = make_app()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    generator.stream = broken
+    messages, box, turns, error = ask(app, "What does LoRA train?")[-1]
+    assert "disk on fire" in error and turns == [] and box == "What does LoRA train?"
+    app.assistant.add_files = broken
+    message, _ = app.upload(["/tmp/x.md"])
+    assert "disk on fire" in message and "unchanged" in message
