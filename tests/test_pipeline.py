@@ -337,3 +337,26 @@ def test_conversation_keeps_history_for_followups():
     assert len(chat.messages) == 4 and "What does LoRA freeze?" in generator.calls[1]["prompt"]
     chat.reset()
     assert chat.ask("and how big is it?", refusal_threshold=0.0).query == "and how big is it?"
+
+
+@pytest.mark.real
+def test_followup_rewriting_on_the_real_corpus_and_encoder():
+    """With the real encoder on corpus/: "and how big is it?" after a LoRA question retrieves the LoRA
+    document (alone it retrieves unrelated passages, below the refusal threshold)."""
+    from pathlib import Path
+
+    from model.encoder import Encoder
+    from retrieval.retriever import Retriever
+    from retrieval.store import default_index_path
+    from retrieval.sync import sync_folder
+
+    corpus = Path(__file__).resolve().parents[1] / "corpus"
+    encoder = Encoder.load(None)
+    index = default_index_path(corpus)
+    sync_folder(corpus, index, encoder, progress=False)
+    assistant = Assistant(Retriever(index, encoder), FakeGenerator(), Settings())
+    history = [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "An adapter."}]
+    hits, _ = assistant.retrieve(standalone_query("and how big is it?", history))
+    assert all(h.path == "peft-lora.md" for h in hits[:3])
+    alone, _ = assistant.retrieve("and how big is it?")
+    assert "peft-lora.md" not in [h.path for h in alone[:3]]
