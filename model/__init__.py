@@ -2,8 +2,8 @@
 
 Smoke check (downloads the default generator on first use):
 
-    >>> from model import generate
-    >>> print(generate("What is the capital of France?"))
+    >>> from model import chat
+    >>> print(chat("What is the capital of France?"))
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from model.config import DecoderConfig, EncoderConfig
 from model.errors import UserError
 
-__all__ = ["DecoderConfig", "EncoderConfig", "UserError", "generate"]
+__all__ = ["DecoderConfig", "EncoderConfig", "UserError", "chat"]
 
 
-def generate(prompt: str, max_new_tokens: int = 64, spec: str | None = None) -> str:
+def chat(prompt: str, max_new_tokens: int = 64, spec: str | None = None) -> str:
     """Answer `prompt` as a one-turn chat with the default generator, greedily. A smoke check of the stack."""
     from model.decoder import greedy_generate
     from model.sources import resolve_generator

@@ -142,6 +142,6 @@ def test_chat_template_matches_transformers(real_decoder, hf_gguf_model):
 
 
 def test_smoke_generate_answers_on_cpu():
-    from model import generate
+    from model import chat
 
-    assert "paris" in generate("What is the capital of France?", max_new_tokens=24).lower()
+    assert "paris" in chat("What is the capital of France?", max_new_tokens=24).lower()
