@@ -51,6 +51,8 @@ def render_messages(turns: list[dict]) -> list[dict]:
             answer = "…"
         if turn.get("note"):
             answer = f"{answer}\n\n*{turn['note']}*" if answer else f"*{turn['note']}*"
+        if turn.get("timing"):
+            answer = f"{answer}\n\n<sub>{turn['timing']}</sub>"
         messages.append({"role": "assistant", "content": answer})
         sources = turn.get("sources") or []
         for source in sources:
@@ -76,7 +78,19 @@ def turn_from_answer(question: str, answer: Answer) -> dict:
         note = "(stopped)"
     sources = sorted(answer.sources, key=lambda s: (not s.cited, s.number))
     return {"question": question, "answer": answer.text, "sources": [_source_view(s) for s in sources],
-            "note": note}
+            "note": note, "timing": format_timings(answer)}
+
+
+def format_timings(answer: Answer) -> str:
+    """`retrieval 31 ms · first token 4.2 s · 9.8 tokens/s · total 8.1 s` (parts that apply)."""
+    t = answer.timings
+    parts = [f"retrieval {t.retrieval_ms:.0f} ms"]
+    if answer.finish_reason != "refused" and t.time_to_first_token_ms is not None:
+        parts.append(f"first token {t.time_to_first_token_ms / 1000:.1f} s")
+    if t.tokens_per_s:
+        parts.append(f"{t.tokens_per_s:.1f} tokens/s")
+    parts.append(f"total {t.total_ms / 1000:.1f} s")
+    return " · ".join(parts)
 
 
 def history_for_model(turns: list[dict]) -> list[dict]:
