@@ -774,7 +774,8 @@ def load_generator(settings: Settings) -> Any:
     from model.generate import Generator
 
     adapter = settings.adapter_path()
-    return Generator.load(settings.generator, device=settings.device, dtype=settings.dtype, adapter=adapter)
+    return Generator.load(settings.generator, device=settings.device, dtype=settings.dtype, adapter=adapter,
+                          quantize=settings.quantize)
 
 
 __all__ = [
