@@ -34,6 +34,10 @@ from model.errors import ContextOverflowError, UserError
 
 log = logging.getLogger(__name__)
 
+# A small model sometimes carries on with the prompt's own format ("Question: ...", a new "Passages:"
+# block, another chat turn); generation stops there unless the caller passes its own `stop`.
+DEFAULT_STOP = ("\nQuestion:", "\nPassages:", "<|im_start|>", "<|im_end|>")
+
 # The model alone (`use_retrieval=False`, `assistant eval --no-retrieval`): no passages, no citations.
 NO_RETRIEVAL_SYSTEM_PROMPT = "Answer the question in one or two short sentences."
 
@@ -697,6 +701,7 @@ class Assistant:
                     f"unknown option {name!r}; sampling options are {sorted(SamplingParams.__dataclass_fields__)}"
                 )
             values[name] = value
+        values.setdefault("stop", DEFAULT_STOP)
         values = {k: v for k, v in values.items() if k in SamplingParams.__dataclass_fields__}
         params = SamplingParams(**values)
         params.validate()

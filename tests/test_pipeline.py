@@ -215,6 +215,7 @@ def test_sampling_options_reach_the_generator():
     assert retriever.queries[-1][1:] == (2, "lexical")
     assistant.ask("What does LoRA train?")
     assert generator.calls[1]["params"].temperature == 0.0  # per-call options do not stick
+    assert "\nQuestion:" in generator.calls[1]["params"].stop  # the model may not invent a next question
 
 
 def test_bad_options_and_questions_are_user_errors():
