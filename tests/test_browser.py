@@ -131,3 +131,20 @@ def test_uploaded_file_is_indexed_and_answers_cite_it(page, tmp_path):
     _, chat = ask_and_watch(page, "Where does the zorblat fruit grow?")
     assert "[1] @uploads/zorblat-fruit.md" in chat           # the upload is the top passage
     assert "Quenmora" in chat.split("[1] @uploads")[0]       # ... and the answer uses it
+
+
+def test_stop_button_stops_a_long_answer(page):
+    page.click("text=Settings")
+    max_new = page.locator("#max-new-tokens input[type='number']")
+    max_new.fill("400")
+    max_new.press("Enter")
+    page.fill("#question textarea", "Explain how attention, positional encodings and feed-forward layers work together.")
+    page.click("#send")
+    page.wait_for_function(
+        "() => { const b = document.querySelector('#chatbot [data-testid=\"bot\"]'); "
+        "return b && b.innerText.length > 30; }", timeout=180_000)
+    start = time.time()
+    page.click("#stop")
+    page.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('(stopped)')",
+                           timeout=30_000)
+    assert time.time() - start < 20
