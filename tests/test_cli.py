@@ -214,3 +214,25 @@ def test_eval_ci_subset_on_the_real_weights(capsys):
     assert m["false_refusal_rate"] <= 0.25
     assert m["answer_accuracy"] >= 0.125        # the 135M model gets some right (see docs/benchmarks.md)
     assert m["median_total_ms"] < 60_000
+
+
+def test_ui_serves_the_corpus_unless_told_otherwise(tmp_path, monkeypatch):
+    """`assistant ui` with no folder serves corpus/; FOLDER, ASSISTANT_FOLDER and an existing --index win."""
+    from assistant.settings import DEFAULT_CORPUS
+
+    opened, served = [], []
+    monkeypatch.setattr(Assistant, "from_settings",
+                        classmethod(lambda cls, settings, progress=False: opened.append(settings) or "bot"))
+    monkeypatch.setattr("assistant.ui.serve", lambda bot, host, port: served.append((bot, host, port)))
+    assert main(["ui"]) == 0
+    assert opened[-1].folder is None and served[-1] == ("bot", "127.0.0.1", 7860)  # from_settings: corpus/
+    assert main(["ui", "--index", str(tmp_path / "new-index"), "--port", "9000"]) == 0
+    assert opened[-1].folder == DEFAULT_CORPUS and served[-1][2] == 9000
+    (tmp_path / "old-index").mkdir()
+    assert main(["ui", "--index", str(tmp_path / "old-index")]) == 0
+    assert opened[-1].folder is None                          # an existing index is served as it is
+    assert main(["ui", str(tmp_path)]) == 0
+    assert opened[-1].folder == tmp_path
+    monkeypatch.setenv("ASSISTANT_FOLDER", str(tmp_path))
+    assert main(["ui", "--index", str(tmp_path / "new-index"), "--host", "0.0.0.0"]) == 0
+    assert opened[-1].folder == tmp_path and served[-1][1] == "0.0.0.0"

@@ -26,15 +26,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Open the assistant and serve until interrupted."""
     from assistant.commands.common import open_assistant
-
-    from pathlib import Path
-
     from assistant.settings import DEFAULT_CORPUS
 
-    folder = args.folder_arg or args.folder
-    if folder is None and not (args.index and Path(args.index).expanduser().exists()):
-        folder = str(DEFAULT_CORPUS)  # no folder and no existing index: serve (and index) the bundled corpus
-    settings, factory = open_assistant(args, folder=folder)
+    settings, factory = open_assistant(args, folder=args.folder_arg)
+    if settings.folder is None and settings.index is not None and not settings.index.exists():
+        settings.folder = DEFAULT_CORPUS  # a new index and no folder: build it from the bundled corpus
     assistant = factory()
     from assistant.ui import serve
 
