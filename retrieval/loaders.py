@@ -180,8 +180,7 @@ def scan_folder(root: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Sc
                 continue
             if st.st_size > max_bytes:
                 result.skipped.append(Skipped(
-                    rel, f"too large ({st.st_size / 1e6:.1f} MB > limit {max_bytes / 1e6:.1f} MB; "
-                         "raise it with --max-file-mb)"))
+                    rel, f"too large ({_size(st.st_size)} > limit {_size(max_bytes)}; raise it with --max-file-mb)"))
                 continue
             if not os.access(full, os.R_OK):
                 result.skipped.append(Skipped(rel, "unreadable (permission denied)"))
@@ -190,6 +189,15 @@ def scan_folder(root: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Sc
     result.files.sort(key=lambda f: f.path)
     result.skipped.sort(key=lambda s: s.path)
     return result
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 900 B, 58.6 KB, 20.0 MB."""
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / 1024 / 1024:.1f} MB"
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -231,7 +239,7 @@ def load_file(entry: FileEntry | str | Path, root: str | Path | None = None,
             raise SkipFile(f"unreadable ({exc.strerror or exc})") from None
         entry = FileEntry(_rel(path.resolve(), root_path.resolve()), path, st.st_size, st.st_mtime_ns, kind)
     if entry.size > max_bytes:
-        raise SkipFile(f"too large ({entry.size / 1e6:.1f} MB > limit {max_bytes / 1e6:.1f} MB)")
+        raise SkipFile(f"too large ({_size(entry.size)} > limit {_size(max_bytes)})")
     try:
         raw = entry.abs_path.read_bytes()
     except OSError as exc:
@@ -279,9 +287,17 @@ def decode_text(raw: bytes) -> str:
         pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(raw[:1_000_000]).best()
-    if best is None or best.encoding is None:
+    matches = [m for m in from_bytes(raw[:1_000_000]) if m.encoding]
+    if not matches:
         raise SkipFile("binary file or unknown text encoding")
+    best = matches[0]
+    # Short Western-European texts fit several code pages equally well; prefer the most common one.
+    tied = [m.encoding for m in matches
+            if m.chaos <= best.chaos + 0.01 and m.coherence >= best.coherence - 0.01]
+    for preferred in ("cp1252", "latin_1", "iso8859_15"):
+        if preferred in tied:
+            best = next(m for m in matches if m.encoding == preferred)
+            break
     try:
         text = raw.decode(best.encoding)
     except (UnicodeDecodeError, LookupError):

@@ -41,6 +41,7 @@ FORMAT_VERSION = 1
 SETTINGS_NAME = "settings.json"
 SQLITE_NAME = "index.sqlite"
 LOCK_NAME = "lock"
+FLUSH_SECONDS = 2.0  # staged (embedded, not yet committed) vectors reach the disk at least this often
 
 _faiss = None
 
@@ -605,7 +606,7 @@ class IndexWriter:
             [(content_id, c.ordinal, c.text, c.heading, c.page, c.start, c.end, vectors[i].tobytes())
              for i, c in enumerate(chunks)])
         self._pending_stage += 1
-        if time.monotonic() - self._last_flush > 2.0:
+        if time.monotonic() - self._last_flush > FLUSH_SECONDS:
             self.flush()
         return content_id
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from retrieval.chunking import Chunk, ChunkerSettings, chunk_document
 from retrieval.errors import RetrievalError
-from retrieval.loaders import (DEFAULT_MAX_FILE_BYTES, Document, FileEntry, SkipFile, kind_for, load_file,
+from retrieval.loaders import (DEFAULT_MAX_FILE_BYTES, _size, Document, FileEntry, SkipFile, kind_for, load_file,
                                scan_folder)
 from retrieval.store import (SETTINGS_NAME, DocumentRow, IndexSettings, IndexStore, WriterLock,
                              default_index_path)
@@ -168,8 +168,8 @@ def add_files(paths: Iterable[str | Path], index_path: str | Path, encoder, *, p
                     continue
                 if st.st_size > max_file_bytes:
                     target.unlink()
-                    skipped.append((UPLOADS_PREFIX + name, f"too large ({st.st_size / 1e6:.1f} MB > limit "
-                                                            f"{max_file_bytes / 1e6:.1f} MB)"))
+                    skipped.append((UPLOADS_PREFIX + name, f"too large ({_size(st.st_size)} > limit "
+                                                            f"{_size(max_file_bytes)})"))
                     continue
                 entries.append(FileEntry(UPLOADS_PREFIX + name, target, st.st_size, st.st_mtime_ns, kind_for(name)))
             report = _sync_entries(store, entries, skipped, encoder, remove_missing=False, progress=progress,
