@@ -212,13 +212,19 @@ def save_adapter(
     config: LoraConfig,
     base_identity: str,
     metadata: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write the adapter (safetensors) and its config + base identity (JSON) into `folder`, atomically per file."""
+    """Write the adapter (safetensors) and its config + base identity (JSON) into `folder`, atomically per file.
+
+    `dtype` (e.g. torch.float16) stores the tensors in a smaller type; loading casts back to the model's.
+    """
     from safetensors.torch import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = lora_state_dict(model)
+    if dtype is not None:
+        state = {name: tensor.to(dtype) for name, tensor in state.items()}
     if not state:
         raise ValueError("the model has no LoRA adapters to save; call apply_lora first")
     info = {
