@@ -330,7 +330,7 @@ class IndexStore:
         path = Path(path)
         if cls.exists(path):
             raise RetrievalError(f"an index already exists at {path}")
-        if path.exists() and any(p.name not in (LOCK_NAME,) and not p.name.startswith(".")
+        if path.exists() and any(p.name not in (LOCK_NAME, "uploads") and not p.name.startswith(".")
                                  for p in path.iterdir()):
             raise RetrievalError(f"{path} exists and is not an index. Choose another --index folder.")
         path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,278 @@
+"""Incremental sync and the on-disk store: only changed files are embedded, crashes lose nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest_retrieval import BROKEN, MAX_BYTES, PLANTED, make_mixed_folder
+from retrieval.errors import IndexLockedError, IndexMismatchError, RetrievalError
+from retrieval.retriever import Retriever
+from retrieval.store import IndexStore, WriterLock, default_index_path
+from retrieval.sync import add_files, sync_folder
+from retrieval.testing import HashingEncoder
+
+
+def _sync(folder, index, encoder, **kw):
+    return sync_folder(folder, index, encoder, progress=False, max_file_bytes=MAX_BYTES, **kw)
+
+
+def _chunk_ids_by_path(index) -> dict[str, set[int]]:
+    store = IndexStore.open(index)
+    try:
+        out = {}
+        for path, row in store.documents().items():
+            ids = store._conn.execute("SELECT id FROM chunks WHERE content_id=?", (row.content_id,)).fetchall()
+            out[path] = {r[0] for r in ids}
+        return out
+    finally:
+        store.close()
+
+
+@pytest.fixture()
+def indexed(tmp_path):
+    folder = make_mixed_folder(tmp_path)
+    encoder = HashingEncoder()
+    index = tmp_path / "index"
+    report = _sync(folder, index, encoder)
+    return folder, index, encoder, report
+
+
+def test_first_sync_summary_and_search_finds_every_planted_sentence(indexed):
+    folder, index, encoder, report = indexed
+    assert sorted(report.added) == sorted(PLANTED)
+    assert dict(report.skipped).keys() == BROKEN.keys()
+    for path, expected in BROKEN.items():
+        assert expected in dict(report.skipped)[path]
+    assert report.total_files == len(PLANTED) and report.chunks_embedded == report.total_chunks > 0
+    text = report.summary()
+    assert "11 added" in text and "corrupt.pdf: corrupt PDF" in text
+    retriever = Retriever(index, encoder)
+    for mode in ("lexical", "dense", "hybrid"):
+        for path, (sentence, _) in PLANTED.items():
+            hits = retriever.search(sentence, k=3, mode=mode)
+            assert hits and hits[0].path == path, (mode, path, [h.path for h in hits])
+            assert sentence.split()[1] in hits[0].text
+
+
+def test_second_run_with_no_change_embeds_nothing(indexed):
+    folder, index, encoder, _ = indexed
+    before = encoder.texts_embedded
+    generation = IndexStore.open(index).generation
+    report = _sync(folder, index, encoder)
+    assert encoder.texts_embedded == before and report.chunks_embedded == 0
+    assert sorted(report.unchanged) == sorted(PLANTED) and not report.changed
+    assert IndexStore.open(index).generation == generation  # nothing rewritten
+    # touching a file (new mtime, same bytes) costs a hash, not an embedding
+    os.utime(folder / "notes.txt", (time.time() + 10, time.time() + 10))
+    report = _sync(folder, index, encoder)
+    assert encoder.texts_embedded == before and "notes.txt" in report.unchanged
+
+
+def test_edit_one_file_changes_only_its_chunks(indexed):
+    folder, index, encoder, _ = indexed
+    before = _chunk_ids_by_path(index)
+    (folder / "notes.txt").write_text("Completely new notes about a purple narwhal choir.\n")
+    calls = encoder.texts_embedded
+    report = _sync(folder, index, encoder)
+    after = _chunk_ids_by_path(index)
+    assert report.updated == ["notes.txt"] and not report.added and not report.removed
+    assert report.chunks_embedded == encoder.texts_embedded - calls == len(after["notes.txt"])
+    for path in PLANTED:
+        if path != "notes.txt":
+            assert after[path] == before[path], path
+    assert not after["notes.txt"] & before["notes.txt"]
+    hits = Retriever(index, encoder).search("purple narwhal choir", k=1)
+    assert hits[0].path == "notes.txt"
+    assert not Retriever(index, encoder).search("amber walrus lanterns", k=5, mode="lexical")
+
+
+def test_delete_removes_from_search(indexed):
+    folder, index, encoder, _ = indexed
+    retriever = Retriever(index, encoder)  # opened before the change: must reload by itself
+    (folder / "guide.md").unlink()
+    report = _sync(folder, index, encoder)
+    assert report.removed == ["guide.md"] and report.chunks_embedded == 0
+    sentence = PLANTED["guide.md"][0]
+    for mode in ("lexical", "dense", "hybrid"):
+        assert all(h.path != "guide.md" for h in retriever.search(sentence, k=20, mode=mode))
+    assert retriever.stats()["files"] == len(PLANTED) - 1
+
+
+def test_rename_and_duplicate_reuse_vectors(indexed):
+    folder, index, encoder, _ = indexed
+    before = _chunk_ids_by_path(index)
+    calls = encoder.texts_embedded
+    (folder / "src" / "tool.py").rename(folder / "src" / "renamed_tool.py")
+    shutil.copy(folder / "manual.rst", folder / "manual_copy.rst")
+    report = _sync(folder, index, encoder)
+    assert encoder.texts_embedded == calls and report.chunks_embedded == 0
+    assert report.renamed == [("src/renamed_tool.py", "src/tool.py")]
+    assert report.duplicates == [("manual_copy.rst", "manual.rst")]
+    assert not report.removed and not report.added
+    after = _chunk_ids_by_path(index)
+    assert after["src/renamed_tool.py"] == before["src/tool.py"]
+    hits = Retriever(index, encoder).search(PLANTED["src/tool.py"][0], k=1)
+    assert hits[0].path == "src/renamed_tool.py"
+    hits = Retriever(index, encoder).search(PLANTED["manual.rst"][0], k=1)
+    assert {hits[0].path, *hits[0].also_in} == {"manual.rst", "manual_copy.rst"}
+
+
+def test_file_that_becomes_unreadable_leaves_the_index(indexed):
+    folder, index, encoder, _ = indexed
+    (folder / "legacy.htm").write_bytes(b"")
+    report = _sync(folder, index, encoder)
+    assert report.removed == ["legacy.htm"] and ("legacy.htm", "empty file") in report.skipped
+
+
+def test_lock_keeps_writers_apart_and_dead_lock_is_taken_over(indexed):
+    folder, index, encoder, _ = indexed
+    with WriterLock(index):
+        # flock is per open file description, so this is a real second writer even in one process
+        with pytest.raises(IndexLockedError, match="another process"):
+            _sync(folder, index, encoder)
+    (index / "lock").write_text("999999\n")  # left behind by a dead process
+    assert _sync(folder, index, encoder).chunks_embedded == 0
+
+
+def test_other_encoder_or_chunker_needs_a_rebuild(indexed):
+    folder, index, encoder, _ = indexed
+    other = HashingEncoder(dim=32)
+    with pytest.raises(IndexMismatchError, match="--rebuild"):
+        _sync(folder, index, other)
+    with pytest.raises(IndexMismatchError, match="--rebuild"):
+        Retriever(index, other)
+    report = _sync(folder, index, other, rebuild=True)
+    assert sorted(report.added) == sorted(PLANTED)
+    assert IndexStore.open(index).settings.dim == 32
+    assert Retriever(index, other).search(PLANTED["notes.txt"][0], k=1)[0].path == "notes.txt"
+    assert not (index.parent / "index.rebuild").exists() and not (index.parent / "index.old").exists()
+
+
+def test_uploads_are_indexed_kept_by_folder_sync_and_rebuild(indexed, tmp_path):
+    folder, index, encoder, _ = indexed
+    upload = tmp_path / "upload.md"
+    upload.write_text("# Upload\n\nThe magenta yak sells holographic umbrellas.\n")
+    retriever = Retriever(index, encoder)
+    progress = []
+    report = add_files([upload, tmp_path / "nope.exe"], index, encoder, on_progress=lambda d, t: progress.append((d, t)))
+    assert report.added == ["@uploads/upload.md"] and report.skipped[0][0] == "@uploads/nope.exe"
+    assert progress[-1][0] == progress[-1][1] > 0
+    assert retriever.search("magenta yak umbrellas", k=1)[0].path == "@uploads/upload.md"
+    assert _sync(folder, index, encoder).removed == []
+    _sync(folder, index, HashingEncoder(dim=48), rebuild=True)
+    hits = Retriever(index, HashingEncoder(dim=48)).search("magenta yak umbrellas", k=1, path_filter="@uploads")
+    assert hits[0].path == "@uploads/upload.md"
+
+
+def test_hnsw_option_and_switching_back(indexed):
+    folder, index, encoder, _ = indexed
+    calls = encoder.texts_embedded
+    _sync(folder, index, encoder, faiss_kind="hnsw")
+    assert encoder.texts_embedded == calls  # vectors reused
+    assert IndexStore.open(index).settings.faiss == "hnsw"
+    retriever = Retriever(index, encoder)
+    assert retriever.search(PLANTED["memo.docx"][0], k=1, mode="dense")[0].path == "memo.docx"
+    assert retriever.search(PLANTED["memo.docx"][0], k=1, mode="dense", path_filter="*.docx")[0].path == "memo.docx"
+    _sync(folder, index, encoder, faiss_kind="flat")
+    assert retriever.search(PLANTED["memo.docx"][0], k=1, mode="dense")[0].path == "memo.docx"
+
+
+def test_empty_folder_and_damaged_parts(tmp_path):
+    (tmp_path / "empty").mkdir()
+    encoder = HashingEncoder()
+    report = _sync(tmp_path / "empty", tmp_path / "idx", encoder)
+    assert report.total_chunks == 0
+    assert Retriever(tmp_path / "idx", encoder).search("anything") == []
+    # A lost FAISS file or BM25 folder is rebuilt from SQLite, the source of truth.
+    (tmp_path / "empty" / "a.txt").write_text("The tangerine gecko plays the oboe.")
+    _sync(tmp_path / "empty", tmp_path / "idx", encoder)
+    for part in (tmp_path / "idx").glob("vectors-*.faiss"):
+        part.unlink()
+    for part in (tmp_path / "idx").glob("bm25-*"):
+        shutil.rmtree(part)
+    for mode in ("dense", "lexical"):
+        assert Retriever(tmp_path / "idx", encoder).search("tangerine gecko", k=1, mode=mode)[0].path == "a.txt"
+    with pytest.raises(RetrievalError, match="no index"):
+        Retriever(tmp_path / "nothing", encoder)
+    (tmp_path / "notindex").mkdir()
+    (tmp_path / "notindex" / "mine.txt").write_text("x")
+    with pytest.raises(RetrievalError, match="not an index"):
+        _sync(tmp_path / "empty", tmp_path / "notindex", encoder)
+
+
+def test_default_index_path_is_stable_and_under_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASSISTANT_CACHE", str(tmp_path / "cache"))
+    a = default_index_path(tmp_path / "My Docs")
+    assert a == default_index_path(str(tmp_path / "My Docs") + "/")
+    assert a.parent == tmp_path / "cache" / "indexes" and a.name.startswith("My_Docs-")
+    assert a != default_index_path(tmp_path / "other" / "My Docs")
+
+
+_KILLED_RUN = textwrap.dedent("""
+    import sys, time
+    import retrieval.store, retrieval.sync
+    from retrieval.sync import sync_folder
+    from retrieval.testing import HashingEncoder
+    retrieval.store.FLUSH_SECONDS = 0.0   # make staged vectors durable at once
+    retrieval.sync.EMBED_GROUP = 4
+
+    class Slow(HashingEncoder):
+        def embed(self, texts, **kw):
+            time.sleep(0.05)
+            return super().embed(texts, **kw)
+
+    def tell(done, total):
+        print(f"{done} {total}", flush=True)
+
+    sync_folder(sys.argv[1], sys.argv[2], Slow(), progress=False, on_progress=tell)
+    print("finished", flush=True)
+""")
+
+
+def test_killed_run_leaves_previous_index_usable_and_next_run_finishes(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "first.txt").write_text("The original index knows the silver heron.")
+    index = tmp_path / "index"
+    encoder = HashingEncoder()
+    _sync(folder, index, encoder)
+    for i in range(200):
+        (folder / f"file{i:03d}.txt").write_text(f"Document {i} describes gadget{i} and widget{i}.")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(folder), str(index)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        while True:
+            line = proc.stdout.readline()
+            assert line and line.strip() != "finished", "the run ended before it could be killed"
+            done, total = map(int, line.split())
+            if done >= 40:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert total == 200
+    # The previous index still opens and searches, and shows none of the unfinished run.
+    retriever = Retriever(index, encoder)
+    assert retriever.search("silver heron", k=1)[0].path == "first.txt"
+    assert retriever.stats()["files"] == 1
+    # The next run completes, reusing what the killed run had embedded.
+    report = _sync(folder, index, encoder)
+    assert len(report.added) == 200 and report.total_files == 201
+    assert 0 < report.chunks_embedded <= 200 - 40
+    assert retriever.search("gadget150 widget150", k=1)[0].path == "file150.txt"
+    leftovers = [p.name for p in index.iterdir() if ".tmp-" in p.name]
+    assert not leftovers
+    settings = json.loads((index / "settings.json").read_text())
+    assert settings["encoder"] == encoder.name
