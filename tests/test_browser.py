@@ -35,11 +35,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _copy_default_corpus_index(target: Path) -> None:
+    """Start from a copy of corpus/'s default index (built once, shared with the other real-weight tests),
+    so the server syncs incrementally and uploads never touch the shared index."""
+    import shutil
+
+    from model.encoder import Encoder
+    from retrieval.store import default_index_path
+    from retrieval.sync import sync_folder
+
+    shared = default_index_path(REPO / "corpus")
+    sync_folder(REPO / "corpus", shared, Encoder.load(None), progress=False)
+    shutil.copytree(shared, target, ignore=shutil.ignore_patterns("*.lock", "uploads"))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`assistant ui` on the default corpus; yields its URL; stops it afterwards."""
     port = _free_port()
     index = tmp_path_factory.mktemp("ui-index") / "corpus-index"
+    _copy_default_corpus_index(index)
     log_path = tmp_path_factory.mktemp("ui-log") / "ui.log"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "GRADIO_ANALYTICS_ENABLED": "False",
            "ASSISTANT_MAX_NEW_TOKENS": "48"}
@@ -72,16 +87,26 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def page(server):
+def browser():
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            page.goto(server, wait_until="domcontentloaded")
-            page.wait_for_selector("#question textarea", timeout=60_000)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def open_tab(browser, url):
+    """A new tab (its own Gradio session) with the chat loaded."""
+    page = browser.new_page()
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#question textarea", timeout=60_000)
+    return page
+
+
+@pytest.fixture
+def page(server, browser):
+    return open_tab(browser, server)
 
 
 def answer_text(page) -> str:
@@ -155,3 +180,20 @@ def test_stop_button_stops_a_long_answer(page):
     page.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('(stopped)')",
                            timeout=30_000)
     assert time.time() - start < 20
+
+
+def test_two_tabs_asking_at_once_get_their_own_answers(server, browser):
+    tabs = [open_tab(browser, server), open_tab(browser, server)]
+    questions = ["What is the rank r in LoRA?", "What does top-k sampling keep?"]
+    for tab, question in zip(tabs, questions):
+        tab.fill("#question textarea", question)
+    for tab in tabs:
+        tab.click("#send")
+    chats = []
+    for tab in tabs:
+        tab.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('similarity')",
+                              timeout=300_000)
+        chats.append(tab.locator("#chatbot").inner_text())
+    assert questions[0] in chats[0] and questions[1] not in chats[0]
+    assert questions[1] in chats[1] and questions[0] not in chats[1]
+    assert "peft-lora.md" in chats[0] and "decoding-strategies.md" in chats[1]
