@@ -80,6 +80,7 @@ class Retriever:
                 f"the index at {self.store.path} was built with encoder {settings.encoder} ({settings.dim}-d), "
                 f"but the current encoder is {encoder.name} ({encoder.dim}-d). " + rebuild_hint(self.store.path))
         self._reload_lock = threading.Lock()
+        self._flat_cache: tuple[object, np.ndarray, np.ndarray] | None = None  # (index, vectors, ids)
 
     def refresh(self) -> bool:
         """Pick up a newer generation written by another process (e.g. an upload). True if reloaded."""
@@ -160,9 +161,35 @@ class Retriever:
                             float(np.dot(query_vec, row.vector)), lex, len(hits) + 1, tuple(paths[1:])))
         return hits
 
+    def _flat_arrays(self, index) -> tuple[np.ndarray, np.ndarray] | None:
+        """Zero-copy numpy views of a flat index's vectors [n, dim] and ids [n] (None for HNSW)."""
+        cache = self._flat_cache
+        if cache is not None and cache[0] is index:
+            return cache[1], cache[2]
+        faiss = faiss_module()
+        inner = faiss.downcast_index(index.index)
+        if not isinstance(inner, faiss.IndexFlat):
+            return None
+        vectors = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
+        ids = faiss.vector_to_array(index.id_map)
+        self._flat_cache = (index, vectors, ids)
+        return vectors, ids
+
     def _dense(self, index, query_vec: np.ndarray, n: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
         faiss = faiss_module()
         n = min(n, index.ntotal)
+        flat = self._flat_arrays(index)
+        if flat is not None:
+            # Exact search, one query: a BLAS matrix-vector product is ~2x faster here than faiss's
+            # single-query kernel (memory-bound either way: it reads every vector once).
+            vectors, ids = flat
+            scores = vectors @ query_vec  # [n_chunks]
+            if allowed is not None:
+                scores = np.where(np.isin(ids, allowed), scores, -np.inf)
+                n = min(n, len(allowed))
+            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+            top = top[np.lexsort((ids[top], -scores[top]))]
+            return [(int(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
         params = None
         hnsw = isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW)
         if allowed is not None:
