@@ -276,3 +276,30 @@ def test_killed_run_leaves_previous_index_usable_and_next_run_finishes(tmp_path)
     assert not leftovers
     settings = json.loads((index / "settings.json").read_text())
     assert settings["encoder"] == encoder.name
+
+
+def test_crash_between_new_files_and_commit_keeps_the_old_generation(indexed, monkeypatch):
+    """Killed after the next generation's FAISS/BM25 files are written but before SQLite switched to them."""
+    from retrieval import store as store_module
+
+    folder, index, encoder, _ = indexed
+    (folder / "extra.txt").write_text("A brand new pistachio submarine.")
+    original = store_module.IndexWriter._write_bm25
+
+    def write_then_die(self, new_gen, live):
+        original(self, new_gen, live)
+        raise KeyboardInterrupt  # stands in for kill -9 at the worst moment
+
+    monkeypatch.setattr(store_module.IndexWriter, "_write_bm25", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _sync(folder, index, encoder)
+    monkeypatch.undo()
+    old = IndexStore.open(index)
+    assert (index / f"vectors-{old.generation + 1}.faiss").exists()  # the stray next generation
+    retriever = Retriever(old, encoder)
+    assert retriever.stats()["files"] == len(PLANTED)
+    assert all(h.path != "extra.txt" for h in retriever.search("pistachio submarine", k=3))
+    calls = encoder.texts_embedded
+    report = _sync(folder, index, encoder)
+    assert report.added == ["extra.txt"] and encoder.texts_embedded == calls  # staged vectors reused
+    assert retriever.search("pistachio submarine", k=1)[0].path == "extra.txt"
