@@ -51,7 +51,28 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.wqkv: nn.Module | None = None  # set by fuse_qkv() (inference): one matmul instead of three
         self.kv_cache: KVCache | None = None
+
+    def fuse_qkv(self) -> nn.Linear:
+        """Replace wq, wk, wv by one linear layer `wqkv` (rows stacked q, k, v); returns it.
+
+        For inference (fewer, larger matmuls per token, e.g. before weight-only quantisation): the result is
+        the same, but the separate wq/wk/wv modules (and their state-dict names) are gone.
+        """
+        if self.wqkv is None:
+            layers = (self.wq, self.wk, self.wv)
+            weight = torch.cat([layer.weight.detach() for layer in layers], dim=0)  # [(nh + 2 nkv) * hd, D]
+            fused = nn.Linear(weight.shape[1], weight.shape[0], bias=self.wq.bias is not None,
+                              device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                fused.weight.copy_(weight)
+                if fused.bias is not None:
+                    fused.bias.copy_(torch.cat([layer.bias.detach() for layer in layers]))
+            fused.requires_grad_(False)
+            self.wqkv = fused
+            del self.wq, self.wk, self.wv
+        return self.wqkv
 
     def forward(
         self,
@@ -64,9 +85,14 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         # x: [B, T, D]; cos/sin: [T, hd]; mask: [B or 1, 1, T, S'] bool or None (None = causal over T)
         batch, seq, _ = x.shape
-        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
-        k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
-        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
+        if self.wqkv is not None:
+            q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            q, k, v = self.wqkv(x).split([q_width, kv_width, kv_width], dim=-1)  # [B, T, nh*hd], 2x [B, T, nkv*hd]
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
+        k = k.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
+        v = v.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:
             if self.kv_cache is None:
@@ -145,6 +171,17 @@ class Decoder(nn.Module):
                                                self.config.head_dim, device, dtype)
         self.cache_batch_size, self.cache_len = batch_size, max_seq_len
 
+    def reorder_cache(self, rows: torch.Tensor) -> None:
+        """Select, reorder or duplicate the KV cache's batch rows (beam search): rows [B'] long indexes the
+        current rows; afterwards the cache has B' rows, row i a copy of old row rows[i]."""
+        if self.cache_batch_size == 0:
+            raise RuntimeError("reorder_cache needs a KV cache: call setup_cache() first")
+        for layer in self.layers:
+            cache = layer.attention.kv_cache
+            cache.k = cache.k.index_select(0, rows)  # [B', nkv, S, hd]
+            cache.v = cache.v.index_select(0, rows)
+        self.cache_batch_size = int(rows.shape[0])
+
     def reset_cache(self) -> None:
         """Drop the KV cache (frees its memory)."""
         for layer in self.layers:
@@ -158,8 +195,9 @@ class Decoder(nn.Module):
         input_pos: torch.Tensor | None = None,
         pad_mask: torch.Tensor | None = None,
         kv_len: int | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Logits [B, T, V] for tokens [B, T].
+        """Logits [B, T, V] for tokens [B, T] ([B, 1, V] for the last position only when `last_only`).
 
         input_pos None: no cache, causal attention over `tokens` alone (training, scoring).
         input_pos [T] (long): cache slots of these tokens. Each query attends to cache slots <= its own slot,
@@ -167,6 +205,8 @@ class Decoder(nn.Module):
         batches: RoPE depends on slot differences only, so padding slots shift nothing once they are masked).
         kv_len: attend over cache slots [0, kv_len); default = last input position + 1 (eager) or the whole
         cache (static_cache_attention).
+        last_only: apply the final norm and the output head to the last position only (prefill: the other
+        positions' logits are never used, and the head is the largest matmul).
         """
         batch, seq = tokens.shape
         x = self.tok_embeddings(tokens)  # [B, T, D]
@@ -193,6 +233,8 @@ class Decoder(nn.Module):
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [T, hd]
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos, mask, kv_len)
+        if last_only:
+            x = x[:, -1:]  # [B, 1, D]
         return self.output(self.norm(x))
 
 

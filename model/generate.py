@@ -176,15 +176,21 @@ class TextStream:
         self._steps.close()
 
 
-class _LastPositionHead(nn.Module):
-    """Wraps the output head so a prefill computes logits for the last position only."""
+def resolve_quantize(quantize: str | None, path: Path, device: torch.device) -> str | None:
+    """The quantisation `Generator.load` applies: None (off), "int8" or "int4" (see its docstring for "auto")."""
+    if quantize is None:
+        return None
+    mode = str(quantize).strip().lower()
+    if mode in ("", "none", "off", "false", "fp32", "float"):
+        return None
+    if mode == "auto":
+        four_bit_gguf = path.suffix.lower() == ".gguf" and "q4" in path.name.lower()
+        return "int4" if device.type == "cpu" and four_bit_gguf else None
+    from model.quant import SUPPORTED
 
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden[:, -1:])  # [B, 1, D] -> [B, 1, V]
+    if mode not in SUPPORTED:
+        raise SamplingParamsError(f"quantize={quantize!r} is not supported; use 'auto', 'none', 'int8' or 'int4'")
+    return mode
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -229,13 +235,16 @@ class Generator:
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         adapter: str | Path | None = None,
-        quantize: str | None = None,
+        quantize: str | None = "auto",
         compile: bool | None = None,
     ) -> "Generator":
         """Load the generator model (None = the default SmolLM2-135M-Instruct GGUF, fetched on first use).
 
-        adapter: a LoRA adapter folder (model.lora), merged into the weights.
-        quantize: None or "int8" (weight-only int8 linear layers, model.quant).
+        adapter: a LoRA adapter folder (model.lora), merged into the weights (before any quantisation).
+        quantize: weight-only quantisation of the linear layers (model.quant): "int8", "int4", None / "none"
+            (off), or "auto" (the default): int4 on CPU when the weights come from a 4-bit GGUF file (a name
+            with Q4, like the default model: int4 re-creates its Q4_1 blocks, so the cost is tiny and decode is
+            much faster), otherwise off (CUDA, float checkpoints).
         compile: compile the decode step (default: on for CUDA, off for CPU).
         """
         from model.runtime import resolve_device, resolve_dtype
@@ -244,14 +253,16 @@ class Generator:
 
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        loaded = load_decoder(resolve_generator(spec), device=device, dtype=dtype)
+        path = resolve_generator(spec)
+        quantize = resolve_quantize(quantize, path, device)
+        loaded = load_decoder(path, device=device, dtype=dtype)
         model, identity = loaded.model, loaded.identity
         if adapter is not None:
             from model.lora import load_adapter
 
             load_adapter(model, adapter, loaded.identity, merge=True)
             identity = f"{identity}+adapter:{Path(adapter).name}"
-        if quantize:
+        if quantize:  # after the adapter merge: the merged weights are what gets quantised
             from model.quant import quantize_decoder
 
             quantize_decoder(model, quantize)
@@ -309,12 +320,7 @@ class Generator:
         """tokens [B, T] at cache slots 0..T-1 -> logits of the last position [B, V] (float32)."""
         decoder = self.decoder
         positions = torch.arange(tokens.shape[1], device=self.device)  # [T]
-        head = decoder.output
-        decoder.output = _LastPositionHead(head)
-        try:
-            logits = decoder(tokens, positions, pad_mask, kv_len=tokens.shape[1])  # [B, 1, V]
-        finally:
-            decoder.output = head
+        logits = decoder(tokens, positions, pad_mask, kv_len=tokens.shape[1], last_only=True)  # [B, 1, V]
         return logits[:, -1].float()
 
     def _decode_forward(
@@ -535,14 +541,6 @@ class Generator:
         return results
 
     # ---- beam search --------------------------------------------------------------------------------------
-    def _reorder_cache(self, rows: torch.Tensor) -> None:
-        """Select / duplicate KV cache rows (beam search): rows [B'] indexes the current batch rows."""
-        for layer in self.decoder.layers:
-            cache = layer.attention.kv_cache
-            cache.k = cache.k.index_select(0, rows)
-            cache.v = cache.v.index_select(0, rows)
-        self.decoder.cache_batch_size = int(rows.shape[0])
-
     @torch.inference_mode()
     def _beam_search(
         self, ids: list[int], max_new: int, params: SamplingParams, cancel: threading.Event | None
@@ -554,7 +552,7 @@ class Generator:
         prompt_len = len(ids)
         self.decoder.setup_cache(1, min(self.context_length, _round_up(prompt_len + max_new, 256)), device=device)
         logits = self._prefill(torch.tensor([ids], device=device), None)  # [1, V]
-        self._reorder_cache(torch.zeros(num_beams, dtype=torch.long, device=device))
+        self.decoder.reorder_cache(torch.zeros(num_beams, dtype=torch.long, device=device))
         logits = logits.expand(num_beams, vocab)  # [K, V]
         penalties = PenaltyState(params, [ids] * num_beams, vocab, device)
         beam_scores = torch.full((num_beams,), float("-inf"), device=device)
@@ -614,7 +612,7 @@ class Generator:
             beam_scores = torch.tensor(next_scores, device=device)
             if step == max_new - 1:
                 break
-            self._reorder_cache(rows)
+            self.decoder.reorder_cache(rows)
             penalties.reorder(rows)
             penalties.update(tokens)
             logits = self._decode(tokens.view(num_beams, 1), input_pos, None, kv_len=prompt_len + step + 1,

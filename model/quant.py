@@ -1,4 +1,4 @@
-"""Weight-only int8 quantisation of a decoder's linear layers.
+"""Weight-only int8 and int4 quantisation of a decoder's linear layers.
 
 Each weight W [out, in] becomes int8 values q and one float scale per output channel (symmetric):
     scale[o] = max_i |W[o, i]| / 127,   q[o, i] = round(W[o, i] / scale[o]),   W ~ q * scale[:, None]
@@ -9,6 +9,18 @@ Activations stay in floating point. The matmul:
 - CUDA: `F.linear(x, q.to(x.dtype)) * scale` (under torch.compile the cast fuses into the matmul).
 The output head is quantised too (as a separate int8 copy when it is tied to the embedding; the embedding
 lookup keeps its float table).
+
+int4 (asymmetric, groups of 32 input columns, the layout of GGUF's Q4_1 blocks):
+    scale[o, g] = (max - min) / 15 over the group,  q = round((W - min) / scale) in 0..15,  W ~ q * scale + min
+Re-quantising weights that were dequantised from Q4_1 gives back the original blocks (each block's min and
+max are exactly its q = 0 and q = 15 values), so on the default GGUF model int4 costs only the bf16 rounding
+of the scales. The matmul:
+- CPU, one or a few rows (decode): `torch.ops.aten._weight_int4pack_mm_for_cpu` with bf16 activations; it
+  computes W = (q - 8) * scale + zero per group, so zero = min + 8 * scale;
+- otherwise (prefill, CUDA, or a torch without that kernel): dequantise to the activation dtype and use the
+  float matmul.
+With int4 the output head stays int8: the tied head is the GGUF's Q8_0 token embedding, and 4 bits there
+cost far more (argmax agreement vs fp32 on a 512-token text: 85% with an int4 head, 98% with int8).
 """
 
 from __future__ import annotations
@@ -19,9 +31,12 @@ from torch import nn
 
 from model.errors import SamplingParamsError
 
-SUPPORTED = ("int8",)
+SUPPORTED = ("int8", "int4")
+INT4_GROUP_SIZE = 32
 # Rows at or below which the CPU int8 kernel is used; above it the weight is dequantised (prefill).
 CPU_INT8_KERNEL_MAX_ROWS = 16
+# Rows at or below which the CPU int4 kernel is used (it is compute-bound above: no bf16 units here).
+CPU_INT4_KERNEL_MAX_ROWS = 16
 
 
 def quantize_weight_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,9 +86,163 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
 
 
-def quantize_decoder(model: nn.Module, mode: str = "int8") -> nn.Module:
-    """Replace every nn.Linear in `model` (attention, MLP, output head) by an Int8Linear, in place.
+def quantize_weight_int4(weight: torch.Tensor, group_size: int = INT4_GROUP_SIZE
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weight [out, in] float -> (q [out, in] uint8 in 0..15, scales [out, in/g], mins [out, in/g] float32).
 
+    Asymmetric min/max quantisation per group of `group_size` consecutive input columns: W ~ q * scale + min.
+    """
+    out_features, in_features = weight.shape
+    if in_features % group_size:
+        raise ValueError(f"in_features {in_features} is not a multiple of the int4 group size {group_size}")
+    groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)  # [O, G, g]
+    mins = groups.amin(dim=-1)  # [O, G]
+    scales = (groups.amax(dim=-1) - mins) / 15.0  # [O, G]
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))  # constant groups: q = 0, W = min
+    q = torch.round((groups - mins[..., None]) / safe[..., None]).clamp(0, 15).to(torch.uint8)  # [O, G, g]
+    return q.reshape(out_features, in_features), scales, mins
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """q [out, in] uint8 in 0..15 -> [out, in/2] uint8: column 2j in the low nibble, 2j+1 in the high one."""
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def _unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of `_pack_nibbles`: [out, in/2] uint8 -> [out, in] uint8."""
+    return torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1)  # [O, in/2, 2] -> [O, in]
+
+
+def cpu_int4_kernel_available() -> bool:
+    """Whether this torch build has the CPU int4 weight-only matmul (and its packing op)."""
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
+        torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
+
+
+class Int4Linear(nn.Module):
+    """A linear layer with 4-bit weights, one scale and min per group of 32 inputs (weight-only quantisation).
+
+    Buffers: `weight_nibbles` [out, in/2] uint8 (the portable copy, used to dequantise), `scales` and `mins`
+    [out, in/g] float32, and on CPU with the int4 kernel `weight_int4pack` (the kernel's own layout) and
+    `scales_and_zeros` [in/g, out, 2] bf16.
+    """
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, bias: torch.Tensor | None,
+                 group_size: int = INT4_GROUP_SIZE) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.group_size = group_size
+        self.register_buffer("weight_nibbles", _pack_nibbles(q.to(torch.uint8)))  # [out, in/2]
+        self.register_buffer("scales", scales.float().contiguous())  # [out, in/g]
+        self.register_buffer("mins", mins.float().contiguous())  # [out, in/g]
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        self.weight_int4pack: torch.Tensor | None = None
+        self.scales_and_zeros: torch.Tensor | None = None
+        if q.device.type == "cpu" and cpu_int4_kernel_available():
+            self._pack_for_cpu_kernel(q)
+
+    def _pack_for_cpu_kernel(self, q: torch.Tensor) -> None:
+        try:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+        except RuntimeError:  # shape or build not supported: the dequantised path still works
+            return
+        zeros = self.mins + 8.0 * self.scales  # the kernel computes (q - 8) * scale + zero
+        self.scales_and_zeros = torch.stack([self.scales.t(), zeros.t()], dim=-1).to(torch.bfloat16).contiguous()
+        self.weight_int4pack = packed  # [in/g, out, 2] above; packed: [out, in/2] uint8 (kernel layout)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = INT4_GROUP_SIZE) -> "Int4Linear":
+        """Quantise `linear`'s weight (see `quantize_weight_int4`); the bias stays float."""
+        q, scales, mins = quantize_weight_int4(linear.weight, group_size)
+        device = linear.weight.device
+        return cls(q.to(device), scales.to(device), mins.to(device), linear.bias, group_size)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight this layer's dequantised path computes with, [out, in]."""
+        q = _unpack_nibbles(self.weight_nibbles).to(dtype)  # [out, in]
+        groups = q.view(self.out_features, -1, self.group_size)  # [out, in/g, g]
+        weight = groups * self.scales.to(dtype)[..., None] + self.mins.to(dtype)[..., None]
+        return weight.reshape(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [..., in] -> [..., out]
+        shape = x.shape
+        rows = x.reshape(-1, self.in_features)  # [M, in]
+        if (self.weight_int4pack is not None and x.device.type == "cpu"
+                and rows.shape[0] <= CPU_INT4_KERNEL_MAX_ROWS):
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                rows.to(torch.bfloat16).contiguous(), self.weight_int4pack, self.group_size,
+                self.scales_and_zeros).to(x.dtype)  # [M, out]
+        else:
+            out = F.linear(rows, self.dequantized_weight(x.dtype))
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def _apply(self, fn, recurse=True):  # .to(device): re-pack (or drop) the CPU kernel copy
+        super()._apply(fn, recurse)
+        if self.weight_nibbles.device.type != "cpu":
+            self.weight_int4pack = self.scales_and_zeros = None
+        elif self.weight_int4pack is None and cpu_int4_kernel_available():
+            self._pack_for_cpu_kernel(_unpack_nibbles(self.weight_nibbles))
+        return self
+
+    def extra_repr(self) -> str:
+        kernel = "CPU int4 kernel" if self.weight_int4pack is not None else "dequantised matmul"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int4 weight-only, "
+                f"group {self.group_size}, {kernel}")
+
+
+class FusedSwiGLU(nn.Module):
+    """SwiGLU with its gate and up projections stacked into one matmul: w2(silu(gate) * up), [gate; up] = w13 x."""
+
+    def __init__(self, w13: nn.Module, w2: nn.Module, hidden: int) -> None:
+        super().__init__()
+        self.w13, self.w2, self.hidden = w13, w2, hidden
+
+    @classmethod
+    def from_swiglu(cls, mlp: nn.Module) -> "FusedSwiGLU":
+        """Build from a model.layers.SwiGLU (w1 = gate, w3 = up, w2 = down); the weights are copied."""
+        weight = torch.cat([mlp.w1.weight.detach(), mlp.w3.weight.detach()], dim=0)  # [2 * hidden, D]
+        w13 = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            w13.weight.copy_(weight)
+        return cls(w13.requires_grad_(False), mlp.w2, mlp.w1.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).split([self.hidden, self.hidden], dim=-1)  # [..., hidden] each
+        return self.w2(F.silu(gate) * up)
+
+
+def fuse_projections(model: nn.Module) -> nn.Module:
+    """Inference only: stack each attention's q/k/v and each SwiGLU's gate/up projections into one matmul.
+
+    Same outputs, fewer (larger) matmuls per token. Module and state-dict names change (`attention.wqkv`,
+    `feed_forward.w13`), so fuse after loading and after merging any LoRA adapter. Returns the model.
+    """
+    from model.layers import SwiGLU
+
+    def fusable(module: nn.Module, names: tuple[str, ...]) -> bool:  # plain or merged-LoRA linear layers
+        layers = [getattr(module, n, None) for n in names]
+        return all(isinstance(m, nn.Linear) and getattr(m, "merged", True) is not False for m in layers)
+
+    for module in list(model.modules()):
+        if hasattr(module, "fuse_qkv") and fusable(module, ("wq", "wk", "wv")):
+            module.fuse_qkv()
+    swiglus = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, SwiGLU) and fusable(m, ("w1", "w2", "w3"))]
+    for name, mlp in swiglus:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, FusedSwiGLU.from_swiglu(mlp))
+    return model
+
+
+def quantize_decoder(model: nn.Module, mode: str = "int8", fuse: bool = True) -> nn.Module:
+    """Replace every nn.Linear in `model` (attention, MLP, output head) by an Int8Linear or Int4Linear, in place.
+
+    mode: "int8" (per-channel symmetric) or "int4" (groups of 32, asymmetric; the head stays int8).
+    fuse: first stack q/k/v and gate/up projections (`fuse_projections`: fewer kernel calls per token; the
+    quantised weights are the same, since every row is quantised on its own).
     LoRA layers must be merged first (model.lora.load_adapter merges by default). Returns the model.
     """
     if mode not in SUPPORTED:
@@ -82,7 +251,15 @@ def quantize_decoder(model: nn.Module, mode: str = "int8") -> nn.Module:
     for name, module in targets:
         if getattr(module, "merged", True) is False and hasattr(module, "lora_a"):
             raise SamplingParamsError(f"{name} has an unmerged LoRA adapter; merge it before quantising")
+    if fuse:
+        fuse_projections(model)
+        targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear.from_linear(module).to(module.weight.device))
+        if mode == "int4" and name != "output" and module.in_features % INT4_GROUP_SIZE == 0:
+            replacement: nn.Module = Int4Linear.from_linear(module)
+        else:  # int8; with int4, the output head (see INT4 note above) and layers not a multiple of 32 wide
+            replacement = Int8Linear.from_linear(module).to(module.weight.device)
+        setattr(parent, child, replacement)
     return model

@@ -51,6 +51,36 @@ def test_greedy_matches_uncached_reference(gen: Generator) -> None:
     assert result.prefill_ms > 0 and result.decode_tokens_per_s > 0
 
 
+def test_last_only_gives_the_last_position_logits(gen: Generator) -> None:
+    decoder = gen.decoder
+    tokens = torch.tensor([[5, 9, 13, 2, 7], [3, 3, 8, 1, 4]])
+    with torch.no_grad():
+        full = decoder(tokens)  # [2, 5, V]
+        torch.testing.assert_close(decoder(tokens, last_only=True), full[:, -1:])
+        decoder.setup_cache(2, 16)
+        cached = decoder(tokens, torch.arange(5), last_only=True)  # [2, 1, V]
+    assert cached.shape == (2, 1, full.shape[-1])
+    torch.testing.assert_close(cached, full[:, -1:], rtol=1e-4, atol=1e-4)
+
+
+def test_reorder_cache_selects_and_duplicates_rows(gen: Generator) -> None:
+    decoder = gen.decoder
+    tokens = torch.tensor([[5, 9, 13], [3, 8, 1]])
+    with torch.no_grad():
+        decoder.setup_cache(2, 16)
+        decoder(tokens, torch.arange(3))
+        before = [layer.attention.kv_cache.k.clone() for layer in decoder.layers]
+        decoder.reorder_cache(torch.tensor([1, 1, 0]))
+        assert decoder.cache_batch_size == 3
+        for layer, old in zip(decoder.layers, before):
+            assert torch.equal(layer.attention.kv_cache.k, old[[1, 1, 0]])
+        # the next step continues each row from its copied history
+        step = decoder(torch.tensor([[4], [4], [4]]), torch.tensor([3]))[:, -1]  # [3, V]
+        expected = decoder(torch.tensor([[3, 8, 1, 4], [5, 9, 13, 4]]))[:, -1]  # no cache
+    torch.testing.assert_close(step[[0, 2]], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(step[0], step[1])
+
+
 def test_eos_ends_generation_without_the_eos_token(gen: Generator) -> None:
     no_eos(gen)
     full = gen.generate("Attention", max_new_tokens=12).token_ids
