@@ -69,7 +69,7 @@ class Settings:
     use_adapter: bool = True            # False = plain base model (`--no-adapter`)
     device: str | None = None           # "cpu", "cuda", ...; None = CUDA when available
     dtype: str | None = None            # "float32", "bfloat16"; None = the device's default
-    quantize: str | None = None         # "int8": weight-only int8 generator (faster CPU decode, small quality cost)
+    quantize: str | None = "auto"       # generator weights: auto (int4 on CPU for Q4 GGUF), none, int8, int4
     # Retrieval and prompt.
     k: int = 4                          # passages given to the model
     retrieval_mode: str = "hybrid"      # hybrid | dense | lexical
@@ -277,7 +277,8 @@ def add_arguments(parser: Any, *, source: bool = True, model: bool = True, sampl
         group.add_argument("--no-adapter", dest="use_adapter", action="store_const", const=False,
                            help="run the base model without the fine-tuned adapter")
         group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
-        group.add_argument("--quantize", choices=["int8"], help="weight-only int8 generator (faster decode on CPU)")
+        group.add_argument("--quantize", choices=["auto", "none", "int8", "int4"],
+                           help="weight-only quantised generator (default auto: int4 on CPU for a Q4 GGUF)")
         group.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
     if sampling:
         group = parser.add_argument_group("sampling")
