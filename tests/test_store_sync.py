@@ -228,11 +228,13 @@ _KILLED_RUN = textwrap.dedent("""
 
     class Slow(HashingEncoder):
         def embed(self, texts, **kw):
-            time.sleep(0.05)
+            time.sleep(0.01)
             return super().embed(texts, **kw)
 
     def tell(done, total):
         print(f"{done} {total}", flush=True)
+        if done >= 40:
+            time.sleep(60)  # mid-run, with work staged: wait here to be killed
 
     sync_folder(sys.argv[1], sys.argv[2], Slow(), progress=False, on_progress=tell)
     print("finished", flush=True)
@@ -262,7 +264,7 @@ def test_killed_run_leaves_previous_index_usable_and_next_run_finishes(tmp_path)
     finally:
         proc.kill()
         proc.wait()
-    assert total == 200
+    assert total == 200 and proc.returncode == -signal.SIGKILL
     # The previous index still opens and searches, and shows none of the unfinished run.
     retriever = Retriever(index, encoder)
     assert retriever.search("silver heron", k=1)[0].path == "first.txt"
