@@ -107,8 +107,8 @@ class IndexSettings:
         return None
 
 
-def rebuild_hint(path: Path) -> str:
-    return f"Rebuild it with `assistant index DIR --rebuild --index {path}` (or delete {path})."
+def rebuild_hint(path: Path, folder: str | Path | None = None) -> str:
+    return f"Rebuild it with `assistant index {folder or 'DIR'} --rebuild --index {path}` (or delete {path})."
 
 
 # ---------------------------------------------------------------- atomic files
@@ -304,7 +304,8 @@ class IndexStore:
         return (Path(path) / SETTINGS_NAME).is_file()
 
     @classmethod
-    def open(cls, path: str | Path, expected: IndexSettings | None = None) -> "IndexStore":
+    def open(cls, path: str | Path, expected: IndexSettings | None = None,
+             folder: str | Path | None = None) -> "IndexStore":
         """Open an existing index; with `expected`, check it was built with the same encoder and chunker."""
         path = Path(path)
         settings_file = path / SETTINGS_NAME
@@ -321,7 +322,8 @@ class IndexStore:
         if expected is not None:
             reason = settings.mismatch(expected)
             if reason:
-                raise IndexMismatchError(f"the index at {path} does not match: {reason}. " + rebuild_hint(path))
+                raise IndexMismatchError(f"the index at {path} does not match: {reason}. "
+                                         + rebuild_hint(path, folder))
         return cls(path, settings)
 
     @classmethod

@@ -86,9 +86,9 @@ def index_settings(encoder, chunker: ChunkerSettings | None = None, faiss_kind: 
     return IndexSettings(encoder=encoder.name, dim=int(encoder.dim), chunker=chunker.to_dict(), faiss=faiss_kind)
 
 
-def _open_or_create(path: Path, settings: IndexSettings) -> IndexStore:
+def _open_or_create(path: Path, settings: IndexSettings, folder: Path | None = None) -> IndexStore:
     if IndexStore.exists(path):
-        return IndexStore.open(path, expected=settings)
+        return IndexStore.open(path, expected=settings, folder=folder)
     return IndexStore.create(path, settings)
 
 
@@ -114,7 +114,7 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
                         on_progress=on_progress, batch_size=batch_size)
     index_path.mkdir(parents=True, exist_ok=True)
     with WriterLock(index_path):
-        store = _open_or_create(index_path, settings)
+        store = _open_or_create(index_path, settings, folder)
         try:
             switch_faiss = faiss_kind is not None and faiss_kind != store.settings.faiss
             if switch_faiss:
