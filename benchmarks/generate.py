@@ -4,8 +4,9 @@
     python benchmarks/generate.py --device cuda          # GPU: bf16, compiled decode step
 
 Prints prefill tok/s (a 512-token prompt), decode tok/s at batch 1 and batch 8 (128 new tokens, EOS
-ignored), ratios ours / transformers, the same for weight-only int8, and int8's quality cost on a fixed
-text (max logit difference, argmax agreement, perplexity vs the unquantised model).
+ignored), ratios ours / transformers, the same for weight-only int8 and int4 (`--quant int8 int4`), and their
+quality cost on a fixed 512-token text (max logit difference, argmax agreement, perplexity vs the unquantised
+model), measured through the decode kernels (bf16 activations), as generation computes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import contextlib  # noqa: E402
 import copy  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
@@ -25,6 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+import model.quant as quant  # noqa: E402
 from model.generate import Generator  # noqa: E402
 from model.quant import quantize_decoder  # noqa: E402
 from model.sources import resolve_generator  # noqa: E402
@@ -117,11 +120,24 @@ def hf_decode(model, tokenizer, prompts: list[str], new_tokens: int, device) -> 
     return len(prompts) * (new_tokens - 1) / max(total - first, 1e-9)
 
 
-# ---- int8 quality -------------------------------------------------------------------------------------------
+# ---- quantisation quality -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def decode_kernels_for_all_rows():
+    """Run the CPU int8/int4 decode kernels (bf16 activations) for any number of rows, not just decode's few."""
+    saved = quant.CPU_INT8_KERNEL_MAX_ROWS, quant.CPU_INT4_KERNEL_MAX_ROWS
+    quant.CPU_INT8_KERNEL_MAX_ROWS = quant.CPU_INT4_KERNEL_MAX_ROWS = 1 << 30
+    try:
+        yield
+    finally:
+        quant.CPU_INT8_KERNEL_MAX_ROWS, quant.CPU_INT4_KERNEL_MAX_ROWS = saved
+
+
 @torch.no_grad()
 def quality(reference, quantized, ids: list[int], device) -> dict[str, float]:
     tokens = torch.tensor([ids], device=device)
-    ref, q = reference(tokens)[0].float(), quantized(tokens)[0].float()  # [T, V]
+    ref = reference(tokens)[0].float()  # [T, V]
+    with decode_kernels_for_all_rows():
+        q = quantized(tokens)[0].float()  # [T, V]
     targets = tokens[0, 1:]
 
     def perplexity(logits: torch.Tensor) -> float:
@@ -132,7 +148,7 @@ def quality(reference, quantized, ids: list[int], device) -> dict[str, float]:
         "mean_logit_diff": float((ref - q).abs().mean()),
         "argmax_agreement": float((ref.argmax(-1) == q.argmax(-1)).float().mean()),
         "ppl_ref": perplexity(ref),
-        "ppl_int8": perplexity(q),
+        "ppl_quant": perplexity(q),
     }
 
 
@@ -145,6 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-hf", action="store_true", help="only our engine")
     parser.add_argument("--no-compile", action="store_true", help="CUDA: eager decode step")
+    parser.add_argument("--quant", nargs="*", default=["int8", "int4"], help="weight-only modes to compare")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,34 +170,28 @@ def main() -> None:
     path = resolve_generator(None)
     loaded = load_decoder(path, device=device, dtype=dtype)
     compile_flag = False if args.no_compile else None
-    gen = Generator(loaded.model, loaded.tokenizer, identity=loaded.identity, device=device, compile=compile_flag)
     ids = long_prompt_ids(loaded.tokenizer, args.prompt_tokens)
-    chat = [gen.render_chat([{"role": "user", "content": p}]) for p in BATCH_PROMPTS]
     print(f"device: {device_name(device)}; weights: {loaded.identity}; dtype {dtype}")
 
-    # warm up (CUDA: compiles the decode step for batch 1 and 8)
-    gen.generate(chat[0], max_new_tokens=8)
-    gen.generate_batch(chat, max_new_tokens=8)
     rows: dict[str, dict[str, float]] = {}
-    rows["ours"] = {
-        "prefill": ours_prefill(gen, ids, args.repeats),
-        "decode_b1": ours_decode(gen, chat[:1], args.new_tokens),
-        "decode_b8": ours_decode(gen, chat, args.new_tokens),
-    }
-    print("ours", rows["ours"], flush=True)
-
-    int8_model = quantize_decoder(copy.deepcopy(loaded.model))
-    gen8 = Generator(int8_model, loaded.tokenizer, device=device, compile=compile_flag)
-    gen8.generate(chat[0], max_new_tokens=8)
-    gen8.generate_batch(chat, max_new_tokens=8)
-    rows["ours int8"] = {
-        "prefill": ours_prefill(gen8, ids, args.repeats),
-        "decode_b1": ours_decode(gen8, chat[:1], args.new_tokens),
-        "decode_b8": ours_decode(gen8, chat, args.new_tokens),
-    }
-    print("ours int8", rows["ours int8"], flush=True)
-    q = quality(loaded.model, int8_model, ids, device)
-    del gen8, int8_model
+    qualities: dict[str, dict[str, float]] = {}
+    for mode in [None, *args.quant]:
+        model = loaded.model if mode is None else quantize_decoder(copy.deepcopy(loaded.model), mode)
+        gen = Generator(model, loaded.tokenizer, identity=loaded.identity, device=device, compile=compile_flag)
+        chat = [gen.render_chat([{"role": "user", "content": p}]) for p in BATCH_PROMPTS]
+        # warm up (CUDA: compiles the decode step for batch 1 and 8)
+        gen.generate(chat[0], max_new_tokens=8)
+        gen.generate_batch(chat, max_new_tokens=8)
+        name = "ours" if mode is None else f"ours {mode}"
+        rows[name] = {
+            "prefill": ours_prefill(gen, ids, args.repeats),
+            "decode_b1": ours_decode(gen, chat[:1], args.new_tokens),
+            "decode_b8": ours_decode(gen, chat, args.new_tokens),
+        }
+        print(name, {k: round(v, 1) for k, v in rows[name].items()}, flush=True)
+        if mode is not None:
+            qualities[mode] = quality(loaded.model, model, ids, device)
+            del gen, model
 
     if not args.skip_hf:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -209,11 +220,11 @@ def main() -> None:
                 cell += f" ({row[key] / base[key]:.2f}x)"
             cells.append(cell)
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print()
-    print(f"int8 quality vs unquantised on a {len(ids)}-token text: "
-          f"max |logit diff| {q['max_logit_diff']:.3f}, mean {q['mean_logit_diff']:.4f}, "
-          f"argmax agreement {q['argmax_agreement'] * 100:.1f}%, "
-          f"perplexity {q['ppl_ref']:.3f} -> {q['ppl_int8']:.3f}")
+    for mode, q in qualities.items():
+        print(f"{mode} quality vs unquantised on a {len(ids)}-token text (decode kernels): "
+              f"max |logit diff| {q['max_logit_diff']:.3f}, mean {q['mean_logit_diff']:.4f}, "
+              f"argmax agreement {q['argmax_agreement'] * 100:.1f}%, "
+              f"perplexity {q['ppl_ref']:.3f} -> {q['ppl_quant']:.3f}")
 
 
 if __name__ == "__main__":

@@ -119,6 +119,9 @@ def cpu_int4_kernel_available() -> bool:
         torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
 
 
+_int4_mm_cpu = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
+
+
 class Int4Linear(nn.Module):
     """A linear layer with 4-bit weights, one scale and min per group of 32 inputs (weight-only quantisation).
 
@@ -168,11 +171,9 @@ class Int4Linear(nn.Module):
         # x: [..., in] -> [..., out]
         shape = x.shape
         rows = x.reshape(-1, self.in_features)  # [M, in]
-        if (self.weight_int4pack is not None and x.device.type == "cpu"
-                and rows.shape[0] <= CPU_INT4_KERNEL_MAX_ROWS):
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                rows.to(torch.bfloat16).contiguous(), self.weight_int4pack, self.group_size,
-                self.scales_and_zeros).to(x.dtype)  # [M, out]
+        if self.weight_int4pack is not None and rows.shape[0] <= CPU_INT4_KERNEL_MAX_ROWS:  # CPU only
+            out = _int4_mm_cpu(rows.to(torch.bfloat16, memory_format=torch.contiguous_format),
+                               self.weight_int4pack, self.group_size, self.scales_and_zeros).to(x.dtype)  # [M, out]
         else:
             out = F.linear(rows, self.dequantized_weight(x.dtype))
         if self.bias is not None:
