@@ -124,12 +124,15 @@ def hf_decode(model, tokenizer, prompts: list[str], new_tokens: int, device) -> 
 @contextlib.contextmanager
 def decode_kernels_for_all_rows():
     """Run the CPU int8/int4 decode kernels (bf16 activations) for any number of rows, not just decode's few."""
-    saved = quant.CPU_INT8_KERNEL_MAX_ROWS, quant.CPU_INT4_KERNEL_MAX_ROWS
-    quant.CPU_INT8_KERNEL_MAX_ROWS = quant.CPU_INT4_KERNEL_MAX_ROWS = 1 << 30
+    names = ("CPU_INT8_KERNEL_MAX_ROWS", "CPU_INT4_KERNEL_MAX_ROWS", "CPU_HALF_MAX_ROWS")
+    saved = {name: getattr(quant, name) for name in names}
+    for name in names:
+        setattr(quant, name, 1 << 30)
     try:
         yield
     finally:
-        quant.CPU_INT8_KERNEL_MAX_ROWS, quant.CPU_INT4_KERNEL_MAX_ROWS = saved
+        for name, value in saved.items():
+            setattr(quant, name, value)
 
 
 @torch.no_grad()

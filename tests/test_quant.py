@@ -15,7 +15,7 @@ from pathlib import Path
 
 import model.quant as quant
 from model.generate import resolve_quantize
-from model.quant import (FusedSwiGLU, Int4Linear, Int8Linear, fuse_projections, quantize_decoder,
+from model.quant import (FusedSwiGLU, HalfLinear, Int4Linear, Int8Linear, fuse_projections, quantize_decoder,
                          quantize_weight_int4, quantize_weight_int8)
 
 
@@ -139,14 +139,14 @@ def snap_to_int4_grid(decoder: Decoder) -> Decoder:
 
 
 def test_quantize_decoder_int4_keeps_quality_and_generates(tiny_tokenizer) -> None:
-    """On weights that are 4-bit already (the default GGUF), int4 costs only the int8 head and bf16 rounding."""
+    """On weights that are 4-bit already (the default GGUF), int4 costs only bf16 activations and fp16 head."""
     config = DecoderConfig.tiny(vocab_size=tiny_tokenizer.vocab_size)
     reference = snap_to_int4_grid(Decoder(config).init_weights(std=0.3, seed=0).eval())
     quantized = quantize_decoder(snap_to_int4_grid(Decoder(config).init_weights(std=0.3, seed=0).eval()), "int4")
     assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
     assert isinstance(quantized.layers[0].attention.wqkv, Int4Linear)
     assert isinstance(quantized.layers[0].feed_forward.w13, Int4Linear)
-    assert isinstance(quantized.output, Int8Linear)  # the (tied) head stays int8
+    assert isinstance(quantized.output, HalfLinear)  # the (tied) head is float16
     tokens = torch.tensor([tiny_tokenizer.encode("The quick brown fox jumps over the lazy dog. 0123456789")])
     with torch.no_grad():
         ref_logits, q_logits = reference(tokens)[0], quantized(tokens)[0]  # [T, V]
@@ -202,3 +202,15 @@ def test_load_merges_the_adapter_before_quantising(tiny_tokenizer, tmp_path) -> 
     with torch.no_grad():
         torch.testing.assert_close(gen.decoder(tokens), expected(tokens), rtol=1e-5, atol=1e-5)
         assert (gen.decoder(tokens) - base(tokens)).abs().max() > 0.1  # the adapter is in there
+
+
+@pytest.mark.parametrize("rows", [1, 40])  # float16 matmul (decode) and upcast weight (scoring many rows)
+def test_half_linear_matches_float_linear(rows: int) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48, bias=False)
+    layer = HalfLinear.from_linear(linear)
+    x = torch.randn(rows, 64)
+    with torch.no_grad():
+        out, full = layer(x), linear(x)
+    assert out.dtype == torch.float32 and out.shape == (rows, 48)
+    assert (out - full).abs().max() < 2e-3 * float(full.abs().max())
