@@ -379,19 +379,8 @@ def _docx_text(raw: bytes) -> tuple[str, list[tuple[int, int, str]]]:
                     blocks.append((" | ".join(c.strip() for c in cells), 0))
     except Exception as exc:
         raise SkipFile(f"corrupt DOCX ({type(exc).__name__}: {str(exc)[:100]})") from None
-    parts, headings, pos = [], [], 0
-    for text, level in blocks:
-        text = _normalise(text).strip()
-        if not text:
-            continue
-        if parts:
-            parts.append("\n\n")
-            pos += 2
-        if level:
-            headings.append((pos, level, text))
-        parts.append(text)
-        pos += len(text)
-    return "".join(parts), headings
+    cleaned = [(text, level) for text, level in ((_normalise(t).strip(), lv) for t, lv in blocks) if text]
+    return _join_blocks(cleaned)
 
 
 def _docx_heading_level(para) -> int:
@@ -458,6 +447,11 @@ def html_to_text(html: str) -> tuple[str, list[tuple[int, int, str]]]:
     flush()
     if title and not any(level for _, level in blocks[:1]):
         blocks.insert(0, (title, 1))
+    return _join_blocks(blocks)
+
+
+def _join_blocks(blocks: list[tuple[str, int]]) -> tuple[str, list[tuple[int, int, str]]]:
+    """Join (text, heading level or 0) blocks with blank lines -> (text, [(offset, level, heading text)])."""
     parts, headings, pos = [], [], 0
     for text, level in blocks:
         if parts:
