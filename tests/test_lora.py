@@ -125,3 +125,22 @@ def test_missing_or_mismatched_adapter_is_a_clear_error(tmp_path):
     wider = Decoder(DecoderConfig.tiny(vocab_size=97, dim=48, n_heads=4, n_kv_heads=2))
     with pytest.raises(CheckpointError, match="shape"):
         load_adapter(wider, tmp_path, base_identity="x")
+
+
+@pytest.mark.real
+def test_shipped_adapter_fits_the_default_generator():
+    """The adapter in assistant/data/adapter was trained on the default base and loads onto it (and changes it)."""
+    from pathlib import Path
+
+    from model.sources import resolve_generator
+    from model.weights import load_decoder
+
+    folder = Path(__file__).resolve().parents[1] / "assistant" / "data" / "adapter"
+    loaded = load_decoder(resolve_generator(), device="cpu", dtype=torch.float32)
+    tokens = torch.tensor([loaded.tokenizer.encode("Passages:\n\n[1] (Paris)\nParis is the capital of France.")])
+    with torch.no_grad():
+        base = loaded.model(tokens)
+        config = load_adapter(loaded.model, folder, loaded.identity, merge=True)
+        tuned = loaded.model(tokens)
+    assert config.rank >= 1 and len(lora_modules(loaded.model)) > 0
+    assert (tuned - base).abs().max() > 1e-2
