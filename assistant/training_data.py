@@ -284,6 +284,8 @@ def build_examples(
     articles for each question, giving retrieved distractors; without it, distractors from other articles are
     drawn at random. Deterministic for a given seed.
     """
+    if n_examples <= 0:
+        return []
     config = config or BuildConfig()
     frac = config.unanswerable_fraction if unanswerable_fraction is None else unanswerable_fraction
     rng = random.Random(f"examples-{seed}")
