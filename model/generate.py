@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,8 +177,13 @@ class TextStream:
         self._steps.close()
 
 
-def resolve_quantize(quantize: str | None, path: Path, device: torch.device) -> str | None:
-    """The quantisation `Generator.load` applies: None (off), "int8" or "int4" (see its docstring for "auto")."""
+def resolve_quantize(quantize: str | None, path: Path, device: torch.device, has_adapter: bool = False) -> str | None:
+    """The quantisation `Generator.load` applies: None (off), "int8" or "int4" (see its docstring for "auto").
+
+    "auto" keeps float weights when a LoRA adapter is loaded: the adapter's update is merged into the weights,
+    and it is smaller than one 4-bit step, so re-quantising to int4 would round most of it away (measured:
+    the shipped adapter's cited answer "Quenmora [1]." became the base model's uncited copy of the passage).
+    """
     if quantize is None:
         return None
     mode = str(quantize).strip().lower()
@@ -185,11 +191,15 @@ def resolve_quantize(quantize: str | None, path: Path, device: torch.device) -> 
         return None
     if mode == "auto":
         four_bit_gguf = path.suffix.lower() == ".gguf" and "q4" in path.name.lower()
-        return "int4" if device.type == "cpu" and four_bit_gguf else None
+        return "int4" if device.type == "cpu" and four_bit_gguf and not has_adapter else None
     from model.quant import SUPPORTED
 
     if mode not in SUPPORTED:
         raise SamplingParamsError(f"quantize={quantize!r} is not supported; use 'auto', 'none', 'int8' or 'int4'")
+    if has_adapter and mode == "int4":
+        warnings.warn("quantize='int4' with a LoRA adapter: the merged update is smaller than a 4-bit step and "
+                      "is mostly rounded away; use quantize='none' (or 'auto') to keep the adapter's effect",
+                      stacklevel=3)
     return mode
 
 
@@ -244,7 +254,7 @@ class Generator:
         quantize: weight-only quantisation of the linear layers (model.quant): "int8", "int4", None / "none"
             (off), or "auto" (the default): int4 on CPU when the weights come from a 4-bit GGUF file (a name
             with Q4, like the default model: int4 re-creates its Q4_1 blocks, so the cost is tiny and decode is
-            much faster), otherwise off (CUDA, float checkpoints).
+            much faster) and no adapter is given, otherwise off (CUDA, float checkpoints, adapters).
         compile: compile the decode step (default: on for CUDA, off for CPU).
         """
         from model.runtime import resolve_device, resolve_dtype
@@ -254,7 +264,7 @@ class Generator:
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         path = resolve_generator(spec)
-        quantize = resolve_quantize(quantize, path, device)
+        quantize = resolve_quantize(quantize, path, device, has_adapter=adapter is not None)
         loaded = load_decoder(path, device=device, dtype=dtype)
         model, identity = loaded.model, loaded.identity
         if adapter is not None:
