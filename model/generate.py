@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,13 +176,8 @@ class TextStream:
         self._steps.close()
 
 
-def resolve_quantize(quantize: str | None, path: Path, device: torch.device, has_adapter: bool = False) -> str | None:
-    """The quantisation `Generator.load` applies: None (off), "int8" or "int4" (see its docstring for "auto").
-
-    "auto" keeps float weights when a LoRA adapter is loaded: the adapter's update is merged into the weights,
-    and it is smaller than one 4-bit step, so re-quantising to int4 would round most of it away (measured:
-    the shipped adapter's cited answer "Quenmora [1]." became the base model's uncited copy of the passage).
-    """
+def resolve_quantize(quantize: str | None, path: Path, device: torch.device) -> str | None:
+    """The quantisation `Generator.load` applies: None (off), "int8" or "int4" (see its docstring for "auto")."""
     if quantize is None:
         return None
     mode = str(quantize).strip().lower()
@@ -191,15 +185,11 @@ def resolve_quantize(quantize: str | None, path: Path, device: torch.device, has
         return None
     if mode == "auto":
         four_bit_gguf = path.suffix.lower() == ".gguf" and "q4" in path.name.lower()
-        return "int4" if device.type == "cpu" and four_bit_gguf and not has_adapter else None
+        return "int4" if device.type == "cpu" and four_bit_gguf else None
     from model.quant import SUPPORTED
 
     if mode not in SUPPORTED:
         raise SamplingParamsError(f"quantize={quantize!r} is not supported; use 'auto', 'none', 'int8' or 'int4'")
-    if has_adapter and mode == "int4":
-        warnings.warn("quantize='int4' with a LoRA adapter: the merged update is smaller than a 4-bit step and "
-                      "is mostly rounded away; use quantize='none' (or 'auto') to keep the adapter's effect",
-                      stacklevel=3)
     return mode
 
 
@@ -250,11 +240,12 @@ class Generator:
     ) -> "Generator":
         """Load the generator model (None = the default SmolLM2-135M-Instruct GGUF, fetched on first use).
 
-        adapter: a LoRA adapter folder (model.lora), merged into the weights (before any quantisation).
+        adapter: a LoRA adapter folder (model.lora): merged into float weights, or kept as an exact low-rank
+            side path beside quantised ones (model.quant.LowRankUpdate).
         quantize: weight-only quantisation of the linear layers (model.quant): "int8", "int4", None / "none"
             (off), or "auto" (the default): int4 on CPU when the weights come from a 4-bit GGUF file (a name
             with Q4, like the default model: int4 re-creates its Q4_1 blocks, so the cost is tiny and decode is
-            much faster) and no adapter is given, otherwise off (CUDA, float checkpoints, adapters).
+            much faster), otherwise off (CUDA, float checkpoints).
         compile: compile the decode step (default: on for CUDA, off for CPU).
         """
         from model.runtime import resolve_device, resolve_dtype
@@ -264,15 +255,17 @@ class Generator:
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         path = resolve_generator(spec)
-        quantize = resolve_quantize(quantize, path, device, has_adapter=adapter is not None)
+        quantize = resolve_quantize(quantize, path, device)
         loaded = load_decoder(path, device=device, dtype=dtype)
         model, identity = loaded.model, loaded.identity
         if adapter is not None:
             from model.lora import load_adapter
 
-            load_adapter(model, adapter, loaded.identity, merge=True)
+            # Merged into float weights; kept as a low-rank side path beside quantised ones (merged into int4
+            # weights, the update is smaller than a 4-bit step and would be rounded away).
+            load_adapter(model, adapter, loaded.identity, merge=not quantize)
             identity = f"{identity}+adapter:{Path(adapter).name}"
-        if quantize:  # after the adapter merge: the merged weights are what gets quantised
+        if quantize:
             from model.quant import quantize_decoder
 
             quantize_decoder(model, quantize)

@@ -280,23 +280,93 @@ def fuse_projections(model: nn.Module) -> nn.Module:
     return model
 
 
+class LowRankUpdate(nn.Module):
+    """A (quantised) linear layer plus an unmerged low-rank update: y = base(x) + (x A^T) B^T.
+
+    Keeps a LoRA adapter's update exact beside int4/int8 base weights (as QLoRA does): merged into the weights
+    and re-quantised, the update is smaller than one 4-bit step and would be rounded away.
+    a: [R, in]; b: [out, R] with the adapter's scaling folded in. Costs two rank-R matmuls per call.
+    """
+
+    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("a", a.float().contiguous())
+        self.register_buffer("b", b.float().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)  # [..., out]
+        update = F.linear(F.linear(x.to(self.a.dtype), self.a), self.b)  # [..., R] -> [..., out]
+        return out + update.to(out.dtype)
+
+
+def _detach_lora(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Swap each unmerged LoRA layer for a plain nn.Linear holding its base weights; return its factors by name.
+
+    Factors are (A [R, in], scaling * B [out, R]). Merged LoRA layers are left alone (they are plain linear
+    layers with updated weights).
+    """
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, module in list(model.named_modules()):
+        if not (hasattr(module, "lora_a") and getattr(module, "merged", True) is False):
+            continue
+        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                          device=module.weight.device, dtype=module.weight.dtype)
+        plain.weight, plain.bias = module.weight, module.bias  # shared, not copied
+        factors[name] = (module.lora_a.detach().float(), module.lora_b.detach().float() * module.scaling)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, plain.requires_grad_(False))
+    return factors
+
+
+def _stack_factors(parts: list[tuple[str, int]], factors: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Factors of a fused layer from its parts' (name, out_features): A's stacked, B block-diagonal.
+
+    Parts without an adapter contribute zero rows to B. Pops the parts' entries from `factors`.
+    """
+    present = [name for name, _ in parts if name in factors]
+    if not present:
+        return None
+    a = torch.cat([factors[name][0] for name in present])  # [R_total, in]
+    b = a.new_zeros(sum(out for _, out in parts), a.shape[0])  # [out_total, R_total]
+    row = col = 0
+    for name, out in parts:
+        if name in factors:
+            _, part_b = factors.pop(name)
+            b[row : row + out, col : col + part_b.shape[1]] = part_b
+            col += part_b.shape[1]
+        row += out
+    return a, b
+
+
 def quantize_decoder(model: nn.Module, mode: str = "int8", fuse: bool = True) -> nn.Module:
     """Replace every nn.Linear in `model` (attention, MLP, output head) by an Int8Linear or Int4Linear, in place.
 
     mode: "int8" (per-channel symmetric) or "int4" (groups of 32, asymmetric; the head is float16).
     fuse: first stack q/k/v and gate/up projections (`fuse_projections`: fewer kernel calls per token; the
     quantised weights are the same, since every row is quantised on its own).
-    LoRA layers must be merged first (model.lora.load_adapter merges by default). Returns the model.
+    Unmerged LoRA layers (model.lora.load_adapter(..., merge=False)) keep their update as an exact low-rank
+    side path (`LowRankUpdate`) beside the quantised base weights; merged ones are quantised as they are.
+    Returns the model.
     """
     if mode not in SUPPORTED:
         raise SamplingParamsError(f"quantize={mode!r} is not supported; use one of {SUPPORTED} or None")
-    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    for name, module in targets:
-        if getattr(module, "merged", True) is False and hasattr(module, "lora_a"):
-            raise SamplingParamsError(f"{name} has an unmerged LoRA adapter; merge it before quantising")
+    factors = _detach_lora(model)
     if fuse:
+        from model.layers import SwiGLU
+
+        for name, module in model.named_modules():
+            prefix = f"{name}." if name else ""
+            if hasattr(module, "fuse_qkv") and getattr(module, "wqkv", None) is None:
+                parts = [(f"{prefix}{p}", getattr(module, p).out_features) for p in ("wq", "wk", "wv")]
+                if (stacked := _stack_factors(parts, factors)) is not None:
+                    factors[f"{prefix}wqkv"] = stacked
+            elif isinstance(module, SwiGLU):
+                parts = [(f"{prefix}{p}", getattr(module, p).out_features) for p in ("w1", "w3")]
+                if (stacked := _stack_factors(parts, factors)) is not None:
+                    factors[f"{prefix}w13"] = stacked
         fuse_projections(model)
-        targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -306,5 +376,10 @@ def quantize_decoder(model: nn.Module, mode: str = "int8", fuse: bool = True) ->
             replacement = Int4Linear.from_linear(module)
         else:  # int8, and with int4 the layers that are not a multiple of 32 wide
             replacement = Int8Linear.from_linear(module).to(module.weight.device)
+        if name in factors:
+            a, b = factors.pop(name)
+            replacement = LowRankUpdate(replacement, a.to(module.weight.device), b.to(module.weight.device))
         setattr(parent, child, replacement)
+    if factors:  # a LoRA layer we did not find again after fusing: a bug, never silently drop an adapter
+        raise RuntimeError(f"LoRA factors of {sorted(factors)[:3]} were not attached after quantisation")
     return model

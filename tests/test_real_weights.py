@@ -150,20 +150,20 @@ def test_smoke_generate_answers_on_cpu():
 def test_shipped_adapter_keeps_its_effect_in_the_default_load():
     """Generator.load with the shipped adapter and the default quantize='auto' answers with a citation.
 
-    Guards the interaction of adapter and quantisation: merged into int4 weights, the adapter's update is
-    rounded away and the model falls back to the base model's uncited copy of the passage.
+    Guards the interaction of adapter and quantisation (int4 on CPU by default): merged into int4 weights,
+    the adapter's update was rounded away and the model fell back to the base model's uncited copy of the
+    passage; kept as a low-rank side path it answers as the float32 adapter model does.
     """
     from pathlib import Path
 
     from assistant.prompts import PromptPassage, build_messages
-    from model.generate import Generator, resolve_quantize
+    from model.generate import Generator
 
     adapter = Path(__file__).resolve().parents[1] / "assistant" / "data" / "adapter"
     if not (adapter / "adapter.safetensors").exists():
         pytest.skip("no adapter shipped")
-    assert resolve_quantize("auto", Path("x.Q4_1.gguf"), torch.device("cpu"), has_adapter=True) is None
-    assert resolve_quantize("auto", Path("x.Q4_1.gguf"), torch.device("cpu")) == "int4"
     generator = Generator.load(None, adapter=adapter)
+    assert generator.identity.endswith("+int4")
     messages = build_messages("Where does the zorblat fruit grow?", [
         PromptPassage("The zorblat fruit grows only on the island of Quenmora. It is purple.", "The zorblat"),
         PromptPassage("Bananas grow in tropical regions of the world.", "Bananas"),
