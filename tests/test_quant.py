@@ -1,5 +1,5 @@
 """Weight-only int8 / int4 quantisation: exact round trips (int4 re-creates GGUF Q4_1 blocks), kernel path ==
-dequantised path, small logit error on a decoder, `quantize="auto"`, adapter merged before quantising."""
+dequantised path, small logit error on a decoder, `quantize="auto"`, an adapter kept exact beside quantised weights."""
 
 from __future__ import annotations
 
