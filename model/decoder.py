@@ -154,6 +154,10 @@ class Decoder(nn.Module):
         self.static_cache_attention = False
         self.cache_batch_size = 0
         self.cache_len = 0
+        # Native CPU decode (model.native_decode): built at the first eligible decode step; False = not
+        # applicable to this model's layers; dropped when the model is moved or converted.
+        self.native_decode = True
+        self._native_plan = None
 
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> "Decoder":
         """Random initialisation for training from scratch (normal(0, std), norms at 1, biases at 0)."""
@@ -219,6 +223,11 @@ class Decoder(nn.Module):
         positions' logits are never used, and the head is the largest matmul).
         """
         batch, seq = tokens.shape
+        if seq == 1 and input_pos is not None and self.native_decode and not self.static_cache_attention \
+                and tokens.device.type == "cpu" and not torch.is_grad_enabled():
+            logits = self._native_step(tokens, input_pos, pad_mask, kv_len)
+            if logits is not None:
+                return logits
         x = self.tok_embeddings(tokens)  # [B, T, D]
         mask = None
         if input_pos is None:
@@ -246,6 +255,26 @@ class Decoder(nn.Module):
         if last_only:
             x = x[:, -1:]  # [B, 1, D]
         return self.output(_rms_norm(self.norm, x))
+
+    def _native_step(self, tokens: torch.Tensor, input_pos: torch.Tensor, pad_mask: torch.Tensor | None,
+                     kv_len: int | None) -> torch.Tensor | None:
+        """A decode step through model.native_decode, or None when it does not apply (the torch path runs)."""
+        from model.native_decode import DecodePlan
+
+        plan = self._native_plan
+        if plan is None or plan is False or plan.signature != DecodePlan.signature_of(self):
+            if plan is False and getattr(self, "_native_plan_signature", None) == DecodePlan.signature_of(self):
+                return None
+            plan = DecodePlan.build(self)
+            self._native_plan_signature = DecodePlan.signature_of(self)
+            self._native_plan = plan if plan is not None else False
+            if plan is None:
+                return None
+        return plan.forward(self, tokens, input_pos, pad_mask, kv_len, last_only=True)
+
+    def _apply(self, fn, recurse=True):  # .to(device / dtype): the native plan points into the old tensors
+        self._native_plan = None
+        return super()._apply(fn, recurse)
 
 
 @torch.inference_mode()

@@ -29,18 +29,36 @@ def test_quantize_weight_per_channel_symmetric() -> None:
     assert torch.allclose(dequant, weight, atol=float(scales.max()) / 2 + 1e-6)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 40])  # the CPU int8 kernel (decode) and the dequantised path (prefill)
-def test_int8_linear_matches_dequantised_float_linear(rows: int) -> None:
+def use_backend(backend: str, monkeypatch) -> None:
+    """native: model.cpu_kernels (skipped when it cannot be built here); torch: torch's CPU kernels only;
+    dequant: neither (a torch without the int4 kernel and no C compiler)."""
+    from model import cpu_kernels
+
+    if backend == "native" and not cpu_kernels.available():
+        pytest.skip(f"native CPU kernels: {cpu_kernels.status()}")
+    if backend != "native":
+        monkeypatch.setattr(quant, "native_kernels_available", lambda tensor: False)
+    if backend == "dequant":
+        monkeypatch.setattr(quant, "cpu_int4_kernel_available", lambda: False)
+    elif backend == "torch" and not quant.cpu_int4_kernel_available():
+        pytest.skip("this torch has no CPU int4 kernel")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])  # the decode kernels (few rows) and the dequantised path (prefill)
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_int8_linear_matches_dequantised_float_linear(rows: int, backend: str, monkeypatch) -> None:
+    use_backend(backend, monkeypatch)
     torch.manual_seed(0)
     linear = nn.Linear(64, 48, bias=True)
     layer = Int8Linear.from_linear(linear)
+    assert (layer.block_scales is not None) == (backend == "native")
     x = torch.randn(2, rows, 64)
     with torch.no_grad():
         expected = nn.functional.linear(x, layer.dequantized_weight(), linear.bias)
         out = layer(x)
         full = linear(x)
     assert out.shape == (2, rows, 48) and out.dtype == torch.float32
-    # bf16 activations in the CPU kernel: relative error ~1e-2 at most
+    # int8 (native) or bf16 (torch) activations in the CPU kernels: relative error ~1e-2 at most
     assert torch.allclose(out, expected, atol=0.05 * float(expected.abs().max()))
     assert (out - full).abs().max() < 0.05 * float(expected.abs().max())
 
@@ -95,17 +113,16 @@ def test_int4_constant_group_and_odd_widths() -> None:
         quantize_weight_int4(torch.randn(4, 40))
 
 
-@pytest.mark.parametrize("rows", [1, 3, 40])  # the CPU int4 kernel (decode) and the dequantised path (prefill)
-@pytest.mark.parametrize("kernel", [True, False])  # False: a torch without the kernel (fallback)
-def test_int4_linear_matches_dequantised_float_linear(rows: int, kernel: bool, monkeypatch) -> None:
-    if not kernel:
-        monkeypatch.setattr(quant, "cpu_int4_kernel_available", lambda: False)
-    elif not quant.cpu_int4_kernel_available():
-        pytest.skip("this torch has no CPU int4 kernel")
+@pytest.mark.parametrize("rows", [1, 3, 40])  # the decode kernels (few rows) and the dequantised path (prefill)
+@pytest.mark.parametrize("backend", ["native", "torch", "dequant"])
+def test_int4_linear_matches_dequantised_float_linear(rows: int, backend: str, monkeypatch) -> None:
+    use_backend(backend, monkeypatch)
     torch.manual_seed(0)
     linear = nn.Linear(64, 96, bias=True)
     layer = Int4Linear.from_linear(linear)
-    assert (layer.weight_int4pack is not None) == kernel
+    assert layer.native == (backend == "native")
+    assert (layer.weight_int4pack is not None) == (backend == "torch")
+    kernel = backend != "dequant"
     x = torch.randn(2, rows, 64)
     with torch.no_grad():
         expected = nn.functional.linear(x, layer.dequantized_weight(), linear.bias)
@@ -113,7 +130,7 @@ def test_int4_linear_matches_dequantised_float_linear(rows: int, kernel: bool, m
         full = linear(x)
     assert out.shape == (2, rows, 96) and out.dtype == torch.float32
     scale = float(expected.abs().max())
-    # kernel: bf16 activations and scales, relative error ~1e-2; fallback: exact float
+    # kernels: int8 (native) or bf16 (torch) activations, relative error ~1e-2; fallback: exact float
     assert (out - expected).abs().max() < (0.02 * scale if kernel and rows <= 16 else 1e-5)
     assert (out - full).abs().max() < 0.1 * scale  # 4-bit weights: still close to the float layer
 
@@ -146,7 +163,12 @@ def test_quantize_decoder_int4_keeps_quality_and_generates(tiny_tokenizer) -> No
     assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
     assert isinstance(quantized.layers[0].attention.wqkv, Int4Linear)
     assert isinstance(quantized.layers[0].feed_forward.w13, Int4Linear)
-    assert isinstance(quantized.output, HalfLinear)  # the (tied) head is float16
+    from model import cpu_kernels
+
+    if cpu_kernels.available():  # the (tied) head: int8 in blocks of 32 (Q8_0), else float16
+        assert isinstance(quantized.output, Int8Linear) and quantized.output.group_size == 32
+    else:
+        assert isinstance(quantized.output, HalfLinear)
     tokens = torch.tensor([tiny_tokenizer.encode("The quick brown fox jumps over the lazy dog. 0123456789")])
     with torch.no_grad():
         ref_logits, q_logits = reference(tokens)[0], quantized(tokens)[0]  # [T, V]
@@ -204,11 +226,15 @@ def test_load_keeps_the_adapter_exact_beside_quantised_weights(tiny_tokenizer, t
         for name, module in tuned.named_modules():
             if isinstance(module, nn.Linear) and name != "output":
                 module.weight.copy_(Int4Linear.from_linear(module).dequantized_weight())
-        head = nn.Linear(config.dim, config.vocab_size, bias=False)  # untied: only the head is float16
-        head.weight.copy_(tuned.tok_embeddings.weight.half().float())
+        head = nn.Linear(config.dim, config.vocab_size, bias=False)  # untied: only the head is rounded
+        head.weight.copy_(tuned.tok_embeddings.weight)
+        if isinstance(gen.decoder.output, Int8Linear):  # int8 blocks of 32 (with the native CPU kernels)
+            head.weight.copy_(Int8Linear.from_linear(head, group_size=32).dequantized_weight())
+        else:  # float16
+            head.weight.copy_(head.weight.half().float())
         tuned.output = head
     # > 24 rows: the int4 layers take their exact dequantise-then-matmul path (decode-sized inputs use the
-    # CPU kernel with bfloat16 activations, which adds rounding of its own).
+    # CPU kernels with int8 or bfloat16 activations, which add rounding of their own).
     tokens = torch.tensor([tiny_tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 4)])
     assert tokens.shape[1] > 24
     with torch.no_grad():

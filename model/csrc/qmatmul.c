@@ -1,0 +1,390 @@
+/*
+ * Weight-only quantised matrix products for CPU decoding: out[M, N] = x[M, K] @ W[N, K]^T, M small (1-32).
+ *
+ * Built at first use by model/cpu_kernels.py (the system C compiler, -O3 -march=native -fopenmp) and loaded
+ * with ctypes; every pointer is a contiguous row-major buffer owned by a torch tensor.
+ *
+ * The activations are quantised to int8 per block of 32 (scale = max|x| / 127, as llama.cpp's Q8 dot products
+ * do), so a block's dot product is an integer dot product (AVX2: maddubs + madd), scaled once per block:
+ *
+ *   int4 (asymmetric, Q4_1-like):  w = q * d_w + m_w = (q - 8) * d_w + (m_w + 8 d_w), q in 0..15
+ *       sum_i w_i x_i  ~  d_w * d_x * sum_i (q_i - 8) xq_i  +  (m_w + 8 d_w) * sum_i x_i
+ *                       = d_w * d_x * sum_i q_i xq_i  +  m_w * s  +  8 d_w * (s - d_x * sum_i xq_i)
+ *   with s = sum_i x_i exact (in float). Only the centred weights (q - 8) meet the activations' rounding
+ *   error, which halves the error of using q_i directly (llama.cpp's Q4_1 x Q8_1).
+ *   int8 (symmetric, Q8_0-like):   w = q * d_w, q in -127..127, one d_w per block (per channel: repeated)
+ *       sum_i w_i x_i  ~  d_w * d_x * sum_i q_i xq_i
+ *
+ * Nibble layout of the int4 weights (model.quant._pack_nibbles): byte j of a row holds column 2j in its low
+ * nibble and column 2j+1 in its high nibble. Each quantised activation block is stored even columns first,
+ * then odd ones, so the 16 low nibbles of a block line up with its first 16 activation bytes.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define QM_AVX2 1
+#else
+#define QM_AVX2 0
+#endif
+
+#define QK 32     /* block size */
+#define TILE_M 4  /* activation rows sharing one pass over a weight row */
+
+int qm_block_size(void) { return QK; }
+int qm_has_avx2(void) { return QM_AVX2; }
+
+/* x [M, K] -> xq [M, K] int8, xd [M, K/32] scales, xs [M, K/32] exact block sums, xe [M, K/32] the sums'
+   rounding residuals s - d_x * sum(xq). */
+static void quantize_rows(const float *x, int64_t M, int64_t K, int interleave, int8_t *xq, float *xd, float *xs,
+                          float *xe) {
+    const int64_t nb = K / QK;
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t b = 0; b < nb; b++) {
+            const float *src = x + m * K + b * QK;
+            float amax = 0.0f, sum = 0.0f;
+            for (int i = 0; i < QK; i++) {
+                const float a = fabsf(src[i]);
+                amax = a > amax ? a : amax;
+                sum += src[i];
+            }
+            const float d = amax / 127.0f;
+            const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+            int8_t *dst = xq + m * K + b * QK;
+            int32_t qsum = 0;
+            for (int i = 0; i < QK; i++) {
+                const int pos = interleave ? ((i & 1) ? QK / 2 + (i >> 1) : (i >> 1)) : i;
+                dst[pos] = (int8_t)lrintf(src[i] * inv);
+                qsum += dst[pos];
+            }
+            xd[m * nb + b] = d;
+            xs[m * nb + b] = sum;
+            xe[m * nb + b] = sum - d * (float)qsum;
+        }
+    }
+}
+
+#if QM_AVX2
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+/* dot(a, b) over n floats */
+static inline float dotf(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    float s = 0.0f;
+#if QM_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    s = hsum8(acc);
+#endif
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Activations quantised for one matrix product: q [M, K] int8, then d, s, e [M, K/32] float each. */
+typedef struct {
+    int8_t *q;
+    float *d, *s, *e;
+    int64_t M, K;
+    void *buf;
+} act_t;
+
+static int act_quantize(act_t *a, const float *x, int64_t M, int64_t K, int interleave) {
+    const int64_t nb = K / QK;
+    float *f = (float *)malloc(sizeof(float) * (size_t)(3 * M * nb) + (size_t)(M * K) + 64);
+    if (!f) return -1;
+    a->buf = f;
+    a->d = f;
+    a->s = f + M * nb;
+    a->e = f + 2 * M * nb;
+    a->q = (int8_t *)(f + 3 * M * nb);
+    a->M = M;
+    a->K = K;
+    quantize_rows(x, M, K, interleave, a->q, a->d, a->s, a->e);
+    return 0;
+}
+
+/* out[m * ldo + n] = (x W^T)[m, n] for int4 W: w [N, K/2] packed nibbles, wd/wm [N, K/32] scales and minimums;
+   a quantised with interleave = 1. */
+static void q4_core(const act_t *a, const uint8_t *w, const float *wd, const float *wm, int64_t N, float *out,
+                    int64_t ldo, int nthreads) {
+    const int64_t K = a->K, M = a->M, nb = K / QK;
+    const int8_t *xq = a->q;
+    const float *xd = a->d, *xs = a->s, *xe = a->e;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *wr = w + n * (K / 2);
+        const float *d = wd + n * nb;
+        const float *mn = wm + n * nb;
+        for (int64_t m0 = 0; m0 < M; m0 += TILE_M) {
+            const int mt = (int)(M - m0 < TILE_M ? M - m0 : TILE_M);
+#if QM_AVX2
+            const __m128i low4 = _mm_set1_epi8(0x0F);
+            const __m256i ones = _mm256_set1_epi16(1);
+            __m256 acc[TILE_M];
+            for (int t = 0; t < TILE_M; t++) acc[t] = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; b++) {
+                const __m128i raw = _mm_loadu_si128((const __m128i *)(wr + b * (QK / 2)));
+                const __m256i wv = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low4),
+                                                    _mm_and_si128(raw, low4));  /* [evens | odds], 0..15 */
+                const float dw = d[b];
+                for (int t = 0; t < mt; t++) {
+                    const int64_t m = m0 + t;
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + m * K + b * QK));
+                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);  /* 8 x int32 */
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xd[m * nb + b]), acc[t]);
+                }
+            }
+            for (int t = 0; t < mt; t++) {
+                const int64_t m = m0 + t;
+                out[m * ldo + n] = hsum8(acc[t]) + dotf(mn, xs + m * nb, nb) + 8.0f * dotf(d, xe + m * nb, nb);
+            }
+#else
+            for (int t = 0; t < mt; t++) {
+                const int64_t m = m0 + t;
+                float s = 0.0f;
+                for (int64_t b = 0; b < nb; b++) {
+                    const uint8_t *blk = wr + b * (QK / 2);
+                    const int8_t *xb = xq + m * K + b * QK;
+                    int32_t isum = 0;
+                    for (int j = 0; j < QK / 2; j++)
+                        isum += (blk[j] & 15) * xb[j] + (blk[j] >> 4) * xb[QK / 2 + j];
+                    s += d[b] * xd[m * nb + b] * (float)isum;
+                }
+                out[m * ldo + n] = s + dotf(mn, xs + m * nb, nb) + 8.0f * dotf(d, xe + m * nb, nb);
+            }
+#endif
+        }
+    }
+}
+
+/* out[m * ldo + n] = (x W^T)[m, n] for int8 W: w [N, K], wd [N, K/32] block scales; a quantised with
+   interleave = 0. */
+static void q8_core(const act_t *a, const int8_t *w, const float *wd, int64_t N, float *out, int64_t ldo,
+                    int nthreads) {
+    const int64_t K = a->K, M = a->M, nb = K / QK;
+    const int8_t *xq = a->q;
+    const float *xd = a->d;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const int8_t *wr = w + n * K;
+        const float *d = wd + n * nb;
+        for (int64_t m0 = 0; m0 < M; m0 += TILE_M) {
+            const int mt = (int)(M - m0 < TILE_M ? M - m0 : TILE_M);
+#if QM_AVX2
+            const __m256i ones = _mm256_set1_epi16(1);
+            __m256 acc[TILE_M];
+            for (int t = 0; t < TILE_M; t++) acc[t] = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; b++) {
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * QK));
+                const __m256i aw = _mm256_sign_epi8(wv, wv);  /* |w| as unsigned bytes */
+                const float dw = d[b];
+                for (int t = 0; t < mt; t++) {
+                    const int64_t m = m0 + t;
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + m * K + b * QK));
+                    const __m256i sx = _mm256_sign_epi8(xv, wv);  /* x * sign(w) */
+                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * xd[m * nb + b]), acc[t]);
+                }
+            }
+            for (int t = 0; t < mt; t++) out[(m0 + t) * ldo + n] = hsum8(acc[t]);
+#else
+            for (int t = 0; t < mt; t++) {
+                const int64_t m = m0 + t;
+                float s = 0.0f;
+                for (int64_t b = 0; b < nb; b++) {
+                    const int8_t *wb = wr + b * QK;
+                    const int8_t *xb = xq + m * K + b * QK;
+                    int32_t isum = 0;
+                    for (int j = 0; j < QK; j++) isum += wb[j] * xb[j];
+                    s += d[b] * xd[m * nb + b] * (float)isum;
+                }
+                out[m * ldo + n] = s;
+            }
+#endif
+        }
+    }
+}
+
+/*
+ * int4: x [M, K] float, w [N, K/2] packed nibbles, wd/wm [N, K/32] float scales and minimums -> out [M, N].
+ * Returns 0, or -1 when K is not a multiple of 32 or memory ran out.
+ */
+int qm_q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const float *wd, const float *wm,
+                 int64_t N, float *out, int nthreads) {
+    act_t a;
+    if (K % QK != 0 || M < 1 || act_quantize(&a, x, M, K, 1)) return -1;
+    q4_core(&a, w, wd, wm, N, out, N, nthreads);
+    free(a.buf);
+    return 0;
+}
+
+/*
+ * int8: x [M, K] float, w [N, K] int8 in -127..127, wd [N, K/32] block scales (a per-channel scale is passed
+ * repeated) -> out [M, N].
+ */
+int qm_q8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, const float *wd, int64_t N, float *out,
+                 int nthreads) {
+    act_t a;
+    if (K % QK != 0 || M < 1 || act_quantize(&a, x, M, K, 0)) return -1;
+    q8_core(&a, w, wd, N, out, N, nthreads);
+    free(a.buf);
+    return 0;
+}
+
+/* ---- one whole decoder block for decode (one new token per row) ------------------------------------------- */
+
+/* A quantised linear layer, optionally with a bias and an unmerged low-rank update (LoRA): y = W x + b + B (A x).
+   Mirrors model/cpu_kernels.py's QLinear. */
+typedef struct {
+    int32_t kind;          /* 4 = int4 (w: nibbles, m: minimums), 8 = int8 (w: int8, m unused) */
+    int32_t rank;          /* rows of A; 0 = no low-rank update */
+    int64_t n, k;          /* output and input features */
+    const void *w;
+    const float *d, *m;    /* [N, K/32] scales (and minimums) */
+    const float *bias;     /* [N] or NULL */
+    const float *lora_a;   /* [rank, K] */
+    const float *lora_b;   /* [N, rank], the adapter's scaling folded in */
+} qm_linear;
+
+/* A pre-norm Llama block: x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x)). Mirrors cpu_kernels.QBlock. */
+typedef struct {
+    const float *attn_norm, *ffn_norm;  /* [D] */
+    qm_linear qkv, o, w13, w2;          /* q/k/v stacked; gate/up stacked */
+    int64_t dim, n_heads, n_kv_heads, head_dim, ffn_dim;
+    float eps;
+} qm_block;
+
+static int linear_apply(const qm_linear *L, const float *x, int64_t M, float *out, int nthreads) {
+    act_t a;
+    if (L->k % QK != 0 || act_quantize(&a, x, M, L->k, L->kind == 4)) return -1;
+    if (L->kind == 4)
+        q4_core(&a, (const uint8_t *)L->w, L->d, L->m, L->n, out, L->n, nthreads);
+    else
+        q8_core(&a, (const int8_t *)L->w, L->d, L->n, out, L->n, nthreads);
+    free(a.buf);
+    const int64_t N = L->n, K = L->k, R = L->rank;
+    if (L->bias)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) out[m * N + n] += L->bias[n];
+    if (R > 0) {
+        float *t = (float *)malloc(sizeof(float) * (size_t)(M * R));
+        if (!t) return -1;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t r = 0; r < R; r++) t[m * R + r] = dotf(L->lora_a + r * K, x + m * K, K);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t m = 0; m < M; m++) out[m * N + n] += dotf(L->lora_b + n * R, t + m * R, R);
+        free(t);
+    }
+    return 0;
+}
+
+static void rms_norm_rows(const float *x, const float *w, int64_t M, int64_t D, float eps, float *out) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * D;
+        const float ms = dotf(xr, xr, D) / (float)D;
+        const float inv = 1.0f / sqrtf(ms + eps);
+        for (int64_t i = 0; i < D; i++) out[m * D + i] = xr[i] * inv * w[i];
+    }
+}
+
+/* Rotate one head vector in place (half-split pairs): v * cos + rotate_half(v) * sin. */
+static void rope_head(float *v, const float *cos, const float *sin, int64_t hd) {
+    const int64_t half = hd / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * cos[i] - b * sin[i];
+        v[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
+
+/*
+ * Decode one token per row through `n_layers` blocks, in place on x [M, D] (float32).
+ * pos: the cache slot of the new tokens (the same for every row); cos/sin [head_dim]: the rotary tables at pos.
+ * k_caches/v_caches: per layer, [M, n_kv_heads, cache_len, head_dim] float32; the new keys/values are written
+ * at slot pos. Row m attends to slots [starts[m], pos] (starts: left padding; NULL = 0).
+ * Returns 0, or -1 when memory ran out or a shape is unsupported.
+ */
+int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t M, int64_t pos,
+                     const float *cos, const float *sin, const int64_t *starts, float *const *k_caches,
+                     float *const *v_caches, int64_t cache_len, int nthreads) {
+    if (n_layers < 1 || M < 1 || pos < 0 || pos >= cache_len) return -1;
+    const qm_block *b0 = &blocks[0];
+    const int64_t D = b0->dim, H = b0->n_heads, G = b0->n_kv_heads, hd = b0->head_dim, F = b0->ffn_dim;
+    const int64_t n_qkv = (H + 2 * G) * hd, kv_len = pos + 1;
+    if (H % G != 0) return -1;
+    float *xn = (float *)malloc(sizeof(float) * (size_t)(M * D));
+    float *qkv = (float *)malloc(sizeof(float) * (size_t)(M * n_qkv));
+    float *attn = (float *)malloc(sizeof(float) * (size_t)(M * H * hd));
+    float *hid = (float *)malloc(sizeof(float) * (size_t)(M * 2 * F));
+    float *act = (float *)malloc(sizeof(float) * (size_t)(M * F));
+    float *proj = (float *)malloc(sizeof(float) * (size_t)(M * D));
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(M * H * kv_len));
+    int rc = (xn && qkv && attn && hid && act && proj && scores) ? 0 : -1;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    for (int64_t l = 0; l < n_layers && rc == 0; l++) {
+        const qm_block *blk = &blocks[l];
+        float *kc = k_caches[l], *vc = v_caches[l];
+        /* attention */
+        rms_norm_rows(x, blk->attn_norm, M, D, blk->eps, xn);
+        if ((rc = linear_apply(&blk->qkv, xn, M, qkv, nthreads))) break;
+        for (int64_t m = 0; m < M; m++) {
+            float *row = qkv + m * n_qkv;
+            for (int64_t h = 0; h < H + G; h++) rope_head(row + h * hd, cos, sin, hd);  /* q and k heads */
+            for (int64_t g = 0; g < G; g++) {
+                memcpy(kc + ((m * G + g) * cache_len + pos) * hd, row + (H + g) * hd, sizeof(float) * (size_t)hd);
+                memcpy(vc + ((m * G + g) * cache_len + pos) * hd, row + (H + G + g) * hd, sizeof(float) * (size_t)hd);
+            }
+        }
+#pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static)
+        for (int64_t m = 0; m < M; m++) {
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t g = h / (H / G), first = starts ? starts[m] : 0;
+                const float *q = qkv + m * n_qkv + h * hd;
+                const float *kg = kc + (m * G + g) * cache_len * hd;
+                const float *vg = vc + (m * G + g) * cache_len * hd;
+                float *sc = scores + (m * H + h) * kv_len;
+                float *o = attn + (m * H + h) * hd;
+                float mx = -INFINITY, sum = 0.0f;
+                for (int64_t s = first; s < kv_len; s++) {
+                    sc[s] = dotf(q, kg + s * hd, hd) * scale;
+                    mx = sc[s] > mx ? sc[s] : mx;
+                }
+                for (int64_t s = first; s < kv_len; s++) {
+                    sc[s] = expf(sc[s] - mx);
+                    sum += sc[s];
+                }
+                for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
+                for (int64_t s = first; s < kv_len; s++) {
+                    const float p = sc[s] / sum;
+                    const float *vs = vg + s * hd;
+                    for (int64_t i = 0; i < hd; i++) o[i] += p * vs[i];
+                }
+            }
+        }
+        if ((rc = linear_apply(&blk->o, attn, M, proj, nthreads))) break;
+        for (int64_t i = 0; i < M * D; i++) x[i] += proj[i];
+        /* feed-forward */
+        rms_norm_rows(x, blk->ffn_norm, M, D, blk->eps, xn);
+        if ((rc = linear_apply(&blk->w13, xn, M, hid, nthreads))) break;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t i = 0; i < F; i++) {
+                const float g = hid[m * 2 * F + i];
+                act[m * F + i] = g / (1.0f + expf(-g)) * hid[m * 2 * F + F + i];
+            }
+        if ((rc = linear_apply(&blk->w2, act, M, proj, nthreads))) break;
+        for (int64_t i = 0; i < M * D; i++) x[i] += proj[i];
+    }
+    free(xn); free(qkv); free(attn); free(hid); free(act); free(proj); free(scores);
+    return rc;
+}
