@@ -6,7 +6,8 @@
 Prints prefill tok/s (a 512-token prompt), decode tok/s at batch 1 and batch 8 (128 new tokens, EOS
 ignored), ratios ours / transformers, the same for weight-only int8 and int4 (`--quant int8 int4`), and their
 quality cost on a fixed 512-token text (max logit difference, argmax agreement, perplexity vs the unquantised
-model), measured through the decode kernels (bf16 activations), as generation computes.
+model), measured through the decode kernels (the native kernels' int8 activations when they are built, else
+torch's bf16 ones), as generation computes. `ASSISTANT_CPU_KERNELS=0` measures the pure-torch paths.
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ def hf_decode(model, tokenizer, prompts: list[str], new_tokens: int, device) -> 
 # ---- quantisation quality -----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def decode_kernels_for_all_rows():
-    """Run the CPU int8/int4 decode kernels (bf16 activations) for any number of rows, not just decode's few."""
-    names = ("CPU_INT8_KERNEL_MAX_ROWS", "CPU_INT4_KERNEL_MAX_ROWS", "CPU_HALF_MAX_ROWS")
+    """Run the CPU int8/int4 decode kernels for any number of rows, not just decode's few."""
+    names = ("CPU_INT8_KERNEL_MAX_ROWS", "CPU_INT4_KERNEL_MAX_ROWS", "CPU_HALF_MAX_ROWS", "NATIVE_MAX_ROWS")
     saved = {name: getattr(quant, name) for name in names}
     for name in names:
         setattr(quant, name, 1 << 30)
@@ -174,7 +175,12 @@ def main() -> None:
     loaded = load_decoder(path, device=device, dtype=dtype)
     compile_flag = False if args.no_compile else None
     ids = long_prompt_ids(loaded.tokenizer, args.prompt_tokens)
-    print(f"device: {device_name(device)}; weights: {loaded.identity}; dtype {dtype}")
+    print(f"device: {device_name(device)}; weights: {loaded.identity}; dtype {dtype}; "
+          f"threads {torch.get_num_threads()}")
+    if device.type == "cpu":
+        from model import cpu_kernels
+
+        print(f"native CPU kernels: {cpu_kernels.status()}")
 
     rows: dict[str, dict[str, float]] = {}
     qualities: dict[str, dict[str, float]] = {}

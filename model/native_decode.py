@@ -55,6 +55,8 @@ def _describe_linear(module: nn.Module, keep: list) -> QLinear | None:
         a, b, module = module.a, module.b, module.base
         if not (_f32_buffer(a) and _f32_buffer(b)):
             return None
+    if not isinstance(module, (Int4Linear, Int8Linear)):
+        return None
     bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
     if not _f32_buffer(bias):
         return None
