@@ -64,40 +64,43 @@ def score(example, reply: str) -> dict:
 
 
 def run_model(args: argparse.Namespace, mode: str, examples) -> Path:
-    """Generate and score replies for `examples` with the base model or base + adapter; append to JSONL."""
-    import torch
+    """Generate and score replies for `examples` with the base model or base + adapter; append to JSONL.
 
+    The model is loaded as the assistant serves it (`Generator.load`: --quantize, default "auto" = int4 on
+    CPU, the adapter as an exact side path) and decodes greedily in batches of --batch-size prompts (batched
+    greedy equals one-by-one greedy; tests check it).
+    """
     from assistant.training_data import render_prompt
-    from model.decoder import greedy_generate
-    from model.lora import load_adapter
-    from model.sources import resolve_generator
-    from model.weights import load_decoder
+    from model.generate import Generator
 
     out_path = Path(args.out) / f"{mode}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = set()
     if out_path.is_file():
         done = {json.loads(line)["id"] for line in out_path.read_text().splitlines() if line.strip()}
-    loaded = load_decoder(resolve_generator(args.generator), device="cpu", dtype=torch.float32)
-    if mode == "adapter":
-        load_adapter(loaded.model, args.adapter, loaded.identity, merge=True)
-    model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    gen = Generator.load(args.generator, adapter=args.adapter if mode == "adapter" else None,
+                         quantize=args.quantize)
+    tokenizer = gen.tokenizer
     todo = [ex for ex in examples if ex.id not in done]
     started = time.perf_counter()
     with open(out_path, "a", encoding="utf-8") as fh:
-        for i, ex in enumerate(todo, start=1):
-            prompt_ids = tokenizer.encode(render_prompt(ex, tokenizer))
+        for first in range(0, len(todo), args.batch_size):
+            batch = todo[first : first + args.batch_size]
+            prompts = [tokenizer.encode(render_prompt(ex, tokenizer)) for ex in batch]
             t0 = time.perf_counter()
-            new_ids = greedy_generate(model, prompt_ids, args.max_new_tokens, eos_ids=tokenizer.eos_token_ids)
-            reply = tokenizer.decode(new_ids).strip()
-            record = {"id": ex.id, "mode": mode, "question": ex.question, "gold": ex.gold_answer,
-                      "gold_index": ex.gold_index, "reply": reply, "prompt_tokens": len(prompt_ids),
-                      "new_tokens": len(new_ids), "seconds": round(time.perf_counter() - t0, 2), **score(ex, reply)}
-            fh.write(json.dumps(record) + "\n")
+            results = gen.generate_batch(prompts, max_new_tokens=args.max_new_tokens, temperature=0.0)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for ex, ids, result in zip(batch, prompts, results):
+                reply = result.text.strip()
+                record = {"id": ex.id, "mode": mode, "question": ex.question, "gold": ex.gold_answer,
+                          "gold_index": ex.gold_index, "reply": reply, "prompt_tokens": len(ids),
+                          "new_tokens": len(result.token_ids), "seconds": round(seconds, 2),
+                          "generator": gen.identity, **score(ex, reply)}
+                fh.write(json.dumps(record) + "\n")
             fh.flush()
-            if i % 10 == 0 or i == len(todo):
-                rate = (time.perf_counter() - started) / i
-                print(f"[{mode}] {i}/{len(todo)} ({rate:.1f} s/question)", flush=True)
+            count = first + len(batch)
+            rate = (time.perf_counter() - started) / count
+            print(f"[{mode}] {count}/{len(todo)} ({rate:.2f} s/question)", flush=True)
     return out_path
 
 
@@ -140,6 +143,8 @@ def main() -> int:
     parser.add_argument("--generator", default=None)
     parser.add_argument("--limit", type=int, default=600)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--quantize", default="auto", help="as the assistant: auto (int4 on CPU), int8, none")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (greedy)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "finetune"))
     parser.add_argument("--summary", action="store_true", help="only print the table of what is done")
     parser.add_argument("--threads", type=int, default=None)

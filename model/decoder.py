@@ -158,6 +158,8 @@ class Decoder(nn.Module):
         # applicable to this model's layers; dropped when the model is moved or converted.
         self.native_decode = True
         self._native_plan = None
+        self._native_verified = False  # plan checked against the modules since the last torch-path forward
+        self.cache_version = 0  # bumped whenever the KV cache tensors are replaced
 
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> "Decoder":
         """Random initialisation for training from scratch (normal(0, std), norms at 1, biases at 0)."""
@@ -184,6 +186,7 @@ class Decoder(nn.Module):
             layer.attention.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_seq_len,
                                                self.config.head_dim, device, dtype)
         self.cache_batch_size, self.cache_len = batch_size, max_seq_len
+        self.cache_version += 1
 
     def reorder_cache(self, rows: torch.Tensor) -> None:
         """Select, reorder or duplicate the KV cache's batch rows (beam search): rows [B'] long indexes the
@@ -195,12 +198,14 @@ class Decoder(nn.Module):
             cache.k = cache.k.index_select(0, rows)  # [B', nkv, S, hd]
             cache.v = cache.v.index_select(0, rows)
         self.cache_batch_size = int(rows.shape[0])
+        self.cache_version += 1
 
     def reset_cache(self) -> None:
         """Drop the KV cache (frees its memory)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
         self.cache_batch_size = self.cache_len = 0
+        self.cache_version += 1
 
     # ---- forward ------------------------------------------------------------------------------------------
     def forward(
@@ -228,6 +233,7 @@ class Decoder(nn.Module):
             logits = self._native_step(tokens, input_pos, pad_mask, kv_len)
             if logits is not None:
                 return logits
+        self._native_verified = False  # modules may change before the next decode step: check the plan then
         x = self.tok_embeddings(tokens)  # [B, T, D]
         mask = None
         if input_pos is None:
@@ -262,14 +268,14 @@ class Decoder(nn.Module):
         from model.native_decode import DecodePlan
 
         plan = self._native_plan
-        if plan is None or plan is False or plan.signature != DecodePlan.signature_of(self):
-            if plan is False and getattr(self, "_native_plan_signature", None) == DecodePlan.signature_of(self):
-                return None
-            plan = DecodePlan.build(self)
-            self._native_plan_signature = DecodePlan.signature_of(self)
-            self._native_plan = plan if plan is not None else False
-            if plan is None:
-                return None
+        if plan is None or not self._native_verified:  # first step after a prefill: are the modules the same?
+            signature = DecodePlan.signature_of(self)
+            if plan is None or plan.signature != signature:
+                plan = DecodePlan.build(self) or DecodePlan.unsupported(signature)
+                self._native_plan = plan
+            self._native_verified = True
+        if not plan.supported:
+            return None
         return plan.forward(self, tokens, input_pos, pad_mask, kv_len, last_only=True)
 
     def _apply(self, fn, recurse=True):  # .to(device / dtype): the native plan points into the old tensors

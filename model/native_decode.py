@@ -88,14 +88,21 @@ def _modules_of(layer: nn.Module) -> tuple:
 class DecodePlan:
     """C descriptions of a decoder's blocks for `qm_decode_layers`; `forward` runs one decode step."""
 
-    def __init__(self, decoder: nn.Module, blocks: ctypes.Array, keep: list) -> None:
+    def __init__(self, decoder: nn.Module | None, blocks: ctypes.Array | None, keep: list,
+                 signature: tuple | None = None) -> None:
         self.blocks = blocks
+        self.supported = blocks is not None
         self.keep = keep  # the tensors the C structs point into
-        self.signature = self.signature_of(decoder)
+        self.signature = self.signature_of(decoder) if signature is None else signature
         self._cache_key: tuple | None = None
         self._k_ptrs = self._v_ptrs = None
         self._mask_key: tuple | None = None
         self._starts: torch.Tensor | None = None
+
+    @classmethod
+    def unsupported(cls, signature: tuple) -> "DecodePlan":
+        """A plan that declines every step (remembered, so the check is not repeated for the same modules)."""
+        return cls(None, None, [], signature)
 
     @staticmethod
     def signature_of(decoder: nn.Module) -> tuple:
@@ -134,11 +141,11 @@ class DecodePlan:
         return cls(decoder, blocks, keep)
 
     def _cache_pointers(self, decoder: nn.Module) -> bool:
-        caches = [layer.attention.kv_cache for layer in decoder.layers]
-        if any(c is None for c in caches):
-            return False
-        key = (decoder.cache_len, id(caches[0].k), id(caches[-1].v), caches[0].k.data_ptr())
+        key = (decoder.cache_version, decoder.cache_len)
         if key != self._cache_key:
+            caches = [layer.attention.kv_cache for layer in decoder.layers]
+            if any(c is None for c in caches):
+                return False
             if not all(_f32_buffer(c.k) and _f32_buffer(c.v) for c in caches):
                 return False
             n = len(caches)

@@ -104,7 +104,7 @@ def decode_logits(decoder: Decoder, prompt: list[list[int]], steps: list[int], n
             logits = decoder(torch.full((batch, 1), token), torch.tensor([length + i]), pad_mask)
             out.append(logits[:, -1])
     if native:
-        assert decoder._native_plan not in (None, False), "the native decode plan was not used"
+        assert decoder._native_plan is not None and decoder._native_plan.supported, "the native step was not used"
     return torch.stack(out)
 
 
@@ -161,7 +161,7 @@ def test_generator_batched_greedy_equals_one_by_one_on_native_path(tiny_tokenize
     gen.eos_token_ids = ()
     prompts = ["The quick brown fox", "A dog", "Over the lazy dog it jumps again"]
     batched = gen.generate_batch(prompts, max_new_tokens=8)
-    assert decoder._native_plan not in (None, False)
+    assert decoder._native_plan is not None and decoder._native_plan.supported
     single = [gen.generate(p, max_new_tokens=8).token_ids for p in prompts]
     assert [r.token_ids for r in batched] == single
     beams = gen.generate(prompts[0], max_new_tokens=6, num_beams=1)  # beam search's path too
@@ -174,6 +174,11 @@ def test_plan_declines_what_it_does_not_cover(tiny_tokenizer) -> None:
 
     float_model = Decoder(DecoderConfig.tiny(vocab_size=tiny_tokenizer.vocab_size)).init_weights(seed=0).eval()
     assert DecodePlan.build(float_model) is None  # float weights: the torch path
+    float_model.setup_cache(1, 16)
+    with torch.inference_mode():
+        float_model(torch.tensor([[1, 2]]), torch.arange(2))
+        float_model(torch.tensor([[3]]), torch.tensor([2]))
+    assert float_model._native_plan is not None and not float_model._native_plan.supported
     decoder = quantized_tiny(tiny_tokenizer, "int4")
     plan = DecodePlan.build(decoder)
     assert plan is not None
@@ -204,7 +209,7 @@ with torch.inference_mode():
     d(torch.tensor([[1, 2, 3]]), torch.arange(3))
     logits = d(torch.tensor([[4]]), torch.tensor([3]))
 print(cpu_kernels.status())
-print(type(d.output).__name__, d._native_plan is not None and d._native_plan is not False, tuple(logits.shape))
+print(type(d.output).__name__, d._native_plan is not None and d._native_plan.supported, tuple(logits.shape))
 """
 
 

@@ -81,9 +81,16 @@ static inline float dotf(const float *a, const float *b, int64_t n) {
     int64_t i = 0;
     float s = 0.0f;
 #if QM_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    s = hsum8(acc);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+           acc3 = _mm256_setzero_ps();  /* four chains: an FMA's latency is four instructions' throughput */
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    s = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
 #endif
     for (; i < n; i++) s += a[i] * b[i];
     return s;
@@ -124,6 +131,35 @@ static void q4_core(const act_t *a, const uint8_t *w, const float *wd, const flo
         const uint8_t *wr = w + n * (K / 2);
         const float *d = wd + n * nb;
         const float *mn = wm + n * nb;
+#if QM_AVX2
+        if (M == 1) {  /* decode at batch 1: two blocks per iteration, two accumulators (FMA latency) */
+            const __m128i low4 = _mm_set1_epi8(0x0F);
+            const __m256i ones = _mm256_set1_epi16(1);
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            int64_t b = 0;
+            for (; b + 2 <= nb; b += 2) {
+                const __m128i r0 = _mm_loadu_si128((const __m128i *)(wr + b * (QK / 2)));
+                const __m128i r1 = _mm_loadu_si128((const __m128i *)(wr + (b + 1) * (QK / 2)));
+                const __m256i w0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(r0, 4), low4), _mm_and_si128(r0, low4));
+                const __m256i w1 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(r1, 4), low4), _mm_and_si128(r1, low4));
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), ones);
+                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x1), ones);
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d[b] * xd[b]), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(d[b + 1] * xd[b + 1]), acc1);
+            }
+            for (; b < nb; b++) {
+                const __m128i r0 = _mm_loadu_si128((const __m128i *)(wr + b * (QK / 2)));
+                const __m256i w0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(r0, 4), low4), _mm_and_si128(r0, low4));
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), ones);
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d[b] * xd[b]), acc0);
+            }
+            out[n] = hsum8(_mm256_add_ps(acc0, acc1)) + dotf(mn, xs, nb) + 8.0f * dotf(d, xe, nb);
+            continue;
+        }
+#endif
         for (int64_t m0 = 0; m0 < M; m0 += TILE_M) {
             const int mt = (int)(M - m0 < TILE_M ? M - m0 : TILE_M);
 #if QM_AVX2
@@ -177,6 +213,31 @@ static void q8_core(const act_t *a, const int8_t *w, const float *wd, int64_t N,
     for (int64_t n = 0; n < N; n++) {
         const int8_t *wr = w + n * K;
         const float *d = wd + n * nb;
+#if QM_AVX2
+        if (M == 1) {  /* decode at batch 1: two blocks per iteration, two accumulators */
+            const __m256i ones = _mm256_set1_epi16(1);
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            int64_t b = 0;
+            for (; b + 2 <= nb; b += 2) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + b * QK));
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wr + (b + 1) * QK));
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
+                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1)), ones);
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d[b] * xd[b]), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(d[b + 1] * xd[b + 1]), acc1);
+            }
+            for (; b < nb; b++) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + b * QK));
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d[b] * xd[b]), acc0);
+            }
+            out[n] = hsum8(_mm256_add_ps(acc0, acc1));
+            continue;
+        }
+#endif
         for (int64_t m0 = 0; m0 < M; m0 += TILE_M) {
             const int mt = (int)(M - m0 < TILE_M ? M - m0 : TILE_M);
 #if QM_AVX2
@@ -307,6 +368,17 @@ static void rope_head(float *v, const float *cos, const float *sin, int64_t hd) 
     }
 }
 
+/* o[0:hd] = scale * sum_{s in [first, last)} p[s] * v[s * hd : (s + 1) * hd] */
+static void weighted_sum(float *restrict o, const float *restrict v, const float *restrict p, int64_t first,
+                         int64_t last, int64_t hd, float scale) {
+    for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
+    for (int64_t s = first; s < last; s++) {
+        const float w = p[s] * scale;
+        const float *restrict vs = v + s * hd;
+        for (int64_t i = 0; i < hd; i++) o[i] += w * vs[i];
+    }
+}
+
 /*
  * Decode one token per row through `n_layers` blocks, in place on x [M, D] (float32).
  * pos: the cache slot of the new tokens (the same for every row); cos/sin [head_dim]: the rotary tables at pos.
@@ -364,12 +436,8 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
                     sc[s] = expf(sc[s] - mx);
                     sum += sc[s];
                 }
-                for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-                for (int64_t s = first; s < kv_len; s++) {
-                    const float p = sc[s] / sum;
-                    const float *vs = vg + s * hd;
-                    for (int64_t i = 0; i < hd; i++) o[i] += p * vs[i];
-                }
+                const float inv = 1.0f / sum;
+                weighted_sum(o, vg, sc, first, kv_len, hd, inv);
             }
         }
         if ((rc = linear_apply(&blk->o, attn, M, proj, nthreads))) break;
