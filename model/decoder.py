@@ -255,6 +255,8 @@ class Decoder(nn.Module):
                 mask = mask & pad_mask[:, None, None, : slots.shape[0]]  # [B, 1, T, S']
             elif seq == 1 and not self.static_cache_attention:
                 mask = None  # one query at the newest slot sees the whole filled prefix
+            elif kv_len == seq and not self.static_cache_attention:
+                mask = None  # prefill of slots 0..T-1: plain causal attention (SDPA's fused causal kernel)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [T, hd]
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos, mask, kv_len)
