@@ -76,6 +76,61 @@ static inline float hsum8(__m256 v) {
 }
 #endif
 
+#if QM_AVX2
+/* exp(x) for 8 floats: Cody-Waite range reduction x = k ln2 + r, a degree-6 polynomial for exp(r) (the
+   classic single-precision coefficients, ~1 ulp), then scaling by 2^k through the exponent bits. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.0f));
+    const __m256 k = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+#endif
+
+/* x[i] = exp(x[i] - shift) over n floats; returns their sum. */
+static float exp_shift_sum(float *x, int64_t n, float shift) {
+    int64_t i = 0;
+    float sum = 0.0f;
+#if QM_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    const __m256 sh = _mm256_set1_ps(shift);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    sum = hsum8(acc);
+#endif
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - shift);
+        sum += x[i];
+    }
+    return sum;
+}
+
+/* out[i] = silu(gate[i]) * up[i] = gate / (1 + exp(-gate)) * up over n floats. */
+static void silu_mul(const float *gate, const float *up, float *out, int64_t n) {
+    int64_t i = 0;
+#if QM_AVX2
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 den = _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, den), _mm256_loadu_ps(up + i)));
+    }
+#endif
+    for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
 /* dot(a, b) over n floats */
 static inline float dotf(const float *a, const float *b, int64_t n) {
     int64_t i = 0;
@@ -427,15 +482,12 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
                 const float *vg = vc + (m * G + g) * cache_len * hd;
                 float *sc = scores + (m * H + h) * kv_len;
                 float *o = attn + (m * H + h) * hd;
-                float mx = -INFINITY, sum = 0.0f;
+                float mx = -INFINITY;
                 for (int64_t s = first; s < kv_len; s++) {
                     sc[s] = dotf(q, kg + s * hd, hd) * scale;
                     mx = sc[s] > mx ? sc[s] : mx;
                 }
-                for (int64_t s = first; s < kv_len; s++) {
-                    sc[s] = expf(sc[s] - mx);
-                    sum += sc[s];
-                }
+                const float sum = exp_shift_sum(sc + first, kv_len - first, mx);
                 const float inv = 1.0f / sum;
                 weighted_sum(o, vg, sc, first, kv_len, hd, inv);
             }
@@ -445,11 +497,7 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
         /* feed-forward */
         rms_norm_rows(x, blk->ffn_norm, M, D, blk->eps, xn);
         if ((rc = linear_apply(&blk->w13, xn, M, hid, nthreads))) break;
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t i = 0; i < F; i++) {
-                const float g = hid[m * 2 * F + i];
-                act[m * F + i] = g / (1.0f + expf(-g)) * hid[m * 2 * F + F + i];
-            }
+        for (int64_t m = 0; m < M; m++) silu_mul(hid + m * 2 * F, hid + m * 2 * F + F, act + m * F, F);
         if ((rc = linear_apply(&blk->w2, act, M, proj, nthreads))) break;
         for (int64_t i = 0; i < M * D; i++) x[i] += proj[i];
     }
