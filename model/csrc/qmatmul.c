@@ -423,15 +423,78 @@ static void rope_head(float *v, const float *cos, const float *sin, int64_t hd) 
     }
 }
 
-/* o[0:hd] = scale * sum_{s in [first, last)} p[s] * v[s * hd : (s + 1) * hd] */
-static void weighted_sum(float *restrict o, const float *restrict v, const float *restrict p, int64_t first,
-                         int64_t last, int64_t hd, float scale) {
-    for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-    for (int64_t s = first; s < last; s++) {
-        const float w = p[s] * scale;
-        const float *restrict vs = v + s * hd;
-        for (int64_t i = 0; i < hd; i++) o[i] += w * vs[i];
-    }
+/* y[0:n] += a * x[0:n] */
+static inline void axpy(float *restrict y, const float *restrict x, float a, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+#define MAX_GROUP 64  /* query heads per key/value head */
+#define S_CHUNK 128   /* cache slots per task when scoring */
+#define D_CHUNK 16    /* head dimensions per task when summing values */
+
+/*
+ * Grouped-query attention of one new token per row: row m's query heads (in qkv [M, n_qkv], already rotated)
+ * over cache slots [starts[m], kv_len) of k/v caches [M, G, cache_len, hd]; out attn [M, H * hd].
+ * Three parallel phases, so that even one row with few key/value heads keeps every thread busy: scores over
+ * chunks of slots (each key row read once for the R = H / G query heads sharing it), a softmax per head, and
+ * value sums over 16-wide slices of the head dimension (accumulators stay in registers).
+ */
+static void attend(const float *qkv, int64_t n_qkv, const float *kc, const float *vc, int64_t M, int64_t H,
+                   int64_t G, int64_t hd, int64_t cache_len, int64_t kv_len, const int64_t *starts,
+                   float *scores, float *inv_sums, float *attn, int nthreads) {
+    const int64_t R = H / G, n_chunks = (kv_len + S_CHUNK - 1) / S_CHUNK;
+    const int64_t dch = hd % D_CHUNK == 0 ? D_CHUNK : hd, n_dch = hd / dch;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for collapse(3) num_threads(nthreads) schedule(static)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t c = 0; c < n_chunks; c++) {
+                const int64_t first = starts ? starts[m] : 0;
+                const int64_t s0 = c * S_CHUNK > first ? c * S_CHUNK : first;
+                const int64_t s1 = (c + 1) * S_CHUNK < kv_len ? (c + 1) * S_CHUNK : kv_len;
+                const float *kg = kc + (m * G + g) * cache_len * hd;
+                for (int64_t s = s0; s < s1; s++)
+                    for (int64_t r = 0; r < R; r++) {
+                        const int64_t h = g * R + r;
+                        scores[(m * H + h) * kv_len + s] = dotf(qkv + m * n_qkv + h * hd, kg + s * hd, hd) * scale;
+                    }
+            }
+#pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t first = starts ? starts[m] : 0;
+            float *sc = scores + (m * H + h) * kv_len;
+            float mx = -INFINITY;
+            for (int64_t s = first; s < kv_len; s++) mx = sc[s] > mx ? sc[s] : mx;
+            inv_sums[m * H + h] = 1.0f / exp_shift_sum(sc + first, kv_len - first, mx);
+        }
+#pragma omp parallel for collapse(3) num_threads(nthreads) schedule(static)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t c = 0; c < n_dch; c++) {
+                const int64_t first = starts ? starts[m] : 0;
+                const float *v = vc + (m * G + h / R) * cache_len * hd + c * dch;
+                const float *p = scores + (m * H + h) * kv_len;
+                const float inv = inv_sums[m * H + h];
+                float *o = attn + m * H * hd + h * hd + c * dch;
+#if QM_AVX2
+                if (dch == 16) {  /* the value rows' 16-float slice in two registers */
+                    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                    for (int64_t s = first; s < kv_len; s++) {
+                        const __m256 w = _mm256_set1_ps(p[s]);
+                        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + s * hd), a0);
+                        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + s * hd + 8), a1);
+                    }
+                    const __m256 sc = _mm256_set1_ps(inv);
+                    _mm256_storeu_ps(o, _mm256_mul_ps(a0, sc));
+                    _mm256_storeu_ps(o + 8, _mm256_mul_ps(a1, sc));
+                    continue;
+                }
+#endif
+                for (int64_t i = 0; i < dch; i++) o[i] = 0.0f;
+                for (int64_t s = first; s < kv_len; s++) axpy(o, v + s * hd, p[s], dch);
+                for (int64_t i = 0; i < dch; i++) o[i] *= inv;
+            }
 }
 
 /*
@@ -448,7 +511,7 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
     const qm_block *b0 = &blocks[0];
     const int64_t D = b0->dim, H = b0->n_heads, G = b0->n_kv_heads, hd = b0->head_dim, F = b0->ffn_dim;
     const int64_t n_qkv = (H + 2 * G) * hd, kv_len = pos + 1;
-    if (H % G != 0) return -1;
+    if (H % G != 0 || H / G > MAX_GROUP) return -1;
     float *xn = (float *)malloc(sizeof(float) * (size_t)(M * D));
     float *qkv = (float *)malloc(sizeof(float) * (size_t)(M * n_qkv));
     float *attn = (float *)malloc(sizeof(float) * (size_t)(M * H * hd));
@@ -456,8 +519,8 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
     float *act = (float *)malloc(sizeof(float) * (size_t)(M * F));
     float *proj = (float *)malloc(sizeof(float) * (size_t)(M * D));
     float *scores = (float *)malloc(sizeof(float) * (size_t)(M * H * kv_len));
-    int rc = (xn && qkv && attn && hid && act && proj && scores) ? 0 : -1;
-    const float scale = 1.0f / sqrtf((float)hd);
+    float *inv_sums = (float *)malloc(sizeof(float) * (size_t)(M * H));
+    int rc = (xn && qkv && attn && hid && act && proj && scores && inv_sums) ? 0 : -1;
 
     for (int64_t l = 0; l < n_layers && rc == 0; l++) {
         const qm_block *blk = &blocks[l];
@@ -473,25 +536,7 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
                 memcpy(vc + ((m * G + g) * cache_len + pos) * hd, row + (H + G + g) * hd, sizeof(float) * (size_t)hd);
             }
         }
-#pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static)
-        for (int64_t m = 0; m < M; m++) {
-            for (int64_t h = 0; h < H; h++) {
-                const int64_t g = h / (H / G), first = starts ? starts[m] : 0;
-                const float *q = qkv + m * n_qkv + h * hd;
-                const float *kg = kc + (m * G + g) * cache_len * hd;
-                const float *vg = vc + (m * G + g) * cache_len * hd;
-                float *sc = scores + (m * H + h) * kv_len;
-                float *o = attn + (m * H + h) * hd;
-                float mx = -INFINITY;
-                for (int64_t s = first; s < kv_len; s++) {
-                    sc[s] = dotf(q, kg + s * hd, hd) * scale;
-                    mx = sc[s] > mx ? sc[s] : mx;
-                }
-                const float sum = exp_shift_sum(sc + first, kv_len - first, mx);
-                const float inv = 1.0f / sum;
-                weighted_sum(o, vg, sc, first, kv_len, hd, inv);
-            }
-        }
+        attend(qkv, n_qkv, kc, vc, M, H, G, hd, cache_len, kv_len, starts, scores, inv_sums, attn, nthreads);
         if ((rc = linear_apply(&blk->o, attn, M, proj, nthreads))) break;
         for (int64_t i = 0; i < M * D; i++) x[i] += proj[i];
         /* feed-forward */
@@ -501,6 +546,6 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
         if ((rc = linear_apply(&blk->w2, act, M, proj, nthreads))) break;
         for (int64_t i = 0; i < M * D; i++) x[i] += proj[i];
     }
-    free(xn); free(qkv); free(attn); free(hid); free(act); free(proj); free(scores);
+    free(xn); free(qkv); free(attn); free(hid); free(act); free(proj); free(scores); free(inv_sums);
     return rc;
 }
