@@ -20,9 +20,14 @@
  * then odd ones, so the 16 low nibbles of a block line up with its first 16 activation bytes.
  */
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -151,19 +156,21 @@ static inline float dotf(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* Activations quantised for one matrix product: q [M, K] int8, then d, s, e [M, K/32] float each. */
+/* Activations quantised for one matrix product: q [M, K] int8, then d, s, e [M, K/32] float each, in one
+   buffer of act_bytes(M, K) bytes. */
 typedef struct {
     int8_t *q;
     float *d, *s, *e;
     int64_t M, K;
-    void *buf;
 } act_t;
 
-static int act_quantize(act_t *a, const float *x, int64_t M, int64_t K, int interleave) {
+static size_t act_bytes(int64_t M, int64_t K) {
+    return sizeof(float) * (size_t)(3 * M * (K / QK)) + (size_t)(M * K) + 64;
+}
+
+static void act_quantize(act_t *a, void *buf, const float *x, int64_t M, int64_t K, int interleave) {
     const int64_t nb = K / QK;
-    float *f = (float *)malloc(sizeof(float) * (size_t)(3 * M * nb) + (size_t)(M * K) + 64);
-    if (!f) return -1;
-    a->buf = f;
+    float *f = (float *)buf;
     a->d = f;
     a->s = f + M * nb;
     a->e = f + 2 * M * nb;
@@ -171,18 +178,70 @@ static int act_quantize(act_t *a, const float *x, int64_t M, int64_t K, int inte
     a->M = M;
     a->K = K;
     quantize_rows(x, M, K, interleave, a->q, a->d, a->s, a->e);
-    return 0;
 }
 
-/* out[m * ldo + n] = (x W^T)[m, n] for int4 W: w [N, K/2] packed nibbles, wd/wm [N, K/32] scales and minimums;
-   a quantised with interleave = 1. */
-static void q4_core(const act_t *a, const uint8_t *w, const float *wd, const float *wm, int64_t N, float *out,
-                    int64_t ldo, int nthreads) {
+/* ---- threads: the OpenMP team, rows split evenly, and a spinning barrier ------------------------------------
+   A decode step runs as one parallel region whose threads meet at barrier_wait() between phases. With
+   OMP_WAIT_POLICY=PASSIVE (which the CLI sets, so idle OpenMP threads do not compete with the UI), every
+   region boundary would put the helper threads to sleep and wake them again (~10 us each, ~10 per block);
+   this barrier spins briefly instead and yields the CPU if a thread is late (an oversubscribed machine). */
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+static void split(int64_t n, int tid, int nth, int64_t *lo, int64_t *hi) {
+    *lo = n * tid / nth;
+    *hi = n * (tid + 1) / nth;
+}
+
+typedef struct {
+    atomic_int arrived;
+    atomic_int phase;
+    int n;
+} qm_barrier;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void barrier_wait(qm_barrier *b) {
+    if (b->n <= 1) return;
+    const int phase = atomic_load_explicit(&b->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->phase, 1, memory_order_release);
+        return;
+    }
+    for (long spins = 0; atomic_load_explicit(&b->phase, memory_order_acquire) == phase; spins++) {
+        if (spins < 20000)
+            cpu_relax();
+        else
+            sched_yield();
+    }
+}
+
+/* out[m * ldo + n] = (x W^T)[m, n] for n in [n0, n1), int4 W: w [N, K/2] packed nibbles, wd/wm [N, K/32]
+   scales and minimums; a quantised with interleave = 1. */
+static void q4_rows(const act_t *a, const uint8_t *w, const float *wd, const float *wm, int64_t n0, int64_t n1,
+                    float *out, int64_t ldo) {
     const int64_t K = a->K, M = a->M, nb = K / QK;
     const int8_t *xq = a->q;
     const float *xd = a->d, *xs = a->s, *xe = a->e;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t n = 0; n < N; n++) {
+    for (int64_t n = n0; n < n1; n++) {
         const uint8_t *wr = w + n * (K / 2);
         const float *d = wd + n * nb;
         const float *mn = wm + n * nb;
@@ -257,15 +316,14 @@ static void q4_core(const act_t *a, const uint8_t *w, const float *wd, const flo
     }
 }
 
-/* out[m * ldo + n] = (x W^T)[m, n] for int8 W: w [N, K], wd [N, K/32] block scales; a quantised with
-   interleave = 0. */
-static void q8_core(const act_t *a, const int8_t *w, const float *wd, int64_t N, float *out, int64_t ldo,
-                    int nthreads) {
+/* out[m * ldo + n] = (x W^T)[m, n] for n in [n0, n1), int8 W: w [N, K], wd [N, K/32] block scales; a quantised
+   with interleave = 0. */
+static void q8_rows(const act_t *a, const int8_t *w, const float *wd, int64_t n0, int64_t n1, float *out,
+                    int64_t ldo) {
     const int64_t K = a->K, M = a->M, nb = K / QK;
     const int8_t *xq = a->q;
     const float *xd = a->d;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t n = 0; n < N; n++) {
+    for (int64_t n = n0; n < n1; n++) {
         const int8_t *wr = w + n * K;
         const float *d = wd + n * nb;
 #if QM_AVX2
@@ -336,10 +394,18 @@ static void q8_core(const act_t *a, const int8_t *w, const float *wd, int64_t N,
  */
 int qm_q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const float *wd, const float *wm,
                  int64_t N, float *out, int nthreads) {
+    if (K % QK != 0 || M < 1) return -1;
+    void *buf = malloc(act_bytes(M, K));
+    if (!buf) return -1;
     act_t a;
-    if (K % QK != 0 || M < 1 || act_quantize(&a, x, M, K, 1)) return -1;
-    q4_core(&a, w, wd, wm, N, out, N, nthreads);
-    free(a.buf);
+    act_quantize(&a, buf, x, M, K, 1);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t lo, hi;
+        split(N, thread_id(), thread_count(), &lo, &hi);
+        q4_rows(&a, w, wd, wm, lo, hi, out, N);
+    }
+    free(buf);
     return 0;
 }
 
@@ -349,10 +415,18 @@ int qm_q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const f
  */
 int qm_q8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, const float *wd, int64_t N, float *out,
                  int nthreads) {
+    if (K % QK != 0 || M < 1) return -1;
+    void *buf = malloc(act_bytes(M, K));
+    if (!buf) return -1;
     act_t a;
-    if (K % QK != 0 || M < 1 || act_quantize(&a, x, M, K, 0)) return -1;
-    q8_core(&a, w, wd, N, out, N, nthreads);
-    free(a.buf);
+    act_quantize(&a, buf, x, M, K, 0);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t lo, hi;
+        split(N, thread_id(), thread_count(), &lo, &hi);
+        q8_rows(&a, w, wd, lo, hi, out, N);
+    }
+    free(buf);
     return 0;
 }
 
@@ -379,29 +453,35 @@ typedef struct {
     float eps;
 } qm_block;
 
-static int linear_apply(const qm_linear *L, const float *x, int64_t M, float *out, int nthreads) {
-    act_t a;
-    if (L->k % QK != 0 || act_quantize(&a, x, M, L->k, L->kind == 4)) return -1;
+/* Thread 0, before a barrier: quantise the input rows x [M, K] into a, and t [M, rank] = x A^T. */
+static void linear_prepare(const qm_linear *L, const float *x, int64_t M, act_t *a, void *buf, float *t) {
+    act_quantize(a, buf, x, M, L->k, L->kind == 4);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t r = 0; r < L->rank; r++) t[m * L->rank + r] = dotf(L->lora_a + r * L->k, x + m * L->k, L->k);
+}
+
+/* Any thread: output columns [n0, n1) of out [M, N] = W x + bias + B t. */
+static void linear_rows(const qm_linear *L, const act_t *a, const float *t, int64_t M, int64_t n0, int64_t n1,
+                        float *out) {
+    const int64_t N = L->n, R = L->rank;
     if (L->kind == 4)
-        q4_core(&a, (const uint8_t *)L->w, L->d, L->m, L->n, out, L->n, nthreads);
+        q4_rows(a, (const uint8_t *)L->w, L->d, L->m, n0, n1, out, N);
     else
-        q8_core(&a, (const int8_t *)L->w, L->d, L->n, out, L->n, nthreads);
-    free(a.buf);
-    const int64_t N = L->n, K = L->k, R = L->rank;
-    if (L->bias)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t n = 0; n < N; n++) out[m * N + n] += L->bias[n];
-    if (R > 0) {
-        float *t = (float *)malloc(sizeof(float) * (size_t)(M * R));
-        if (!t) return -1;
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t r = 0; r < R; r++) t[m * R + r] = dotf(L->lora_a + r * K, x + m * K, K);
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t m = 0; m < M; m++) out[m * N + n] += dotf(L->lora_b + n * R, t + m * R, R);
-        free(t);
-    }
-    return 0;
+        q8_rows(a, (const int8_t *)L->w, L->d, n0, n1, out, N);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = n0; n < n1; n++) {
+            float v = out[m * N + n];
+            if (L->bias) v += L->bias[n];
+            if (R > 0) v += dotf(L->lora_b + n * R, t + m * R, R);
+            out[m * N + n] = v;
+        }
+}
+
+static void linear_split(const qm_linear *L, const act_t *a, const float *t, int64_t M, float *out, int tid,
+                         int nth) {
+    int64_t lo, hi;
+    split(L->n, tid, nth, &lo, &hi);
+    linear_rows(L, a, t, M, lo, hi, out);
 }
 
 static void rms_norm_rows(const float *x, const float *w, int64_t M, int64_t D, float eps, float *out) {
@@ -435,66 +515,68 @@ static inline void axpy(float *restrict y, const float *restrict x, float a, int
 /*
  * Grouped-query attention of one new token per row: row m's query heads (in qkv [M, n_qkv], already rotated)
  * over cache slots [starts[m], kv_len) of k/v caches [M, G, cache_len, hd]; out attn [M, H * hd].
- * Three parallel phases, so that even one row with few key/value heads keeps every thread busy: scores over
- * chunks of slots (each key row read once for the R = H / G query heads sharing it), a softmax per head, and
- * value sums over 16-wide slices of the head dimension (accumulators stay in registers).
+ * Called by every thread of the team; three phases split into small tasks, so that even one row with few
+ * key/value heads keeps every thread busy: scores over chunks of slots (each key row read once for the
+ * R = H / G query heads sharing it), a softmax per head, and value sums over 16-wide slices of the head
+ * dimension (accumulators stay in registers). Ends without a barrier.
  */
 static void attend(const float *qkv, int64_t n_qkv, const float *kc, const float *vc, int64_t M, int64_t H,
                    int64_t G, int64_t hd, int64_t cache_len, int64_t kv_len, const int64_t *starts,
-                   float *scores, float *inv_sums, float *attn, int nthreads) {
+                   float *scores, float *inv_sums, float *attn, int tid, int nth, qm_barrier *bar) {
     const int64_t R = H / G, n_chunks = (kv_len + S_CHUNK - 1) / S_CHUNK;
     const int64_t dch = hd % D_CHUNK == 0 ? D_CHUNK : hd, n_dch = hd / dch;
     const float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(3) num_threads(nthreads) schedule(static)
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t g = 0; g < G; g++)
-            for (int64_t c = 0; c < n_chunks; c++) {
-                const int64_t first = starts ? starts[m] : 0;
-                const int64_t s0 = c * S_CHUNK > first ? c * S_CHUNK : first;
-                const int64_t s1 = (c + 1) * S_CHUNK < kv_len ? (c + 1) * S_CHUNK : kv_len;
-                const float *kg = kc + (m * G + g) * cache_len * hd;
-                for (int64_t s = s0; s < s1; s++)
-                    for (int64_t r = 0; r < R; r++) {
-                        const int64_t h = g * R + r;
-                        scores[(m * H + h) * kv_len + s] = dotf(qkv + m * n_qkv + h * hd, kg + s * hd, hd) * scale;
-                    }
+    int64_t lo, hi;
+    split(M * G * n_chunks, tid, nth, &lo, &hi);
+    for (int64_t task = lo; task < hi; task++) {
+        const int64_t m = task / (G * n_chunks), g = (task / n_chunks) % G, c = task % n_chunks;
+        const int64_t first = starts ? starts[m] : 0;
+        const int64_t s0 = c * S_CHUNK > first ? c * S_CHUNK : first;
+        const int64_t s1 = (c + 1) * S_CHUNK < kv_len ? (c + 1) * S_CHUNK : kv_len;
+        const float *kg = kc + (m * G + g) * cache_len * hd;
+        for (int64_t s = s0; s < s1; s++)
+            for (int64_t r = 0; r < R; r++) {
+                const int64_t h = g * R + r;
+                scores[(m * H + h) * kv_len + s] = dotf(qkv + m * n_qkv + h * hd, kg + s * hd, hd) * scale;
             }
-#pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static)
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t first = starts ? starts[m] : 0;
-            float *sc = scores + (m * H + h) * kv_len;
-            float mx = -INFINITY;
-            for (int64_t s = first; s < kv_len; s++) mx = sc[s] > mx ? sc[s] : mx;
-            inv_sums[m * H + h] = 1.0f / exp_shift_sum(sc + first, kv_len - first, mx);
-        }
-#pragma omp parallel for collapse(3) num_threads(nthreads) schedule(static)
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t c = 0; c < n_dch; c++) {
-                const int64_t first = starts ? starts[m] : 0;
-                const float *v = vc + (m * G + h / R) * cache_len * hd + c * dch;
-                const float *p = scores + (m * H + h) * kv_len;
-                const float inv = inv_sums[m * H + h];
-                float *o = attn + m * H * hd + h * hd + c * dch;
+    }
+    barrier_wait(bar);
+    split(M * H, tid, nth, &lo, &hi);
+    for (int64_t task = lo; task < hi; task++) {
+        const int64_t m = task / H;
+        const int64_t first = starts ? starts[m] : 0;
+        float *sc = scores + task * kv_len;
+        float mx = -INFINITY;
+        for (int64_t s = first; s < kv_len; s++) mx = sc[s] > mx ? sc[s] : mx;
+        inv_sums[task] = 1.0f / exp_shift_sum(sc + first, kv_len - first, mx);
+    }
+    barrier_wait(bar);
+    split(M * H * n_dch, tid, nth, &lo, &hi);
+    for (int64_t task = lo; task < hi; task++) {
+        const int64_t m = task / (H * n_dch), h = (task / n_dch) % H, c = task % n_dch;
+        const int64_t first = starts ? starts[m] : 0;
+        const float *v = vc + (m * G + h / R) * cache_len * hd + c * dch;
+        const float *p = scores + (m * H + h) * kv_len;
+        const float inv = inv_sums[m * H + h];
+        float *o = attn + m * H * hd + h * hd + c * dch;
 #if QM_AVX2
-                if (dch == 16) {  /* the value rows' 16-float slice in two registers */
-                    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-                    for (int64_t s = first; s < kv_len; s++) {
-                        const __m256 w = _mm256_set1_ps(p[s]);
-                        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + s * hd), a0);
-                        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + s * hd + 8), a1);
-                    }
-                    const __m256 sc = _mm256_set1_ps(inv);
-                    _mm256_storeu_ps(o, _mm256_mul_ps(a0, sc));
-                    _mm256_storeu_ps(o + 8, _mm256_mul_ps(a1, sc));
-                    continue;
-                }
-#endif
-                for (int64_t i = 0; i < dch; i++) o[i] = 0.0f;
-                for (int64_t s = first; s < kv_len; s++) axpy(o, v + s * hd, p[s], dch);
-                for (int64_t i = 0; i < dch; i++) o[i] *= inv;
+        if (dch == 16) {  /* the value rows' 16-float slice in two registers */
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            for (int64_t s = first; s < kv_len; s++) {
+                const __m256 w = _mm256_set1_ps(p[s]);
+                a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + s * hd), a0);
+                a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + s * hd + 8), a1);
             }
+            const __m256 sc = _mm256_set1_ps(inv);
+            _mm256_storeu_ps(o, _mm256_mul_ps(a0, sc));
+            _mm256_storeu_ps(o + 8, _mm256_mul_ps(a1, sc));
+            continue;
+        }
+#endif
+        for (int64_t i = 0; i < dch; i++) o[i] = 0.0f;
+        for (int64_t s = first; s < kv_len; s++) axpy(o, v + s * hd, p[s], dch);
+        for (int64_t i = 0; i < dch; i++) o[i] *= inv;
+    }
 }
 
 /*
@@ -511,7 +593,17 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
     const qm_block *b0 = &blocks[0];
     const int64_t D = b0->dim, H = b0->n_heads, G = b0->n_kv_heads, hd = b0->head_dim, F = b0->ffn_dim;
     const int64_t n_qkv = (H + 2 * G) * hd, kv_len = pos + 1;
-    if (H % G != 0 || H / G > MAX_GROUP) return -1;
+    if (G < 1 || H % G != 0 || H / G > MAX_GROUP || hd % 2) return -1;
+    int64_t max_rank = 0;
+    for (int64_t l = 0; l < n_layers; l++) {
+        const qm_linear *ls[4] = {&blocks[l].qkv, &blocks[l].o, &blocks[l].w13, &blocks[l].w2};
+        const int64_t want_k[4] = {D, H * hd, D, F}, want_n[4] = {n_qkv, D, 2 * F, D};
+        for (int i = 0; i < 4; i++) {
+            if (ls[i]->k != want_k[i] || ls[i]->n != want_n[i] || ls[i]->k % QK) return -1;
+            max_rank = ls[i]->rank > max_rank ? ls[i]->rank : max_rank;
+        }
+    }
+    const int64_t max_k = D > F ? (D > H * hd ? D : H * hd) : (F > H * hd ? F : H * hd);
     float *xn = (float *)malloc(sizeof(float) * (size_t)(M * D));
     float *qkv = (float *)malloc(sizeof(float) * (size_t)(M * n_qkv));
     float *attn = (float *)malloc(sizeof(float) * (size_t)(M * H * hd));
@@ -520,32 +612,74 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
     float *proj = (float *)malloc(sizeof(float) * (size_t)(M * D));
     float *scores = (float *)malloc(sizeof(float) * (size_t)(M * H * kv_len));
     float *inv_sums = (float *)malloc(sizeof(float) * (size_t)(M * H));
-    int rc = (xn && qkv && attn && hid && act && proj && scores && inv_sums) ? 0 : -1;
+    float *lt = (float *)malloc(sizeof(float) * (size_t)(M * (max_rank + 1)));
+    void *abuf = malloc(act_bytes(M, max_k));
+    int rc = (xn && qkv && attn && hid && act && proj && scores && inv_sums && lt && abuf) ? 0 : -1;
+    qm_barrier bar;
+    atomic_init(&bar.arrived, 0);
+    atomic_init(&bar.phase, 0);
+    bar.n = 1;
+    act_t a;
 
-    for (int64_t l = 0; l < n_layers && rc == 0; l++) {
-        const qm_block *blk = &blocks[l];
-        float *kc = k_caches[l], *vc = v_caches[l];
-        /* attention */
-        rms_norm_rows(x, blk->attn_norm, M, D, blk->eps, xn);
-        if ((rc = linear_apply(&blk->qkv, xn, M, qkv, nthreads))) break;
-        for (int64_t m = 0; m < M; m++) {
-            float *row = qkv + m * n_qkv;
-            for (int64_t h = 0; h < H + G; h++) rope_head(row + h * hd, cos, sin, hd);  /* q and k heads */
-            for (int64_t g = 0; g < G; g++) {
-                memcpy(kc + ((m * G + g) * cache_len + pos) * hd, row + (H + g) * hd, sizeof(float) * (size_t)hd);
-                memcpy(vc + ((m * G + g) * cache_len + pos) * hd, row + (H + G + g) * hd, sizeof(float) * (size_t)hd);
+    if (rc == 0) {
+#pragma omp parallel num_threads(nthreads > 0 ? nthreads : 1)
+        {
+            const int tid = thread_id(), nth = thread_count();
+#pragma omp single
+            bar.n = nth;  /* (the implicit barrier after `single` publishes it) */
+            for (int64_t l = 0; l < n_layers; l++) {
+                const qm_block *blk = &blocks[l];
+                float *kc = k_caches[l], *vc = v_caches[l];
+                /* attention */
+                if (tid == 0) {
+                    rms_norm_rows(x, blk->attn_norm, M, D, blk->eps, xn);
+                    linear_prepare(&blk->qkv, xn, M, &a, abuf, lt);
+                }
+                barrier_wait(&bar);
+                linear_split(&blk->qkv, &a, lt, M, qkv, tid, nth);
+                barrier_wait(&bar);
+                if (tid == 0) {
+                    for (int64_t m = 0; m < M; m++) {
+                        float *row = qkv + m * n_qkv;
+                        for (int64_t h = 0; h < H + G; h++) rope_head(row + h * hd, cos, sin, hd);  /* q and k */
+                        for (int64_t g = 0; g < G; g++) {
+                            memcpy(kc + ((m * G + g) * cache_len + pos) * hd, row + (H + g) * hd,
+                                   sizeof(float) * (size_t)hd);
+                            memcpy(vc + ((m * G + g) * cache_len + pos) * hd, row + (H + G + g) * hd,
+                                   sizeof(float) * (size_t)hd);
+                        }
+                    }
+                }
+                barrier_wait(&bar);
+                attend(qkv, n_qkv, kc, vc, M, H, G, hd, cache_len, kv_len, starts, scores, inv_sums, attn, tid,
+                       nth, &bar);
+                barrier_wait(&bar);
+                if (tid == 0) linear_prepare(&blk->o, attn, M, &a, abuf, lt);
+                barrier_wait(&bar);
+                linear_split(&blk->o, &a, lt, M, proj, tid, nth);
+                barrier_wait(&bar);
+                /* feed-forward */
+                if (tid == 0) {
+                    for (int64_t i = 0; i < M * D; i++) x[i] += proj[i];
+                    rms_norm_rows(x, blk->ffn_norm, M, D, blk->eps, xn);
+                    linear_prepare(&blk->w13, xn, M, &a, abuf, lt);
+                }
+                barrier_wait(&bar);
+                linear_split(&blk->w13, &a, lt, M, hid, tid, nth);
+                barrier_wait(&bar);
+                if (tid == 0) {
+                    for (int64_t m = 0; m < M; m++) silu_mul(hid + m * 2 * F, hid + m * 2 * F + F, act + m * F, F);
+                    linear_prepare(&blk->w2, act, M, &a, abuf, lt);
+                }
+                barrier_wait(&bar);
+                linear_split(&blk->w2, &a, lt, M, proj, tid, nth);
+                barrier_wait(&bar);
+                if (tid == 0)
+                    for (int64_t i = 0; i < M * D; i++) x[i] += proj[i];
             }
         }
-        attend(qkv, n_qkv, kc, vc, M, H, G, hd, cache_len, kv_len, starts, scores, inv_sums, attn, nthreads);
-        if ((rc = linear_apply(&blk->o, attn, M, proj, nthreads))) break;
-        for (int64_t i = 0; i < M * D; i++) x[i] += proj[i];
-        /* feed-forward */
-        rms_norm_rows(x, blk->ffn_norm, M, D, blk->eps, xn);
-        if ((rc = linear_apply(&blk->w13, xn, M, hid, nthreads))) break;
-        for (int64_t m = 0; m < M; m++) silu_mul(hid + m * 2 * F, hid + m * 2 * F + F, act + m * F, F);
-        if ((rc = linear_apply(&blk->w2, act, M, proj, nthreads))) break;
-        for (int64_t i = 0; i < M * D; i++) x[i] += proj[i];
     }
-    free(xn); free(qkv); free(attn); free(hid); free(act); free(proj); free(scores); free(inv_sums);
+    free(xn); free(qkv); free(attn); free(hid); free(act); free(proj); free(scores); free(inv_sums); free(lt);
+    free(abuf);
     return rc;
 }
