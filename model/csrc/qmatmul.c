@@ -136,6 +136,17 @@ static void silu_mul(const float *gate, const float *up, float *out, int64_t n) 
     for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+#define MAX_BLOCKS 1024  /* blocks per row for the batch-1 fast path (K <= 32768) */
+
+/* ds[b] = d[b] * xd[b] over n floats */
+static inline void scale_products(const float *d, const float *xd, float *ds, int64_t n) {
+    int64_t b = 0;
+#if QM_AVX2
+    for (; b + 8 <= n; b += 8) _mm256_storeu_ps(ds + b, _mm256_mul_ps(_mm256_loadu_ps(d + b), _mm256_loadu_ps(xd + b)));
+#endif
+    for (; b < n; b++) ds[b] = d[b] * xd[b];
+}
+
 /* dot(a, b) over n floats */
 static inline float dotf(const float *a, const float *b, int64_t n) {
     int64_t i = 0;
@@ -246,29 +257,32 @@ static void q4_rows(const act_t *a, const uint8_t *w, const float *wd, const flo
         const float *d = wd + n * nb;
         const float *mn = wm + n * nb;
 #if QM_AVX2
-        if (M == 1) {  /* decode at batch 1: two blocks per iteration, two accumulators (FMA latency) */
-            const __m128i low4 = _mm_set1_epi8(0x0F);
+        if (M == 1 && nb <= MAX_BLOCKS) {  /* decode at batch 1 */
+            /* per-block scale products, broadcast from memory below (a load, not a shuffle) */
+            float ds[MAX_BLOCKS];
+            scale_products(d, xd, ds, nb);
+            const __m256i low4 = _mm256_set1_epi8(0x0F);
             const __m256i ones = _mm256_set1_epi16(1);
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();  /* two chains: FMA latency */
             int64_t b = 0;
             for (; b + 2 <= nb; b += 2) {
                 const __m128i r0 = _mm_loadu_si128((const __m128i *)(wr + b * (QK / 2)));
                 const __m128i r1 = _mm_loadu_si128((const __m128i *)(wr + (b + 1) * (QK / 2)));
-                const __m256i w0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(r0, 4), low4), _mm_and_si128(r0, low4));
-                const __m256i w1 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(r1, 4), low4), _mm_and_si128(r1, low4));
+                const __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low4);
+                const __m256i w1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r1, 4), r1), low4);
                 const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
                 const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
                 const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), ones);
                 const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x1), ones);
-                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d[b] * xd[b]), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(d[b + 1] * xd[b + 1]), acc1);
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(ds + b + 1), acc1);
             }
             for (; b < nb; b++) {
                 const __m128i r0 = _mm_loadu_si128((const __m128i *)(wr + b * (QK / 2)));
-                const __m256i w0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(r0, 4), low4), _mm_and_si128(r0, low4));
+                const __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low4);
                 const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
                 const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), ones);
-                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d[b] * xd[b]), acc0);
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
             }
             out[n] = hsum8(_mm256_add_ps(acc0, acc1)) + dotf(mn, xs, nb) + 8.0f * dotf(d, xe, nb);
             continue;
@@ -327,7 +341,9 @@ static void q8_rows(const act_t *a, const int8_t *w, const float *wd, int64_t n0
         const int8_t *wr = w + n * K;
         const float *d = wd + n * nb;
 #if QM_AVX2
-        if (M == 1) {  /* decode at batch 1: two blocks per iteration, two accumulators */
+        if (M == 1 && nb <= MAX_BLOCKS) {  /* decode at batch 1 (as in q4_rows) */
+            float ds[MAX_BLOCKS];
+            scale_products(d, xd, ds, nb);
             const __m256i ones = _mm256_set1_epi16(1);
             __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
             int64_t b = 0;
@@ -338,14 +354,14 @@ static void q8_rows(const act_t *a, const int8_t *w, const float *wd, int64_t n0
                 const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
                 const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
                 const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1)), ones);
-                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d[b] * xd[b]), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(d[b + 1] * xd[b + 1]), acc1);
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(ds + b + 1), acc1);
             }
             for (; b < nb; b++) {
                 const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + b * QK));
                 const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
                 const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
-                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d[b] * xd[b]), acc0);
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
             }
             out[n] = hsum8(_mm256_add_ps(acc0, acc1));
             continue;
