@@ -4,7 +4,8 @@
     python benchmarks/generate.py --device cuda          # GPU: bf16, compiled decode step
 
 Prints prefill tok/s (a 512-token prompt), decode tok/s at batch 1 and batch 8 (128 new tokens, EOS
-ignored), ratios ours / transformers, the same for weight-only int8 and int4 (`--quant int8 int4`), and their
+ignored; short chat prompts) and at batch 1 after the 512-token prompt (as in the assistant, whose prompts
+carry passages), ratios ours / transformers, the same for weight-only int8 and int4 (`--quant int8 int4`), and their
 quality cost on a fixed 512-token text (max logit difference, argmax agreement, perplexity vs the unquantised
 model), measured through the decode kernels (the native kernels' int8 activations when they are built, else
 torch's bf16 ones), as generation computes. `ASSISTANT_CPU_KERNELS=0` measures the pure-torch paths.
@@ -80,7 +81,7 @@ def ours_prefill(gen: Generator, ids: list[int], repeats: int) -> float:
     return len(ids) / (best / 1e3)
 
 
-def ours_decode(gen: Generator, prompts: list[str], new_tokens: int) -> float:
+def ours_decode(gen: Generator, prompts: list[str] | list[list[int]], new_tokens: int) -> float:
     gen.eos_token_ids = ()  # always generate new_tokens tokens
     if len(prompts) == 1:
         result = gen.generate(prompts[0], max_new_tokens=new_tokens)
@@ -196,6 +197,7 @@ def main() -> None:
             "prefill": ours_prefill(gen, ids, args.repeats),
             "decode_b1": ours_decode(gen, chat[:1], args.new_tokens),
             "decode_b8": ours_decode(gen, chat, args.new_tokens),
+            "decode_long": ours_decode(gen, [ids], args.new_tokens),
         }
         print(name, {k: round(v, 1) for k, v in rows[name].items()}, flush=True)
         if mode is not None:
@@ -213,17 +215,19 @@ def main() -> None:
             "prefill": hf_prefill(hf_model, hf_tok, ids, args.repeats, device),
             "decode_b1": hf_decode(hf_model, hf_tok, chat[:1], args.new_tokens, device),
             "decode_b8": hf_decode(hf_model, hf_tok, chat, args.new_tokens, device),
+            "decode_long": hf_decode(hf_model, hf_tok, [ids], args.new_tokens, device),
         }
         print("transformers", rows["transformers"], flush=True)
 
     print()
-    header = f"| engine | prefill tok/s ({args.prompt_tokens}-token prompt) | decode tok/s, batch 1 | decode tok/s, batch 8 |"
+    header = (f"| engine | prefill tok/s ({args.prompt_tokens}-token prompt) | decode tok/s, batch 1 | "
+              f"decode tok/s, batch 8 | decode tok/s, batch 1 after the {args.prompt_tokens}-token prompt |")
     print(header)
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     base = rows.get("transformers")
     for name, row in rows.items():
         cells = []
-        for key in ("prefill", "decode_b1", "decode_b8"):
+        for key in ("prefill", "decode_b1", "decode_b8", "decode_long"):
             cell = f"{row[key]:.1f}"
             if base and name != "transformers":
                 cell += f" ({row[key] / base[key]:.2f}x)"

@@ -52,6 +52,17 @@ def _copy_default_corpus_index(target: Path) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`assistant ui` on the default corpus; yields its URL; stops it afterwards."""
+    yield from _serve(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def base_server(tmp_path_factory):
+    """The same with `--no-adapter`: the base model writes long answers (the adapter's are a few words, done
+    before streaming can be watched or a click on Stop can land)."""
+    yield from _serve(tmp_path_factory, "--no-adapter")
+
+
+def _serve(tmp_path_factory, *extra: str):
     port = _free_port()
     index = tmp_path_factory.mktemp("ui-index") / "corpus-index"
     _copy_default_corpus_index(index)
@@ -60,7 +71,7 @@ def server(tmp_path_factory):
            "ASSISTANT_MAX_NEW_TOKENS": "48"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "ui", "--port", str(port), "--index",
-                                 str(index)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 str(index), *extra], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 600
@@ -125,11 +136,12 @@ def ask_and_watch(page, question: str, timeout: float = 240.0) -> tuple[list[int
         lengths.append(len(chat))
         if "similarity" in chat:  # source boxes come with the final answer
             return lengths, chat
-        time.sleep(0.25)
+        time.sleep(0.05)
     pytest.fail(f"no answer within {timeout} s; chat shows: {page.locator('#chatbot').inner_text()[:500]}")
 
 
-def test_question_streams_an_answer_with_a_source_from_the_right_file(page):
+def test_question_streams_an_answer_with_a_source_from_the_right_file(base_server, browser):
+    page = open_tab(browser, base_server)  # the base model's longer answers stream over many updates
     status = page.locator("#index-status").inner_text()
     assert "files" in status and "all-MiniLM-L6-v2" in status
     page.click("#send")  # an empty question gets a clear message, not an answer
@@ -165,7 +177,8 @@ def test_uploaded_file_is_indexed_and_answers_cite_it(page, tmp_path):
         assert title.endswith("cited"), (answer, title)
 
 
-def test_stop_button_stops_a_long_answer(page):
+def test_stop_button_stops_a_long_answer(base_server, browser):
+    page = open_tab(browser, base_server)
     page.click("text=Settings")
     max_new = page.locator("#max-new-tokens input[type='number']")
     max_new.fill("400")
