@@ -102,6 +102,8 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)  # [B, nkv, S, hd]
             if kv_len is not None:  # attend only over the filled prefix of the cache
                 k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+            if k.dtype != q.dtype:  # a float16 cache (the native CPU decode's) under float32 activations
+                k, v = k.to(q.dtype), v.to(q.dtype)
         gqa = self.n_kv_heads != self.n_heads
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=gqa)

@@ -96,6 +96,7 @@ class DecodePlan:
         self.signature = self.signature_of(decoder) if signature is None else signature
         self._cache_key: tuple | None = None
         self._k_ptrs = self._v_ptrs = None
+        self._kv_half = 0
         self._mask_key: tuple | None = None
         self._starts: torch.Tensor | None = None
 
@@ -146,8 +147,13 @@ class DecodePlan:
             caches = [layer.attention.kv_cache for layer in decoder.layers]
             if any(c is None for c in caches):
                 return False
-            if not all(_f32_buffer(c.k) and _f32_buffer(c.v) for c in caches):
+            dtypes = {c.k.dtype for c in caches} | {c.v.dtype for c in caches}
+            half = dtypes == {torch.float16}
+            if not (dtypes == {torch.float32} or (half and cpu_kernels.has_f16c())):
                 return False
+            if not all(c.k.is_contiguous() and c.v.is_contiguous() and c.k.device.type == "cpu" for c in caches):
+                return False
+            self._kv_half = int(half)
             n = len(caches)
             self._k_ptrs = (_ptr * n)(*[c.k.data_ptr() for c in caches])
             self._v_ptrs = (_ptr * n)(*[c.v.data_ptr() for c in caches])
@@ -191,7 +197,7 @@ class DecodePlan:
         rc = cpu_kernels.library().qm_decode_layers(
             self.blocks, len(self.blocks), x.data_ptr(), batch, pos, cos.data_ptr() + row, sin.data_ptr() + row,
             None if starts is None else starts.data_ptr(), self._k_ptrs, self._v_ptrs, decoder.cache_len,
-            torch.get_num_threads())
+            self._kv_half, torch.get_num_threads())
         if rc != 0:
             raise RuntimeError("the native decode step failed (out of memory?); set ASSISTANT_CPU_KERNELS=0 to "
                                "use the torch path")

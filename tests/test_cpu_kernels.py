@@ -90,13 +90,13 @@ def quantized_tiny(tokenizer, mode: str, **overrides) -> Decoder:
 
 
 def decode_logits(decoder: Decoder, prompt: list[list[int]], steps: list[int], native: bool,
-                  pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+                  pad_mask: torch.Tensor | None = None, cache_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Prefill `prompt` [B, T] then feed `steps` (the same token for every row) one at a time; logits [n, B, V]."""
     decoder.native_decode = native
     decoder._native_plan = None
     tokens = torch.tensor(prompt)
     batch, length = tokens.shape
-    decoder.setup_cache(batch, max(64, length + len(steps)))
+    decoder.setup_cache(batch, max(64, length + len(steps)), dtype=cache_dtype)
     out = []
     with torch.inference_mode():
         decoder(tokens, torch.arange(length), pad_mask)
@@ -119,13 +119,23 @@ def assert_same_decoding(got: torch.Tensor, expected: torch.Tensor) -> None:
 @needs_native
 @pytest.mark.parametrize("mode", ["int4", "int8"])
 @pytest.mark.parametrize("qkv_bias", [False, True])  # Llama and Qwen2 blocks
-def test_native_decode_step_matches_the_torch_path(tiny_tokenizer, mode: str, qkv_bias: bool) -> None:
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+def test_native_decode_step_matches_the_torch_path(tiny_tokenizer, mode: str, qkv_bias: bool,
+                                                   cache_dtype: torch.dtype) -> None:
+    if cache_dtype == torch.float16 and not cpu_kernels.has_f16c():
+        pytest.skip("the native kernels were built without float16 conversions")
     decoder = quantized_tiny(tiny_tokenizer, mode, qkv_bias=qkv_bias)
     prompt = [tiny_tokenizer.encode("The quick brown fox jumps over")]
     steps = tiny_tokenizer.encode(" the lazy dog and runs far away")
-    expected = decode_logits(decoder, prompt, steps, native=False)
-    got = decode_logits(decoder, prompt, steps, native=True)
+    expected = decode_logits(decoder, prompt, steps, native=False, cache_dtype=cache_dtype)
+    got = decode_logits(decoder, prompt, steps, native=True, cache_dtype=cache_dtype)
     assert_same_decoding(got, expected)
+    if cache_dtype == torch.float16:  # the cache the native step wrote equals what the torch path writes
+        cache = decoder.layers[-1].attention.kv_cache
+        assert cache.k.dtype == torch.float16
+        decoded_k = cache.k[0, :, : len(prompt[0]) + len(steps)].clone()
+        decode_logits(decoder, prompt, steps, native=False, cache_dtype=cache_dtype)
+        torch.testing.assert_close(decoded_k.float(), cache.k[0, :, : decoded_k.shape[1]].float(), rtol=1e-2, atol=1e-2)
 
 
 @needs_native
@@ -162,6 +172,9 @@ def test_generator_batched_greedy_equals_one_by_one_on_native_path(tiny_tokenize
     prompts = ["The quick brown fox", "A dog", "Over the lazy dog it jumps again"]
     batched = gen.generate_batch(prompts, max_new_tokens=8)
     assert decoder._native_plan is not None and decoder._native_plan.supported
+    if cpu_kernels.has_f16c():  # the generator keeps the native path's KV cache in float16
+        assert gen.kv_cache_dtype == torch.float16
+        assert decoder.layers[0].attention.kv_cache.k.dtype == torch.float16
     single = [gen.generate(p, max_new_tokens=8).token_ids for p in prompts]
     assert [r.token_ids for r in batched] == single
     beams = gen.generate(prompts[0], max_new_tokens=6, num_beams=1)  # beam search's path too
@@ -249,7 +262,8 @@ def test_native_int4_decoding_keeps_the_real_models_predictions(real_decoder) ->
     ids = tokenizer.encode(text)[:160]
     prefix, rest = ids[:32], ids[32:]
     fast = quantize_decoder(copy.deepcopy(reference), "int4")
-    logits = decode_logits(fast, [prefix], rest[:-1], native=True)[:, 0]  # [n, V], teacher-forced
+    half = torch.float16 if cpu_kernels.has_f16c() else torch.float32  # the KV cache as the generator keeps it
+    logits = decode_logits(fast, [prefix], rest[:-1], native=True, cache_dtype=half)[:, 0]  # [n, V], teacher-forced
     with torch.inference_mode():
         expected = reference(torch.tensor([ids]))[0, 32:-1]  # the float32 model, one full forward
     targets = torch.tensor(rest[1:])

@@ -39,8 +39,15 @@
 #define QK 32     /* block size */
 #define TILE_M 4  /* activation rows sharing one pass over a weight row */
 
+#if QM_AVX2 && defined(__F16C__)
+#define QM_F16C 1  /* float16 <-> float32 conversion instructions: the float16 KV cache */
+#else
+#define QM_F16C 0
+#endif
+
 int qm_block_size(void) { return QK; }
 int qm_has_avx2(void) { return QM_AVX2; }
+int qm_has_f16c(void) { return QM_F16C; }
 
 /* x [M, K] -> xq [M, K] int8, xd [M, K/32] scales, xs [M, K/32] exact block sums, xe [M, K/32] the sums'
    rounding residuals s - d_x * sum(xq). */
@@ -190,6 +197,32 @@ static void act_quantize(act_t *a, void *buf, const float *x, int64_t M, int64_t
     a->K = K;
     quantize_rows(x, M, K, interleave, a->q, a->d, a->s, a->e);
 }
+
+#if QM_F16C
+/* dot(a, b) over n values, a float32, b float16 */
+static inline float dot_f16(const float *a, const uint16_t *b, int64_t n) {
+    int64_t i = 0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i))), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8),
+                               _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8))), acc1);
+    }
+    for (; i + 8 <= n; i += 8)
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i))), acc0);
+    float s = hsum8(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += a[i] * _cvtsh_ss(b[i]);
+    return s;
+}
+
+/* dst[0:n] = float16(src[0:n]), rounding to nearest even (as torch's .to(torch.float16)) */
+static inline void to_f16(uint16_t *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+}
+#endif
 
 /* ---- threads: the OpenMP team, rows split evenly, and a spinning barrier ------------------------------------
    A decode step runs as one parallel region whose threads meet at barrier_wait() between phases. With
@@ -536,8 +569,8 @@ static inline void axpy(float *restrict y, const float *restrict x, float a, int
  * R = H / G query heads sharing it), a softmax per head, and value sums over 16-wide slices of the head
  * dimension (accumulators stay in registers). Ends without a barrier.
  */
-static void attend(const float *qkv, int64_t n_qkv, const float *kc, const float *vc, int64_t M, int64_t H,
-                   int64_t G, int64_t hd, int64_t cache_len, int64_t kv_len, const int64_t *starts,
+static void attend(const float *qkv, int64_t n_qkv, const void *kc, const void *vc, int kv_half, int64_t M,
+                   int64_t H, int64_t G, int64_t hd, int64_t cache_len, int64_t kv_len, const int64_t *starts,
                    float *scores, float *inv_sums, float *attn, int tid, int nth, qm_barrier *bar) {
     const int64_t R = H / G, n_chunks = (kv_len + S_CHUNK - 1) / S_CHUNK;
     const int64_t dch = hd % D_CHUNK == 0 ? D_CHUNK : hd, n_dch = hd / dch;
@@ -549,11 +582,18 @@ static void attend(const float *qkv, int64_t n_qkv, const float *kc, const float
         const int64_t first = starts ? starts[m] : 0;
         const int64_t s0 = c * S_CHUNK > first ? c * S_CHUNK : first;
         const int64_t s1 = (c + 1) * S_CHUNK < kv_len ? (c + 1) * S_CHUNK : kv_len;
-        const float *kg = kc + (m * G + g) * cache_len * hd;
+        const int64_t base = (m * G + g) * cache_len * hd;
         for (int64_t s = s0; s < s1; s++)
             for (int64_t r = 0; r < R; r++) {
                 const int64_t h = g * R + r;
-                scores[(m * H + h) * kv_len + s] = dotf(qkv + m * n_qkv + h * hd, kg + s * hd, hd) * scale;
+                const float *q = qkv + m * n_qkv + h * hd;
+#if QM_F16C
+                const float dot = kv_half ? dot_f16(q, (const uint16_t *)kc + base + s * hd, hd)
+                                          : dotf(q, (const float *)kc + base + s * hd, hd);
+#else
+                const float dot = dotf(q, (const float *)kc + base + s * hd, hd);
+#endif
+                scores[(m * H + h) * kv_len + s] = dot * scale;
             }
     }
     barrier_wait(bar);
@@ -571,10 +611,33 @@ static void attend(const float *qkv, int64_t n_qkv, const float *kc, const float
     for (int64_t task = lo; task < hi; task++) {
         const int64_t m = task / (H * n_dch), h = (task / n_dch) % H, c = task % n_dch;
         const int64_t first = starts ? starts[m] : 0;
-        const float *v = vc + (m * G + h / R) * cache_len * hd + c * dch;
+        const int64_t base = (m * G + h / R) * cache_len * hd + c * dch;
         const float *p = scores + (m * H + h) * kv_len;
         const float inv = inv_sums[m * H + h];
         float *o = attn + m * H * hd + h * hd + c * dch;
+#if QM_F16C
+        if (kv_half) {  /* float16 value rows, converted on load */
+            const uint16_t *vh = (const uint16_t *)vc + base;
+            if (dch == 16) {
+                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                for (int64_t s = first; s < kv_len; s++) {
+                    const __m256 w = _mm256_set1_ps(p[s]);
+                    a0 = _mm256_fmadd_ps(w, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + s * hd))), a0);
+                    a1 = _mm256_fmadd_ps(w, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + s * hd + 8))), a1);
+                }
+                const __m256 sc = _mm256_set1_ps(inv);
+                _mm256_storeu_ps(o, _mm256_mul_ps(a0, sc));
+                _mm256_storeu_ps(o + 8, _mm256_mul_ps(a1, sc));
+            } else {
+                for (int64_t i = 0; i < dch; i++) o[i] = 0.0f;
+                for (int64_t s = first; s < kv_len; s++)
+                    for (int64_t i = 0; i < dch; i++) o[i] += p[s] * _cvtsh_ss(vh[s * hd + i]);
+                for (int64_t i = 0; i < dch; i++) o[i] *= inv;
+            }
+            continue;
+        }
+#endif
+        const float *v = (const float *)vc + base;
 #if QM_AVX2
         if (dch == 16) {  /* the value rows' 16-float slice in two registers */
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
@@ -598,14 +661,14 @@ static void attend(const float *qkv, int64_t n_qkv, const float *kc, const float
 /*
  * Decode one token per row through `n_layers` blocks, in place on x [M, D] (float32).
  * pos: the cache slot of the new tokens (the same for every row); cos/sin [head_dim]: the rotary tables at pos.
- * k_caches/v_caches: per layer, [M, n_kv_heads, cache_len, head_dim] float32; the new keys/values are written
- * at slot pos. Row m attends to slots [starts[m], pos] (starts: left padding; NULL = 0).
+ * k_caches/v_caches: per layer, [M, n_kv_heads, cache_len, head_dim], float32 or (kv_half) float16; the new
+ * keys/values are written at slot pos. Row m attends to slots [starts[m], pos] (starts: left padding; NULL = 0).
  * Returns 0, or -1 when memory ran out or a shape is unsupported.
  */
 int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t M, int64_t pos,
-                     const float *cos, const float *sin, const int64_t *starts, float *const *k_caches,
-                     float *const *v_caches, int64_t cache_len, int nthreads) {
-    if (n_layers < 1 || M < 1 || pos < 0 || pos >= cache_len) return -1;
+                     const float *cos, const float *sin, const int64_t *starts, void *const *k_caches,
+                     void *const *v_caches, int64_t cache_len, int kv_half, int nthreads) {
+    if (n_layers < 1 || M < 1 || pos < 0 || pos >= cache_len || (kv_half && !QM_F16C)) return -1;
     const qm_block *b0 = &blocks[0];
     const int64_t D = b0->dim, H = b0->n_heads, G = b0->n_kv_heads, hd = b0->head_dim, F = b0->ffn_dim;
     const int64_t n_qkv = (H + 2 * G) * hd, kv_len = pos + 1;
@@ -645,7 +708,7 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
             bar.n = nth;  /* (the implicit barrier after `single` publishes it) */
             for (int64_t l = 0; l < n_layers; l++) {
                 const qm_block *blk = &blocks[l];
-                float *kc = k_caches[l], *vc = v_caches[l];
+                void *kc = k_caches[l], *vc = v_caches[l];
                 /* attention */
                 if (tid == 0) {
                     rms_norm_rows(x, blk->attn_norm, M, D, blk->eps, xn);
@@ -659,16 +722,22 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
                         float *row = qkv + m * n_qkv;
                         for (int64_t h = 0; h < H + G; h++) rope_head(row + h * hd, cos, sin, hd);  /* q and k */
                         for (int64_t g = 0; g < G; g++) {
-                            memcpy(kc + ((m * G + g) * cache_len + pos) * hd, row + (H + g) * hd,
-                                   sizeof(float) * (size_t)hd);
-                            memcpy(vc + ((m * G + g) * cache_len + pos) * hd, row + (H + G + g) * hd,
-                                   sizeof(float) * (size_t)hd);
+                            const int64_t at = ((m * G + g) * cache_len + pos) * hd;
+#if QM_F16C
+                            if (kv_half) {
+                                to_f16((uint16_t *)kc + at, row + (H + g) * hd, hd);
+                                to_f16((uint16_t *)vc + at, row + (H + G + g) * hd, hd);
+                                continue;
+                            }
+#endif
+                            memcpy((float *)kc + at, row + (H + g) * hd, sizeof(float) * (size_t)hd);
+                            memcpy((float *)vc + at, row + (H + G + g) * hd, sizeof(float) * (size_t)hd);
                         }
                     }
                 }
                 barrier_wait(&bar);
-                attend(qkv, n_qkv, kc, vc, M, H, G, hd, cache_len, kv_len, starts, scores, inv_sums, attn, tid,
-                       nth, &bar);
+                attend(qkv, n_qkv, kc, vc, kv_half, M, H, G, hd, cache_len, kv_len, starts, scores, inv_sums, attn,
+                       tid, nth, &bar);
                 barrier_wait(&bar);
                 if (tid == 0) linear_prepare(&blk->o, attn, M, &a, abuf, lt);
                 barrier_wait(&bar);
