@@ -1,8 +1,12 @@
 /*
- * Weight-only quantised matrix products for CPU decoding: out[M, N] = x[M, K] @ W[N, K]^T, M small (1-32).
+ * Native CPU decoding for model/: weight-only quantised matrix products, out[M, N] = x[M, K] @ W[N, K]^T for
+ * few rows M (qm_q4_matmul, qm_q8_matmul), and a whole decode step through every decoder block in one call
+ * (qm_decode_layers: RMSNorm, q/k/v, RoPE, KV-cache write, grouped-query attention, output projection,
+ * SwiGLU, residuals; LoRA side paths; a float32 or float16 KV cache).
  *
  * Built at first use by model/cpu_kernels.py (the system C compiler, -O3 -march=native -fopenmp) and loaded
- * with ctypes; every pointer is a contiguous row-major buffer owned by a torch tensor.
+ * with ctypes; every pointer is a contiguous row-major buffer owned by a torch tensor. OpenMP resolves to the
+ * libgomp torch has already loaded, so both share one thread pool.
  *
  * The activations are quantised to int8 per block of 32 (scale = max|x| / 127, as llama.cpp's Q8 dot products
  * do), so a block's dot product is an integer dot product (AVX2: maddubs + madd), scaled once per block:
@@ -19,6 +23,7 @@
  * nibble and column 2j+1 in its high nibble. Each quantised activation block is stored even columns first,
  * then odd ones, so the 16 low nibbles of a block line up with its first 16 activation bytes.
  */
+#define _POSIX_C_SOURCE 200112L /* sched_yield under -std=c11 */
 #include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
