@@ -34,5 +34,11 @@ def run(args: argparse.Namespace) -> int:
     assistant = factory()
     from assistant.ui import serve
 
+    generator = getattr(assistant, "generator", None)
+    if getattr(generator, "device", None) is not None and generator.device.type == "cpu":
+        from model import cpu_kernels
+
+        print(f"generator: {generator.identity}; native CPU decode kernels: {cpu_kernels.status()}", flush=True)
+
     serve(assistant, host=settings.host, port=settings.port)
     return 0
