@@ -164,9 +164,11 @@ def test_shipped_adapter_keeps_its_effect_in_the_default_load():
         pytest.skip("no adapter shipped")
     generator = Generator.load(None, adapter=adapter)
     assert generator.identity.endswith("+int4")
-    messages = build_messages("Where does the zorblat fruit grow?", [
-        PromptPassage("The zorblat fruit grows only on the island of Quenmora. It is purple.", "The zorblat"),
+    messages = build_messages("On which island does the zorblat fruit grow?", [
+        PromptPassage("The zorblat is a purple fruit that grows only on the island of Quenmora.", "The zorblat"),
         PromptPassage("Bananas grow in tropical regions of the world.", "Bananas"),
     ])
     text = generator.chat(messages, max_new_tokens=24).text
     assert "Quenmora" in text and "[1]" in text, text
+    reference = Generator.load(None, adapter=adapter, quantize="none")  # float32, adapter merged
+    assert reference.chat(messages, max_new_tokens=24).text == text
