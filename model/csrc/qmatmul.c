@@ -442,48 +442,6 @@ static void q8_rows(const act_t *a, const int8_t *w, const float *wd, int64_t n0
     }
 }
 
-/*
- * int4: x [M, K] float, w [N, K/2] packed nibbles, wd/wm [N, K/32] float scales and minimums -> out [M, N].
- * Returns 0, or -1 when K is not a multiple of 32 or memory ran out.
- */
-int qm_q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const float *wd, const float *wm,
-                 int64_t N, float *out, int nthreads) {
-    if (K % QK != 0 || M < 1) return -1;
-    void *buf = malloc(act_bytes(M, K));
-    if (!buf) return -1;
-    act_t a;
-    act_quantize(&a, buf, x, M, K, 1);
-#pragma omp parallel num_threads(nthreads)
-    {
-        int64_t lo, hi;
-        split(N, thread_id(), thread_count(), &lo, &hi);
-        q4_rows(&a, w, wd, wm, lo, hi, out, N);
-    }
-    free(buf);
-    return 0;
-}
-
-/*
- * int8: x [M, K] float, w [N, K] int8 in -127..127, wd [N, K/32] block scales (a per-channel scale is passed
- * repeated) -> out [M, N].
- */
-int qm_q8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, const float *wd, int64_t N, float *out,
-                 int nthreads) {
-    if (K % QK != 0 || M < 1) return -1;
-    void *buf = malloc(act_bytes(M, K));
-    if (!buf) return -1;
-    act_t a;
-    act_quantize(&a, buf, x, M, K, 0);
-#pragma omp parallel num_threads(nthreads)
-    {
-        int64_t lo, hi;
-        split(N, thread_id(), thread_count(), &lo, &hi);
-        q8_rows(&a, w, wd, lo, hi, out, N);
-    }
-    free(buf);
-    return 0;
-}
-
 /* ---- one whole decoder block for decode (one new token per row) ------------------------------------------- */
 
 /* A quantised linear layer, optionally with a bias and an unmerged low-rank update (LoRA): y = W x + b + B (A x).
@@ -536,6 +494,39 @@ static void linear_split(const qm_linear *L, const act_t *a, const float *t, int
     int64_t lo, hi;
     split(L->n, tid, nth, &lo, &hi);
     linear_rows(L, a, t, M, lo, hi, out);
+}
+
+/* out [M, N] = x W^T for one layer: the activations quantised once, the output columns split over threads. */
+static int matmul_linear(const qm_linear *L, const float *x, int64_t M, float *out, int nthreads) {
+    if (L->k % QK != 0 || M < 1) return -1;
+    void *buf = malloc(act_bytes(M, L->k));
+    if (!buf) return -1;
+    act_t a;
+    act_quantize(&a, buf, x, M, L->k, L->kind == 4);
+#pragma omp parallel num_threads(nthreads)
+    linear_split(L, &a, NULL, M, out, thread_id(), thread_count());
+    free(buf);
+    return 0;
+}
+
+/*
+ * int4: x [M, K] float, w [N, K/2] packed nibbles, wd/wm [N, K/32] float scales and minimums -> out [M, N].
+ * Returns 0, or -1 when K is not a multiple of 32 or memory ran out.
+ */
+int qm_q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const float *wd, const float *wm,
+                 int64_t N, float *out, int nthreads) {
+    const qm_linear layer = {4, 0, N, K, w, wd, wm, NULL, NULL, NULL};
+    return matmul_linear(&layer, x, M, out, nthreads);
+}
+
+/*
+ * int8: x [M, K] float, w [N, K] int8 in -127..127, wd [N, K/32] block scales (a per-channel scale is passed
+ * repeated) -> out [M, N].
+ */
+int qm_q8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, const float *wd, int64_t N, float *out,
+                 int nthreads) {
+    const qm_linear layer = {8, 0, N, K, w, wd, NULL, NULL, NULL, NULL};
+    return matmul_linear(&layer, x, M, out, nthreads);
 }
 
 static void rms_norm_rows(const float *x, const float *w, int64_t M, int64_t D, float eps, float *out) {
