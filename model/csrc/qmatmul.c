@@ -390,15 +390,18 @@ static void q8_rows(const act_t *a, const int8_t *w, const float *wd, int64_t n0
                 const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wr + (b + 1) * QK));
                 const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
                 const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
-                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
-                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1)), ones);
+                const __m256i p0 = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
+                const __m256i p1 = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1)), ones);
                 acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
                 acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(ds + b + 1), acc1);
             }
             for (; b < nb; b++) {
                 const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + b * QK));
                 const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
+                const __m256i p0 = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
                 acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
             }
             out[n] = hsum8(_mm256_add_ps(acc0, acc1));
@@ -445,7 +448,7 @@ static void q8_rows(const act_t *a, const int8_t *w, const float *wd, int64_t n0
 /* ---- one whole decoder block for decode (one new token per row) ------------------------------------------- */
 
 /* A quantised linear layer, optionally with a bias and an unmerged low-rank update (LoRA): y = W x + b + B (A x).
-   Mirrors model/cpu_kernels.py's QLinear. */
+   Mirrors model/native_decode.py's QLinear. */
 typedef struct {
     int32_t kind;          /* 4 = int4 (w: nibbles, m: minimums), 8 = int8 (w: int8, m unused) */
     int32_t rank;          /* rows of A; 0 = no low-rank update */
@@ -457,7 +460,7 @@ typedef struct {
     const float *lora_b;   /* [N, rank], the adapter's scaling folded in */
 } qm_linear;
 
-/* A pre-norm Llama block: x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x)). Mirrors cpu_kernels.QBlock. */
+/* A pre-norm Llama block: x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x)). Mirrors model/native_decode.py's QBlock. */
 typedef struct {
     const float *attn_norm, *ffn_norm;  /* [D] */
     qm_linear qkv, o, w13, w2;          /* q/k/v stacked; gate/up stacked */
@@ -472,10 +475,12 @@ static void linear_prepare(const qm_linear *L, const float *x, int64_t M, act_t 
         for (int64_t r = 0; r < L->rank; r++) t[m * L->rank + r] = dotf(L->lora_a + r * L->k, x + m * L->k, L->k);
 }
 
-/* Any thread: output columns [n0, n1) of out [M, N] = W x + bias + B t. */
-static void linear_rows(const qm_linear *L, const act_t *a, const float *t, int64_t M, int64_t n0, int64_t n1,
-                        float *out) {
+/* Thread tid of nth: its share of the output columns of out [M, N] = W x + bias + B t. */
+static void linear_split(const qm_linear *L, const act_t *a, const float *t, int64_t M, float *out, int tid,
+                         int nth) {
     const int64_t N = L->n, R = L->rank;
+    int64_t n0, n1;
+    split(N, tid, nth, &n0, &n1);
     if (L->kind == 4)
         q4_rows(a, (const uint8_t *)L->w, L->d, L->m, n0, n1, out, N);
     else
@@ -489,20 +494,13 @@ static void linear_rows(const qm_linear *L, const act_t *a, const float *t, int6
         }
 }
 
-static void linear_split(const qm_linear *L, const act_t *a, const float *t, int64_t M, float *out, int tid,
-                         int nth) {
-    int64_t lo, hi;
-    split(L->n, tid, nth, &lo, &hi);
-    linear_rows(L, a, t, M, lo, hi, out);
-}
-
 /* out [M, N] = x W^T for one layer: the activations quantised once, the output columns split over threads. */
 static int matmul_linear(const qm_linear *L, const float *x, int64_t M, float *out, int nthreads) {
     if (L->k % QK != 0 || M < 1) return -1;
     void *buf = malloc(act_bytes(M, L->k));
     if (!buf) return -1;
     act_t a;
-    act_quantize(&a, buf, x, M, L->k, L->kind == 4);
+    linear_prepare(L, x, M, &a, buf, NULL);
 #pragma omp parallel num_threads(nthreads)
     linear_split(L, &a, NULL, M, out, thread_id(), thread_count());
     free(buf);
