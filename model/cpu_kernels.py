@@ -2,7 +2,8 @@
 
 The source is `model/csrc/qmatmul.c` (plain C, AVX2 + OpenMP when the CPU and compiler have them). It is
 compiled once per machine, at first use, with the system C compiler (`cc -O3 -march=native -fopenmp`) into
-the cache folder (`$ASSISTANT_CACHE/kernels/`, default `~/.cache/assistant/kernels/`, about a second), and
+the cache folder (`model.sources.cache_dir() / "kernels"`, default `~/.cache/assistant/kernels/`, about a
+second), and
 loaded with ctypes; the ctypes call releases the GIL. Nothing is needed at install time.
 
 When there is no C compiler, the build fails, or `ASSISTANT_CPU_KERNELS=0`, `available()` is False and the
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from model.sources import cache_dir
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "qmatmul.c"
@@ -41,12 +44,6 @@ FLAG_SETS = (
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _status: str | None = None  # why the kernels are (not) in use, once loading was tried
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("ASSISTANT_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "assistant"
-    return base / "kernels"
 
 
 def _cpu_fingerprint() -> str:
@@ -93,7 +90,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + _cpu_fingerprint().encode() + compiler.encode() + torch.__version__.encode())
-    target = _cache_dir() / f"qmatmul-{key.hexdigest()[:16]}.so"
+    target = cache_dir() / "kernels" / f"qmatmul-{key.hexdigest()[:16]}.so"
     try:
         how = "cached"
         if not target.is_file():
@@ -102,6 +99,9 @@ def _load() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         _status = f"off: {exc}; decoding uses torch's kernels"
         log.warning("native CPU kernels unavailable: %s", exc)
+        return None
+    if lib.qm_block_size() != BLOCK:  # the Python side lays out scales for this block size
+        _status = f"off: {target.name} uses blocks of {lib.qm_block_size()}, not {BLOCK}"
         return None
     i64, cint, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     lib.qm_q4_matmul.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, cint]

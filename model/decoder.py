@@ -266,21 +266,28 @@ class Decoder(nn.Module):
             x = x[:, -1:]  # [B, 1, D]
         return self.output(_rms_norm(self.norm, x))
 
-    def _native_step(self, tokens: torch.Tensor, input_pos: torch.Tensor, pad_mask: torch.Tensor | None,
-                     kv_len: int | None) -> torch.Tensor | None:
-        """A decode step through model.native_decode, or None when it does not apply (the torch path runs)."""
+    def native_decode_plan(self):
+        """The model.native_decode plan for one-token decode steps on CPU, or None when it does not apply.
+
+        Built on first use and re-checked against the modules once after every torch-path forward (a prefill,
+        or anything that may have swapped a layer), so steps in between use it as it is.
+        """
         from model.native_decode import DecodePlan
 
         plan = self._native_plan
-        if plan is None or not self._native_verified:  # first step after a prefill: are the modules the same?
+        if plan is None or not self._native_verified:
             signature = DecodePlan.signature_of(self)
             if plan is None or plan.signature != signature:
                 plan = DecodePlan.build(self) or DecodePlan.unsupported(signature)
                 self._native_plan = plan
             self._native_verified = True
-        if not plan.supported:
-            return None
-        return plan.forward(self, tokens, input_pos, pad_mask, kv_len, last_only=True)
+        return plan if plan.supported else None
+
+    def _native_step(self, tokens: torch.Tensor, input_pos: torch.Tensor, pad_mask: torch.Tensor | None,
+                     kv_len: int | None) -> torch.Tensor | None:
+        """A decode step through model.native_decode, or None when it does not apply (the torch path runs)."""
+        plan = self.native_decode_plan()
+        return None if plan is None else plan.forward(self, tokens, input_pos, pad_mask, kv_len)
 
     def _apply(self, fn, recurse=True):  # .to(device / dtype): the native plan points into the old tensors
         self._native_plan = None

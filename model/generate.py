@@ -226,12 +226,10 @@ class Generator:
         # The KV cache's dtype: float16 when decoding runs on the native CPU kernels (half the bytes to read
         # per step at long contexts, where attention rivals the weights), else the model's.
         self.kv_cache_dtype: torch.dtype | None = None
-        if self.device.type == "cpu" and not self.compile and hasattr(decoder, "native_decode"):
-            from model.native_decode import DecodePlan
-
+        if self.device.type == "cpu" and not self.compile and getattr(decoder, "native_decode", False):
             from model import cpu_kernels
 
-            if decoder.native_decode and cpu_kernels.has_f16c() and DecodePlan.build(decoder) is not None:
+            if cpu_kernels.has_f16c() and decoder.native_decode_plan() is not None:  # (the plan is kept)
                 self.kv_cache_dtype = torch.float16
         if self.compile:
             decoder.static_cache_attention = True

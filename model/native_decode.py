@@ -178,7 +178,7 @@ class DecodePlan:
 
     @torch.inference_mode()
     def forward(self, decoder: nn.Module, tokens: torch.Tensor, input_pos: torch.Tensor,
-                pad_mask: torch.Tensor | None, kv_len: int | None, last_only: bool) -> torch.Tensor | None:
+                pad_mask: torch.Tensor | None, kv_len: int | None) -> torch.Tensor | None:
         """Logits [B, 1, V] for tokens [B, 1] at cache slot input_pos [1]; None when this step is not covered."""
         from model.decoder import _rms_norm
 
