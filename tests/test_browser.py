@@ -87,6 +87,8 @@ def _serve(tmp_path_factory, *extra: str):
             if time.time() > deadline:
                 pytest.fail(f"assistant ui did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(1)
+        # the start-up line says which decode path runs (native kernels, or why not)
+        assert "native CPU decode kernels: " in log_path.read_text(), log_path.read_text()[-3000:]
         yield url
     finally:
         proc.terminate()
