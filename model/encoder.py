@@ -51,15 +51,24 @@ class BertLayer(nn.Module):
         self.mlp_out = nn.Linear(config.intermediate_size, hidden)
         self.mlp_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, side: nn.Module | None = None) -> torch.Tensor:
         # x: [B, T, H]; attn_mask: [B, 1, 1, T] bool (True = attend) or None
+        # side: optional low-rank updates kept *beside* this layer's (shared, frozen) weights, e.g. the reader's
+        #   LoRA; it maps a linear's name ("qkv", "attn_out", "mlp_in", "mlp_out") to a module added to its output.
+        #   With side=None the layer computes exactly what the embedder computes.
         batch, seq, hidden = x.shape
-        qkv = self.qkv(x).view(batch, seq, 3, self.n_heads, hidden // self.n_heads)  # [B, T, 3, nh, hd]
+        qkv = self._linear("qkv", x, side).view(batch, seq, 3, self.n_heads, hidden // self.n_heads)  # [B, T, 3, nh, hd]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, nh, T, hd]
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, nh, T, hd]
         attn = attn.transpose(1, 2).reshape(batch, seq, hidden)  # [B, T, H]
-        x = self.attn_norm(x + self.attn_out(attn))
-        return self.mlp_norm(x + self.mlp_out(F.gelu(self.mlp_in(x))))
+        x = self.attn_norm(x + self._linear("attn_out", attn, side))
+        return self.mlp_norm(x + self._linear("mlp_out", F.gelu(self._linear("mlp_in", x, side)), side))
+
+    def _linear(self, name: str, x: torch.Tensor, side: nn.Module | None) -> torch.Tensor:
+        out = getattr(self, name)(x)
+        if side is not None and name in side:
+            out = out + side[name](x)
+        return out
 
 
 class BertModel(nn.Module):

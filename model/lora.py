@@ -146,6 +146,28 @@ class LoraLinear(nn.Linear):
         return f"{super().extra_repr()}, rank={self.rank}, scaling={self.scaling:g}, merged={self.merged}"
 
 
+class LowRankSide(nn.Module):
+    """A trainable low-rank update on its own, added *beside* a linear layer that it does not own:
+    side(x) = scaling * (x A^T) B^T. B starts at zero, so a fresh side path changes nothing.
+
+    Used where the base layer is shared with another user and must stay untouched (the reader's LoRA on the
+    embedder's layers): the base computes as before and the caller adds this module's output.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.rank = rank
+        self.scaling = alpha / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # same init as LoraLinear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [..., in] -> [..., out]
+        hidden = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # [..., r]
+        return (F.linear(hidden, self.lora_b) * self.scaling).to(x.dtype)
+
+
 def lora_modules(model: nn.Module) -> dict[str, LoraLinear]:
     """Every adapted layer of the model, by dotted module name."""
     return {name: module for name, module in model.named_modules() if isinstance(module, LoraLinear)}

@@ -175,6 +175,42 @@ def loss_sum(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) ->
     return loss, count
 
 
+class CausalLMTask:
+    """The default training task: next-token loss on labelled tokens of right-padded `Example`s.
+
+    A task tells the Trainer how to batch its examples and score a batch; another model (the reader's span
+    head, `model.reader.SpanTask`) brings its own with the same four methods.
+    """
+
+    def __init__(self, pad_id: int, max_seq_len: int) -> None:
+        self.pad_id = pad_id
+        self.max_seq_len = max_seq_len
+
+    def collate(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        return collate(examples, self.pad_id, self.max_seq_len)
+
+    def count(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        """What the step's loss is averaged over: labelled target tokens."""
+        return int((batch[1][:, 1:] != IGNORE_INDEX).sum())
+
+    def tokens(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return int(batch[0].numel())
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        return loss_sum(model, *batch)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move a batch (a tensor, or a tuple/list/dict of them) to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -214,6 +250,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         pad_id: int = 0,
         on_checkpoint: Callable[[int], None] | None = None,
+        task: Any | None = None,
     ) -> None:
         if not train_data:
             raise ValueError("no training examples")
@@ -226,6 +263,7 @@ class Trainer:
         self.eval_data = list(eval_data or [])[: config.eval_examples]
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.pad_id = pad_id
+        self.task = task if task is not None else CausalLMTask(pad_id, config.max_seq_len)
         self.on_checkpoint = on_checkpoint
         self.named_trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not self.named_trainable:
@@ -321,10 +359,9 @@ class Trainer:
         total, count = 0.0, 0
         try:
             for start in range(0, len(self.eval_data), self.config.batch_size):
-                batch = self.eval_data[start : start + self.config.batch_size]
-                input_ids, labels = collate(batch, self.pad_id, self.config.max_seq_len)
+                batch = self.task.collate(self.eval_data[start : start + self.config.batch_size])
                 with self._autocast():
-                    loss, n = loss_sum(self.model, input_ids.to(self.device), labels.to(self.device))
+                    loss, n = self.task.loss(self.model, to_device(batch, self.device))
                 total, count = total + float(loss), count + n
         finally:
             self.model.train(was_training)
@@ -366,15 +403,15 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 batches = [self._micro_batch(self.step * config.grad_accum + j) for j in range(config.grad_accum)]
-                collated = [collate(b, self.pad_id, config.max_seq_len) for b in batches]
-                # Normalise by the labelled tokens of the whole optimizer step, so accumulation over k
-                # micro-batches gives the same gradient as one k-times bigger batch.
-                n_target = sum(int((labels[:, 1:] != IGNORE_INDEX).sum()) for _, labels in collated)
-                step_tokens = sum(int(ids.numel()) for ids, _ in collated)
+                collated = [self.task.collate(b) for b in batches]
+                # Normalise by the labelled tokens (or examples) of the whole optimizer step, so accumulation
+                # over k micro-batches gives the same gradient as one k-times bigger batch.
+                n_target = sum(self.task.count(b) for b in collated)
+                step_tokens = sum(self.task.tokens(b) for b in collated)
                 total_loss = 0.0
-                for input_ids, labels in collated:
+                for batch in collated:
                     with self._autocast():
-                        loss, _ = loss_sum(self.model, input_ids.to(self.device), labels.to(self.device))
+                        loss, _ = self.task.loss(self.model, to_device(batch, self.device))
                     (loss / max(n_target, 1)).backward()
                     total_loss += float(loss.detach())
                 if config.grad_clip > 0:
@@ -389,10 +426,11 @@ class Trainer:
                 result.lrs.append((self.step, lr))
                 result.tokens += step_tokens
                 self._log({"step": self.step, "loss": step_loss, "lr": lr, "tokens": step_tokens,
-                           "seconds": round(seconds, 3)})
+                           "examples": config.batch_size * config.grad_accum, "seconds": round(seconds, 3)})
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / seconds:.0f}")
+                    bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / seconds:.0f}",
+                                    ex_s=f"{config.batch_size * config.grad_accum / seconds:.1f}")
 
                 at_end = self.step == end
                 if (config.eval_every and self.step % config.eval_every == 0) or at_end:
@@ -428,10 +466,11 @@ def train(
     pad_id: int = 0,
     resume: bool = True,
     on_checkpoint: Callable[[int], None] | None = None,
+    task: Any | None = None,
 ) -> TrainResult:
     """Train `model` (its parameters that require grad) and return what happened; resumes from out_dir when asked."""
     trainer = Trainer(model, train_data, eval_data, config, out_dir=out_dir, pad_id=pad_id,
-                      on_checkpoint=on_checkpoint)
+                      on_checkpoint=on_checkpoint, task=task)
     if resume:
         trainer.load_checkpoint()
     return trainer.train()
