@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.bert import BertModel
 from model.config import DecoderConfig, EncoderConfig
 from model.decoder import Decoder
-from model.encoder import BertModel
 from model.errors import CheckpointError
 from model.runtime import resolve_device, resolve_dtype
 from model.sources import cache_dir, file_sha256
