@@ -5,7 +5,8 @@
     answer = bot.ask("What does LoRA train?")
 """
 
-from assistant.pipeline import Answer, Assistant, Conversation, QuestionError, Source, Timings
+from assistant.answer import Answer, QuestionError, Source, Timings
+from assistant.pipeline import Assistant, Conversation
 from assistant.prompts import REFUSAL_TEXT
 from assistant.settings import Settings
 

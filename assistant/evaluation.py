@@ -185,7 +185,7 @@ def calibrate_threshold(assistant: Any, questions: Sequence[Question]) -> dict[s
 
     Only retrieval runs (no generation), so this is quick.
     """
-    from assistant.pipeline import standalone_query
+    from assistant.followup import standalone_query
 
     scores: list[tuple[float, bool]] = []  # (best cosine, answerable)
     for q in questions:

@@ -8,29 +8,46 @@
         if isinstance(item, str): print(item, end="")     # text deltas, citation markers already checked
         else: answer = item                                # the final Answer comes last
 
-The default model is small, so the pipeline carries much of the quality:
-- follow-up questions are rewritten deterministically into a standalone search query (`standalone_query`);
-- passages are packed into the generator's context budget measured with its own tokenizer on the rendered
-  chat template, so the prompt never overflows (`pack_prompt`);
-- citation markers are parsed, and numbers that do not name a given passage are dropped (`clean_citations`);
-- when the best passage is not similar enough to the question (a calibrated cosine threshold) the assistant
-  refuses without calling the generator, and shows the nearest passages instead.
+The default model is small, so the pipeline carries much of the quality; each job has its own module:
+- `assistant.followup`: follow-up questions are rewritten deterministically into a standalone search query
+  (`standalone_query`);
+- `assistant.packing`: passages are packed into the generator's context budget measured with its own tokenizer
+  on the rendered chat template, so the prompt never overflows (`pack_prompt`);
+- `assistant.citations`: citation markers are parsed, and numbers that do not name a given passage are dropped
+  (`clean_citations`, `CitationFilter` for streams);
+- `assistant.answer`: the result types (`Answer`, `Source`, `Timings`) and `QuestionError`;
+- here: retrieval, and the refusal when the best passage is not similar enough to the question (a calibrated
+  cosine threshold): the assistant then refuses without calling the generator, and shows the nearest passages.
+
+The names those modules define used to live here and are still importable from `assistant.pipeline`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from assistant.prompts import REFUSAL_TEXT, PromptPassage, build_messages, is_refusal
+from assistant.answer import Answer, QuestionError, Source, Timings, _source
+from assistant.citations import CitationFilter, clean_citations
+from assistant.followup import standalone_query
+from assistant.packing import PackedPrompt, _text_of, normalize_history, pack_prompt
+from assistant.prompts import REFUSAL_TEXT, is_refusal
 from assistant.settings import SAMPLING_FIELDS, Settings, SettingsError
-from model.errors import ContextOverflowError, UserError
+from model.errors import UserError
+
+# Re-exports: these names were defined or imported here before the pipeline was split by job.
+from assistant.answer import _snippet, passage_label  # noqa: F401
+from assistant.citations import _CITATION, _PARTIAL_CITATION  # noqa: F401
+from assistant.followup import FOLLOWUP_OPENERS, PRONOUNS, STOPWORDS, _WORD, content_words, is_followup  # noqa: F401
+from assistant.packing import (  # noqa: F401
+    _SENTENCE_END, _drop_oldest_turn, _Hit, _sentences, _truncate_to_fit, prompt_label,
+)
+from assistant.prompts import PromptPassage, build_messages  # noqa: F401
+from model.errors import ContextOverflowError  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -40,390 +57,6 @@ DEFAULT_STOP = ("\nQuestion:", "\nPassages:", "<|im_start|>", "<|im_end|>")
 
 # The model alone (`use_retrieval=False`, `assistant eval --no-retrieval`): no passages, no citations.
 NO_RETRIEVAL_SYSTEM_PROMPT = "Answer the question in one or two short sentences."
-
-
-class QuestionError(UserError):
-    """The question cannot be asked as given (empty, or longer than the limit)."""
-
-
-# ---------------------------------------------------------------------- result types
-@dataclass
-class Source:
-    """One passage shown to the model (or, on a refusal, one of the nearest passages)."""
-
-    number: int                 # the [n] the prompt gave it
-    path: str                   # file, relative to the indexed folder
-    heading: str | None
-    page: int | None
-    snippet: str                # the start of the passage, whitespace collapsed
-    score: float                # retrieval score (fused rank score in hybrid mode)
-    dense_score: float | None   # cosine similarity between question and passage
-    cited: bool                 # the answer cites [number]
-    text: str = ""              # the passage text exactly as the prompt gave it
-
-    @property
-    def location(self) -> str:
-        """`file › heading` or `file, page n`, as shown to the user and in the prompt label."""
-        return passage_label(self.path, self.heading, self.page)
-
-
-@dataclass
-class Timings:
-    """Where the time went, in milliseconds (tokens_per_s: decode speed)."""
-
-    retrieval_ms: float = 0.0
-    time_to_first_token_ms: float | None = None
-    tokens_per_s: float | None = None
-    total_ms: float = 0.0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-
-
-@dataclass
-class Answer:
-    """A finished answer: text with valid citation markers only, and its sources."""
-
-    text: str
-    citations: list[int]
-    sources: list[Source]
-    refused: bool
-    timings: Timings
-    query: str                              # the standalone search query used
-    finish_reason: str = "stop"             # stop | eos | length | cancelled | refused
-    question: str = ""
-
-    @property
-    def cited_sources(self) -> list[Source]:
-        """The sources the answer cites, in citation order."""
-        by_number = {s.number: s for s in self.sources}
-        return [by_number[n] for n in self.citations if n in by_number]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (for `assistant ask --json`)."""
-        return asdict(self)
-
-
-class _Hit(Protocol):  # retrieval.retriever.Hit, structurally
-    text: str
-    path: str
-    heading: str | None
-    page: int | None
-    score: float
-    dense_score: float | None
-
-
-# ---------------------------------------------------------------------- follow-up rewriting
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-+.']*[A-Za-z0-9+]|[A-Za-z0-9]")
-STOPWORDS = frozenset(
-    """a an the and or but so of to in on at by for with about from into over under as is are was were be been
-    being am do does did doing have has had having what which who whom whose when where why how much many
-    more most less least can could would should will shall may might must this that these those it its it's
-    they them their theirs he she him her his hers we us our you your i me my one ones there here then than
-    also just only very too not no yes if else such some any all each other another same own both either
-    neither please tell explain describe give show me something thing things kind sort way ways again
-    use used uses using does doesn't don't isn't aren't big small good bad""".split()
-)
-PRONOUNS = frozenset("it its it's they them their theirs this that these those he she him her his one ones such".split())
-FOLLOWUP_OPENERS = (
-    "and ", "and,", "but ", "so ", "then ", "also ", "what about", "how about", "what of", "and what",
-    "and how", "and why", "why?", "how?", "why not", "what else", "anything else", "more on", "tell me more",
-    "same for", "compared to", "in comparison", "what if", "is it", "are they", "does it", "do they",
-    "can it", "can they", "was it", "how big is it", "how does it", "how do they",
-)
-
-
-def content_words(text: str) -> list[str]:
-    """The words of `text` that carry meaning for search (stopwords dropped), original case, in order."""
-    seen: set[str] = set()
-    out = []
-    for word in _WORD.findall(text):
-        low = word.lower().strip(".'")
-        if low and low not in STOPWORDS and low not in seen:
-            seen.add(low)
-            out.append(word.strip(".'"))
-    return out
-
-
-def is_followup(question: str) -> bool:
-    """True when a question leans on an earlier turn: an elliptic opener, a pronoun in a short question,
-    or almost no content words ("and how big is it?", "what about BERT?", "why?")."""
-    text = " ".join(question.lower().split())
-    if text.startswith(FOLLOWUP_OPENERS):
-        return True
-    words = [w.lower() for w in _WORD.findall(text)]
-    n_content = len(content_words(question))
-    if n_content <= 1:
-        return True
-    return n_content <= 3 and any(w in PRONOUNS for w in words)
-
-
-def standalone_query(question: str, history: Sequence[dict] | None = None, max_terms: int = 8) -> str:
-    """The search query for `question`: the question itself, or, for a follow-up, the content words of the
-    previous standalone query (resolved the same way, turn by turn) followed by the question.
-
-    Deterministic on purpose: a 135M model rewrites queries unreliably.
-    """
-    previous = [_text_of(m) for m in history or () if m.get("role") == "user" and _text_of(m).strip()]
-    query = ""
-    for turn in [*previous, question]:
-        if query and is_followup(turn):
-            terms = [t for t in content_words(query) if t.lower() not in {w.lower() for w in content_words(turn)}]
-            query = " ".join(terms[:max_terms] + [turn.strip()])
-        else:
-            query = turn.strip()
-    return query
-
-
-# ---------------------------------------------------------------------- citations
-_CITATION = re.compile(r"(\s*)\[(\s*\d+\s*(?:[,;]\s*\d+\s*)*)\]")
-_PARTIAL_CITATION = re.compile(r"\[[\d\s,;]*$")
-
-
-def clean_citations(text: str, n_passages: int) -> tuple[str, list[int]]:
-    """Keep only citation markers that name a given passage (1..n_passages).
-
-    `[2]`, `[1, 2]`, `[1][2]` are understood. A group with no valid number is removed with the space before
-    it; a group with some valid numbers keeps those. Returns (clean text, cited numbers in first-use order).
-    """
-    cited: list[int] = []
-
-    def fix(match: re.Match) -> str:
-        space, body = match.group(1), match.group(2)
-        numbers = [int(x) for x in re.findall(r"\d+", body)]
-        valid = [x for x in numbers if 1 <= x <= n_passages]
-        for x in valid:
-            if x not in cited:
-                cited.append(x)
-        if not valid:
-            return ""
-        if valid == numbers:
-            return match.group(0)
-        return f"{space}[{', '.join(str(x) for x in dict.fromkeys(valid))}]"
-
-    return _CITATION.sub(fix, text), cited
-
-
-class CitationFilter:
-    """Streams text deltas with invalid citation markers removed as they arrive.
-
-    Holds back trailing whitespace and a possibly unfinished `[12` until the next delta shows what it is,
-    so the concatenated output equals `clean_citations(raw)` (up to trailing whitespace).
-    """
-
-    def __init__(self, n_passages: int) -> None:
-        self.n_passages = n_passages
-        self.raw = ""
-        self._emitted = ""
-
-    def feed(self, delta: str) -> str:
-        """Add a raw delta; return the clean text that is now safe to show."""
-        self.raw += delta
-        safe = self.raw.rstrip()
-        partial = _PARTIAL_CITATION.search(safe)
-        if partial and len(safe) - partial.start() <= 24:
-            safe = safe[: partial.start()].rstrip()
-        return self._advance(clean_citations(safe, self.n_passages)[0])
-
-    def flush(self) -> str:
-        """The rest of the clean text, once the stream has ended."""
-        return self._advance(clean_citations(self.raw, self.n_passages)[0].rstrip())
-
-    def _advance(self, clean: str) -> str:
-        if not clean.startswith(self._emitted):  # cannot happen with the hold-back rule; stay consistent
-            return ""
-        out = clean[len(self._emitted):]
-        self._emitted = clean
-        return out
-
-
-# ---------------------------------------------------------------------- packing
-@dataclass
-class PackedPrompt:
-    """What the generator will see."""
-
-    messages: list[dict]
-    prompt: str                     # rendered with the generator's chat template
-    prompt_tokens: int
-    hits: list[Any]                 # hits given, in prompt order (number = index + 1)
-    passages: list[PromptPassage]   # their text as given (the last one may be truncated)
-    history: list[dict]             # the history turns kept
-    budget: int                     # prompt tokens allowed
-
-
-def passage_label(path: str, heading: str | None, page: int | None) -> str:
-    """Short label saying where a passage comes from: `file.md › Heading` / `file.pdf, page 3`."""
-    label = str(path)
-    if heading:
-        label += f" › {heading}"
-    if page:
-        label += f", page {page}"
-    return label
-
-
-def prompt_label(path: str, heading: str | None) -> str:
-    """The short label the prompt shows for a passage: its most specific heading, else the file's name.
-    Short titles, as in the fine-tuning data (article titles); long breadcrumb paths got copied into
-    answers by the small model."""
-    if heading:
-        return heading.split(" › ")[-1].strip()
-    return Path(str(path)).stem.replace("_", " ").replace("-", " ")
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
-
-
-def _sentences(text: str) -> list[str]:
-    """Split a passage into sentence-sized pieces that concatenate back (with single spaces)."""
-    return [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
-
-
-def pack_prompt(
-    generator: Any,
-    question: str,
-    hits: Sequence[_Hit],
-    history: Sequence[dict] = (),
-    max_new_tokens: int = 160,
-    max_context_tokens: int | None = None,
-    system_prompt: str | None = None,
-    min_truncated_tokens: int = 48,
-) -> PackedPrompt:
-    """Fit the question, as much history as allowed and the best passages into the context budget.
-
-    budget = min(generator.context_length, max_context_tokens) - max_new_tokens, in generator tokens of the
-    prompt rendered with the real chat template. Passages go in rank order while they fit; the first one
-    that does not fit is cut at a sentence boundary if at least `min_truncated_tokens` of it fit. History
-    turns are dropped oldest first, until the question fits and the top passage fits whole.
-    Raises ContextOverflowError when even the bare question does not fit.
-    """
-    window = int(generator.context_length)
-    if max_context_tokens:
-        window = min(window, int(max_context_tokens))
-    budget = window - int(max_new_tokens)
-    if budget <= 0:
-        raise ContextOverflowError(
-            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a {window}-token context; "
-            "lower max_new_tokens"
-        )
-    extra = {} if system_prompt is None else {"system_prompt": system_prompt}
-
-    def render(passages: list[PromptPassage], turns: list[dict]) -> tuple[list[dict], str, int]:
-        messages = build_messages(question, passages, turns, **extra)
-        prompt = generator.render_chat(messages, add_generation_prompt=True)
-        return messages, prompt, generator.count_tokens(prompt)
-
-    turns = list(history)
-    _, _, n = render([], turns)
-    while n > budget and turns:
-        turns = _drop_oldest_turn(turns)
-        _, _, n = render([], turns)
-    if n > budget:
-        raise ContextOverflowError(
-            f"the question needs {n} tokens but only {budget} fit next to a {max_new_tokens}-token answer; "
-            "shorten the question or lower max_new_tokens"
-        )
-    candidates = [PromptPassage(text=h.text, label=prompt_label(h.path, h.heading)) for h in hits]
-    # The top passage matters more than old turns: drop history until it fits whole.
-    if candidates:
-        while turns and render(candidates[:1], turns)[2] > budget:
-            turns = _drop_oldest_turn(turns)
-
-    given: list[PromptPassage] = []
-    given_hits: list[Any] = []
-    for hit, passage in zip(hits, candidates):
-        if render([*given, passage], turns)[2] <= budget:
-            given.append(passage)
-            given_hits.append(hit)
-            continue
-        cut = _truncate_to_fit(render, given, passage, turns, budget, min_truncated_tokens, generator)
-        if cut is not None:
-            given.append(cut)
-            given_hits.append(hit)
-        break
-    messages, prompt, n = render(given, turns)
-    assert n <= budget, (n, budget)
-    return PackedPrompt(messages, prompt, n, given_hits, given, turns, budget)
-
-
-def _truncate_to_fit(render, given, passage, turns, budget, min_tokens, generator) -> PromptPassage | None:
-    """The longest sentence prefix of `passage` that fits, or None if less than `min_tokens` would."""
-    sentences = _sentences(passage.text)
-    lo, hi = 0, len(sentences) - 1  # find the largest m in [1, len-1] whose prefix fits
-    best = None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        text = " ".join(sentences[:mid])
-        candidate = PromptPassage(text=text, label=passage.label)
-        if render([*given, candidate], turns)[2] <= budget:
-            best, lo = candidate, mid
-        else:
-            hi = mid - 1
-    if best is None or generator.count_tokens(best.text) < min_tokens:
-        return None
-    return best
-
-
-def _drop_oldest_turn(turns: list[dict]) -> list[dict]:
-    """Drop the oldest message, and an assistant reply left without its question."""
-    turns = turns[1:]
-    while turns and turns[0].get("role") != "user":
-        turns = turns[1:]
-    return turns
-
-
-def _text_of(message: dict) -> str:
-    """Message content as plain text (also accepts Gradio's list-of-parts content)."""
-    content = message.get("content", "")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-        return " ".join(parts)
-    return str(content or "")
-
-
-def normalize_history(history: Sequence[dict] | None, max_turns: int) -> list[dict]:
-    """Plain {"role", "content": str} user/assistant turns, the last `max_turns`, citation markers removed
-    from assistant turns (their numbers named passages the new prompt does not show)."""
-    turns = []
-    for message in history or ():
-        role = message.get("role")
-        text = _text_of(message).strip()
-        if role not in ("user", "assistant") or not text:
-            continue
-        if role == "assistant":
-            text = clean_citations(text, 0)[0].strip()
-            if not text:
-                continue
-        turns.append({"role": role, "content": text})
-    turns = turns[-max_turns:] if max_turns > 0 else []
-    while turns and turns[0]["role"] != "user":
-        turns = turns[1:]
-    return turns
-
-
-def _snippet(text: str, limit: int = 280) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1].rsplit(" ", 1)[0] + "…"
-
-
-def _source(number: int, hit: Any, text: str, cited: bool) -> Source:
-    dense = getattr(hit, "dense_score", None)
-    return Source(
-        number=number,
-        path=str(hit.path),
-        heading=getattr(hit, "heading", None) or None,
-        page=getattr(hit, "page", None),
-        snippet=_snippet(text),
-        score=float(hit.score),
-        dense_score=None if dense is None else float(dense),
-        cited=cited,
-        text=text,
-    )
 
 
 def check_question(question: str, max_chars: int) -> str:

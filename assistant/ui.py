@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from assistant.pipeline import Answer, Assistant, Source
+from assistant.answer import Answer, Source
+from assistant.pipeline import Assistant
 from assistant.settings import RETRIEVAL_MODES
 from model.errors import UserError
 

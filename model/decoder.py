@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import DecoderConfig
-from model.layers import RMSNorm, SwiGLU, apply_rope, rope_tables
+from model.layers import RMSNorm, SwiGLU, apply_rope, rms_norm, rope_tables
 
 
 class KVCache(nn.Module):
@@ -124,16 +124,8 @@ class Block(nn.Module):
         self.feed_forward = SwiGLU(config.dim, config.ffn_dim)
 
     def forward(self, x, cos, sin, input_pos, mask, kv_len):
-        x = x + self.attention(_rms_norm(self.attention_norm, x), cos, sin, input_pos, mask, kv_len)
-        return x + self.feed_forward(_rms_norm(self.ffn_norm, x))
-
-
-def _rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """`norm(x)`; for float32 inputs through the single fused op (same result, one op instead of ~9: decode
-    runs 60 norms per token, so the per-op overhead adds up)."""
-    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32 and type(norm) is RMSNorm:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
-    return norm(x)
+        x = x + self.attention(rms_norm(self.attention_norm, x), cos, sin, input_pos, mask, kv_len)
+        return x + self.feed_forward(rms_norm(self.ffn_norm, x))
 
 
 class Decoder(nn.Module):
@@ -264,7 +256,7 @@ class Decoder(nn.Module):
             x = layer(x, cos, sin, input_pos, mask, kv_len)
         if last_only:
             x = x[:, -1:]  # [B, 1, D]
-        return self.output(_rms_norm(self.norm, x))
+        return self.output(rms_norm(self.norm, x))
 
     def native_decode_plan(self):
         """The model.native_decode plan for one-token decode steps on CPU, or None when it does not apply.

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from model import cpu_kernels
+from model.layers import RMSNorm, rms_norm
 
 _i32, _i64, _ptr, _f32 = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 
@@ -113,7 +114,6 @@ class DecodePlan:
     @classmethod
     def build(cls, decoder: nn.Module) -> "DecodePlan | None":
         """A plan for `decoder`, or None when some block is not covered (the torch path runs instead)."""
-        from model.layers import RMSNorm
         from model.quant import FusedSwiGLU
 
         if not cpu_kernels.available():
@@ -180,8 +180,6 @@ class DecodePlan:
     def forward(self, decoder: nn.Module, tokens: torch.Tensor, input_pos: torch.Tensor,
                 pad_mask: torch.Tensor | None, kv_len: int | None) -> torch.Tensor | None:
         """Logits [B, 1, V] for tokens [B, 1] at cache slot input_pos [1]; None when this step is not covered."""
-        from model.decoder import _rms_norm
-
         batch = tokens.shape[0]
         pos = int(input_pos[0])
         if (kv_len is not None and kv_len != pos + 1) or pos >= decoder.cache_len or batch != decoder.cache_batch_size:
@@ -201,4 +199,4 @@ class DecodePlan:
         if rc != 0:
             raise RuntimeError("the native decode step failed (out of memory?); set ASSISTANT_CPU_KERNELS=0 to "
                                "use the torch path")
-        return decoder.output(_rms_norm(decoder.norm, x.view(batch, 1, -1)))  # [B, 1, V]
+        return decoder.output(rms_norm(decoder.norm, x.view(batch, 1, -1)))  # [B, 1, V]

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.encoder import BertModel
+from model.bert import BertModel
 from model.errors import CheckpointError
 from model.lora import LowRankSide
 

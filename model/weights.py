@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.bert import BertModel
 from model.config import DecoderConfig, EncoderConfig
 from model.decoder import Decoder
-from model.encoder import BertModel
 from model.errors import CheckpointError
 from model.runtime import resolve_device, resolve_dtype
+from model.sources import cache_dir, file_sha256
 from model.tokenizer import Tokenizer
 
 OWN_FORMAT = "assistant-decoder"
@@ -52,15 +53,6 @@ class LoadedDecoder:
 # ---------------------------------------------------------------------------------------------------------------
 # generic helpers
 # ---------------------------------------------------------------------------------------------------------------
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
                 ignore_missing: tuple[str, ...] = ()) -> None:
     """Copy `state` into `model`, with a clear error for missing, unexpected or mis-shaped tensors."""
@@ -364,8 +356,6 @@ def _converted_cache_dir(path: Path) -> Path:
     beside = path.with_name(path.name + ".converted")
     if os.access(path.parent, os.W_OK):
         return beside
-    from model.sources import cache_dir
-
     return cache_dir() / "converted" / (path.name + ".converted")
 
 

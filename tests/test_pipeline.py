@@ -7,10 +7,11 @@ import threading
 
 import pytest
 
-from assistant.pipeline import (
-    Answer, Assistant, CitationFilter, QuestionError, clean_citations, is_followup, pack_prompt,
-    standalone_query,
-)
+from assistant.answer import Answer, QuestionError
+from assistant.citations import CitationFilter, clean_citations
+from assistant.followup import is_followup, standalone_query
+from assistant.packing import pack_prompt
+from assistant.pipeline import Assistant
 from assistant.prompts import REFUSAL_TEXT
 from assistant.settings import Settings
 from model.errors import ContextOverflowError, UserError
@@ -361,3 +362,26 @@ def test_followup_rewriting_on_the_real_corpus_and_encoder():
     assert all(h.path == "peft-lora.md" for h in hits[:3])
     alone, _ = assistant.retrieve("and how big is it?")
     assert "peft-lora.md" not in [h.path for h in alone[:3]]
+
+
+def test_pipeline_still_exports_the_names_the_split_moved():
+    """answer/followup/citations/packing used to be one module; `from assistant.pipeline import X` still works."""
+    import assistant.answer
+    import assistant.citations
+    import assistant.followup
+    import assistant.packing
+    import assistant.pipeline as pipeline
+
+    moved = {
+        assistant.answer: ["Answer", "QuestionError", "Source", "Timings", "passage_label", "_snippet", "_source"],
+        assistant.citations: ["CitationFilter", "clean_citations", "_CITATION", "_PARTIAL_CITATION"],
+        assistant.followup: ["FOLLOWUP_OPENERS", "PRONOUNS", "STOPWORDS", "content_words", "is_followup",
+                             "standalone_query", "_WORD"],
+        assistant.packing: ["PackedPrompt", "normalize_history", "pack_prompt", "prompt_label", "_Hit",
+                            "_SENTENCE_END", "_drop_oldest_turn", "_sentences", "_text_of", "_truncate_to_fit"],
+    }
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(pipeline, name) is getattr(module, name), (module.__name__, name)
+    for name in pipeline.__all__:
+        assert hasattr(pipeline, name), name

@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Answer `args.question` and print it."""
     from assistant.commands.common import open_assistant, print_sources
-    from assistant.pipeline import Answer
+    from assistant.answer import Answer
 
     settings, assistant_factory = open_assistant(args)
     # Check the question before loading any model, so bad input fails fast.

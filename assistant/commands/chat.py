@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace, input_fn: Any = input) -> int:
     """The read-answer loop; ends on /quit or end of input (Ctrl-D)."""
     from assistant.commands.common import open_assistant, print_sources
-    from assistant.pipeline import Answer
+    from assistant.answer import Answer
     from model.errors import UserError
 
     _, factory = open_assistant(args)

@@ -1,0 +1,102 @@
+"""What an answer is: the result types the pipeline returns (`Answer`, its `Source`s and `Timings`),
+the error for a question that cannot be asked (`QuestionError`), and how a passage's origin is labelled.
+
+These are plain data; nothing here touches models, indexes or prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from model.errors import UserError
+
+
+class QuestionError(UserError):
+    """The question cannot be asked as given (empty, or longer than the limit)."""
+
+
+@dataclass
+class Source:
+    """One passage shown to the model (or, on a refusal, one of the nearest passages)."""
+
+    number: int                 # the [n] the prompt gave it
+    path: str                   # file, relative to the indexed folder
+    heading: str | None
+    page: int | None
+    snippet: str                # the start of the passage, whitespace collapsed
+    score: float                # retrieval score (fused rank score in hybrid mode)
+    dense_score: float | None   # cosine similarity between question and passage
+    cited: bool                 # the answer cites [number]
+    text: str = ""              # the passage text exactly as the prompt gave it
+
+    @property
+    def location(self) -> str:
+        """`file › heading` or `file, page n`, as shown to the user and in the prompt label."""
+        return passage_label(self.path, self.heading, self.page)
+
+
+@dataclass
+class Timings:
+    """Where the time went, in milliseconds (tokens_per_s: decode speed)."""
+
+    retrieval_ms: float = 0.0
+    time_to_first_token_ms: float | None = None
+    tokens_per_s: float | None = None
+    total_ms: float = 0.0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+
+
+@dataclass
+class Answer:
+    """A finished answer: text with valid citation markers only, and its sources."""
+
+    text: str
+    citations: list[int]
+    sources: list[Source]
+    refused: bool
+    timings: Timings
+    query: str                              # the standalone search query used
+    finish_reason: str = "stop"             # stop | eos | length | cancelled | refused
+    question: str = ""
+
+    @property
+    def cited_sources(self) -> list[Source]:
+        """The sources the answer cites, in citation order."""
+        by_number = {s.number: s for s in self.sources}
+        return [by_number[n] for n in self.citations if n in by_number]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (for `assistant ask --json`)."""
+        return asdict(self)
+
+
+def passage_label(path: str, heading: str | None, page: int | None) -> str:
+    """Short label saying where a passage comes from: `file.md › Heading` / `file.pdf, page 3`."""
+    label = str(path)
+    if heading:
+        label += f" › {heading}"
+    if page:
+        label += f", page {page}"
+    return label
+
+
+def _snippet(text: str, limit: int = 280) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _source(number: int, hit: Any, text: str, cited: bool) -> Source:
+    dense = getattr(hit, "dense_score", None)
+    return Source(
+        number=number,
+        path=str(hit.path),
+        heading=getattr(hit, "heading", None) or None,
+        page=getattr(hit, "page", None),
+        snippet=_snippet(text),
+        score=float(hit.score),
+        dense_score=None if dense is None else float(dense),
+        cited=cited,
+        text=text,
+    )
