@@ -6,7 +6,7 @@ These are plain data; nothing here touches models, indexes or prompts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from model.errors import UserError
@@ -41,6 +41,7 @@ class Timings:
     """Where the time went, in milliseconds (tokens_per_s: decode speed)."""
 
     retrieval_ms: float = 0.0
+    reader_ms: float = 0.0
     time_to_first_token_ms: float | None = None
     tokens_per_s: float | None = None
     total_ms: float = 0.0
@@ -60,6 +61,9 @@ class Answer:
     query: str                              # the standalone search query used
     finish_reason: str = "stop"             # stop | eos | length | cancelled | refused
     question: str = ""
+    evidence: list[Any] = field(default_factory=list)  # assistant.evidence.Evidence: the words that support it
+    mode: str = "generate"                  # how it was written: guided | extract | generate (| refused)
+    fallback: bool = False                  # guided mode: the generated text failed the check; built from evidence
 
     @property
     def cited_sources(self) -> list[Source]:

@@ -33,20 +33,21 @@ from typing import Any
 
 from assistant.answer import Answer, QuestionError, Source, Timings, _source
 from assistant.citations import CitationFilter, clean_citations
-from assistant.followup import standalone_query
-from assistant.packing import PackedPrompt, _text_of, normalize_history, pack_prompt
-from assistant.prompts import REFUSAL_TEXT, is_refusal
+from assistant.evidence import ANSWER_MODES, evidence_from_spans, extractive_answer, route, states_evidence, strip_citations
+from assistant.followup import is_followup, standalone_query
+from assistant.packing import PackedPrompt, _text_of, normalize_history, pack_prompt, prompt_label
+from assistant.prompts import REFUSAL_TEXT, PromptPassage, build_messages, is_refusal
+from assistant.training_data import clip_passage
 from assistant.settings import SAMPLING_FIELDS, Settings, SettingsError
 from model.errors import UserError
 
 # Re-exports: these names were defined or imported here before the pipeline was split by job.
 from assistant.answer import _snippet, passage_label  # noqa: F401
 from assistant.citations import _CITATION, _PARTIAL_CITATION  # noqa: F401
-from assistant.followup import FOLLOWUP_OPENERS, PRONOUNS, STOPWORDS, _WORD, content_words, is_followup  # noqa: F401
+from assistant.followup import FOLLOWUP_OPENERS, PRONOUNS, STOPWORDS, _WORD, content_words  # noqa: F401
 from assistant.packing import (  # noqa: F401
-    _SENTENCE_END, _drop_oldest_turn, _Hit, _sentences, _truncate_to_fit, prompt_label,
+    _SENTENCE_END, _drop_oldest_turn, _Hit, _sentences, _truncate_to_fit,
 )
-from assistant.prompts import PromptPassage, build_messages  # noqa: F401
 from model.errors import ContextOverflowError  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ DEFAULT_STOP = ("\nQuestion:", "\nPassages:", "<|im_start|>", "<|im_end|>")
 
 # The model alone (`use_retrieval=False`, `assistant eval --no-retrieval`): no passages, no citations.
 NO_RETRIEVAL_SYSTEM_PROMPT = "Answer the question in one or two short sentences."
+
+# Guided mode: the generator sees the evidence's passage cut to about this many words around the evidence
+# (the length the adapter was trained on), and writes at most this many tokens.
+GUIDED_PASSAGE_WORDS = 100
+GUIDED_MAX_NEW_TOKENS = 64
 
 
 def check_question(question: str, max_chars: int) -> str:
@@ -92,9 +98,11 @@ class Assistant:
         encoder: Any | None = None,
         index_path: Path | None = None,
         folder: Path | None = None,
+        reader: Any | None = None,
     ) -> None:
         self.retriever = retriever
         self.generator = generator
+        self.reader = reader  # model.reader.Reader beside the encoder, or None (answers as in `generate` mode)
         self.settings = settings or Settings()
         self.encoder = encoder
         self.index_path = Path(index_path) if index_path else None
@@ -177,7 +185,9 @@ class Assistant:
 
         retriever = Retriever(index_path, encoder)
         generator = generator or load_generator(settings)
-        return cls(retriever, generator, settings, encoder=encoder, index_path=index_path, folder=folder)
+        reader = load_reader(settings, encoder)
+        return cls(retriever, generator, settings, encoder=encoder, index_path=index_path, folder=folder,
+                   reader=reader)
 
     # ------------------------------------------------------------------ index
     def add_files(self, paths: Sequence[str | Path], on_progress: Callable[[int, int], Any] | None = None) -> Any:
@@ -241,10 +251,14 @@ class Assistant:
         retrieval_mode: str | None = None,
         use_retrieval: bool = True,
         refusal_threshold: float | None = None,
+        answer_mode: str | None = None,
+        reader_threshold: float | None = None,
         **sampling: Any,
     ) -> Iterator[str | Answer]:
         """Yield the answer's text deltas as they are generated, then the final Answer.
 
+        `answer_mode`: guided (default) | extract | generate (see assistant/evidence.py); without a reader,
+        or for questions the reader cannot answer (summaries, lists, code), the generator answers alone.
         `sampling`: any SamplingParams field (temperature, top_k, top_p, min_p, repetition_penalty,
         max_new_tokens, seed, num_beams, stop, ...); unset ones come from the settings.
         `cancel`: set it to stop generation; the Answer then has finish_reason "cancelled".
@@ -269,6 +283,14 @@ class Assistant:
                 yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question)
                 return
             hits = relevant_hits(hits, threshold, self.settings.relative_floor)
+            mode = answer_mode or self.settings.answer_mode
+            if mode not in ANSWER_MODES:
+                raise SettingsError(f"answer_mode must be one of {ANSWER_MODES}, not {mode!r}")
+            if mode != "generate" and self.reader is not None and route(question, [h.text for h in hits]) == "reader":
+                gate = self.settings.reader_threshold if reader_threshold is None else reader_threshold
+                yield from self._answer_from_evidence(question, query, hits, turns, params, mode, gate, timings,
+                                                      start, cancel)
+                return
             packed = pack_prompt(
                 self.generator, question, hits, turns, params.max_new_tokens, self.settings.max_context_tokens
             )
@@ -315,6 +337,54 @@ class Assistant:
         if finish == "cancelled" and not text:
             refused = False
         yield Answer(text, citations, sources, refused, timings, query, finish, question)
+
+    def _answer_from_evidence(self, question: str, query: str, hits: list[Any], turns: list[dict], params: Any,
+                              mode: str, gate: float, timings: Timings, start: float,
+                              cancel: threading.Event | None) -> Iterator[str | Answer]:
+        """Reader over the passages ─► refuse, or the best evidence ─► extract: say it; guided: the generator
+        words it, and a check keeps the words true to the evidence (else the evidence itself is the answer)."""
+        texts = [h.text for h in hits]
+        # A follow-up ("and how big is it?") is read with its standalone form, which names what "it" is.
+        read_as = query if turns and is_followup(question) else question
+        tick = time.perf_counter()
+        spans = self.reader.read(read_as, texts)
+        timings.reader_ms = (time.perf_counter() - tick) * 1000
+        evidence = evidence_from_spans(spans, texts, list(range(1, len(hits) + 1)), question)
+        if not evidence or evidence[0].score < gate:
+            sources = [_source(i, h, h.text, cited=False) for i, h in enumerate(hits, start=1)]
+            timings.total_ms = timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
+            yield REFUSAL_TEXT
+            yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question, [], mode)
+            return
+        best = evidence[0]
+        text, finish, fallback = extractive_answer(best), "stop", mode == "guided"
+        if mode == "guided":
+            hit = hits[best.passage - 1]
+            passage = PromptPassage(clip_passage(hit.text, GUIDED_PASSAGE_WORDS, keep=(best.start, best.end)),
+                                    prompt_label(hit.path, getattr(hit, "heading", None)))
+            messages = build_messages(question, [passage], turns)
+            prompt = self.generator.render_chat(messages, add_generation_prompt=True)
+            timings.prompt_tokens = self.generator.count_tokens(prompt)
+            guided = params.replace(max_new_tokens=min(params.max_new_tokens, GUIDED_MAX_NEW_TOKENS))
+            with self._model_lock:  # short answers: written whole, checked, then shown
+                text_stream = self.generator.stream(prompt, guided, cancel=cancel)
+                written = "".join(text_stream)
+                result = getattr(text_stream, "result", None)
+            timings.generated_tokens = len(getattr(result, "token_ids", ()) or ())
+            timings.tokens_per_s = getattr(result, "decode_tokens_per_s", None)
+            finish = getattr(result, "finish_reason", "stop") or "stop"
+            if finish == "cancelled" or (cancel is not None and cancel.is_set()):
+                text, fallback, finish = "", False, "cancelled"
+            elif not is_refusal(written) and states_evidence(written, best):
+                text, fallback = cite(written, best.passage), False
+        timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
+        if text:
+            yield text
+        sources = [_source(i, h, h.text, cited=(i == best.passage and bool(text)))
+                   for i, h in enumerate(hits, start=1)]
+        timings.total_ms = (time.perf_counter() - start) * 1000
+        yield Answer(text, [best.passage] if text else [], sources, False, timings, query, finish, question,
+                     [best], mode, fallback)
 
     def conversation(self) -> Conversation:
         """A new chat that keeps its own history (see Conversation)."""
@@ -405,6 +475,24 @@ def _load_encoder(settings: Settings) -> Any:
     from model.encoder import Encoder
 
     return Encoder.load(settings.encoder, device=settings.device)
+
+
+def load_reader(settings: Settings, encoder: Any) -> Any:
+    """The evidence reader beside `encoder` (sharing its weights), or None when disabled or not shipped."""
+    path = settings.reader_path()
+    if path is None or encoder is None or not hasattr(encoder, "model"):
+        return None
+    from model.reader import Reader
+
+    return Reader.load(encoder, path)
+
+
+def cite(text: str, number: int) -> str:
+    """A generated answer with its own markers replaced by [number], before its final full stop."""
+    body = strip_citations(text).rstrip()
+    if body.endswith((".", "!", "?")):
+        return f"{body[:-1].rstrip()} [{number}]{body[-1]}"
+    return f"{body} [{number}]"
 
 
 def load_generator(settings: Settings) -> Any:

@@ -36,13 +36,19 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 DEFAULT_CORPUS = REPO_DIR / "corpus"
 DEFAULT_ADAPTER = PACKAGE_DIR / "data" / "adapter"
+DEFAULT_READER = PACKAGE_DIR / "data" / "reader"
 
 # Calibrated on benchmarks/questions.jsonl (see docs/benchmarks.md, "Assistant"): the best hit's dense
 # cosine separates answerable from unanswerable questions; below this the assistant refuses without
 # calling the generator. `assistant eval --calibrate` recomputes it.
 DEFAULT_REFUSAL_THRESHOLD = 0.23
 
+# Calibrated on the dev split of the SQuAD RAG benchmark (benchmarks/reader_rag.py --calibrate): the reader's
+# best span score (span minus "no answer" logit) below this means no passage supports an answer.
+DEFAULT_READER_THRESHOLD = 0.0
+
 RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
+ANSWER_MODES = ("guided", "generate", "extract")
 
 # Fields that are passed to the generator as sampling options (model.sampling.SamplingParams).
 SAMPLING_FIELDS = (
@@ -70,6 +76,10 @@ class Settings:
     device: str | None = None           # "cpu", "cuda", ...; None = CUDA when available
     dtype: str | None = None            # "float32", "bfloat16"; None = the device's default
     quantize: str | None = "auto"       # generator weights: auto (int4 on CPU for Q4 GGUF), none, int8, int4
+    reader: Path | None = None          # evidence reader folder; None = assistant/data/reader
+    use_reader: bool = True             # False = no reader (`--no-reader`): answers as in `generate` mode
+    answer_mode: str = "guided"         # guided | generate | extract (see assistant/evidence.py)
+    reader_threshold: float = DEFAULT_READER_THRESHOLD  # reader score below this: no passage answers; refuse
     # Retrieval and prompt.
     k: int = 4                          # passages given to the model
     retrieval_mode: str = "hybrid"      # hybrid | dense | lexical
@@ -128,6 +138,8 @@ class Settings:
 
     def validate(self) -> None:
         """Raise SettingsError for values that cannot work."""
+        if self.answer_mode not in ANSWER_MODES:
+            raise SettingsError(f"answer_mode must be one of {ANSWER_MODES}, not {self.answer_mode!r}")
         if self.retrieval_mode not in RETRIEVAL_MODES:
             raise SettingsError(f"retrieval_mode must be one of {RETRIEVAL_MODES}, not {self.retrieval_mode!r}")
         if not 1 <= self.k <= 50:
@@ -157,6 +169,19 @@ class Settings:
         if (DEFAULT_ADAPTER / "adapter.safetensors").exists():
             return DEFAULT_ADAPTER
         _log_once("no adapter found in %s; running the base model without one", DEFAULT_ADAPTER)
+        return None
+
+    def reader_path(self) -> Path | None:
+        """The reader folder to load, or None (disabled, or the default one is not shipped)."""
+        if not self.use_reader:
+            return None
+        if self.reader is not None:
+            if not Path(self.reader).exists():
+                raise SettingsError(f"reader folder {self.reader} does not exist; fix the path or use --no-reader")
+            return Path(self.reader)
+        if (DEFAULT_READER / "reader.safetensors").exists():
+            return DEFAULT_READER
+        _log_once("no reader found in %s; answers are written by the generator alone", DEFAULT_READER)
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,6 +301,15 @@ def add_arguments(parser: Any, *, source: bool = True, model: bool = True, sampl
         group.add_argument("--adapter", metavar="DIR", help="LoRA adapter folder (default assistant/data/adapter)")
         group.add_argument("--no-adapter", dest="use_adapter", action="store_const", const=False,
                            help="run the base model without the fine-tuned adapter")
+        group.add_argument("--answer-mode", choices=ANSWER_MODES,
+                           help="guided (default): the reader finds the evidence, the generator words it, a check "
+                                "keeps it true; extract: the evidence itself; generate: the generator alone")
+        group.add_argument("--reader", metavar="DIR", help="evidence reader folder (default assistant/data/reader)")
+        group.add_argument("--no-reader", dest="use_reader", action="store_const", const=False,
+                           help="no evidence reader: the generator answers from the passages alone")
+        group.add_argument("--reader-threshold", type=float, metavar="SCORE",
+                           help="refuse when the reader's best span scores below this (calibrated default: "
+                                f"{DEFAULT_READER_THRESHOLD})")
         group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
         group.add_argument("--quantize", choices=["auto", "none", "int8", "int4"],
                            help="weight-only quantised generator (default auto: int4 on CPU for a Q4 GGUF)")

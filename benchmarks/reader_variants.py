@@ -33,6 +33,27 @@ VARIANTS = {
 }
 
 
+def _plan_steps(args, v, encoder, data, task, device, budget_s, epoch_steps):
+    """Steps that fit the time budget (timed on a throw-away copy), at most --epochs epochs."""
+    from model.reader import Reader, ReaderConfig
+    from model.train import Trainer, TrainConfig
+
+    probe = Trainer(Reader.new(encoder, ReaderConfig(own_layers=v["own_layers"], lora_rank=v["lora_rank"])).model,
+                    data.examples, None, TrainConfig(max_steps=12, batch_size=args.batch_size, lr=v["lr"],
+                                                     progress=False, device=str(device)), task=task)
+    probe.train(until_step=4)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tick = time.perf_counter()
+    probe.train(until_step=12)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    per_step = (time.perf_counter() - tick) / 8
+    del probe
+    steps = max(10, min(int(args.epochs * epoch_steps), int(budget_s / per_step)))
+    return steps, per_step
+
+
 def main() -> int:
     from assistant.reader_training import (DataConfig, build_training_examples, evaluate_answerability,
                                            evaluate_reader, reader_splits)
@@ -49,8 +70,11 @@ def main() -> int:
     ap.add_argument("--variants", default="top3lora:240,lora:90,top3:90", help="name:seconds,...")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=None, help="fixed step count (no timing probe); the budget "
+                    "still stops the run")
     ap.add_argument("--max-questions", type=int, default=None)
     ap.add_argument("--eval-questions", type=int, default=1000)
+    ap.add_argument("--eval-windows", type=int, default=512, help="dev windows for the periodic held-out loss")
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-retrieved-negatives", action="store_true")
     args = ap.parse_args()
@@ -84,25 +108,16 @@ def main() -> int:
         reader = Reader.new(encoder, ReaderConfig(own_layers=v["own_layers"], lora_rank=v["lora_rank"]))
         task = SpanTask(encoder.model.config.pad_token_id)
         n_params = reader.num_parameters()
-        # Plan the schedule: time a few steps on a throw-away copy of this variant.
-        probe = Trainer(Reader.new(encoder, ReaderConfig(own_layers=v["own_layers"], lora_rank=v["lora_rank"])).model,
-                        data.examples, None, TrainConfig(max_steps=12, batch_size=args.batch_size, lr=v["lr"],
-                                                         progress=False, device=str(device)), task=task)
-        probe.train(until_step=4)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        tick = time.perf_counter()
-        probe.train(until_step=12)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        per_step = (time.perf_counter() - tick) / 8
-        del probe
         epoch_steps = len(data.examples) // args.batch_size
-        steps = max(10, min(int(args.epochs * epoch_steps), int(budget_s / per_step)))
+        if args.steps:
+            steps = args.steps
+            per_step = float("nan")
+        else:
+            steps, per_step = _plan_steps(args, v, encoder, data, task, device, budget_s, epoch_steps)
         config = TrainConfig(max_steps=steps, batch_size=args.batch_size, lr=v["lr"], warmup_steps=max(1, steps // 20),
                              min_lr_ratio=0.05, weight_decay=0.01, eval_every=max(1, steps // 4),
-                             eval_examples=512, save_every=0, progress=False, device=str(device),
-                             time_limit_s=budget_s * 1.3)
+                             eval_examples=args.eval_windows, save_every=0, progress=False, device=str(device),
+                             time_limit_s=budget_s)
         print(f"[{name}] {n_params / 1e6:.2f}M params; {per_step * 1000:.1f} ms/step -> {steps} steps "
               f"({steps * args.batch_size / len(data.examples):.2f} epochs)", flush=True)
         trainer = Trainer(reader.model, data.examples, dev_data.examples, config, out_dir=Path(args.work) / name,
@@ -112,7 +127,7 @@ def main() -> int:
         minutes = (time.perf_counter() - started) / 60
         reader.model.eval()
         scores = evaluate_reader(reader, by_split["test"], limit=args.eval_questions)
-        answerability = evaluate_answerability(reader, by_split["dev"], rows, limit=300)
+        answerability = evaluate_answerability(reader, by_split["dev"], rows, limit=min(300, args.eval_questions))
         metrics = {"variant": name, "params": n_params, "fp16_mb": n_params * 2 / 1e6, "steps": result.step,
                    "examples_seen": result.step * args.batch_size, "train_minutes": minutes,
                    "final_train_loss": result.train_loss[-1][1] if result.train_loss else None,

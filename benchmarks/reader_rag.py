@@ -1,0 +1,216 @@
+"""End-to-end RAG benchmark on held-out SQuAD articles: the product indexes a folder of their paragraphs, then
+answers questions in each answer mode (guided, generate, extract), side by side.
+
+    python benchmarks/reader_rag.py --split test --modes guided,extract,generate     # the reported numbers
+    python benchmarks/reader_rag.py --split dev --calibrate                           # the reader threshold
+
+The articles are those neither the reader nor the shipped generator adapter was trained on
+(assistant.reader_training.reader_splits: the adapter's 40 held-out articles, split 15 dev / 25 test).
+- The folder: one text file per paragraph of the split's articles (`<article>/<nnn>.txt`), minus the gold
+  paragraphs of the unanswerable questions.
+- Answerable questions (>= 300): their gold paragraph is in the folder.
+- Unanswerable questions (>= 100): their gold paragraph is left out, and no paragraph in the folder contains
+  the (normalised) answer.
+The folder is indexed with the product's own sync (encoder, chunker, FAISS + BM25), cached under
+~/.cache/assistant/bench/.
+
+Metrics: retrieval recall@k (a passage from the gold paragraph's file among those retrieved), answer accuracy
+(normalised gold answer contained in the answer), token F1 (SQuAD), mean answer length in words, citation
+precision (cited passages that contain the answer), citing rate (answered answerable questions that cite),
+refusal accuracy (unanswerable refused), false-refusal rate (answerable refused), median time to first token and
+total. `--calibrate` runs retrieval + reader only and prints the reader threshold that maximises refusal accuracy
+with false refusals held at or under 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def build_benchmark(rows, titles, n_answerable: int, n_unanswerable: int, seed: int = 0):
+    """(paragraph files {relative path: text}, questions [{question, answer, gold_file|None}])."""
+    from assistant.training_data import normalize_answer
+
+    rng = random.Random(f"reader-rag-{seed}")
+    wanted = set(titles)
+    paragraphs: dict[str, str] = {}
+    file_of: dict[str, str] = {}
+    for row in rows:
+        if row.title in wanted and row.context not in file_of:
+            n = sum(1 for f in file_of.values() if f.startswith(row.title + "/"))
+            name = f"{row.title}/{n:03d}.txt"
+            file_of[row.context] = name
+            paragraphs[name] = row.context
+    normalized = {name: f" {normalize_answer(text)} " for name, text in paragraphs.items()}
+    questions = [r for r in rows if r.title in wanted]
+    rng.shuffle(questions)
+    # Unanswerable: leave out a paragraph; keep its questions whose answer no other paragraph contains.
+    left_out: set[str] = set()
+    unanswerable = []
+    for row in questions:
+        if len(unanswerable) >= n_unanswerable:
+            break
+        name = file_of[row.context]
+        gold = f" {normalize_answer(row.answer)} "
+        if not normalize_answer(row.answer) or any(gold in normalized[f] for f in paragraphs if f != name):
+            continue
+        left_out.add(name)
+        unanswerable.append(row)
+    # Questions of a left-out paragraph that are answerable elsewhere would be ambiguous: skip them.
+    unanswerable = [r for r in unanswerable
+                    if not any(f" {normalize_answer(r.answer)} " in normalized[f] for f in paragraphs
+                               if f not in left_out)]
+    answerable = [r for r in questions if file_of[r.context] not in left_out][:n_answerable]
+    files = {name: text for name, text in paragraphs.items() if name not in left_out}
+    items = [{"question": r.question, "answer": r.answer, "gold_file": file_of[r.context]} for r in answerable]
+    items += [{"question": r.question, "answer": r.answer, "gold_file": None} for r in unanswerable]
+    return files, items
+
+
+def write_folder(folder: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+    keep = {folder / name for name in files}
+    for path in folder.rglob("*.txt"):
+        if path not in keep:
+            path.unlink()
+
+
+def score(items, answers, k: int) -> dict:
+    from assistant.training_data import answer_in, token_f1
+
+    answerable = [(q, a) for q, a in zip(items, answers) if q["gold_file"]]
+    unanswerable = [(q, a) for q, a in zip(items, answers) if not q["gold_file"]]
+    recall = sum(any(s.path == q["gold_file"] for s in a.sources) for q, a in answerable) / max(len(answerable), 1)
+    answered = [(q, a) for q, a in answerable if not a.refused]
+    correct = sum(answer_in(q["answer"], a.text) for q, a in answerable if not a.refused)
+    f1 = sum(token_f1(a.text if not a.refused else "", q["answer"]) for q, a in answerable)
+    cited = [(q, s) for q, a in answered for s in a.cited_sources]
+    precise = sum(answer_in(q["answer"], s.text) for q, s in cited)
+    citing = sum(bool(a.citations) for q, a in answered)
+    words = [len(a.text.split()) for q, a in answered]
+    ttft = [a.timings.time_to_first_token_ms for a in answers if a.timings.time_to_first_token_ms is not None]
+    total = [a.timings.total_ms for a in answers]
+    return {
+        "answerable": len(answerable), "unanswerable": len(unanswerable), "k": k,
+        "recall_at_k": 100 * recall,
+        "accuracy": 100 * correct / max(len(answerable), 1),
+        "token_f1": f1 / max(len(answerable), 1),
+        "mean_words": statistics.mean(words) if words else 0.0,
+        "citation_precision": 100 * precise / max(len(cited), 1),
+        "citing_rate": 100 * citing / max(len(answered), 1),
+        "refusal_accuracy": 100 * sum(a.refused for q, a in unanswerable) / max(len(unanswerable), 1),
+        "false_refusals": 100 * sum(a.refused for q, a in answerable) / max(len(answerable), 1),
+        "ttft_median_ms": statistics.median(ttft) if ttft else None,
+        "total_median_ms": statistics.median(total) if total else None,
+        "fallbacks": sum(getattr(a, "fallback", False) for a in answers),
+    }
+
+
+def calibrate(bot, items, k: int) -> dict:
+    """Reader scores of the best evidence for answerable vs unanswerable questions; the best threshold."""
+    from assistant.evidence import evidence_from_spans
+
+    pos, neg = [], []
+    for item in items:
+        hits, _ = bot.retrieve(item["question"], k=k)
+        from assistant.pipeline import relevant_hits
+
+        hits = relevant_hits(hits, bot.settings.refusal_threshold, bot.settings.relative_floor)
+        texts = [h.text for h in hits]
+        spans = bot.reader.read(item["question"], texts)
+        ev = evidence_from_spans(spans, texts, list(range(1, len(texts) + 1)), item["question"])
+        s = ev[0].score if ev else -1e9
+        best_cos = max((h.dense_score or 0.0) for h in hits) if hits else 0.0
+        if best_cos < bot.settings.refusal_threshold:
+            s = -1e9  # refused before reading
+        (pos if item["gold_file"] else neg).append(s)
+    best = None
+    for t in sorted(set(pos + neg)):
+        fr = sum(p < t for p in pos) / len(pos)
+        ra = sum(n < t for n in neg) / len(neg)
+        if fr <= 0.10 and (best is None or ra > best["refusal_accuracy"] / 100):
+            best = {"threshold": t, "refusal_accuracy": 100 * ra, "false_refusals": 100 * fr}
+    return {"positives": len(pos), "negatives": len(neg), "best": best,
+            "at_0": {"refusal_accuracy": 100 * sum(n < 0 for n in neg) / len(neg),
+                     "false_refusals": 100 * sum(p < 0 for p in pos) / len(pos)}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", choices=("dev", "test"), default="test")
+    ap.add_argument("--modes", default="guided,extract,generate")
+    ap.add_argument("--answerable", type=int, default=300)
+    ap.add_argument("--unanswerable", type=int, default=100)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--limit", type=int, default=None, help="ask only the first N questions (smoke runs)")
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-adapter", action="store_true")
+    ap.add_argument("--reader-threshold", type=float, default=None)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from assistant.pipeline import Assistant
+    from assistant.reader_training import reader_splits
+    from assistant.settings import Settings
+    from assistant.training_data import load_squad
+    from model.sources import cache_dir
+
+    rows = load_squad()
+    titles = getattr(reader_splits(rows), args.split)
+    files, items = build_benchmark(rows, titles, args.answerable, args.unanswerable)
+    folder = cache_dir() / "bench" / f"squad-{args.split}"
+    write_folder(folder, files)
+    print(f"{args.split}: {len(files)} paragraph files from {len(titles)} articles; "
+          f"{sum(1 for i in items if i['gold_file'])} answerable + {sum(1 for i in items if not i['gold_file'])} "
+          f"unanswerable questions", flush=True)
+    rng = random.Random(0)
+    rng.shuffle(items)
+    if args.limit:
+        items = items[: args.limit]
+    settings = Settings.load({"k": args.k, "use_adapter": not args.no_adapter,
+                              "reader_threshold": args.reader_threshold})
+    tick = time.perf_counter()
+    bot = Assistant.from_folder(folder, settings=settings, progress=True)
+    print(f"index + models ready in {time.perf_counter() - tick:.0f} s", flush=True)
+    results: dict = {"split": args.split, "files": len(files), "threads": args.threads}
+    if args.calibrate:
+        results["calibration"] = calibrate(bot, items, args.k)
+        print(json.dumps(results["calibration"], indent=2))
+    else:
+        for mode in args.modes.split(","):
+            answers = []
+            tick = time.perf_counter()
+            for item in items:
+                answers.append(bot.ask(item["question"], answer_mode=mode))
+            results[mode] = score(items, answers, args.k)
+            results[mode]["seconds"] = time.perf_counter() - tick
+            print(mode, json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
+                                    for k, v in results[mode].items()}), flush=True)
+            results[mode + "_examples"] = [
+                {"question": q["question"], "gold": q["answer"], "answer": a.text, "refused": a.refused,
+                 "answerable": bool(q["gold_file"])} for q, a in list(zip(items, answers))[:40]]
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
