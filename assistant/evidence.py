@@ -36,7 +36,7 @@ _EXPLAIN = re.compile(
     r"role|idea|point))|in what way)\b",
     re.IGNORECASE,
 )
-_ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|Mr|Mrs|Ms|Dr|Prof|St|No|Fig|approx)|\b[A-Z])\.$")
+_ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|Mr|Mrs|Ms|Dr|Prof|St|No|Fig|approx))\.$")
 _CODE_CHARS = set("{}[]();=<>|_$#\\/*&^%`~")
 _SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?](?![\s\"')\]]|$))*(?:[.!?]+[\"')\]]*|\n|$)")
 

@@ -157,3 +157,27 @@ CORPUS = [
     ("rag.md", "Retrieval", "Retrieval-augmented generation retrieves passages from an index and gives them "
      "to the model, which answers from them and cites them."),
 ]
+
+
+class FakeReader:
+    """Stands in for model.reader.Reader: finds `answers` (substrings) in passages with score 4.0; in a passage
+    holding none of them, its 'best span' is the first word with score -3.0 (no answer). Records questions."""
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+        self.questions: list[str] = []
+
+    def read(self, question: str, passages: list[str]) -> list[Any]:
+        from model.reader import Span
+
+        self.questions.append(question)
+        spans = []
+        for i, text in enumerate(passages):
+            found = next((a for a in self.answers if a in text), None)
+            if found is not None:
+                start = text.index(found)
+                spans.append(Span(i, start, start + len(found), found, 4.0, -1.0, 0.9))
+            elif text.strip():
+                word = text.split()[0]
+                spans.append(Span(i, text.index(word), text.index(word) + len(word), word, -3.0, 2.0, 0.1))
+        return sorted(spans, key=lambda s: -s.score)
