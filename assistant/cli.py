@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "assistant.commands.eval",
     "assistant.commands.eval_retrieval",
     "assistant.commands.finetune",
+    "assistant.commands.train_reader",
     "assistant.commands.pretrain",
 )
 

@@ -89,19 +89,31 @@ def build_training_examples(rows: Sequence[QARow], titles: Sequence[str], window
         vectors = np.asarray(embed([r.question for r in questions]), dtype=np.float32)
         neighbours = pool.nearest(vectors, config.neighbours)
 
-    # Tokenise every paragraph and question once (the tokenizer batches in Rust).
+    # Tokenise each paragraph once, when first needed; the questions in one batch (the tokenizer batches in Rust).
     index_of = {context: i for i, (_, context) in enumerate(pool.paragraphs)}
-    tokens = windows.passage_tokens([context for _, context in pool.paragraphs])
+    token_cache: dict[int, Any] = {}
+
+    def tokens_of(i: int) -> Any:
+        if i not in token_cache:
+            token_cache[i] = windows.passage_tokens([pool.paragraphs[i][1]])[0]
+        return token_cache[i]
+
     q_ids = [e.ids[: windows.config.max_question_tokens]
              for e in windows.hf.encode_batch([r.question for r in questions], add_special_tokens=False)]
 
-    normalized = [f" {normalize_answer(context)} " for _, context in pool.paragraphs]  # for answer_in tests
+    normalized: dict[int, str] = {}  # normalised paragraph text, for answer-containment tests
+
+    def norm(i: int) -> str:
+        if i not in normalized:
+            normalized[i] = f" {normalize_answer(pool.paragraphs[i][1])} "
+        return normalized[i]
+
     out: list[Any] = []
     positives = negatives = 0
     for row, q, near in zip(questions, q_ids, neighbours):
         gold = index_of[row.context]
         answer_end = row.answer_start + len(row.answer)
-        for window in windows.windows(q, None, tokens=[tokens[gold]]):
+        for window in windows.windows(q, None, tokens=[tokens_of(gold)]):
             start, end = span_targets(window, row.answer_start, answer_end)
             out.append(SpanExample(window.input_ids, window.token_type_ids, start, end))
             positives += start > 0
@@ -112,7 +124,7 @@ def build_training_examples(rows: Sequence[QARow], titles: Sequence[str], window
         answer = f" {normalize_answer(row.answer)} "
 
         def usable(i: int) -> bool:
-            return i != gold and answer not in normalized[i]
+            return i != gold and answer not in norm(i)
 
         choice = None
         if near and rng.random() < config.retrieved_fraction:
@@ -122,7 +134,7 @@ def build_training_examples(rows: Sequence[QARow], titles: Sequence[str], window
             choice = rng.choice(same) if same else None
         if choice is None:
             continue
-        for window in windows.windows(q, None, tokens=[tokens[choice]]):
+        for window in windows.windows(q, None, tokens=[tokens_of(choice)]):
             out.append(SpanExample(window.input_ids, window.token_type_ids, 0, 0))
             negatives += 1
     return ReaderData(out, len(questions), positives, negatives, time.perf_counter() - started,

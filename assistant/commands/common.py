@@ -39,3 +39,14 @@ def print_sources(answer: Any, file: Any = None) -> None:
     print(title, file=file)
     for source in answer.sources:
         print(format_source(source), file=file)
+    for evidence in getattr(answer, "evidence", None) or ():
+        print(format_evidence(evidence), file=file)
+
+
+def format_evidence(evidence: Any) -> str:
+    """`Evidence [2] (score 4.1): "exact words" in "...its sentence..."` for the terminal."""
+    sentence = " ".join(evidence.sentence.split())
+    if len(sentence) > 240:
+        sentence = sentence[:239] + "…"
+    return (f"Evidence [{evidence.passage}] (score {evidence.score:.1f}, characters {evidence.start}-{evidence.end}): "
+            f"\"{evidence.text}\" in \"{sentence}\"")
