@@ -228,6 +228,8 @@ class ChatApp:
         if done:
             lines.append("Indexed: " + ", ".join(as_code(p) for p in done)
                          + f" ({report.chunks_embedded} passages embedded).")
+        for path, note in getattr(report, "notes", []):
+            lines.append(f"Note on {as_code(path)}: {as_text(note)}.")
         for path, reason in report.skipped:
             lines.append(f"⚠ Could not index {as_code(path)}: {as_text(reason)}. Nothing already indexed was changed.")
         return "\n\n".join(lines) or "Nothing to index.", self.status()

@@ -172,3 +172,21 @@ def test_almost_utf8_text_is_read_with_a_note_and_binary_is_skipped(tmp_path):
     assert "note: damaged.txt: not valid UTF-8" in report.summary()
     assert "binary" in dict(report.skipped)["blob.txt"]
     _assert_good_ones_indexed(report, tmp_path / "index")
+
+
+def test_cli_indexes_a_file_with_a_few_bad_bytes_and_skips_a_binary_one(tmp_path, monkeypatch, capsys):
+    from assistant.cli import main
+
+    monkeypatch.setattr("model.encoder.Encoder.load", lambda *a, **k: HashingEncoder())
+    docs = _good_folder(tmp_path)
+    (docs / "few-bad-bytes.md").write_bytes("# Notes\n\nThe jade cricket sings. ".encode() * 30 + b"\xfe\xff\x80"
+                                             + "Ende, schön.\n".encode())
+    (docs / "binary.txt").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 20)
+    code = main(["index", str(docs), "--index", str(tmp_path / "index"), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "note: few-bad-bytes.md: not valid UTF-8: 3 bad bytes shown as \ufffd" in out
+    assert "binary.txt: binary file" in out
+    hits = Retriever(tmp_path / "index", HashingEncoder()).search("jade cricket sings", k=1)
+    assert hits[0].path == "few-bad-bytes.md" and "\ufffd" in "".join(
+        h.text for h in Retriever(tmp_path / "index", HashingEncoder()).search("jade cricket", k=5))

@@ -152,3 +152,8 @@ def test_the_gradio_upload_handler_reports_hostile_and_refused_names(tmp_path):
     assert {p.name for p in (tmp_path / "index" / "uploads").iterdir()} == {"evil.md", "fine.md"}
     assert "3 files" in status
     assert os.listdir(incoming)  # the sources are only read
+    damaged = incoming / "damaged.md"
+    damaged.write_bytes("# Damaged\n\nMostly fine text about schöne amber moths. ".encode() * 20 + b"\xff\xfe")
+    message, _ = app.upload([str(damaged)])
+    assert "Indexed: `@uploads/damaged.md`" in message
+    assert "Note on `@uploads/damaged.md`: not valid UTF-8: 2 bad bytes shown as \ufffd." in message
