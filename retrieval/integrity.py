@@ -244,7 +244,7 @@ def repair_index(folder: str | Path, index_path: str | Path, encoder, *, chunker
     old (damaged) database; the new index replaces the old one only when complete. Uploads are kept."""
     from retrieval.chunking import ChunkerSettings
     from retrieval.store import SETTINGS_NAME, SQLITE_NAME, IndexSettings, IndexStore, WriterLock
-    from retrieval.sync import UPLOADS_DIR, index_settings, sync_folder
+    from retrieval.sync import UPLOADS_DIR, index_settings, swap_in, sync_folder
 
     folder, index_path = Path(folder), Path(index_path)
     db = index_path / SQLITE_NAME
@@ -283,11 +283,7 @@ def repair_index(folder: str | Path, index_path: str | Path, encoder, *, chunker
             live = {(row.sha256, row.kind) for row in store.documents().values()}
         finally:
             store.close()
-        damaged = index_path.with_name(index_path.name + ".damaged")
-        shutil.rmtree(damaged, ignore_errors=True)
-        os.replace(index_path, damaged)
-        os.replace(fresh, index_path)
-        shutil.rmtree(damaged, ignore_errors=True)
+        swap_in(fresh, index_path, aside=".damaged")
     report.index_path = str(index_path)
     return RepairReport(report, damage, len(salvage), sum(len(c) for c, _ in salvage.values()),
                         len(live & set(salvage)), notes)

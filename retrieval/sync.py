@@ -223,13 +223,18 @@ def _rebuild(folder: Path, index_path: Path, encoder, settings: IndexSettings, *
             shutil.copytree(index_path / UPLOADS_DIR, fresh / UPLOADS_DIR)
         chunker = ChunkerSettings(**settings.chunker)
         report = sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss, **kw)
-        old = index_path.with_name(index_path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(index_path, old)
-        os.replace(fresh, index_path)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(fresh, index_path)
     report.index_path = str(index_path)
     return report
+
+
+def swap_in(fresh: Path, index_path: Path, aside: str = ".old") -> None:
+    """Put the complete index folder `fresh` where `index_path` is (the old one goes aside, then away)."""
+    old = index_path.with_name(index_path.name + aside)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(index_path, old)
+    os.replace(fresh, index_path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
