@@ -190,3 +190,28 @@ def test_cli_indexes_a_file_with_a_few_bad_bytes_and_skips_a_binary_one(tmp_path
     hits = Retriever(tmp_path / "index", HashingEncoder()).search("jade cricket sings", k=1)
     assert hits[0].path == "few-bad-bytes.md" and "\ufffd" in "".join(
         h.text for h in Retriever(tmp_path / "index", HashingEncoder()).search("jade cricket", k=5))
+
+
+def test_a_parser_process_that_dies_becomes_a_skip_reason(tmp_path, monkeypatch):
+    import os
+    import signal
+    import threading
+
+    docs = _good_folder(tmp_path)
+    (docs / "dies.html").write_text("<html><body><p>KILL-THE-PARSER</p></body></html>")
+    monkeypatch.setenv(HANG_MARKER_ENV, "KILL-THE-PARSER")
+    worker = ParserWorker()
+    try:
+        def kill_soon():
+            deadline = time.monotonic() + 20
+            while worker._proc is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            os.kill(worker._proc.pid, signal.SIGKILL)  # as if the parser crashed in C code or hit the memory limit
+
+        threading.Thread(target=kill_soon, daemon=True).start()
+        with pytest.raises(SkipFile, match="the HTML parser crashed on this file"):
+            load_file(docs / "dies.html", docs, limits=LoadLimits(parse_seconds=30.0), worker=worker)
+        assert "Lavender badgers" in load_file(docs / "memo.docx", docs, worker=worker).text  # a new worker
+    finally:
+        worker.close()
