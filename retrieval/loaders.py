@@ -303,7 +303,7 @@ def load_file(entry: FileEntry | str | Path, root: str | Path | None = None,
         raise SkipFile(f"too large (grew past the limit of {_size(limits.max_bytes, 2)} while being read)")
     sha = hashlib.sha256(raw).hexdigest()
     kind = entry.kind
-    if kind in _WORKER_KINDS and limits.parse_seconds:
+    if kind in _WORKER_KINDS and limits.parse_seconds and os.name == "posix":  # (the worker needs select() on pipes)
         text, pages, headings, note = (worker or shared_worker()).parse(kind, raw, limits)
     else:
         text, pages, headings, note = parse_bytes(kind, raw, limits)
@@ -608,6 +608,7 @@ def _join_blocks(blocks: list[tuple[str, int]]) -> tuple[str, list[tuple[int, in
 # Tests make the worker hang on files whose bytes contain this marker (a stand-in for a parser that never
 # returns on a crafted file). Read from the parent's environment at each request.
 HANG_MARKER_ENV = "ASSISTANT_TEST_PARSER_HANG"
+WORKER_START_SECONDS = 120.0
 _HEADER = struct.Struct("<Q")
 
 
@@ -640,6 +641,11 @@ class ParserWorker:
                 if self._proc is not None:
                     self.restarts += 1
                 self._proc = self._start(limits)
+                try:  # its start-up (importing the parsers) does not count against a file's time limit
+                    self._read(self._proc, time.monotonic() + WORKER_START_SECONDS, limits)
+                except (TimeoutError, OSError, EOFError):
+                    self._kill()
+                    raise SkipFile("the parser process did not start (see retrieval.loaders.ParserWorker)") from None
             proc = self._proc
             request = pickle.dumps((kind, raw, limits.to_dict(), os.environ.get(HANG_MARKER_ENV, "")),
                                    protocol=pickle.HIGHEST_PROTOCOL)
@@ -744,6 +750,13 @@ def _worker_loop(memory_limit: int = 0) -> None:
             pass
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a library that prints must not corrupt the replies
+    for module in ("pypdf", "docx", "bs4"):  # imported before the first file's clock starts
+        try:
+            __import__(module)
+        except Exception:  # noqa: BLE001 - the parse itself reports a missing parser
+            pass
+    stdout.write(_HEADER.pack(0))  # ready
+    stdout.flush()
     while True:
         header = stdin.read(_HEADER.size)
         if len(header) < _HEADER.size:

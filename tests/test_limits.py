@@ -7,6 +7,7 @@ its parser hang (the worker process is killed), almost-UTF-8 text (read, with a 
 from __future__ import annotations
 
 import io
+import re
 import struct
 import time
 import zipfile
@@ -88,7 +89,7 @@ def test_docx_zip_bombs_are_stopped_before_unpacking(tmp_path):
     skipped = dict(report.skipped)
     assert "unpacks to too much" in skipped["claims.docx"] and "ZIP bomb" in skipped["claims.docx"]
     assert "GB > limit 64.0 MB" in skipped["claims.docx"]
-    assert "unpacks to too much (70.0 MB > limit 64.0 MB" in skipped["real.docx"]
+    assert re.match(r"unpacks to too much \(70\.\d MB > limit 64\.0 MB; a ZIP bomb\?\)", skipped["real.docx"])
     assert time.perf_counter() - started < 30
     _assert_good_ones_indexed(report, tmp_path / "index")
     # the ratio check alone catches a bomb under the total limit
@@ -202,12 +203,12 @@ def test_a_parser_process_that_dies_becomes_a_skip_reason(tmp_path, monkeypatch)
     monkeypatch.setenv(HANG_MARKER_ENV, "KILL-THE-PARSER")
     worker = ParserWorker()
     try:
+        assert "Lavender badgers" in load_file(docs / "memo.docx", docs, worker=worker).text  # worker started
+        pid = worker._proc.pid
+
         def kill_soon():
-            deadline = time.monotonic() + 20
-            while worker._proc is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)
-            os.kill(worker._proc.pid, signal.SIGKILL)  # as if the parser crashed in C code or hit the memory limit
+            time.sleep(1.0)
+            os.kill(pid, signal.SIGKILL)  # as if the parser crashed in C code or hit the memory limit
 
         threading.Thread(target=kill_soon, daemon=True).start()
         with pytest.raises(SkipFile, match="the HTML parser crashed on this file"):
