@@ -67,7 +67,10 @@ def check_sqlite(db: str | Path, force: bool = False) -> None:
         with contextlib.suppress(OSError, ValueError):
             if json.loads(stamp_file.read_text()) == stamp:
                 return
-    problem = sqlite_problem(db)
+    try:
+        problem = sqlite_problem(db)
+    except sqlite3.OperationalError:  # locked, read-only, ...: not a verdict on the file; check next time
+        return
     if problem:
         raise IndexCorruptError(f"the index database {db} is damaged ({problem}). " + repair_hint(db))
     with contextlib.suppress(OSError):  # a read-only index is simply checked again next time
@@ -77,7 +80,8 @@ def check_sqlite(db: str | Path, force: bool = False) -> None:
 
 
 def sqlite_problem(db: Path) -> str | None:
-    """What is wrong with the database file, in words, or None when it looks sound."""
+    """What is wrong with the database file, in words, or None when it looks sound. Raises
+    sqlite3.OperationalError when it cannot tell (the database is locked or cannot be opened for reading)."""
     try:
         with open(db, "rb") as fh:
             head = fh.read(100)
@@ -95,7 +99,11 @@ def sqlite_problem(db: Path) -> str | None:
         rows = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
         if rows != ["ok"]:
             return "quick_check: " + "; ".join(str(r)[:120] for r in rows)
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.OperationalError as exc:
+        if "malformed" in str(exc) or "not a database" in str(exc):
+            return str(exc)
+        raise
+    except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB
         return str(exc)
     finally:
         if conn is not None:
@@ -257,7 +265,10 @@ def repair_index(folder: str | Path, index_path: str | Path, encoder, *, chunker
         settings.chunker, settings.faiss = old_settings.chunker, old_settings.faiss
     index_path.mkdir(parents=True, exist_ok=True)
     with WriterLock(index_path), disk_full_guard(index_path):
-        damage = sqlite_problem(db) if db.exists() else "missing"
+        try:
+            damage = sqlite_problem(db) if db.exists() else "missing"
+        except sqlite3.OperationalError as exc:
+            damage = f"could not be checked: {exc}"
         salvage: dict = {}
         if db.exists():
             if old_settings is not None and old_settings.mismatch(settings) is None:
