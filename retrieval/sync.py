@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -28,7 +29,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from retrieval.chunking import Chunk, ChunkerSettings, chunk_document
-from retrieval.errors import RetrievalError
+from retrieval.errors import IndexLockedError, RetrievalError
 from retrieval.integrity import disk_full_guard
 from retrieval.loaders import (DEFAULT_MAX_FILE_BYTES, Document, FileEntry, LoadLimits, SkipFile, kind_for,
                                load_file, scan_folder, size_vs_limit)
@@ -151,11 +152,12 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
 def add_files(paths: Iterable[str | Path], index_path: str | Path, encoder, *, progress: bool = False,
               max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, on_progress: ProgressCallback | None = None,
               chunker: ChunkerSettings | None = None, batch_size: int = 32, names: Sequence[str] | None = None,
-              limits: LoadLimits | None = None) -> SyncReport:
+              limits: LoadLimits | None = None, lock_wait: float = 30.0) -> SyncReport:
     """Add uploaded files to an index (creating it if needed): each is copied into `<index>/uploads/`
     and indexed as "@uploads/<file name>". A file with the name of an earlier upload replaces it (and
     nothing else). `names[i]`, when given, is the name `paths[i]` was uploaded under (default: its own
-    name); it is sanitised by `retrieval.uploads.safe_upload_name`, so it never leads out of the folder."""
+    name); it is sanitised by `retrieval.uploads.safe_upload_name`, so it never leads out of the folder.
+    While another writer (a sync) holds the index, waits up to `lock_wait` seconds before IndexLockedError."""
     index_path = Path(index_path)
     paths = [Path(p) for p in paths]
     names = list(names) if names is not None else [p.name for p in paths]
@@ -163,7 +165,7 @@ def add_files(paths: Iterable[str | Path], index_path: str | Path, encoder, *, p
         raise RetrievalError(f"add_files got {len(paths)} files but {len(names)} names")
     settings = index_settings(encoder, chunker)
     index_path.mkdir(parents=True, exist_ok=True)
-    with WriterLock(index_path), disk_full_guard(index_path):
+    with _writer_lock(index_path, lock_wait), disk_full_guard(index_path):
         store = _open_or_create(index_path, settings)
         try:
             uploads = index_path / UPLOADS_DIR
@@ -206,6 +208,25 @@ def add_files(paths: Iterable[str | Path], index_path: str | Path, encoder, *, p
             return report
         finally:
             store.close()
+
+
+@contextlib.contextmanager
+def _writer_lock(index_path: Path, wait: float):
+    """The index's WriterLock, waiting up to `wait` seconds for another writer to finish."""
+    lock = WriterLock(index_path)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            lock.acquire()
+            break
+        except IndexLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def _printable(name: str) -> str:

@@ -196,6 +196,7 @@ def test_chat_sessions_during_uploads_edits_deletes_and_resyncs(tmp_path):
     chats = [r for k, r in outcomes if k == "chat"]
     assert len(chats) >= SESSIONS * 3, f"too few chat requests finished: {len(chats)}"
     counts = {(k, r): sum(1 for o in outcomes if o == (k, r)) for k, r in set(outcomes)}
+    print("soak outcomes:", sorted(counts.items()))
     assert len(limited) < 0.05 * len(outcomes), counts
     assert any(k == "upload" and r == "ok" for k, r in outcomes) and any(k == "sync" and r == "ok" for k, r in outcomes)
 

@@ -157,3 +157,27 @@ def test_the_gradio_upload_handler_reports_hostile_and_refused_names(tmp_path):
     message, _ = app.upload([str(damaged)])
     assert "Indexed: `@uploads/damaged.md`" in message
     assert "Note on `@uploads/damaged.md`: not valid UTF-8: 2 bad bytes shown as \ufffd." in message
+
+
+def test_an_upload_waits_for_a_running_sync_instead_of_failing(tmp_path):
+    import threading
+    import time
+
+    from retrieval.errors import IndexLockedError
+    from retrieval.store import WriterLock
+
+    encoder = HashingEncoder()
+    index = tmp_path / "index"
+    note = tmp_path / "note.md"
+    note.write_text("# Note\n\nA short note about amber walruses.\n")
+    add_files([note], index, encoder)
+    lock = WriterLock(index).acquire()  # as a sync would hold it (flock: per open file, so in-process works)
+    try:
+        with pytest.raises(IndexLockedError, match="another process"):
+            add_files([note], index, encoder, lock_wait=0.3)
+        threading.Timer(1.0, lock.release).start()
+        started = time.monotonic()
+        report = add_files([note], index, encoder)
+        assert report.unchanged == ["@uploads/note.md"] and 0.8 < time.monotonic() - started < 20
+    finally:
+        lock.release()
