@@ -399,7 +399,7 @@ class IndexStore:
         try:
             index = faiss.read_index(str(file))
         except RuntimeError as exc:
-            warn_rebuilt("the FAISS file", file, f"is unreadable ({str(exc).strip().splitlines()[-1][:100]})")
+            warn_rebuilt("the FAISS file", file, f"is unreadable ({(str(exc).strip().splitlines() or ['?'])[-1][:100]})")
             return self._faiss_from_sqlite()
         if index.d != self.settings.dim:
             warn_rebuilt("the FAISS file", file, f"holds {index.d}-d vectors, not {self.settings.dim}-d")
