@@ -103,12 +103,18 @@ def test_add_files_never_writes_outside_uploads_and_same_name_replaces_only_that
     assert retriever.search("granite owls", k=1)[0].path == "escape.md"
 
 
-def test_size_and_type_limits_are_clear_and_keep_earlier_uploads(tmp_path):
+def _index_with_one_upload(tmp_path):
+    """An index holding one upload, note.md; returns (encoder, index, the uploaded file)."""
     encoder = HashingEncoder()
     index = tmp_path / "index"
-    small = tmp_path / "note.md"
-    small.write_text("# Note\n\nA short note about amber walruses.\n")
-    add_files([small], index, encoder)
+    note = tmp_path / "note.md"
+    note.write_text("# Note\n\nA short note about amber walruses.\n")
+    add_files([note], index, encoder)
+    return encoder, index, note
+
+
+def test_size_and_type_limits_are_clear_and_keep_earlier_uploads(tmp_path):
+    encoder, index, _ = _index_with_one_upload(tmp_path)
     big = tmp_path / "big" / "note.md"
     big.parent.mkdir()
     big.write_bytes(b"a few words. " * 90_000)  # ~1.1 MB
@@ -166,11 +172,7 @@ def test_an_upload_waits_for_a_running_sync_instead_of_failing(tmp_path):
     from retrieval.errors import IndexLockedError
     from retrieval.store import WriterLock
 
-    encoder = HashingEncoder()
-    index = tmp_path / "index"
-    note = tmp_path / "note.md"
-    note.write_text("# Note\n\nA short note about amber walruses.\n")
-    add_files([note], index, encoder)
+    encoder, index, note = _index_with_one_upload(tmp_path)
     lock = WriterLock(index).acquire()  # as a sync would hold it (flock: per open file, so in-process works)
     try:
         with pytest.raises(IndexLockedError, match="another process"):
