@@ -15,6 +15,7 @@ its evaluated annotation.)
 import html
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,22 @@ CSS = """
 
 
 # ---------------------------------------------------------------------- rendering (pure, testable)
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)
+
+
+def as_text(text: str) -> str:
+    """Markdown whose raw HTML shows as text: `<`, `>` and `&` escaped outside code (code shows them as they are).
+    Documents and model output pass through here, so HTML in them can neither run nor change the layout."""
+    parts = _CODE.split(text or "")
+    return "".join(part if i % 2 else html.escape(part, quote=False) for i, part in enumerate(parts))
+
+
+def as_code(text: str) -> str:
+    """`text` as a Markdown code span, whatever backticks it holds."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if "`" in text else f"`{text}`"
+
+
 def source_title(source: Source) -> str:
     """The one-line header of a source box: number, file, heading/page, score, whether it is cited."""
     cos = "" if source.dense_score is None else f" · similarity {source.dense_score:.2f}"
@@ -46,8 +63,8 @@ def render_messages(turns: list[dict]) -> list[dict]:
     (Gradio renders messages with a metadata title as expandable boxes)."""
     messages: list[dict] = []
     for turn in turns:
-        messages.append({"role": "user", "content": turn["question"]})
-        answer = turn.get("answer", "")
+        messages.append({"role": "user", "content": as_text(turn["question"])})
+        answer = as_text(turn.get("answer", ""))
         if turn.get("pending") and not answer:
             answer = "…"
         if turn.get("note"):
@@ -60,7 +77,7 @@ def render_messages(turns: list[dict]) -> list[dict]:
             messages.append({
                 "role": "assistant",
                 "content": html.escape(source["snippet"]),
-                "metadata": {"title": source["title"], "status": "done"},
+                "metadata": {"title": as_text(source["title"]), "status": "done"},
             })
     return messages
 
@@ -209,10 +226,12 @@ class ChatApp:
         done = [*report.added, *report.updated, *[new for new, _ in report.renamed],
                 *[new for new, _ in report.duplicates], *report.unchanged]
         if done:
-            lines.append("Indexed: " + ", ".join(f"`{p}`" for p in done)
+            lines.append("Indexed: " + ", ".join(as_code(p) for p in done)
                          + f" ({report.chunks_embedded} passages embedded).")
+        for path, note in getattr(report, "notes", []):
+            lines.append(f"Note on {as_code(path)}: {as_text(note)}.")
         for path, reason in report.skipped:
-            lines.append(f"⚠ Could not index `{path}`: {reason}. Nothing already indexed was changed.")
+            lines.append(f"⚠ Could not index {as_code(path)}: {as_text(reason)}. Nothing already indexed was changed.")
         return "\n\n".join(lines) or "Nothing to index.", self.status()
 
 

@@ -19,3 +19,11 @@ class IndexLockedError(RetrievalError):
 
 class IndexNotFoundError(RetrievalError):
     """No index exists at the given path."""
+
+
+class IndexCorruptError(RetrievalError):
+    """The index's SQLite database (the source of truth) is damaged; `assistant index DIR --repair` fixes it."""
+
+
+class DiskFullError(RetrievalError):
+    """The disk filled up while the index was being written; the previous index was kept."""

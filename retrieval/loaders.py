@@ -7,20 +7,37 @@ detects. A file that cannot be read never stops a scan: it becomes a `Skipped(pa
 Hidden files and folders (names starting with ".", such as .git) are ignored silently. Symbolic links are
 never followed (that is how loops and escapes from the folder are avoided); each one is reported with a
 reason instead.
+
+Per-file limits (`LoadLimits`) keep one hostile or broken file from stalling or exhausting an indexing run:
+bytes on disk, bytes a DOCX (a ZIP archive) expands to, PDF pages, characters of text, and parse time.
+PDF, DOCX and HTML are parsed in a separate worker process (`ParserWorker`) that is killed and restarted
+when a file takes longer than the time limit, so a file that makes its parser hang becomes a skip reason.
+Text that is almost all valid UTF-8 (at least 98% of its bytes, no NUL byte) is read with U+FFFD in place
+of the bad bytes, and the `Document` says so in `note`; binary files stay skipped.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import logging
 import os
+import pickle
 import re
+import select
 import stat
-from dataclasses import dataclass, field
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
+MIB = 1024 * 1024
 
 MARKDOWN_EXTENSIONS = {".md", ".markdown", ".mdown", ".mkd"}
 RST_EXTENSIONS = {".rst", ".rest"}
@@ -62,6 +79,24 @@ class Document:
     mtime: float
     pages: list[tuple[int, int, int]] | None = None
     headings: list[tuple[int, int, str]] | None = None
+    note: str = ""  # something the user should know, e.g. "read as UTF-8 with 3 invalid bytes replaced"
+
+
+@dataclass
+class LoadLimits:
+    """Per-file limits. A file over any of them is skipped with a reason that names the limit."""
+
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES           # the file on disk
+    max_unpacked_bytes: int = 256 * MIB               # what a DOCX (ZIP) archive's parts add up to unpacked
+    max_compression_ratio: float = 200.0              # per ZIP part larger than 1 MiB unpacked
+    max_zip_parts: int = 10_000
+    max_pdf_pages: int = 2_000
+    max_chars: int = 50_000_000                       # characters of extracted text
+    parse_seconds: float | None = 120.0               # PDF/DOCX/HTML parse time; None: parse in-process
+    parser_memory_bytes: int | None = 4096 * MIB      # address-space limit of the parser process
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -180,7 +215,7 @@ def scan_folder(root: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Sc
                 continue
             if st.st_size > max_bytes:
                 result.skipped.append(Skipped(
-                    rel, f"too large ({_size(st.st_size)} > limit {_size(max_bytes)}; raise it with --max-file-mb)"))
+                    rel, f"too large ({size_vs_limit(st.st_size, max_bytes)}; raise it with --max-file-mb)"))
                 continue
             if not os.access(full, os.R_OK):
                 result.skipped.append(Skipped(rel, "unreadable (permission denied)"))
@@ -191,13 +226,24 @@ def scan_folder(root: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Sc
     return result
 
 
-def _size(n: int) -> str:
+def _size(n: int, decimals: int = 1) -> str:
     """Bytes for people: 900 B, 58.6 KB, 20.0 MB."""
     if n < 1024:
         return f"{n} B"
     if n < 1024 * 1024:
-        return f"{n / 1024:.1f} KB"
-    return f"{n / 1024 / 1024:.1f} MB"
+        return f"{n / 1024:.{decimals}f} KB"
+    if n < 1024 ** 3:
+        return f"{n / 1024 / 1024:.{decimals}f} MB"
+    return f"{n / 1024 ** 3:.{decimals}f} GB"
+
+
+def size_vs_limit(n: int, limit: int) -> str:
+    """"20.04 MB > limit 20.00 MB": as many decimals as it takes for the two sizes to read differently."""
+    for decimals in (1, 2, 3):
+        a, b = _size(n, decimals), _size(limit, decimals)
+        if a != b:
+            return f"{a} > limit {b}"
+    return f"{n:,} B > limit {limit:,} B"
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -225,8 +271,14 @@ def _symlink_reason(link: Path, root: Path) -> str:
 
 
 def load_file(entry: FileEntry | str | Path, root: str | Path | None = None,
-              max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Document:
-    """Read one file into a `Document`; raise `SkipFile(reason)` when it cannot be indexed."""
+              max_bytes: int = DEFAULT_MAX_FILE_BYTES, limits: LoadLimits | None = None,
+              worker: "ParserWorker | None" = None) -> Document:
+    """Read one file into a `Document`; raise `SkipFile(reason)` when it cannot be indexed.
+
+    `limits` (default: `LoadLimits(max_bytes=max_bytes)`) bound the work one file may cause. PDF, DOCX
+    and HTML are parsed by `worker` (default: a shared `ParserWorker`) when `limits.parse_seconds` is set.
+    """
+    limits = limits or LoadLimits(max_bytes=max_bytes)
     if not isinstance(entry, FileEntry):
         path = Path(entry)
         root_path = Path(root) if root is not None else path.parent
@@ -238,29 +290,52 @@ def load_file(entry: FileEntry | str | Path, root: str | Path | None = None,
         except OSError as exc:
             raise SkipFile(f"unreadable ({exc.strerror or exc})") from None
         entry = FileEntry(_rel(path.resolve(), root_path.resolve()), path, st.st_size, st.st_mtime_ns, kind)
-    if entry.size > max_bytes:
-        raise SkipFile(f"too large ({_size(entry.size)} > limit {_size(max_bytes)})")
+    if entry.size > limits.max_bytes:
+        raise SkipFile(f"too large ({size_vs_limit(entry.size, limits.max_bytes)})")
     try:
-        raw = entry.abs_path.read_bytes()
+        with open(entry.abs_path, "rb") as fh:
+            raw = fh.read(limits.max_bytes + 1)  # the file may have grown since it was listed
     except OSError as exc:
         raise SkipFile(f"unreadable ({exc.strerror or exc})") from None
     if not raw:
         raise SkipFile("empty file")
+    if len(raw) > limits.max_bytes:
+        raise SkipFile(f"too large (grew past the limit of {_size(limits.max_bytes, 2)} while being read)")
     sha = hashlib.sha256(raw).hexdigest()
-    pages = headings = None
     kind = entry.kind
+    if kind in _WORKER_KINDS and limits.parse_seconds and os.name == "posix":  # (the worker needs select() on pipes)
+        text, pages, headings, note = (worker or shared_worker()).parse(kind, raw, limits)
+    else:
+        text, pages, headings, note = parse_bytes(kind, raw, limits)
+    return Document(entry.path, text, kind, sha, len(raw), entry.mtime_ns / 1e9, pages, headings, note)
+
+
+_WORKER_KINDS = ("pdf", "docx", "html")
+
+Parsed = tuple[str, "list[tuple[int, int, int]] | None", "list[tuple[int, int, str]] | None", str]
+
+
+def parse_bytes(kind: str, raw: bytes, limits: LoadLimits | None = None) -> Parsed:
+    """(text, pages, headings, note) of a file's bytes, in this process; raises SkipFile."""
+    limits = limits or LoadLimits()
+    pages = headings = None
+    note = ""
     if kind == "pdf":
-        text, pages = _pdf_text(raw)
+        text, pages = _pdf_text(raw, limits)
     elif kind == "docx":
+        _check_zip(raw, limits)
         text, headings = _docx_text(raw)
     elif kind == "html":
-        text, headings = html_to_text(decode_text(raw))
+        html, note = decode_text_with_note(raw)
+        text, headings = html_to_text(html)
     else:
-        text = decode_text(raw)
+        text, note = decode_text_with_note(raw)
     text = _normalise(text) if kind not in ("pdf", "html", "docx") else text
+    if len(text) > limits.max_chars:
+        raise SkipFile(f"too much text ({len(text):,} characters > limit {limits.max_chars:,})")
     if not text.strip():
         raise SkipFile("no text layer (scanned PDF? run OCR first)" if kind == "pdf" else "no text content")
-    return Document(entry.path, text, kind, sha, len(raw), entry.mtime_ns / 1e9, pages, headings)
+    return text, pages, headings, note
 
 
 def _normalise(text: str) -> str:
@@ -268,23 +343,60 @@ def _normalise(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
 
 
+MOSTLY_TEXT = 0.98  # share of bytes that must be valid UTF-8 for a file with bad bytes to count as text
+_ESCAPED = re.compile("[\udc80-\udcff]")
+_MULTIBYTE = re.compile("[\u0080-\udc7f\udd00-\U0010ffff]")
+
+
 def decode_text(raw: bytes) -> str:
     """Bytes → str: UTF-8 (with or without BOM), UTF-16 with BOM, else the detected encoding.
 
-    Raises SkipFile("binary ...") when the bytes do not look like text.
+    Raises SkipFile("binary ...") when the bytes do not look like text. See `decode_text_with_note`.
     """
+    return decode_text_with_note(raw)[0]
+
+
+def decode_text_with_note(raw: bytes) -> tuple[str, str]:
+    """(text, note). Almost-UTF-8 (>= 98% of the bytes valid, no NUL byte) is read as UTF-8 with U+FFFD
+    for each bad byte, and the note says how many; otherwise the note is empty."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
-            return raw.decode("utf-16")
+            return raw.decode("utf-16"), ""
         except UnicodeDecodeError:
             pass
-    head = raw[:8192]
-    if b"\x00" in head:
+    if b"\x00" in raw[:8192]:
         raise SkipFile("binary file (not text)")
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig"), ""
     except UnicodeDecodeError:
         pass
+    lenient = _mostly_utf8(raw)
+    # Valid multi-byte sequences around the bad bytes say "UTF-8 with damage", not a legacy code page.
+    if lenient is not None and lenient[2]:
+        return lenient[0], lenient[1]
+    try:
+        return _decode_detected(raw), ""
+    except SkipFile:
+        if lenient is not None:
+            return lenient[0], lenient[1]
+        raise
+
+
+def _mostly_utf8(raw: bytes) -> tuple[str, str, bool] | None:
+    """(text with U+FFFD for bad bytes, note, has valid multi-byte sequences), or None when under 98%."""
+    if b"\x00" in raw:
+        return None
+    text = raw.decode("utf-8", errors="surrogateescape")
+    bad = len(_ESCAPED.findall(text))
+    if bad > (1 - MOSTLY_TEXT) * len(raw):
+        return None
+    multibyte = _MULTIBYTE.search(text) is not None
+    text = _ESCAPED.sub("\ufffd", text).lstrip("\ufeff")
+    note = f"not valid UTF-8: {bad:,} bad byte{'s' if bad != 1 else ''} shown as \ufffd"
+    return text, note, multibyte
+
+
+def _decode_detected(raw: bytes) -> str:
     from charset_normalizer import from_bytes
 
     matches = [m for m in from_bytes(raw[:1_000_000]) if m.encoding]
@@ -310,8 +422,9 @@ def decode_text(raw: bytes) -> str:
 
 # ---------------------------------------------------------------- PDF
 
-def _pdf_text(raw: bytes) -> tuple[str, list[tuple[int, int, int]]]:
+def _pdf_text(raw: bytes, limits: LoadLimits | None = None) -> tuple[str, list[tuple[int, int, int]]]:
     """Text layer of each page, pages joined by a blank line; returns the text and the page spans."""
+    limits = limits or LoadLimits()
     try:
         from pypdf import PdfReader
 
@@ -324,13 +437,19 @@ def _pdf_text(raw: bytes) -> tuple[str, list[tuple[int, int, int]]]:
                 raise
             except Exception:
                 raise SkipFile("encrypted PDF (needs a password)") from None
-        page_texts = []
+        n_pages = len(reader.pages)
+        if n_pages > limits.max_pdf_pages:
+            raise SkipFile(f"too many pages ({n_pages:,} > limit {limits.max_pdf_pages:,})")
+        page_texts, chars = [], 0
         for page in reader.pages:
             try:
                 page_texts.append(_normalise(page.extract_text() or ""))
             except Exception:
                 page_texts.append("")
-    except SkipFile:
+            chars += len(page_texts[-1])
+            if chars > limits.max_chars:
+                raise SkipFile(f"too much text (over {limits.max_chars:,} characters)")
+    except (SkipFile, MemoryError):
         raise
     except Exception as exc:  # pypdf raises many types on damaged files
         raise SkipFile(f"corrupt PDF ({type(exc).__name__}: {str(exc)[:100]})") from None
@@ -353,6 +472,26 @@ def _pdf_text(raw: bytes) -> tuple[str, list[tuple[int, int, int]]]:
 
 
 # ---------------------------------------------------------------- DOCX
+
+def _check_zip(raw: bytes, limits: LoadLimits) -> None:
+    """Refuse a ZIP archive (DOCX) that would unpack to too much, before any part is unpacked.
+
+    Python's zipfile never unpacks more than a part's declared size, so the declared sizes bound the work."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise SkipFile(f"corrupt DOCX (not a ZIP archive: {str(exc)[:80]})") from None
+    parts = archive.infolist()
+    if len(parts) > limits.max_zip_parts:
+        raise SkipFile(f"too many parts in the DOCX archive ({len(parts):,} > limit {limits.max_zip_parts:,})")
+    total = sum(p.file_size for p in parts)
+    if total > limits.max_unpacked_bytes:
+        raise SkipFile(f"unpacks to too much ({size_vs_limit(total, limits.max_unpacked_bytes)}; a ZIP bomb?)")
+    for part in parts:
+        if part.file_size > MIB and part.file_size > limits.max_compression_ratio * max(part.compress_size, 1):
+            raise SkipFile(f"suspicious compression in {part.filename[:60]!r} ({_size(part.compress_size)} unpacks "
+                           f"to {_size(part.file_size)}, over {limits.max_compression_ratio:g}x; a ZIP bomb?)")
+
 
 def _docx_text(raw: bytes) -> tuple[str, list[tuple[int, int, str]]]:
     """Paragraphs and tables of a .docx in document order; "Heading N" / "Title" styles become headings."""
@@ -462,3 +601,181 @@ def _join_blocks(blocks: list[tuple[str, int]]) -> tuple[str, list[tuple[int, in
         parts.append(text)
         pos += len(text)
     return "".join(parts), headings
+
+
+# ---------------------------------------------------------------- the parser worker process
+
+# Tests make the worker hang on files whose bytes contain this marker (a stand-in for a parser that never
+# returns on a crafted file). Read from the parent's environment at each request.
+HANG_MARKER_ENV = "ASSISTANT_TEST_PARSER_HANG"
+WORKER_START_SECONDS = 120.0
+_HEADER = struct.Struct("<Q")
+
+
+class ParserWorker:
+    """A child process that parses files (PDF, DOCX, HTML) one at a time.
+
+    `parse` waits at most `limits.parse_seconds`; a parse that takes longer gets the worker killed (it is
+    restarted for the next file) and becomes `SkipFile("parsing took longer than ...")`. A worker that dies
+    (a crash in a C library, the memory limit) is also restarted. Thread-safe: requests are serialised.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self.restarts = 0  # how many times a worker was killed or found dead (for tests and logs)
+
+    def _start(self, limits: LoadLimits) -> subprocess.Popen:
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        memory = limits.parser_memory_bytes or 0
+        code = f"from retrieval.loaders import _worker_loop; _worker_loop({int(memory)})"
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env, close_fds=True)
+
+    def parse(self, kind: str, raw: bytes, limits: LoadLimits) -> Parsed:
+        """Like `parse_bytes`, in the worker, within `limits.parse_seconds`."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                if self._proc is not None:
+                    self.restarts += 1
+                self._proc = self._start(limits)
+                try:  # its start-up (importing the parsers) does not count against a file's time limit
+                    self._read(self._proc, time.monotonic() + WORKER_START_SECONDS, limits)
+                except (TimeoutError, OSError, EOFError):
+                    self._kill()
+                    raise SkipFile("the parser process did not start (see retrieval.loaders.ParserWorker)") from None
+            proc = self._proc
+            request = pickle.dumps((kind, raw, limits.to_dict(), os.environ.get(HANG_MARKER_ENV, "")),
+                                   protocol=pickle.HIGHEST_PROTOCOL)
+            deadline = time.monotonic() + float(limits.parse_seconds or 0)
+            try:
+                proc.stdin.write(_HEADER.pack(len(request)) + request)
+                proc.stdin.flush()
+                status, value = pickle.loads(self._read(proc, deadline, limits))
+            except TimeoutError:
+                self._kill()
+                raise SkipFile(f"parsing took longer than {limits.parse_seconds:g} s (stopped; the file may be "
+                               "crafted to hang its parser)") from None
+            except (OSError, EOFError, pickle.UnpicklingError, ValueError):
+                code = proc.poll()
+                self._kill()
+                raise SkipFile(f"the {kind.upper()} parser crashed on this file (exit code {code}); "
+                               "the file may be damaged or need too much memory") from None
+        if status == "ok":
+            return value
+        raise SkipFile(value)
+
+    @staticmethod
+    def _read(proc: subprocess.Popen, deadline: float, limits: LoadLimits) -> bytes:
+        fd = proc.stdout.fileno()
+        buf = bytearray()
+        need = _HEADER.size
+        header_done = False
+        while True:
+            while len(buf) < need:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                ready, _, _ = select.select([fd], [], [], left)
+                if not ready:
+                    raise TimeoutError
+                piece = os.read(fd, max(need - len(buf), 1 << 16))
+                if not piece:
+                    raise EOFError("parser process exited")
+                buf += piece
+            if header_done:
+                return bytes(buf[_HEADER.size:])
+            header_done = True
+            need = _HEADER.size + _HEADER.unpack(bytes(buf[:_HEADER.size]))[0]
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        self.restarts += 1
+        try:
+            proc.kill()
+        except OSError:
+            pass
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        """Stop the worker (a later `parse` starts a new one)."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is None:
+                return
+            try:
+                proc.stdin.close()  # EOF: the worker exits by itself
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+            finally:
+                proc.stdout.close()
+
+
+_shared: ParserWorker | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_worker() -> ParserWorker:
+    """The process-wide parser worker (started at first use, stopped at exit)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ParserWorker()
+            atexit.register(_shared.close)
+        return _shared
+
+
+def _worker_loop(memory_limit: int = 0) -> None:
+    """The worker's main loop: read a request from stdin, parse, write the reply to stdout."""
+    if memory_limit:
+        try:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        except (ImportError, ValueError, OSError):
+            pass
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a library that prints must not corrupt the replies
+    for module in ("pypdf", "docx", "bs4"):  # imported before the first file's clock starts
+        try:
+            __import__(module)
+        except Exception:  # noqa: BLE001 - the parse itself reports a missing parser
+            pass
+    stdout.write(_HEADER.pack(0))  # ready
+    stdout.flush()
+    while True:
+        header = stdin.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return
+        kind, raw, limits, hang_marker = pickle.loads(stdin.read(_HEADER.unpack(header)[0]))
+        if hang_marker and hang_marker.encode() in raw:
+            while True:  # test hook: behave like a parser stuck in an endless loop
+                time.sleep(3600)
+        try:
+            reply = ("ok", parse_bytes(kind, raw, LoadLimits(**limits)))
+        except SkipFile as exc:
+            reply = ("skip", exc.reason)
+        except MemoryError:
+            reply = ("skip", "needs too much memory to parse "
+                             f"(over the parser's limit of {_size(limits['parser_memory_bytes'] or 0)})")
+        except RecursionError:
+            reply = ("skip", f"too deeply nested to parse ({kind.upper()})")
+        except Exception as exc:  # a parser bug must not take the worker down
+            reply = ("skip", f"cannot parse ({type(exc).__name__}: {str(exc)[:100]})")
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        stdout.write(_HEADER.pack(len(data)) + data)
+        stdout.flush()

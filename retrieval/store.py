@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from retrieval.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, RetrievalError
+from retrieval.integrity import check_sqlite, warn_rebuilt
 
 FORMAT_VERSION = 1
 SETTINGS_NAME = "settings.json"
@@ -319,6 +320,7 @@ class IndexStore:
                                  + rebuild_hint(path)) from None
         if not (path / SQLITE_NAME).is_file():
             raise RetrievalError(f"the index at {path} has no {SQLITE_NAME}. " + rebuild_hint(path))
+        check_sqlite(path / SQLITE_NAME)  # damaged source of truth: a clear error naming the file
         if expected is not None:
             reason = settings.mismatch(expected)
             if reason:
@@ -392,11 +394,17 @@ class IndexStore:
         if not file.exists():
             if self._read_generation() != generation:
                 raise FileNotFoundError(file)
+            warn_rebuilt("the FAISS file", file, "is missing")
             return self._faiss_from_sqlite()  # lost or never written: rebuild from the source of truth
         try:
-            return faiss.read_index(str(file))
-        except RuntimeError:
+            index = faiss.read_index(str(file))
+        except RuntimeError as exc:
+            warn_rebuilt("the FAISS file", file, f"is unreadable ({(str(exc).strip().splitlines() or ['?'])[-1][:100]})")
             return self._faiss_from_sqlite()
+        if index.d != self.settings.dim:
+            warn_rebuilt("the FAISS file", file, f"holds {index.d}-d vectors, not {self.settings.dim}-d")
+            return self._faiss_from_sqlite()
+        return index
 
     def _load_bm25(self, generation: int):
         folder = self._bm25_dir(generation)
@@ -405,16 +413,19 @@ class IndexStore:
         if not folder.exists():
             if self._read_generation() != generation:
                 raise FileNotFoundError(folder)
+            warn_rebuilt("the BM25 folder", folder, "is missing")
             return self._bm25_from_sqlite()
-        ids_file = folder / "chunk_ids.npy"
-        ids = np.load(ids_file)
-        if len(ids) == 0:
-            return None, ids
-        import bm25s
-
         try:
+            ids = np.load(folder / "chunk_ids.npy")
+            if len(ids) == 0:
+                return None, ids
+            import bm25s
+
             return bm25s.BM25.load(str(folder), show_progress=False, verbosity=0), ids
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, FileNotFoundError) and self._read_generation() != generation:
+                raise  # a writer replaced that generation under us; reload() reads the new one
+            warn_rebuilt("the BM25 folder", folder, f"is unreadable ({type(exc).__name__}: {str(exc)[:100]})")
             return self._bm25_from_sqlite()
 
     def new_faiss_index(self):

@@ -8,11 +8,17 @@
   those vectors by content hash and goes on from there. Searches see nothing of a run until it commits.
 - Uploads (`add_files`) are copied into `<index>/uploads/` and indexed under the path "@uploads/<name>";
   a folder sync keeps them (they are not in the folder, but they are not deleted either), and a rebuild
-  re-indexes them from that copy.
+  re-indexes them from that copy. Upload names go through `retrieval.uploads.safe_upload_name` (never a
+  path outside `<index>/uploads/`); a name equal to an earlier upload's replaces that upload only.
+- Per-file limits (`retrieval.loaders.LoadLimits`: bytes, unpacked bytes, PDF pages, characters, parse time)
+  turn hostile files into skip reasons; no exception from one file stops a sync. A full disk stops the
+  sync with `DiskFullError` and leaves the previous index as it was (`retrieval.integrity`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import time
@@ -23,9 +29,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from retrieval.chunking import Chunk, ChunkerSettings, chunk_document
-from retrieval.errors import RetrievalError
-from retrieval.loaders import (DEFAULT_MAX_FILE_BYTES, _size, Document, FileEntry, SkipFile, kind_for, load_file,
-                               scan_folder)
+from retrieval.errors import IndexLockedError, RetrievalError
+from retrieval.integrity import disk_full_guard
+from retrieval.loaders import (DEFAULT_MAX_FILE_BYTES, Document, FileEntry, LoadLimits, SkipFile, kind_for,
+                               load_file, scan_folder, size_vs_limit)
+from retrieval.uploads import upload_target
 from retrieval.store import (SETTINGS_NAME, DocumentRow, IndexSettings, IndexStore, WriterLock,
                              default_index_path)
 
@@ -48,6 +56,7 @@ class SyncReport:
     renamed: list[tuple[str, str]] = field(default_factory=list)     # (new path, old path)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (new path, path with the same bytes)
     skipped: list[tuple[str, str]] = field(default_factory=list)     # (path, reason)
+    notes: list[tuple[str, str]] = field(default_factory=list)       # (path, note): indexed, with a caveat
     chunks_embedded: int = 0
     files_embedded: int = 0
     seconds: float = 0.0
@@ -74,6 +83,8 @@ class SyncReport:
             lines.append(f"  renamed: {old} -> {new} (vectors reused)")
         for new, old in self.duplicates:
             lines.append(f"  duplicate: {new} has the same content as {old} (vectors reused)")
+        for path, note in self.notes:
+            lines.append(f"  note: {path}: {note}")
         if self.skipped:
             lines.append("skipped:")
             lines += [f"  {path}: {reason}" for path, reason in self.skipped]
@@ -95,7 +106,8 @@ def _open_or_create(path: Path, settings: IndexSettings, folder: Path | None = N
 def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, rebuild: bool = False,
                 progress: bool = True, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                 on_progress: ProgressCallback | None = None, chunker: ChunkerSettings | None = None,
-                faiss_kind: str | None = None, batch_size: int = 32) -> SyncReport:
+                faiss_kind: str | None = None, batch_size: int = 32,
+                limits: LoadLimits | None = None) -> SyncReport:
     """Bring the index at `index_path` (default: `default_index_path(folder)`) in line with `folder`.
 
     `rebuild=True` builds a fresh index next to the old one and swaps it in when complete (needed after
@@ -103,6 +115,7 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
     `on_progress(done, total)` is called with chunk counts while embedding.
     `faiss_kind`: "flat" (exact) or "hnsw"; None keeps what the index has ("flat" for a new one). Switching
     an existing index re-uses its stored vectors (nothing is embedded again).
+    `limits`: per-file limits (default: `LoadLimits(max_bytes=max_file_bytes)`).
     """
     folder = Path(folder)
     index_path = Path(index_path) if index_path is not None else default_index_path(folder)
@@ -111,9 +124,9 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
         if faiss_kind is None:
             settings.faiss = IndexStore.open(index_path).settings.faiss
         return _rebuild(folder, index_path, encoder, settings, progress=progress, max_file_bytes=max_file_bytes,
-                        on_progress=on_progress, batch_size=batch_size)
+                        on_progress=on_progress, batch_size=batch_size, limits=limits)
     index_path.mkdir(parents=True, exist_ok=True)
-    with WriterLock(index_path):
+    with WriterLock(index_path), disk_full_guard(index_path):
         store = _open_or_create(index_path, settings, folder)
         try:
             switch_faiss = faiss_kind is not None and faiss_kind != store.settings.faiss
@@ -131,32 +144,48 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
                 skipped += [(UPLOADS_PREFIX + s.path, s.reason) for s in up.skipped]
             return _sync_entries(store, entries, skipped, encoder, remove_missing=True, progress=progress,
                                  max_file_bytes=max_file_bytes, on_progress=on_progress, batch_size=batch_size,
-                                 force_rebuild=switch_faiss)
+                                 force_rebuild=switch_faiss, limits=limits)
         finally:
             store.close()
 
 
 def add_files(paths: Iterable[str | Path], index_path: str | Path, encoder, *, progress: bool = False,
               max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, on_progress: ProgressCallback | None = None,
-              chunker: ChunkerSettings | None = None, batch_size: int = 32) -> SyncReport:
+              chunker: ChunkerSettings | None = None, batch_size: int = 32, names: Sequence[str] | None = None,
+              limits: LoadLimits | None = None, lock_wait: float = 30.0) -> SyncReport:
     """Add uploaded files to an index (creating it if needed): each is copied into `<index>/uploads/`
-    and indexed as "@uploads/<file name>". A file with the name of an earlier upload replaces it."""
+    and indexed as "@uploads/<file name>". A file with the name of an earlier upload replaces it (and
+    nothing else). `names[i]`, when given, is the name `paths[i]` was uploaded under (default: its own
+    name); it is sanitised by `retrieval.uploads.safe_upload_name`, so it never leads out of the folder.
+    While another writer (a sync) holds the index, waits up to `lock_wait` seconds before IndexLockedError."""
     index_path = Path(index_path)
+    paths = [Path(p) for p in paths]
+    names = list(names) if names is not None else [p.name for p in paths]
+    if len(names) != len(paths):
+        raise RetrievalError(f"add_files got {len(paths)} files but {len(names)} names")
     settings = index_settings(encoder, chunker)
     index_path.mkdir(parents=True, exist_ok=True)
-    with WriterLock(index_path):
+    with _writer_lock(index_path, lock_wait), disk_full_guard(index_path):
         store = _open_or_create(index_path, settings)
         try:
             uploads = index_path / UPLOADS_DIR
             uploads.mkdir(exist_ok=True)
             entries, skipped = [], []
-            for source in paths:
-                source = Path(source)
-                name = source.name
-                if kind_for(name) is None:
-                    skipped.append((UPLOADS_PREFIX + name, f"unsupported file type {source.suffix.lower() or '(none)'}"))
+            for source, name in zip(paths, names):
+                try:
+                    target = upload_target(uploads, name)
+                except SkipFile as exc:
+                    skipped.append((UPLOADS_PREFIX + _printable(name), exc.reason))
                     continue
-                target = uploads / name
+                name = target.name
+                try:
+                    size = source.stat().st_size
+                except OSError as exc:
+                    skipped.append((UPLOADS_PREFIX + name, f"unreadable ({exc.strerror or exc})"))
+                    continue
+                if size > max_file_bytes:  # refused before a byte is copied
+                    skipped.append((UPLOADS_PREFIX + name, f"too large ({size_vs_limit(size, max_file_bytes)})"))
+                    continue
                 tmp = uploads / f".{name}.tmp-{os.getpid()}"
                 try:
                     shutil.copyfile(source, tmp)
@@ -164,22 +193,45 @@ def add_files(paths: Iterable[str | Path], index_path: str | Path, encoder, *, p
                     st = target.stat()
                 except OSError as exc:
                     tmp.unlink(missing_ok=True)
+                    if exc.errno == errno.ENOSPC:
+                        raise
                     skipped.append((UPLOADS_PREFIX + name, f"unreadable ({exc.strerror or exc})"))
-                    continue
-                if st.st_size > max_file_bytes:
-                    target.unlink()
-                    skipped.append((UPLOADS_PREFIX + name, f"too large ({_size(st.st_size)} > limit "
-                                                            f"{_size(max_file_bytes)})"))
                     continue
                 entries.append(FileEntry(UPLOADS_PREFIX + name, target, st.st_size, st.st_mtime_ns, kind_for(name)))
             report = _sync_entries(store, entries, skipped, encoder, remove_missing=False, progress=progress,
-                                   max_file_bytes=max_file_bytes, on_progress=on_progress, batch_size=batch_size)
+                                   max_file_bytes=max_file_bytes, on_progress=on_progress, batch_size=batch_size,
+                                   limits=limits)
+            copied = {e.path: e.abs_path for e in entries}
             for path, _ in report.skipped:  # keep no copy of what could not be indexed
-                if path.startswith(UPLOADS_PREFIX):
-                    (uploads / path[len(UPLOADS_PREFIX):]).unlink(missing_ok=True)
+                if path in copied:
+                    copied[path].unlink(missing_ok=True)
             return report
         finally:
             store.close()
+
+
+@contextlib.contextmanager
+def _writer_lock(index_path: Path, wait: float):
+    """The index's WriterLock, waiting up to `wait` seconds for another writer to finish."""
+    lock = WriterLock(index_path)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            lock.acquire()
+            break
+        except IndexLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _printable(name: str) -> str:
+    """A rejected upload name as it can be shown: control characters escaped, at most 80 characters."""
+    return repr(str(name))[1:-1][:80]
 
 
 def _rebuild(folder: Path, index_path: Path, encoder, settings: IndexSettings, **kw) -> SyncReport:
@@ -192,13 +244,18 @@ def _rebuild(folder: Path, index_path: Path, encoder, settings: IndexSettings, *
             shutil.copytree(index_path / UPLOADS_DIR, fresh / UPLOADS_DIR)
         chunker = ChunkerSettings(**settings.chunker)
         report = sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss, **kw)
-        old = index_path.with_name(index_path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(index_path, old)
-        os.replace(fresh, index_path)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(fresh, index_path)
     report.index_path = str(index_path)
     return report
+
+
+def swap_in(fresh: Path, index_path: Path, aside: str = ".old") -> None:
+    """Put the complete index folder `fresh` where `index_path` is (the old one goes aside, then away)."""
+    old = index_path.with_name(index_path.name + aside)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(index_path, old)
+    os.replace(fresh, index_path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
@@ -211,8 +268,10 @@ class _Pending:
 
 def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list[tuple[str, str]], encoder, *,
                   remove_missing: bool, progress: bool, max_file_bytes: int,
-                  on_progress: ProgressCallback | None, batch_size: int, force_rebuild: bool = False) -> SyncReport:
+                  on_progress: ProgressCallback | None, batch_size: int, force_rebuild: bool = False,
+                  limits: LoadLimits | None = None) -> SyncReport:
     started = time.perf_counter()
+    limits = limits or LoadLimits(max_bytes=max_file_bytes)
     report = SyncReport(index_path=str(store.path), skipped=list(skipped))
     chunker = ChunkerSettings(**store.settings.chunker)
     known = store.documents()
@@ -241,14 +300,17 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 read_bar.update(1)
                 continue
             try:
-                doc = load_file(entry, max_bytes=max_file_bytes)
-            except SkipFile as exc:
-                report.skipped.append((entry.path, exc.reason))
+                doc = load_file(entry, limits=limits)
+            except Exception as exc:  # SkipFile, or any other error: no single file may stop the sync
+                reason = exc.reason if isinstance(exc, SkipFile) else f"cannot read ({type(exc).__name__}: {exc})"
+                report.skipped.append((entry.path, reason))
                 if old is not None:
                     missing.add(entry.path)  # it was indexed but cannot be read any more
                 read_bar.update(1)
                 continue
             read_bar.update(1)
+            if doc.note:
+                report.notes.append((entry.path, doc.note))
             if old is not None and old.sha256 == doc.sha256 and old.kind == doc.kind:
                 attach(entry, doc.sha256, doc.kind, old.content_id)  # touched, not changed
                 report.unchanged.append(entry.path)
@@ -258,9 +320,14 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 _classify_reuse(report, entry.path, old, content_id, paths_by_content, missing)
                 attach(entry, doc.sha256, doc.kind, content_id)
                 continue
-            chunks = chunk_document(doc, encoder.count_tokens, chunker)
+            try:
+                chunks = chunk_document(doc, encoder.count_tokens, chunker)
+            except Exception as exc:  # a chunker bug on one odd file must not stop the sync
+                chunks, doc_error = [], f"cannot split into passages ({type(exc).__name__}: {exc})"
+            else:
+                doc_error = "no text content"
             if not chunks:
-                report.skipped.append((entry.path, "no text content"))
+                report.skipped.append((entry.path, doc_error))
                 if old is not None:
                     missing.add(entry.path)
                 continue
@@ -324,7 +391,7 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
         writer.commit(force_rebuild=force_rebuild)
     stats = store.stats()
     report.total_files, report.total_chunks = stats["files"], stats["chunks"]
-    for name in ("added", "updated", "removed", "unchanged", "skipped", "renamed", "duplicates"):
+    for name in ("added", "updated", "removed", "unchanged", "skipped", "renamed", "duplicates", "notes"):
         getattr(report, name).sort()
     report.seconds = time.perf_counter() - started
     return report

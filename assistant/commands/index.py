@@ -21,6 +21,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rebuild", action="store_true",
                         help="build the index from scratch (after changing encoder or chunker); the old one "
                         "keeps working until the new one is complete")
+    parser.add_argument("--repair", action="store_true",
+                        help="rebuild a damaged index from DIR, reusing every vector the damaged database still "
+                        "holds (the new index replaces the old one when complete; uploads are kept)")
     parser.add_argument("--max-file-mb", type=float, default=20.0, metavar="N",
                         help="skip files larger than N MB (default 20)")
     parser.add_argument("--encoder", metavar="SPEC", help="encoder weights folder or id (default: all-MiniLM-L6-v2)")
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{folder} is not a folder; pass the folder that holds your documents")
     if args.max_file_mb <= 0:
         raise UserError("--max-file-mb must be positive")
+    if args.repair and (args.rebuild or args.hnsw):
+        raise UserError("--repair keeps the index's own settings; run --rebuild or --hnsw after it")
 
     from model.encoder import Encoder
     from retrieval.chunking import ChunkerSettings
@@ -57,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
     if args.overlap_tokens >= args.chunk_tokens:
         raise UserError("--overlap-tokens must be smaller than --chunk-tokens")
     index_path = Path(args.index).expanduser() if args.index else default_index_path(folder)
+    if args.repair:
+        from retrieval.integrity import repair_index
+
+        report = repair_index(folder, index_path, encoder, progress=not args.quiet and sys.stderr.isatty(),
+                              max_file_bytes=int(args.max_file_mb * 1024 * 1024))
+        print(report.summary())
+        return 0
     report = sync_folder(folder, index_path, encoder, rebuild=args.rebuild,
                          progress=not args.quiet and sys.stderr.isatty(),
                          max_file_bytes=int(args.max_file_mb * 1024 * 1024), chunker=chunker,
