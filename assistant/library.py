@@ -217,9 +217,10 @@ def question_from_heading(heading: str | None) -> str | None:
     words = section.split()
     if section.lower() in _GENERIC or not words or len(words) > 8:
         return None
-    match = re.match(r"^what (.+) (is|are)$", section, re.IGNORECASE)  # "What attention is"
+    match = re.match(r"^what (.+) (is|are|does|do)$", section, re.IGNORECASE)  # "What attention is"
     if match:
-        return f"What {match.group(2).lower()} {match.group(1)}?"
+        verb = match.group(2).lower()
+        return f"What {verb} {match.group(1)}{' do' if verb in ('does', 'do') else ''}?"
     if _QUESTION_START.match(section):  # "How it finds answers", "Why chain-of-thought helps"
         return section[0].upper() + section[1:] + "?"
     if not section[:1].isupper() or sum(w[:1].isupper() for w in words) == len(words) > 1:
