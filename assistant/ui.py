@@ -146,6 +146,9 @@ if (!window.__assistantPage) {
     const send = document.querySelector('#send');
     if (send) setTimeout(() => send.click(), 0);
   }, true);
+  root.addEventListener('keypress', (e) => {  // Gradio submits on Shift+Enter in keypress: keep it away
+    if (e.key === 'Enter' && e.target && e.target.closest && e.target.closest('#question')) e.stopPropagation();
+  }, true);
 }
 element.addEventListener('click', (e) => {
   const chip = e.target.closest('.cite');
