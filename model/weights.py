@@ -423,12 +423,13 @@ def _load_own(folder: Path) -> tuple[Decoder, Tokenizer, DecoderConfig, str]:
     return model, Tokenizer.load(folder), config, meta.get("identity") or folder.name
 
 
-def _converted_cache_dir(path: Path) -> Path:
-    """Where the converted copy of a GGUF file lives: beside it (or in the cache dir if that is read-only)."""
-    beside = path.with_name(path.name + ".converted")
+def _converted_cache_dir(path: Path, suffix: str = ".qconverted") -> Path:
+    """Where the converted copy of a GGUF file lives: beside it (or in the cache dir if that is read-only).
+    `.qconverted` holds the quantised copy; `.converted` was the float32 copy of earlier versions."""
+    beside = path.with_name(path.name + suffix)
     if os.access(path.parent, os.W_OK):
         return beside
-    return cache_dir() / "converted" / (path.name + ".converted")
+    return cache_dir() / "converted" / (path.name + suffix)
 
 
 def gguf_identity(path: Path, sha256: str | None = None) -> str:
@@ -442,7 +443,8 @@ def load_decoder(path: str | Path, device=None, dtype=None, use_converted_cache:
     """Load a decoder from a .gguf file, a Hugging Face folder or a project checkpoint folder.
 
     A GGUF file is parsed and dequantised once (~6 s for SmolLM2-135M); the result is cached as a project
-    checkpoint next to it (`<file>.converted/`, keyed by the file's size and mtime) and later loads read that.
+    copy next to it (`<file>.qconverted/`: the quantised blocks, config and tokenizer, keyed by the file's size
+    and mtime) and later loads read that.
     """
     path = Path(path)
     if not path.exists():
@@ -479,7 +481,8 @@ def load_decoder(path: str | Path, device=None, dtype=None, use_converted_cache:
             identity = gguf_identity(path)
             if use_converted_cache:
                 try:
-                    _save_gguf_cache(cached, read, config, tokenizer, identity, stamp)  # replaces a float32 copy too
+                    _save_gguf_cache(cached, read, config, tokenizer, identity, stamp)
+                    shutil.rmtree(_converted_cache_dir(path, ".converted"), ignore_errors=True)  # old float32 copy
                     if first:
                         say(f"converted in {time.perf_counter() - started:.1f} s; cached at {cached} "
                             f"({format_mb(folder_bytes(cached))})")

@@ -157,7 +157,7 @@ def test_gguf_converted_cache_is_reused_and_refreshed(tmp_path, tiny_tokenizer, 
     path = tmp_path / "tiny.gguf"
     _write_gguf(path, tiny_decoder, tiny_tokenizer, Q.F32)
     first = load_decoder(path, device="cpu")
-    cache = tmp_path / "tiny.gguf.converted"
+    cache = tmp_path / "tiny.gguf.qconverted"
     assert (cache / "tensors.safetensors").exists() and not (cache / "model.safetensors").exists()
     second = load_decoder(path, device="cpu")  # from the converted copy
     tokens = torch.randint(0, tiny_decoder.config.vocab_size, (1, 7))
@@ -181,7 +181,7 @@ def test_gguf_cache_keeps_the_quantised_blocks_and_loads_the_same_model(tmp_path
     _write_gguf(path, k_quant_model, tiny_tokenizer, Q.Q4_K, raw)
     fresh = load_decoder(path, device="cpu", dtype=torch.float32, use_converted_cache=False)
     load_decoder(path, device="cpu")  # writes the cache
-    cache = tmp_path / "tiny-q4k.gguf.converted"
+    cache = tmp_path / "tiny-q4k.gguf.qconverted"
     tensors = os.path.getsize(cache / "tensors.safetensors")
     assert tensors < 1.1 * os.path.getsize(path)
     cached = load_decoder(path, device="cpu")
