@@ -85,9 +85,10 @@ CSS = """
   padding: 2px 8px; font-size: 0.78rem; cursor: pointer; color: #1d2733; }
 .actions button:hover, .open-file:hover { background: var(--accent-soft); }
 #chatbot button, #library button { font-family: inherit; line-height: 1.4; min-width: 0; box-shadow: none; }
-.cite { display: inline-block; border: none; background: var(--accent) !important; color: white !important;
-  border-radius: 9px; padding: 0 7px; min-width: 1.4rem; text-align: center; margin: 0 1px; font-size: 0.75rem; line-height: 1.3rem;
-  cursor: pointer; vertical-align: baseline; }
+.cite { display: inline-block !important; border: none !important; background: var(--accent) !important;
+  color: white !important; border-radius: 8px !important; padding: 0 6px !important; margin: 0 2px !important;
+  min-width: 1.3rem !important; height: auto !important; font-size: 0.72rem !important; font-weight: 600;
+  line-height: 1.15rem !important; text-align: center; cursor: pointer; vertical-align: 1px; }
 .cite:hover { filter: brightness(1.2); }
 .sources { margin-top: 8px; border-top: 1px solid var(--line); padding-top: 6px; font-size: 0.85rem; }
 .sources .title { color: var(--muted); font-size: 0.75rem; text-transform: uppercase; letter-spacing: .04em; }

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,9 +344,7 @@ def _save_gguf_cache(folder: Path, read: tuple, config: DecoderConfig, tokenizer
     from safetensors.numpy import save_file
 
     meta, raw = read
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with _atomic_folder(folder) as tmp:
         save_file({name: np.ascontiguousarray(data) for name, (data, _, _) in raw.items()},
                   str(tmp / "tensors.safetensors"))
         tokenizer.save(tmp)
@@ -353,6 +352,15 @@ def _save_gguf_cache(folder: Path, read: tuple, config: DecoderConfig, tokenizer
                 "identity": identity, "permuted": meta.get("general.architecture") == "llama",
                 "tensors": {name: [qtype, list(shape)] for name, (_, qtype, shape) in raw.items()}, **stamp}
         (tmp / "config.json").write_text(json.dumps(info), encoding="utf-8")
+
+
+@contextmanager
+def _atomic_folder(folder: Path):
+    """Yield a temporary sibling folder to fill; on success it replaces `folder`, on failure it is removed."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
         if folder.exists():
             shutil.rmtree(folder)
         tmp.chmod(0o755)
@@ -387,9 +395,7 @@ def save_checkpoint(folder: str | Path, model: Decoder, tokenizer: Tokenizer, id
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with _atomic_folder(folder) as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         if model.config.tie_embeddings:
             state.pop("output.weight", None)
@@ -398,13 +404,6 @@ def save_checkpoint(folder: str | Path, model: Decoder, tokenizer: Tokenizer, id
         meta = {"format": OWN_FORMAT, "version": OWN_FORMAT_VERSION, "config": model.config.to_dict(),
                 "identity": identity, **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.chmod(0o755)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -9,7 +9,6 @@ show the page as it is. (tests/test_browser_app.py covers the chat app's behavio
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,22 +17,10 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-REPO = Path(__file__).resolve().parents[1]
+from browser_support import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.real]
-
-if not CHROMIUM.exists():
-    pytest.skip("needs /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+sync_api = require_browser()
 
 
 def _copy_default_corpus_index(target: Path) -> None:
@@ -64,7 +51,7 @@ def base_server(tmp_path_factory):
 
 
 def _serve(tmp_path_factory, *extra: str):
-    port = _free_port()
+    port = free_port()
     index = tmp_path_factory.mktemp("ui-index") / "corpus-index"
     _copy_default_corpus_index(index)
     log_path = tmp_path_factory.mktemp("ui-log") / "ui.log"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,24 +16,13 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-REPO = Path(__file__).resolve().parents[1]
+from browser_support import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, require_browser
+
 HOSTILE = ('# Hostile page\n\n## Script tags\n\nThis page holds <script>window.pwned = 1</script> and '
            '<img src=x onerror="window.pwned = 2"> and ${window.pwned = 3} in its text.\n')
 
 pytestmark = [pytest.mark.browser]
-
-if not CHROMIUM.exists():
-    pytest.skip("needs /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+sync_api = require_browser()
 
 
 class FakeServer:
@@ -43,7 +31,7 @@ class FakeServer:
 
     def __init__(self, folder: Path, index: Path, log: Path) -> None:
         self.folder, self.index, self.log = folder, index, log
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen | None = None
 
