@@ -682,8 +682,8 @@ def build_app(assistant: Assistant, conversations: ConversationStore | None = No
         turns = gr.State([])
         with gr.Row(equal_height=False):
             gr.HTML(f"<h2 style='margin:0'>Ask your documents{folder}</h2>", padding=False)
-            models = gr.HTML(format_models(getattr(assistant.encoder, "name", "") or "", generator_id),
-                             elem_id="models", padding=False)
+            gr.HTML(format_models(getattr(assistant.encoder, "name", "") or "", generator_id),
+                    elem_id="models", padding=False)
         with gr.Tabs():
             with gr.Tab("Chat", id="chat-tab"):
                 with gr.Row(equal_height=False):
@@ -817,7 +817,6 @@ def build_app(assistant: Assistant, conversations: ConversationStore | None = No
         resync.click(on_resync, [library_filter], [resync_status, library, status], concurrency_id="index")
         demo.load(on_load, [owner], [chat_view, turns, chat_id, chats, chat_title, status, library], js=OWNER_JS,
                   queue=False).then(lambda owner_id: owner_id, [owner], [owner], js=OWNER_JS, queue=False)
-        del models
     demo.queue(default_concurrency_limit=1)
     return demo
 

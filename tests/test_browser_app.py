@@ -226,6 +226,10 @@ def test_chat_survives_reload_and_restart_and_is_not_shown_to_another_browser(se
     page.fill("#chat-title input, #chat-title textarea", "Tokenizers")
     page.click("#rename-chat")
     page.wait_for_function("() => document.querySelector('#chats').innerText.includes('Tokenizers')")
+    page.locator("#chats label", has_text="grouped-query").click()    # reopen the first chat from the list
+    page.wait_for_function("() => document.querySelectorAll('#chatbot .turn').length == 3", timeout=30_000)
+    page.locator("#chats label", has_text="Tokenizers").click()
+    page.wait_for_function("() => document.querySelectorAll('#chatbot .turn').length == 1", timeout=30_000)
     page.click("#delete-chat")
     page.wait_for_function("() => !document.querySelector('#chats').innerText.includes('Tokenizers')")
     assert "grouped-query" in page.locator("#chats").inner_text()
