@@ -240,10 +240,35 @@ def read_gguf_raw(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[np.
     return meta, raw
 
 
+def _dequantise_fast(data: np.ndarray, kind: Any) -> np.ndarray | None:
+    """Q4_1 and Q8_0 (the default generator's types) in one vectorised pass; None for other types.
+    Q4_1 block: fp16 d, fp16 m, 16 bytes of nibbles (low nibbles are values 0-15, high ones 16-31): q * d + m.
+    Q8_0 block: fp16 d, 32 int8: q * d."""
+    import gguf
+
+    raw = np.ascontiguousarray(data).view(np.uint8)
+    if kind == gguf.GGMLQuantizationType.Q4_1:
+        blocks = raw.reshape(-1, 20)                                        # [n_blocks, 20 bytes]
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)       # [n_blocks, 1]
+        m = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+        qs = blocks[:, 4:]                                                  # [n_blocks, 16]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)  # [n_blocks, 32]
+        return (q * d + m).reshape(-1)
+    if kind == gguf.GGMLQuantizationType.Q8_0:
+        blocks = raw.reshape(-1, 34)
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
+        q = blocks[:, 2:].copy().view(np.int8).astype(np.float32)          # [n_blocks, 32]
+        return (q * d).reshape(-1)
+    return None
+
+
 def _dequantise(name: str, data: np.ndarray, qtype: int, shape: tuple[int, ...], source: Path) -> np.ndarray:
     import gguf
 
     kind = gguf.GGMLQuantizationType(qtype)
+    fast = _dequantise_fast(data, kind)
+    if fast is not None:
+        return fast.reshape(shape)
     try:
         values = gguf.quants.dequantize(data, kind)
     except NotImplementedError as exc:

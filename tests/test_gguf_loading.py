@@ -206,3 +206,14 @@ def test_sharded_hf_folder(tmp_path, tiny_tokenizer):
     tokens = torch.randint(0, cfg.vocab_size, (1, 11))
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(tokens), ref(tokens).logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0])
+def test_fast_dequantisation_matches_the_gguf_package(qtype):
+    from model.weights import _dequantise_fast
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    blocks = gguf.quants.quantize(w, qtype)
+    np.testing.assert_array_equal(_dequantise_fast(blocks, qtype).reshape(w.shape),
+                                  gguf.quants.dequantize(blocks, qtype).reshape(w.shape))
