@@ -109,6 +109,7 @@ class Assistant:
         self.folder = Path(folder) if folder else None
         self._model_lock = threading.Lock()
         self._index_lock = threading.RLock()
+        self.sync_report: Any = None  # what the folder sync at opening did (retrieval.sync.SyncReport)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -143,10 +144,10 @@ class Assistant:
         index_path = Path(index).expanduser() if index else (settings.index or default_index_path(folder))
         encoder = encoder or _load_encoder(settings)
         report = sync_folder(folder, index_path, encoder, progress=progress, on_progress=on_progress)
-        for path, reason in report.skipped:
-            log.warning("skipped %s: %s", path, reason)
         log.info("index %s in sync with %s: %s", index_path, folder, report)
-        return cls._open(index_path, settings, generator, encoder, folder=folder)
+        assistant = cls._open(index_path, settings, generator, encoder, folder=folder)
+        assistant.sync_report = report  # skipped files are listed by `assistant index` / the library, not here
+        return assistant
 
     @classmethod
     def from_index(
@@ -169,7 +170,8 @@ class Assistant:
         return cls._open(index_path, settings, generator, encoder)
 
     @classmethod
-    def from_settings(cls, settings: Settings, progress: bool = False, **kw: Any) -> "Assistant":
+    def from_settings(cls, settings: Settings, progress: bool = False,
+                      on_progress: Callable[[int, int], Any] | None = None, **kw: Any) -> "Assistant":
         """Open what the settings name: `index` alone opens that index as is; otherwise the folder
         (default: the repository's corpus/) is synced into its index first."""
         from assistant.settings import DEFAULT_CORPUS
@@ -177,7 +179,8 @@ class Assistant:
         if settings.index is not None and settings.folder is None:
             return cls.from_index(settings.index, settings=settings, **kw)
         folder = settings.folder or DEFAULT_CORPUS
-        return cls.from_folder(folder, settings.index, settings=settings, progress=progress, **kw)
+        return cls.from_folder(folder, settings.index, settings=settings, progress=progress,
+                               on_progress=on_progress, **kw)
 
     @classmethod
     def _open(cls, index_path, settings, generator, encoder, folder=None) -> "Assistant":

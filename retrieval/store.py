@@ -487,6 +487,13 @@ class IndexStore:
                 "SELECT path, content_id, sha256, size, mtime_ns, kind FROM documents").fetchall()
         return {r[0]: DocumentRow(*r) for r in rows}
 
+    def chunk_counts(self) -> dict[str, int]:
+        """Number of stored chunks (passages) of each indexed path (for the library view)."""
+        with self._db_lock:
+            rows = self._conn.execute(
+                "SELECT d.path, c.n_chunks FROM documents d JOIN contents c ON c.id = d.content_id").fetchall()
+        return {path: int(n) for path, n in rows}
+
     def chunk_rows(self, chunk_ids: Sequence[int]) -> dict[int, ChunkRow]:
         """The stored chunks with these ids (ids no longer live are left out)."""
         if not len(chunk_ids):

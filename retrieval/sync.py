@@ -13,12 +13,17 @@
 - Per-file limits (`retrieval.loaders.LoadLimits`: bytes, unpacked bytes, PDF pages, characters, parse time)
   turn hostile files into skip reasons; no exception from one file stops a sync. A full disk stops the
   sync with `DiskFullError` and leaves the previous index as it was (`retrieval.integrity`).
+- Files removed from the index by hand are listed in `<index>/excluded.json` (`set_exclusions`): a folder
+  sync leaves them out until they are taken off that list. The files skipped by the last sync, with their
+  reasons, are kept in `<index>/skipped.json` (`read_skipped`), so the library view and
+  `assistant index --status` can show them without reading the folder again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import time
@@ -35,10 +40,12 @@ from retrieval.loaders import (DEFAULT_MAX_FILE_BYTES, Document, FileEntry, Load
                                load_file, scan_folder, size_vs_limit)
 from retrieval.uploads import upload_target
 from retrieval.store import (SETTINGS_NAME, DocumentRow, IndexSettings, IndexStore, WriterLock,
-                             default_index_path)
+                             atomic_write_bytes, default_index_path)
 
 UPLOADS_DIR = "uploads"
 UPLOADS_PREFIX = "@uploads/"
+EXCLUDED_NAME = "excluded.json"
+SKIPPED_NAME = "skipped.json"
 EMBED_GROUP = 256  # chunks embedded per encoder call (the encoder batches further inside)
 
 ProgressCallback = Callable[[int, int], None]
@@ -63,6 +70,8 @@ class SyncReport:
     embed_seconds: float = 0.0
     total_files: int = 0
     total_chunks: int = 0
+    resumed: list[str] = field(default_factory=list)  # files an interrupted earlier run had already embedded
+    excluded: list[str] = field(default_factory=list)  # files left out because they are in excluded.json
 
     @property
     def changed(self) -> bool:
@@ -79,6 +88,11 @@ class SyncReport:
             f"embedded {self.chunks_embedded} chunks from {self.files_embedded} files in {self.seconds:.1f} s"
             f"{rate}; the index holds {self.total_files} files, {self.total_chunks} chunks",
         ]
+        if self.resumed:
+            lines.append(f"resumed an interrupted run: reused the passages of {len(self.resumed)} files it had "
+                         "already embedded")
+        if self.excluded:
+            lines.append(f"{len(self.excluded)} files excluded by hand (see `assistant index --status`)")
         for new, old in self.renamed:
             lines.append(f"  renamed: {old} -> {new} (vectors reused)")
         for new, old in self.duplicates:
@@ -135,6 +149,10 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
             scan = scan_folder(folder, max_file_bytes)
             entries = list(scan.files)
             skipped = [(s.path, s.reason) for s in scan.skipped]
+            excluded = set(read_exclusions(index_path))
+            left_out = sorted(e.path for e in entries if e.path in excluded)
+            entries = [e for e in entries if e.path not in excluded]
+            skipped = [(p, r) for p, r in skipped if p not in excluded]
             uploads = index_path / UPLOADS_DIR
             if uploads.is_dir():
                 up = scan_folder(uploads, max_file_bytes)
@@ -142,9 +160,12 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
                     e.path = UPLOADS_PREFIX + e.path
                 entries += up.files
                 skipped += [(UPLOADS_PREFIX + s.path, s.reason) for s in up.skipped]
-            return _sync_entries(store, entries, skipped, encoder, remove_missing=True, progress=progress,
-                                 max_file_bytes=max_file_bytes, on_progress=on_progress, batch_size=batch_size,
-                                 force_rebuild=switch_faiss, limits=limits)
+            report = _sync_entries(store, entries, skipped, encoder, remove_missing=True, progress=progress,
+                                   max_file_bytes=max_file_bytes, on_progress=on_progress, batch_size=batch_size,
+                                   force_rebuild=switch_faiss, limits=limits)
+            report.excluded = left_out
+            _write_json(index_path / SKIPPED_NAME, [list(item) for item in report.skipped])
+            return report
         finally:
             store.close()
 
@@ -205,6 +226,9 @@ def add_files(paths: Iterable[str | Path], index_path: str | Path, encoder, *, p
             for path, _ in report.skipped:  # keep no copy of what could not be indexed
                 if path in copied:
                     copied[path].unlink(missing_ok=True)
+            tried = {e.path for e in entries} | {p for p, _ in report.skipped}
+            kept = [(p, r) for p, r in read_skipped(index_path) if p not in tried]
+            _write_json(index_path / SKIPPED_NAME, [list(item) for item in kept + report.skipped])
             return report
         finally:
             store.close()
@@ -234,6 +258,54 @@ def _printable(name: str) -> str:
     return repr(str(name))[1:-1][:80]
 
 
+def read_exclusions(index_path: str | Path) -> list[str]:
+    """Paths removed from the index by hand, which a folder sync leaves out (sorted)."""
+    return sorted(str(p) for p in _read_json(Path(index_path) / EXCLUDED_NAME))
+
+
+def set_exclusions(index_path: str | Path, paths: Iterable[str]) -> None:
+    """Replace the exclusion list (written atomically). Takes effect at the next folder sync."""
+    _write_json(Path(index_path) / EXCLUDED_NAME, sorted(set(paths)))
+
+
+def read_skipped(index_path: str | Path) -> list[tuple[str, str]]:
+    """The files the last sync (or upload) could not index, with the reason: [(path, reason)]."""
+    return [(str(p), str(r)) for p, r in _read_json(Path(index_path) / SKIPPED_NAME)]
+
+
+def remove_documents(index_path: str | Path, paths: Iterable[str]) -> list[str]:
+    """Drop these paths' passages from the index now (a folder file comes back at the next sync unless it
+    is also excluded). Returns the paths that were indexed and are now gone."""
+    index_path = Path(index_path)
+    with WriterLock(index_path):
+        store = IndexStore.open(index_path)
+        try:
+            known = store.documents()
+            gone = sorted(p for p in set(paths) if p in known)
+            if gone:
+                with store.writer(lock_held=True) as writer:
+                    for path in gone:
+                        writer.remove_document(path)
+                    writer.commit()
+            return gone
+        finally:
+            store.close()
+
+
+def _read_json(path: Path) -> list:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):  # a damaged list must not stop indexing; it is rewritten on the next change
+        return []
+    return data if isinstance(data, list) else []
+
+
+def _write_json(path: Path, data: list) -> None:
+    atomic_write_bytes(path, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
+
+
 def _rebuild(folder: Path, index_path: Path, encoder, settings: IndexSettings, **kw) -> SyncReport:
     """Build a fresh index in a sibling folder, then swap it in. The old one serves until the swap."""
     with WriterLock(index_path):  # no other writer may touch the old index meanwhile
@@ -242,6 +314,8 @@ def _rebuild(folder: Path, index_path: Path, encoder, settings: IndexSettings, *
         fresh.mkdir(parents=True)
         if (index_path / UPLOADS_DIR).is_dir():
             shutil.copytree(index_path / UPLOADS_DIR, fresh / UPLOADS_DIR)
+        if (index_path / EXCLUDED_NAME).exists():
+            shutil.copyfile(index_path / EXCLUDED_NAME, fresh / EXCLUDED_NAME)
         chunker = ChunkerSettings(**settings.chunker)
         report = sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss, **kw)
         swap_in(fresh, index_path)
@@ -391,7 +465,7 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
         writer.commit(force_rebuild=force_rebuild)
     stats = store.stats()
     report.total_files, report.total_chunks = stats["files"], stats["chunks"]
-    for name in ("added", "updated", "removed", "unchanged", "skipped", "renamed", "duplicates", "notes"):
+    for name in ("added", "updated", "removed", "unchanged", "skipped", "renamed", "duplicates", "notes", "resumed"):
         getattr(report, name).sort()
     report.seconds = time.perf_counter() - started
     return report
@@ -411,6 +485,7 @@ def _classify_reuse(report: SyncReport, path: str, old, content_id: int, paths_b
             report.duplicates.append((path, holders[0]))
         else:
             report.added.append(path)  # stored by an interrupted earlier run: nothing to embed
+            report.resumed.append(path)
     paths_by_content.setdefault(content_id, []).append(path)
 
 

@@ -2,13 +2,13 @@
 
 Skipped when /usr/bin/chromium or playwright is missing. The server runs in a subprocess on a free port;
 its index goes to a temporary folder (the corpus is indexed on start), the generator weights come from
-the user's cache as usual.
+the user's cache as usual. The README's screenshots (docs/screenshots/after-*.png) are taken here, so they
+show the page as it is. (tests/test_browser_app.py covers the chat app's behaviour on stand-in models.)
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,22 +17,10 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-REPO = Path(__file__).resolve().parents[1]
+from browser_support import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.real]
-
-if not CHROMIUM.exists():
-    pytest.skip("needs /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+sync_api = require_browser()
 
 
 def _copy_default_corpus_index(target: Path) -> None:
@@ -63,7 +51,7 @@ def base_server(tmp_path_factory):
 
 
 def _serve(tmp_path_factory, *extra: str):
-    port = _free_port()
+    port = free_port()
     index = tmp_path_factory.mktemp("ui-index") / "corpus-index"
     _copy_default_corpus_index(index)
     log_path = tmp_path_factory.mktemp("ui-log") / "ui.log"
@@ -123,36 +111,45 @@ def page(server, browser):
 
 
 def answer_text(page) -> str:
-    """Text of the latest assistant answer bubble."""
-    bots = page.locator("#chatbot [data-testid='bot']")
-    return bots.nth(0).inner_text() if bots.count() else ""
+    """Text of the latest answer."""
+    answers = page.locator("#chatbot .turn .text")
+    return answers.last.inner_text() if answers.count() else ""
+
+
+def chat_text(page) -> str:
+    """Everything in the chat view, closed sources and score details included."""
+    return page.locator("#chatbot").text_content()
 
 
 def ask_and_watch(page, question: str, timeout: float = 240.0) -> tuple[list[int], str]:
-    """Type a question, send it, and sample the chat's length until the sources appear."""
+    """Type a question, send it, and sample the answer's length until it is finished (its Copy button shows)."""
+    finished = page.locator("#chatbot .turn .copy").count()
     page.fill("#question textarea", question)
     page.click("#send")
     lengths, deadline = [], time.time() + timeout
     while time.time() < deadline:
-        chat = page.locator("#chatbot").inner_text()
-        lengths.append(len(chat))
-        if "similarity" in chat:  # source boxes come with the final answer
-            return lengths, chat
+        lengths.append(len(answer_text(page)))
+        if page.locator("#chatbot .turn .copy").count() > finished:
+            return lengths, chat_text(page)
         time.sleep(0.05)
     pytest.fail(f"no answer within {timeout} s; chat shows: {page.locator('#chatbot').inner_text()[:500]}")
 
 
+def source_titles(page) -> list[str]:
+    return page.locator("#chatbot .turn").last.locator("details.source > summary").all_inner_texts()
+
+
 def test_question_streams_an_answer_with_a_source_from_the_right_file(base_server, browser):
     page = open_tab(browser, base_server)  # the base model's longer answers stream over many updates
-    status = page.locator("#index-status").inner_text()
-    assert "files" in status and "all-MiniLM-L6-v2" in status
+    models = page.locator("#models").inner_text()
+    assert "all-MiniLM-L6-v2" in models and "SmolLM2-135M-Instruct" in models
     page.click("#send")  # an empty question gets a clear message, not an answer
     page.wait_for_function("() => document.querySelector('#message').innerText.includes('empty')", timeout=30_000)
     lengths, chat = ask_and_watch(page, "What does LoRA train instead of the full weight matrices?")
     growth = [b for a, b in zip(lengths, lengths[1:]) if b > a]
     assert len(growth) >= 3, f"the answer did not stream in: {lengths}"
     assert "peft-lora.md" in chat
-    assert "[1] " in chat and "score" in chat
+    assert source_titles(page)[0].startswith("[1] ") and "retrieval score" in chat
 
 
 def test_uploaded_file_is_indexed_and_answers_cite_it(page, tmp_path):
@@ -162,21 +159,23 @@ def test_uploaded_file_is_indexed_and_answers_cite_it(page, tmp_path):
         "Zorblat trees flower every seven years, and each tree gives about forty fruits.\n",
         encoding="utf-8",
     )
+    page.click("button[role=tab]:has-text('Library')")
     page.set_input_files("#upload input[type='file']", str(doc))
     page.wait_for_function(
         "() => document.querySelector('#upload-status') && "
-        "document.querySelector('#upload-status').innerText.includes('Indexed')", timeout=120_000)
-    assert "@uploads/zorblat-fruit.md" in page.locator("#upload-status").inner_text()
-    _, chat = ask_and_watch(page, "Where does the zorblat fruit grow?")
-    assert "[1] @uploads/zorblat-fruit.md" in chat           # the upload is the top passage
-    answer = chat.split("[1] @uploads")[0]
+        "document.querySelector('#upload-status').innerText.includes('indexed')", timeout=120_000)
+    assert "@uploads/zorblat-fruit.md: indexed" in page.locator("#upload-status").inner_text()
+    page.click("button[role=tab]:has-text('Chat')")
+    ask_and_watch(page, "Where does the zorblat fruit grow?")
+    titles = source_titles(page)
+    assert titles[0].startswith("[1] @uploads/zorblat-fruit.md")  # the upload is the top passage
+    answer = answer_text(page)
     assert "Quenmora" in answer                              # ... and the answer uses it
     adapter_in_use = os.environ.get("ASSISTANT_USE_ADAPTER", "1") not in ("0", "false") and (
         os.environ.get("ASSISTANT_ADAPTER") or (REPO / "assistant/data/adapter/adapter.safetensors").exists())
     if adapter_in_use:
         # The fine-tuned model cites (the base model rarely writes [n]): the upload's source is marked cited.
-        title = next(line for line in chat.splitlines() if line.startswith("[1] @uploads/zorblat-fruit.md"))
-        assert title.endswith("cited"), (answer, title)
+        assert titles[0].endswith("cited") and "not cited" not in titles[0], (answer, titles[0])
 
 
 def test_stop_button_stops_a_long_answer(base_server, browser):
@@ -188,7 +187,7 @@ def test_stop_button_stops_a_long_answer(base_server, browser):
     page.fill("#question textarea", "Explain how attention, positional encodings and feed-forward layers work together.")
     page.click("#send")
     page.wait_for_function(
-        "() => { const b = document.querySelector('#chatbot [data-testid=\"bot\"]'); "
+        "() => { const b = document.querySelector('#chatbot .turn .text'); "
         "return b && b.innerText.length > 30; }", timeout=180_000)
     start = time.time()
     page.click("#stop")
@@ -206,9 +205,30 @@ def test_two_tabs_asking_at_once_get_their_own_answers(server, browser):
         tab.click("#send")
     chats = []
     for tab in tabs:
-        tab.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('similarity')",
-                              timeout=300_000)
-        chats.append(tab.locator("#chatbot").inner_text())
+        tab.wait_for_selector("#chatbot .turn .copy", timeout=300_000)
+        chats.append(chat_text(tab))
     assert questions[0] in chats[0] and questions[1] not in chats[0]
     assert questions[1] in chats[1] and questions[0] not in chats[1]
     assert "peft-lora.md" in chats[0] and "decoding-strategies.md" in chats[1]
+
+
+def test_screenshots_of_the_chat_and_the_library(server, browser):
+    """The README's pictures: an answer with a source opened from its [n] chip, and the library."""
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(server, wait_until="domcontentloaded")
+    page.wait_for_selector("#question textarea", timeout=60_000)
+    ask_and_watch(page, "What does LoRA train instead of the full weight matrices?")
+    chips = page.locator("#chatbot .cite")
+    if chips.count():
+        chips.first.click()
+    else:  # the small model did not cite this time: open the first source by hand
+        page.locator("#chatbot details.source > summary").first.click()
+    page.wait_for_selector("#chatbot details.source[open]")
+    page.locator("#chatbot details.source[open] details.scores > summary").first.click()
+    page.locator("#chatbot .turn").first.scroll_into_view_if_needed()
+    shots = REPO / "docs" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "after-answer.png"))
+    page.click("button[role=tab]:has-text('Library')")
+    page.wait_for_selector("#library tbody tr")
+    page.screenshot(path=str(shots / "after-library.png"))

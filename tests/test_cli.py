@@ -222,8 +222,9 @@ def test_ui_serves_the_corpus_unless_told_otherwise(tmp_path, monkeypatch):
 
     opened, served = [], []
     monkeypatch.setattr(Assistant, "from_settings",
-                        classmethod(lambda cls, settings, progress=False: opened.append(settings) or "bot"))
+                        classmethod(lambda cls, settings, **kw: opened.append(settings) or "bot"))
     monkeypatch.setattr("assistant.ui.serve", lambda bot, host, port: served.append((bot, host, port)))
+    monkeypatch.setattr("assistant.commands.ui.check_port", lambda host, port: None)  # 7860 may be taken here
     assert main(["ui"]) == 0
     assert opened[-1].folder is None and served[-1] == ("bot", "127.0.0.1", 7860)  # from_settings: corpus/
     assert main(["ui", "--index", str(tmp_path / "new-index"), "--port", "9000"]) == 0

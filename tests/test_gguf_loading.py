@@ -157,8 +157,8 @@ def test_gguf_converted_cache_is_reused_and_refreshed(tmp_path, tiny_tokenizer, 
     path = tmp_path / "tiny.gguf"
     _write_gguf(path, tiny_decoder, tiny_tokenizer, Q.F32)
     first = load_decoder(path, device="cpu")
-    cache = tmp_path / "tiny.gguf.converted"
-    assert (cache / "model.safetensors").exists()
+    cache = tmp_path / "tiny.gguf.qconverted"
+    assert (cache / "tensors.safetensors").exists() and not (cache / "model.safetensors").exists()
     second = load_decoder(path, device="cpu")  # from the converted copy
     tokens = torch.randint(0, tiny_decoder.config.vocab_size, (1, 7))
     with torch.no_grad():
@@ -170,6 +170,25 @@ def test_gguf_converted_cache_is_reused_and_refreshed(tmp_path, tiny_tokenizer, 
     third = load_decoder(path, device="cpu")
     with torch.no_grad():
         assert not torch.allclose(third.model(tokens), first.model(tokens))
+
+
+def test_gguf_cache_keeps_the_quantised_blocks_and_loads_the_same_model(tmp_path, tiny_tokenizer, k_quant_model):
+    """The converted copy stores tensors as quantised in the file (not float32): about the GGUF's size."""
+    import os
+
+    path = tmp_path / "tiny-q4k.gguf"
+    raw, _ = _random_k_quant_blocks(k_quant_model, Q.Q4_K)
+    _write_gguf(path, k_quant_model, tiny_tokenizer, Q.Q4_K, raw)
+    fresh = load_decoder(path, device="cpu", dtype=torch.float32, use_converted_cache=False)
+    load_decoder(path, device="cpu")  # writes the cache
+    cache = tmp_path / "tiny-q4k.gguf.qconverted"
+    tensors = os.path.getsize(cache / "tensors.safetensors")
+    assert tensors < 1.1 * os.path.getsize(path)
+    cached = load_decoder(path, device="cpu")
+    tokens = torch.randint(0, k_quant_model.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(cached.model(tokens), fresh.model(tokens), rtol=0, atol=0)
+    assert cached.tokenizer.encode("café 🙂 0123") == tiny_tokenizer.encode("café 🙂 0123")
 
 
 def test_sharded_hf_folder(tmp_path, tiny_tokenizer):
@@ -187,3 +206,14 @@ def test_sharded_hf_folder(tmp_path, tiny_tokenizer):
     tokens = torch.randint(0, cfg.vocab_size, (1, 11))
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(tokens), ref(tokens).logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0])
+def test_fast_dequantisation_matches_the_gguf_package(qtype):
+    from model.weights import _dequantise_fast
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    blocks = gguf.quants.quantize(w, qtype)
+    np.testing.assert_array_equal(_dequantise_fast(blocks, qtype).reshape(w.shape),
+                                  gguf.quants.dequantize(blocks, qtype).reshape(w.shape))

@@ -1,14 +1,19 @@
-"""The Gradio app's handlers (streaming, sources, errors, stop, uploads) on stand-in models."""
+"""The Gradio app's handlers and rendering (streaming, sources, chips, escaping, saved chats, library, uploads)
+on stand-in models."""
 
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 
+from assistant.answer import Answer, Source, Timings
+from assistant.conversations import ConversationStore
 from assistant.pipeline import Assistant
 from assistant.settings import Settings
-from assistant.ui import ChatApp, build_app, history_for_model
+from assistant.ui import (ChatApp, build_app, esc, evidence_highlights, history_for_model, render_chat,
+                          render_passage, short_model_name, turn_from_answer)
 
 from assistant_fakes import CORPUS, FakeGenerator, FakeRetriever
 
@@ -26,30 +31,58 @@ def ask(app, question, turns=None, session="tab-1", **options):
     return list(app.respond(question, turns or [], *values.values(), session=session))
 
 
-def test_answer_streams_in_and_sources_follow_it():
-    app, _ = make_app()
-    updates = ask(app, "What does LoRA train?")
-    texts = [messages[1]["content"] for messages, *_ in updates]
-    assert len(updates) > 4
-    assert texts[-1].startswith("LoRA trains low-rank matrices [1].\n\n<sub>retrieval ")
-    assert "tokens/s" in texts[-1]                  # timings under the answer
-    assert len(set(texts)) > 3                     # the text grew step by step
-    messages, box, turns, error = updates[-1]
+def test_answer_streams_in_and_sources_follow_it_in_numeric_order():
+    app, _ = make_app(reply="LoRA trains low-rank matrices [2] [8].")
+    texts, updates = [], []
+    for update in app.respond("What does LoRA train?", [], *DEFAULTS.values(), session="tab-1"):
+        texts.append(update[0][-1]["answer"])  # the chat as shown at each update
+        updates.append(update)
+    assert len(updates) > 4 and len(set(texts)) > 3     # the text grew step by step
+    turns, box, error = updates[-1]
     assert box == "" and error == ""
-    boxes = [m for m in messages if m.get("metadata")]
-    assert len(boxes) == 3
-    assert boxes[0]["metadata"]["title"].startswith("[1] lora.md › LoRA · score")
-    assert "cited" in boxes[0]["metadata"]["title"] and "cited" not in boxes[1]["metadata"]["title"]
-    assert "low-rank matrices" in boxes[0]["content"]
+    turn = turns[-1]
+    assert turn["answer"] == "LoRA trains low-rank matrices [2]." and "tokens/s" in turn["timing"]
+    assert [s["number"] for s in turn["sources"]] == [1, 2, 3]
+    assert [s["cited"] for s in turn["sources"]] == [False, True, False]
+    page = render_chat(turns)
+    assert '<button class="cite" data-turn="0" data-n="2"' in page     # the marker is a chip
+    assert page.count('<details class="source') == 3 and 'id="src-0-2"' in page
+    assert "not cited" in page and "similarity" in page.split('class="scores"')[1]  # scores behind a toggle
+    assert 'data-action="regenerate" data-arg="0"' in page and 'class="copy" data-text="LoRA trains' in page
     assert history_for_model(turns) == [{"role": "user", "content": "What does LoRA train?"},
-                                        {"role": "assistant", "content": "LoRA trains low-rank matrices [1]."}]
+                                        {"role": "assistant", "content": "LoRA trains low-rank matrices [2]."}]
+
+
+def test_document_and_model_text_is_escaped():
+    hostile = '<script>alert(1)</script><img src=x onerror="alert(2)"> ${1+1} {{value}} `x`'
+    source = Source(1, "evil<b>.md", "<i>h</i>", None, hostile, 0.5, 0.6, True, hostile)
+    answer = Answer(hostile + " [1]", [1], [source], False, Timings(), "q")
+    page = render_chat([turn_from_answer(hostile, answer)])
+    for bad in ("<script", "<img", "<b>", "<i>", "${", "{{", "`"):
+        assert bad not in page, bad
+    assert "&lt;script&gt;" in page and 'data-n="1"' in page
+    assert esc("a$b{c}") == "a&#36;b&#123;c&#125;"
+
+
+def test_highlights_from_evidence_mark_the_supporting_words():
+    text = "LoRA freezes the weights. It trains two small matrices."
+    assert render_passage(text, [(29, 54)]) == "LoRA freezes the weights. It <mark>trains two small matrices</mark>."
+    assert render_passage("<a> b", [(0, 3)]) == "<mark>&lt;a&gt;</mark> b"
+    evidence = [SimpleNamespace(passage=1, start=29, end=54, text="trains two small matrices", sentence="")]
+    source = Source(1, "lora.md", None, None, text, 0.5, 0.6, True, text)
+    answer = SimpleNamespace(**vars(Answer("It trains matrices [1].", [1], [source], False, Timings(), "q")),
+                             evidence=evidence)
+    assert evidence_highlights(answer) == {1: [(29, 54)]}
+    turn = turn_from_answer("q", answer)
+    assert turn["sources"][0]["highlights"] == [[29, 54]]
+    assert "<mark>trains two small matrices</mark>" in render_chat([turn])
 
 
 @pytest.mark.parametrize("question,expected", [("", "empty"), ("y" * 50_000, "the limit is")])
 def test_bad_questions_show_a_message_and_keep_the_conversation(question, expected):
     app, generator = make_app()
-    first = ask(app, "What does LoRA train?")[-1][2]
-    (messages, box, turns, error), = ask(app, question, first)
+    first = ask(app, "What does LoRA train?")[-1][0]
+    (turns, box, error), = ask(app, question, first)
     assert expected in error and turns == first and generator.calls[1:] == []
     assert box == question  # the user's text stays in the box to be fixed
 
@@ -63,7 +96,7 @@ def test_stop_really_stops_the_generation():
         pass
     app.stop("s")
     thread.join(timeout=10)
-    final_turn = results[-1][2][-1]
+    final_turn = results[-1][0][-1]
     assert final_turn["note"] == "(stopped)"
     assert len(final_turn["answer"]) < len("word " * 400) - 50
 
@@ -73,7 +106,7 @@ def test_tabs_do_not_share_conversations_or_stop_buttons():
     out = {}
 
     def tab(name, question):
-        out[name] = ask(app, question, session=name)[-1][2]
+        out[name] = ask(app, question, session=name)[-1][0]
 
     threads = [threading.Thread(target=tab, args=(f"tab{i}", f"Question {i} about LoRA?")) for i in range(3)]
     for t in threads:
@@ -89,24 +122,37 @@ def test_tabs_do_not_share_conversations_or_stop_buttons():
 def test_refusal_shows_the_nearest_passages():
     app, generator = make_app()
     app.assistant.settings.refusal_threshold = 2.0
-    messages, _, turns, _ = ask(app, "Who won the 1954 world cup?")[-1]
+    turns, _, _ = ask(app, "Who won the 1954 world cup?")[-1]
     assert generator.calls == []
-    assert "could not find" in messages[1]["content"].lower() and "nearest" in messages[1]["content"]
-    assert len([m for m in messages if m.get("metadata")]) == 3
+    assert "could not find" in turns[0]["answer"].lower() and "nearest" in turns[0]["note"]
+    assert "Nearest passages (not used)" in render_chat(turns) and len(turns[0]["sources"]) == 3
 
 
-def test_clear_forgets_the_conversation():
-    app, _ = make_app()
-    assert app.clear("tab-1") == ([], [], "", "")
-    assert app.cancel_event("tab-1").is_set()
+def test_answers_are_saved_per_owner_and_continue_with_their_history(tmp_path):
+    app, generator = make_app(reply="Answer [1].")
+    app.conversations = ConversationStore(tmp_path / "chats.sqlite3")
+    options = list(DEFAULTS.values())
+    *_, (turns, _, _, chat_id) = app.ask("alice", "", "What does LoRA train?", [], options)
+    assert chat_id and app.chat_choices("alice") == [("What does LoRA train?", chat_id)]
+    assert app.chat_choices("bob") == [] and app.open_chat("bob", chat_id) == ("", [], "")
+    reopened = ConversationStore(tmp_path / "chats.sqlite3")  # a server restart
+    app.conversations = reopened
+    current, loaded, title = app.open_chat("alice", None)
+    assert current == chat_id and loaded == turns and title == "What does LoRA train?"
+    *_, (turns2, _, _, same_id) = app.ask("alice", current, "And how big is it?", loaded, options)
+    assert same_id == chat_id and len(reopened.get("alice", chat_id).turns) == 2
+    assert "What does LoRA train?" in generator.calls[-1]["prompt"]  # the history went to the model
+    assert app.rename_chat("alice", chat_id, "LoRA") == "" and app.chat_choices("alice")[0][0] == "LoRA"
+    app.delete_chat("alice", chat_id)
+    assert app.chat_choices("alice") == []
 
 
-def test_upload_indexes_good_files_and_reports_corrupt_ones(tmp_path):
+def test_upload_reports_each_file_and_rejected_ones_as_rejected(tmp_path):
     from retrieval.testing import HashingEncoder
 
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "base.md").write_text("# Base\n\nAttention mixes values with softmax weights.\n")
+    (docs / "base.md").write_text("# Base\n\n## Softmax\n\nAttention mixes values with softmax weights.\n")
     assistant = Assistant.from_folder(docs, tmp_path / "index", encoder=HashingEncoder(),
                                       generator=FakeGenerator("Zorblat is a purple fruit [1]."),
                                       refusal_threshold=0.0)
@@ -117,23 +163,36 @@ def test_upload_indexes_good_files_and_reports_corrupt_ones(tmp_path):
     corrupt = tmp_path / "broken.pdf"
     corrupt.write_bytes(b"%PDF-1.4\n this is not really a pdf \x00\x01\x02")
     calls = []
-    message, status = app.upload([str(good), str(corrupt)], progress=lambda *a, **k: calls.append(a))
-    assert "Indexed: `@uploads/zorblat.md`" in message
-    assert "Could not index `@uploads/broken.pdf`" in message and "Nothing already indexed" in message
+    report, status = app.upload([str(good), str(corrupt)], progress=lambda *a, **k: calls.append(a))
+    assert "✓ @uploads/zorblat.md: indexed" in report
+    assert 'rejected">✗ @uploads/broken.pdf: rejected' in report
     assert "2 files" in status and assistant.stats()["chunks"] > before
     assert calls  # the progress bar moved
-    messages, *_ = ask(app, "What colour is the zorblat?")[-1]
-    assert messages[1]["content"].startswith("Zorblat is a purple fruit [1].")
-    assert "@uploads/zorblat.md" in [m for m in messages if m.get("metadata")][0]["metadata"]["title"]
+    turns, *_ = ask(app, "What colour is the zorblat?")[-1]
+    assert turns[0]["answer"].startswith("Zorblat is a purple fruit [1].")
+    assert turns[0]["sources"][0]["path"] == "@uploads/zorblat.md" and turns[0]["sources"][0]["openable"]
+    assert app.open_file("@uploads/zorblat.md").endswith("zorblat.md")
+    assert app.open_file("../docs/base.md") is None and app.open_file("/etc/passwd") is None
+    assert "What is softmax?" in render_chat([], app.examples(refresh=True))
+
+
+def test_model_names_are_short_with_the_full_id_on_hover():
+    full = "SmolLM2-135M-Instruct.Q4_1.gguf@sha256:b179c9523d0e6a0f+adapter:adapter+int4"
+    assert short_model_name(full) == "SmolLM2-135M-Instruct.Q4_1"
+    assert short_model_name("sentence-transformers/all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
+    app, _ = make_app()
+    app.assistant.generator.identity = full
+    assert f'title="{full}">SmolLM2-135M-Instruct.Q4_1</span>' in app.status()
 
 
 def test_app_builds_with_stable_element_ids():
     app, _ = make_app()
     demo = build_app(app.assistant)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
-    for name in ["chatbot", "question", "send", "stop", "clear", "message", "upload", "upload-status",
-                 "index-status", "temperature", "top-k", "top-p", "min-p", "repetition-penalty",
-                 "max-new-tokens", "passages", "retrieval-mode"]:
+    for name in ["chatbot", "question", "send", "stop", "new-chat", "chats", "chat-title", "rename-chat",
+                 "delete-chat", "message", "owner", "models", "upload", "upload-status", "index-status", "library",
+                 "library-filter", "library-message", "resync", "resync-status", "source-file", "temperature",
+                 "top-k", "top-p", "min-p", "repetition-penalty", "max-new-tokens", "passages", "retrieval-mode"]:
         assert name in ids, name
 
 
@@ -144,7 +203,7 @@ def test_unexpected_failures_show_a_message_instead_of_hanging():
         raise RuntimeError("disk on fire")
 
     generator.stream = broken
-    messages, box, turns, error = ask(app, "What does LoRA train?")[-1]
+    turns, box, error = ask(app, "What does LoRA train?")[-1]
     assert "disk on fire" in error and turns == [] and box == "What does LoRA train?"
     app.assistant.add_files = broken
     message, _ = app.upload(["/tmp/x.md"])

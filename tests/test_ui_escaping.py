@@ -1,29 +1,46 @@
-"""The UI's text rendering: HTML from documents and the model shows as text, code keeps its characters, and
-upload names stay one code span whatever they hold (the browser side is tests/test_browser_hostile.py)."""
+"""The UI's text rendering: HTML from documents and the model shows as text everywhere the chat page puts it
+(question, answer with citation chips, source passage with its evidence highlight, source labels, upload
+report). The browser side is tests/test_browser_hostile.py."""
 
 from __future__ import annotations
 
-from assistant.ui import as_code, as_text, render_messages
+from types import SimpleNamespace
+
+from assistant.ui import esc, render_answer_text, render_passage, render_source, render_turn, render_upload_report
+
+PAYLOAD = "<img src=x onerror=window.__pwned=1><script>window.__pwned=2</script>${alert(1)}"
 
 
-def test_html_outside_code_is_escaped_and_code_is_kept():
-    assert as_text("<img src=x onerror=alert(1)> & co") == "&lt;img src=x onerror=alert(1)&gt; &amp; co"
-    assert as_text("use `a < b` here") == "use `a < b` here"
-    assert as_text("```\n<script>x</script>\n```\n<b>") == "```\n<script>x</script>\n```\n&lt;b&gt;"
-    assert as_text("**bold** [1]") == "**bold** [1]"  # Markdown itself still renders
+def test_markup_and_template_syntax_are_escaped():
+    out = esc(PAYLOAD)
+    assert "<" not in out and ">" not in out and "${" not in out and "{" not in out
+    assert esc("a & b") == "a &amp; b"
 
 
-def test_upload_names_stay_one_code_span():
-    assert as_code("a.md") == "`a.md`"
-    assert as_code("a`<b>`.md") == "`` a`<b>`.md ``"
-    assert as_code("x``y.md") == "``` x``y.md ```"
+def test_answers_keep_their_citation_chips_and_nothing_else():
+    html = render_answer_text(f"{PAYLOAD} [1] and [7]", turn=0, numbers={1})
+    assert html.count("<button") == 1 and 'data-n="1"' in html  # only a number that names a source
+    assert "<img" not in html and "<script" not in html and "[7]" in html
 
 
-def test_questions_answers_and_source_titles_are_rendered_as_text():
-    turn = {"question": "<script>q</script>", "answer": "<img src=x onerror=1> [1]",
-            "sources": [{"title": "[1] a.md › <img src=x>", "snippet": "<b>s</b>", "path": "a.md", "cited": True}]}
-    messages = render_messages([turn])
-    assert messages[0]["content"] == "&lt;script&gt;q&lt;/script&gt;"
-    assert messages[1]["content"].startswith("&lt;img src=x onerror=1&gt; [1]")
-    assert messages[2]["metadata"]["title"] == "[1] a.md › &lt;img src=x&gt;"
-    assert messages[2]["content"] == "&lt;b&gt;s&lt;/b&gt;"
+def test_passages_and_evidence_highlights_are_escaped():
+    text = f"before {PAYLOAD} after"
+    start = text.index("<img")
+    html = render_passage(text, [(start, start + len(PAYLOAD))])
+    assert html.count("<mark>") == 1 and "<img" not in html and "<script" not in html
+    view = {"number": 1, "path": "<b>x</b>.md", "heading": "<i>h</i>", "text": text, "cited": True,
+            "score": 0.5, "dense_score": 0.4, "highlights": [(start, start + 4)]}
+    html = render_source(0, view)
+    assert "<b>x" not in html and "<i>h" not in html and "<img" not in html
+    turn = {"question": PAYLOAD, "answer": PAYLOAD + " [1]", "sources": [view], "timing": PAYLOAD}
+    html = render_turn(0, turn)
+    assert "<img" not in html and "<script" not in html
+
+
+def test_upload_reports_escape_names_reasons_and_notes():
+    report = SimpleNamespace(added=["@uploads/<b>a</b>.md"], updated=[], renamed=[], duplicates=[], unchanged=[],
+                             skipped=[("@uploads/<img src=x>.exe", "unsupported <type>")],
+                             notes=[("@uploads/<b>a</b>.md", "read with 3 replacement characters <x>")])
+    html = render_upload_report(report)
+    assert "<b>a" not in html and "<img" not in html and "<type>" not in html and "<x>" not in html
+    assert "rejected" in html and "replacement characters" in html

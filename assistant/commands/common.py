@@ -4,13 +4,57 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
+
+PROGRESS_EVERY_S = 5.0
+
+
+class ProgressLines:
+    """`on_progress(done, total)` for output that is not a terminal: a plain line when work starts, then one
+    every few seconds, and one at the end (a log file gets a few readable lines instead of a bar)."""
+
+    def __init__(self, what: str = "indexing", unit: str = "passages", every: float = PROGRESS_EVERY_S,
+                 file: Any = None) -> None:
+        self.what, self.unit, self.every = what, unit, every
+        self.file = file
+        self._started: float | None = None
+        self._last = 0.0
+        self._ended = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        file = self.file or sys.stderr
+        if self._started is None:
+            self._started = self._last = now
+            if total:
+                print(f"{self.what}: embedding {total:,} {self.unit}...", file=file, flush=True)
+            if done < total:
+                return
+        if total and done >= total and not self._ended:
+            self._ended = True
+            seconds = now - self._started
+            rate = f", {done / seconds:.1f} {self.unit}/s" if seconds > 0 else ""
+            print(f"{self.what}: {done:,}/{total:,} {self.unit} embedded in {seconds:.0f} s{rate}", file=file,
+                  flush=True)
+        elif now - self._last >= self.every and done < total:
+            self._last = now
+            print(f"{self.what}: {done:,}/{total:,} {self.unit} ({100 * done / max(total, 1):.0f}%, "
+                  f"{now - self._started:.0f} s)", file=file, flush=True)
+
+
+def progress_options(quiet: bool = False) -> dict[str, Any]:
+    """How to show indexing progress: a bar on a terminal, else plain lines every few seconds."""
+    if quiet:
+        return {"progress": False, "on_progress": None}
+    tty = sys.stderr.isatty()
+    return {"progress": tty, "on_progress": None if tty else ProgressLines()}
 
 
 def open_assistant(args: argparse.Namespace, **extra: Any) -> tuple[Any, Callable[[], Any]]:
     """Settings from the flags, and a function that opens the assistant they name (syncing the folder's
-    index with a progress bar on stderr). Splitting the two lets commands check input before loading models."""
+    index with progress on stderr). Splitting the two lets commands check input before loading models."""
     from assistant.settings import from_args
 
     settings = from_args(args, **extra)
@@ -18,9 +62,25 @@ def open_assistant(args: argparse.Namespace, **extra: Any) -> tuple[Any, Callabl
     def factory() -> Any:
         from assistant.pipeline import Assistant
 
-        return Assistant.from_settings(settings, progress=sys.stderr.isatty())
+        assistant = Assistant.from_settings(settings, **progress_options())
+        report_sync(getattr(assistant, "sync_report", None))
+        return assistant
 
     return settings, factory
+
+
+def report_sync(report: Any, file: Any = None, where: str = "`assistant index --status`") -> None:
+    """After the sync at opening: one line if files were skipped (their reasons are listed by `assistant index`
+    and the library view, not repeated on every question), and one if an interrupted run was resumed."""
+    if report is None:
+        return
+    file = file or sys.stderr
+    if report.resumed:
+        print(f"indexing resumed an interrupted run: reused the passages of {len(report.resumed)} files it had "
+              "already embedded", file=file)
+    if report.skipped:
+        n = len(report.skipped)
+        print(f"{n} file{'s' if n != 1 else ''} could not be indexed; see {where}", file=file)
 
 
 def format_source(source: Any) -> str:

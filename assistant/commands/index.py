@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 
@@ -15,7 +14,10 @@ def register(subparsers: Any) -> None:
         description="Keep the index of DIR in sync: new and changed files are embedded, deleted ones dropped, "
         "renamed or duplicated ones reuse their vectors. Ends with a summary and every skipped file's reason.",
     )
-    parser.add_argument("folder", metavar="DIR", help="the folder holding your documents")
+    parser.add_argument("folder", metavar="DIR", nargs="?", help="the folder holding your documents")
+    parser.add_argument("--status", action="store_true",
+                        help="list what the index holds, the files it skipped (with the reason) and the files "
+                        "excluded by hand, without syncing")
     parser.add_argument("--index", metavar="PATH",
                         help="index folder (default: $ASSISTANT_CACHE/indexes/<DIR name>-<hash of its path>)")
     parser.add_argument("--rebuild", action="store_true",
@@ -34,7 +36,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--overlap-tokens", type=int, default=30, metavar="N",
                         help="overlap between consecutive chunks in tokens (default 30)")
     parser.add_argument("--device", help="device for the encoder (default: cuda if available, else cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(func=run)
 
 
@@ -44,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     from model.errors import UserError
 
+    if args.status:
+        return print_status(args)
+    if not args.folder:
+        raise UserError("pass the folder to index (assistant index DIR), or --status with --index PATH or DIR")
     folder = Path(args.folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; pass the folder that holds your documents")
@@ -62,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.overlap_tokens >= args.chunk_tokens:
         raise UserError("--overlap-tokens must be smaller than --chunk-tokens")
     index_path = Path(args.index).expanduser() if args.index else default_index_path(folder)
+    from assistant.commands.common import progress_options
+
     if args.repair:
         from retrieval.integrity import repair_index
 
@@ -69,9 +77,46 @@ def run(args: argparse.Namespace) -> int:
                               max_file_bytes=int(args.max_file_mb * 1024 * 1024))
         print(report.summary())
         return 0
-    report = sync_folder(folder, index_path, encoder, rebuild=args.rebuild,
-                         progress=not args.quiet and sys.stderr.isatty(),
+    report = sync_folder(folder, index_path, encoder, rebuild=args.rebuild, **progress_options(args.quiet),
                          max_file_bytes=int(args.max_file_mb * 1024 * 1024), chunker=chunker,
                          faiss_kind="hnsw" if args.hnsw else None)
     print(report.summary())
+    return 0
+
+
+def print_status(args: argparse.Namespace) -> int:
+    """`assistant index --status`: the index's files, skipped files with reasons, exclusions (no models load)."""
+    from pathlib import Path
+
+    from model.errors import UserError
+    from retrieval.store import IndexStore, default_index_path
+    from retrieval.sync import read_exclusions, read_skipped
+
+    if args.index:
+        index_path = Path(args.index).expanduser()
+    elif args.folder:
+        index_path = default_index_path(Path(args.folder).expanduser())
+    else:
+        from assistant.settings import DEFAULT_CORPUS
+
+        index_path = default_index_path(DEFAULT_CORPUS)
+    if not IndexStore.exists(index_path):
+        raise UserError(f"no index at {index_path}; build it with `assistant index DIR`")
+    store = IndexStore.open(index_path)
+    try:
+        counts = store.chunk_counts()
+    finally:
+        store.close()
+    skipped, excluded = read_skipped(index_path), read_exclusions(index_path)
+    print(f"index: {index_path}")
+    print(f"{len(counts)} files indexed, {sum(counts.values())} passages; {len(skipped)} skipped; "
+          f"{len(excluded)} excluded by hand")
+    if skipped:
+        print("skipped:")
+        for path, reason in skipped:
+            print(f"  {path}: {reason}")
+    if excluded:
+        print("excluded (removed in the library; restore them there):")
+        for path in excluded:
+            print(f"  {path}")
     return 0
