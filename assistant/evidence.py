@@ -115,6 +115,21 @@ def sentence_bounds(text: str, start: int, end: int) -> tuple[int, int]:
     return begin, max(finish, end)
 
 
+def question_overlap(question: str, sentence: str) -> float:
+    """Share of the question's content words (stopwords dropped, lower-cased) that occur in `sentence`.
+
+    An answerability signal beside the reader's score: a question asked about a passage shares its words
+    with the sentence that answers it; a near-miss passage on the same topic shares fewer."""
+    from assistant.followup import content_words
+
+    words = {w.lower() for w in content_words(question)}
+    if not words:
+        return 0.0
+    found = {w.lower().strip(".,;:!?()\"'") for w in sentence.split()}
+    found |= {w.lower() for w in content_words(sentence)}
+    return sum(w in found for w in words) / len(words)
+
+
 def evidence_from_spans(spans: Sequence[Any], passages: Sequence[str], numbers: Sequence[int],
                         question: str) -> list[Evidence]:
     """Evidence for each reader span (model.reader.Span), best first. `numbers[i]` is the [n] of passages[i]."""

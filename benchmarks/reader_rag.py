@@ -120,33 +120,42 @@ def score(items, answers, k: int) -> dict:
     }
 
 
-def calibrate(bot, items, k: int) -> dict:
-    """Reader scores of the best evidence for answerable vs unanswerable questions; the best threshold."""
-    from assistant.evidence import evidence_from_spans
+def answerability_features(bot, items, k: int) -> list[dict]:
+    """Per question: the reader's best score, the question words found in the evidence sentence, and the
+    retrieval cosines, as the pipeline computes them (no generation)."""
+    from assistant.evidence import evidence_from_spans, question_overlap
+    from assistant.pipeline import relevant_hits
 
-    pos, neg = [], []
+    out = []
     for item in items:
         hits, _ = bot.retrieve(item["question"], k=k)
-        from assistant.pipeline import relevant_hits
-
+        best_cos = max((h.dense_score or 0.0) for h in hits) if hits else 0.0
         hits = relevant_hits(hits, bot.settings.refusal_threshold, bot.settings.relative_floor)
         texts = [h.text for h in hits]
         spans = bot.reader.read(item["question"], texts)
         ev = evidence_from_spans(spans, texts, list(range(1, len(texts) + 1)), item["question"])
-        s = ev[0].score if ev else -1e9
-        best_cos = max((h.dense_score or 0.0) for h in hits) if hits else 0.0
-        if best_cos < bot.settings.refusal_threshold:
-            s = -1e9  # refused before reading
-        (pos if item["gold_file"] else neg).append(s)
+        out.append({"answerable": bool(item["gold_file"]), "score": ev[0].score if ev else -99.0,
+                    "overlap": question_overlap(item["question"], ev[0].sentence) if ev else 0.0,
+                    "best_cos": best_cos, "gated": best_cos < bot.settings.refusal_threshold})
+    return out
+
+
+def calibrate(features: list[dict], max_false_refusals: float = 0.10) -> dict:
+    """The (overlap weight, threshold) on score + weight x overlap that refuses the most unanswerable
+    questions while refusing at most `max_false_refusals` of the answerable ones."""
+    pos = [f for f in features if f["answerable"]]
+    neg = [f for f in features if not f["answerable"]]
     best = None
-    for t in sorted(set(pos + neg)):
-        fr = sum(p < t for p in pos) / len(pos)
-        ra = sum(n < t for n in neg) / len(neg)
-        if fr <= 0.10 and (best is None or ra > best["refusal_accuracy"] / 100):
-            best = {"threshold": t, "refusal_accuracy": 100 * ra, "false_refusals": 100 * fr}
-    return {"positives": len(pos), "negatives": len(neg), "best": best,
-            "at_0": {"refusal_accuracy": 100 * sum(n < 0 for n in neg) / len(neg),
-                     "false_refusals": 100 * sum(p < 0 for p in pos) / len(pos)}}
+    for weight in (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0):
+        def value(f):
+            return -1e9 if f["gated"] else f["score"] + weight * f["overlap"]
+        for t in sorted({value(f) for f in features}):
+            fr = sum(value(f) < t for f in pos) / len(pos)
+            ra = sum(value(f) < t for f in neg) / len(neg)
+            if fr <= max_false_refusals and (best is None or ra > best["refusal_accuracy"] / 100 + 1e-9):
+                best = {"overlap_weight": weight, "threshold": t, "refusal_accuracy": 100 * ra,
+                        "false_refusals": 100 * fr}
+    return {"positives": len(pos), "negatives": len(neg), "best": best}
 
 
 def main() -> int:
@@ -192,7 +201,9 @@ def main() -> int:
     print(f"index + models ready in {time.perf_counter() - tick:.0f} s", flush=True)
     results: dict = {"split": args.split, "files": len(files), "threads": args.threads}
     if args.calibrate:
-        results["calibration"] = calibrate(bot, items, args.k)
+        features = answerability_features(bot, items, args.k)
+        results["features"] = features
+        results["calibration"] = calibrate(features)
         print(json.dumps(results["calibration"], indent=2))
     else:
         for mode in args.modes.split(","):

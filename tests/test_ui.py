@@ -12,6 +12,7 @@ from assistant.answer import Answer, Source, Timings
 from assistant.conversations import ConversationStore
 from assistant.pipeline import Assistant
 from assistant.settings import Settings
+from assistant.evidence import Evidence
 from assistant.ui import (ChatApp, build_app, esc, evidence_highlights, history_for_model, render_chat,
                           render_passage, short_model_name, turn_from_answer)
 
@@ -68,10 +69,9 @@ def test_highlights_from_evidence_mark_the_supporting_words():
     text = "LoRA freezes the weights. It trains two small matrices."
     assert render_passage(text, [(29, 54)]) == "LoRA freezes the weights. It <mark>trains two small matrices</mark>."
     assert render_passage("<a> b", [(0, 3)]) == "<mark>&lt;a&gt;</mark> b"
-    evidence = [SimpleNamespace(passage=1, start=29, end=54, text="trains two small matrices", sentence="")]
+    evidence = [Evidence(1, "trains two small matrices", 29, 54, text[26:], 26, len(text), 3.0)]
     source = Source(1, "lora.md", None, None, text, 0.5, 0.6, True, text)
-    answer = SimpleNamespace(**vars(Answer("It trains matrices [1].", [1], [source], False, Timings(), "q")),
-                             evidence=evidence)
+    answer = Answer("It trains matrices [1].", [1], [source], False, Timings(), "q", evidence=evidence)
     assert evidence_highlights(answer) == {1: [(29, 54)]}
     turn = turn_from_answer("q", answer)
     assert turn["sources"][0]["highlights"] == [[29, 54]]
