@@ -52,8 +52,9 @@ class Evidence:
     sentence: str  # the sentence holding the span
     sentence_start: int
     sentence_end: int
-    score: float  # the reader's score: span minus "no answer" logit (> threshold: answerable)
+    score: float  # the reader's score: span minus "no answer" logit
     kind: str = "span"  # "span", or "sentence" for questions that want an explanation
+    support: float = 0.0  # score + weight x question-word overlap with the sentence: the answerability decision
 
     @property
     def answer_text(self) -> str:
@@ -131,16 +132,18 @@ def question_overlap(question: str, sentence: str) -> float:
 
 
 def evidence_from_spans(spans: Sequence[Any], passages: Sequence[str], numbers: Sequence[int],
-                        question: str) -> list[Evidence]:
-    """Evidence for each reader span (model.reader.Span), best first. `numbers[i]` is the [n] of passages[i]."""
+                        question: str, overlap_weight: float = 0.0) -> list[Evidence]:
+    """Evidence for each reader span (model.reader.Span), best supported first. `numbers[i]` is the [n] of
+    passages[i]; support = span score + overlap_weight x question_overlap(question, sentence)."""
     kind = "sentence" if wants_sentence(question) else "span"
     out = []
     for span in spans:
         text = passages[span.passage]
         s, e = sentence_bounds(text, span.start, span.end)
+        support = float(span.score) + overlap_weight * question_overlap(question, text[s:e])
         out.append(Evidence(numbers[span.passage], text[span.start:span.end], span.start, span.end, text[s:e], s, e,
-                            float(span.score), kind))
-    return out
+                            float(span.score), kind, support))
+    return sorted(out, key=lambda ev: -ev.support)
 
 
 _MARKERS = re.compile(r"\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]")

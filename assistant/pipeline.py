@@ -33,7 +33,8 @@ from typing import Any
 
 from assistant.answer import Answer, QuestionError, Source, Timings, _source
 from assistant.citations import CitationFilter, clean_citations
-from assistant.evidence import ANSWER_MODES, evidence_from_spans, extractive_answer, route, states_evidence, strip_citations
+from assistant.evidence import (ANSWER_MODES, evidence_from_spans, extractive_answer, route, states_evidence,
+                               strip_citations, wants_sentence)
 from assistant.followup import is_followup, standalone_query
 from assistant.packing import PackedPrompt, _text_of, normalize_history, pack_prompt, prompt_label
 from assistant.prompts import REFUSAL_TEXT, PromptPassage, build_messages, is_refusal
@@ -352,8 +353,12 @@ class Assistant:
         tick = time.perf_counter()
         spans = self.reader.read(read_as, texts)
         timings.reader_ms = (time.perf_counter() - tick) * 1000
-        evidence = evidence_from_spans(spans, texts, list(range(1, len(hits) + 1)), question)
-        if not evidence or evidence[0].score < gate:
+        evidence = evidence_from_spans(spans, texts, list(range(1, len(hits) + 1)), read_as,
+                                       self.settings.reader_overlap_weight)
+        if wants_sentence(question):
+            for item in evidence:
+                item.kind = "sentence"
+        if not evidence or evidence[0].support < gate:
             sources = [_source(i, h, h.text, cited=False) for i, h in enumerate(hits, start=1)]
             timings.total_ms = timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
             yield REFUSAL_TEXT

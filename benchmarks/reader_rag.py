@@ -133,7 +133,8 @@ def answerability_features(bot, items, k: int) -> list[dict]:
         hits = relevant_hits(hits, bot.settings.refusal_threshold, bot.settings.relative_floor)
         texts = [h.text for h in hits]
         spans = bot.reader.read(item["question"], texts)
-        ev = evidence_from_spans(spans, texts, list(range(1, len(texts) + 1)), item["question"])
+        ev = sorted(evidence_from_spans(spans, texts, list(range(1, len(texts) + 1)), item["question"]),
+                    key=lambda e: -e.score)  # the reader's own ranking: the features are weighed afterwards
         out.append({"answerable": bool(item["gold_file"]), "score": ev[0].score if ev else -99.0,
                     "overlap": question_overlap(item["question"], ev[0].sentence) if ev else 0.0,
                     "best_cos": best_cos, "gated": best_cos < bot.settings.refusal_threshold})

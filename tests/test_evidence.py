@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.evidence import (Evidence, extractive_answer, reader_can_read, route, sentence_bounds,
-                                states_evidence, wants_sentence)
+from assistant.evidence import (Evidence, extractive_answer, question_overlap, reader_can_read, route,
+                                sentence_bounds, states_evidence, wants_sentence)
 from assistant.pipeline import Assistant, cite
 from assistant.prompts import REFUSAL_TEXT
 from assistant.settings import Settings
@@ -14,6 +14,7 @@ from assistant_fakes import CORPUS, FakeGenerator, FakeReader, FakeRetriever
 
 
 def make(reply, answers=("two small low-rank matrices A and B",), **settings):
+    settings = {"reader_threshold": 0.0, "reader_overlap_weight": 0.0, **settings}  # the fake reader's scale
     generator = FakeGenerator(reply)
     retriever = FakeRetriever(CORPUS, dense_floor=0.5)
     reader = FakeReader(list(answers))
@@ -48,6 +49,18 @@ def test_a_generated_answer_that_does_not_state_the_evidence_falls_back_to_the_e
     bot, _, _ = make(REFUSAL_TEXT)
     answer = bot.ask("What does LoRA train?")
     assert answer.fallback and not answer.refused and "low-rank matrices" in answer.text
+
+
+def test_support_adds_question_overlap_to_the_reader_score():
+    bot, _, _ = make("unused", reader_overlap_weight=8.0, reader_threshold=7.0)
+    # "low-rank matrices" shares most question words with the evidence sentence: 4 + 8 x overlap clears 7.
+    answer = bot.ask("Which low-rank matrices does LoRA train?", answer_mode="extract")
+    assert not answer.refused and answer.evidence[0].support > 7.0
+    assert answer.evidence[0].support == pytest.approx(4.0 + 8.0 * question_overlap(
+        "Which low-rank matrices does LoRA train?", answer.evidence[0].sentence))
+    # A question whose words the evidence sentence lacks is refused at the same threshold.
+    answer = bot.ask("What colour is the LoRA logo?", answer_mode="extract")
+    assert answer.refused
 
 
 def test_the_reader_refuses_when_no_passage_holds_an_answer_and_shows_the_nearest_passages():

@@ -150,7 +150,8 @@ def test_the_gradio_upload_handler_reports_hostile_and_refused_names(tmp_path):
         files.append(str(path))
     before = _tree(tmp_path)
     message, status = app.upload(files)
-    assert "Indexed: `@uploads/evil.md`, `@uploads/fine.md`" in message
+    assert "✓ @uploads/evil.md: indexed" in message and "✓ @uploads/fine.md: indexed" in message
+    assert message.count(": rejected, ") == 3  # CON.md, .hidden.md, script.exe: each shown as rejected
     assert "reserved device name" in message and "hidden names" in message
     assert "unsupported file type .exe" in message
     created = _tree(tmp_path) - before
@@ -161,8 +162,8 @@ def test_the_gradio_upload_handler_reports_hostile_and_refused_names(tmp_path):
     damaged = incoming / "damaged.md"
     damaged.write_bytes("# Damaged\n\nMostly fine text about schöne amber moths. ".encode() * 20 + b"\xff\xfe")
     message, _ = app.upload([str(damaged)])
-    assert "Indexed: `@uploads/damaged.md`" in message
-    assert "Note on `@uploads/damaged.md`: not valid UTF-8: 2 bad bytes shown as \ufffd." in message
+    assert "✓ @uploads/damaged.md: indexed" in message
+    assert "(not valid UTF-8: 2 bad bytes shown as \ufffd)" in message
 
 
 def test_an_upload_waits_for_a_running_sync_instead_of_failing(tmp_path):
