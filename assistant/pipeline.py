@@ -24,6 +24,7 @@ The names those modules define used to live here and are still importable from `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -92,8 +93,10 @@ class Assistant:
         encoder: Any | None = None,
         index_path: Path | None = None,
         folder: Path | None = None,
+        engine: Any | None = None,
     ) -> None:
         self.retriever = retriever
+        self.engine = engine  # optional: generation through a batch scheduler (`stream` with Generator's signature)
         self.generator = generator
         self.settings = settings or Settings()
         self.encoder = encoder
@@ -278,8 +281,9 @@ class Assistant:
 
         timings.prompt_tokens = packed.prompt_tokens
         filt = CitationFilter(len(packed.passages))
-        with self._model_lock:
-            text_stream = self.generator.stream(packed.prompt, params, cancel=cancel)
+        # With an engine (model.scheduler.BatchScheduler), answers share its running batch; else one at a time.
+        with self._model_lock if self.engine is None else contextlib.nullcontext():
+            text_stream = (self.engine or self.generator).stream(packed.prompt, params, cancel=cancel)
             try:
                 for delta in text_stream:
                     if timings.time_to_first_token_ms is None and delta:
