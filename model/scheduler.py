@@ -28,14 +28,14 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from model.errors import SamplingParamsError, UserError
-from model.generate import GenerationResult, Generator, IncrementalDetokenizer, StopScanner
+from model.generate import GenerationResult, Generator, IncrementalDetokenizer, StopScanner, TextStream
 from model.sampling import PenaltyState, SamplingParams, make_generator, sample
 
 
@@ -78,44 +78,30 @@ class SchedulerStats:
 _DONE = object()
 
 
-class RequestStream:
+class RequestStream(TextStream):
     """A submitted request: iterate for text deltas; `.result` (GenerationResult) once exhausted.
 
-    Thread-safe to consume from any one thread. `close()` (or dropping the stream mid-way) cancels the request;
-    the scheduler frees its row before the next decode step.
+    Consume it from any one thread. `close()` (or dropping the stream mid-way) cancels the request: the
+    scheduler frees its row before the next decode step, and a reader still gets the "cancelled" result.
     """
 
     def __init__(self, request: "_Request") -> None:
+        super().__init__(self._deltas(request))
         self._request = request
-        self.result: GenerationResult | None = None
-        self.text = ""
         self.prompt_tokens = len(request.ids)
 
-    def __iter__(self) -> "RequestStream":
-        return self
-
-    def __next__(self) -> str:
-        if self.result is not None:
-            raise StopIteration
-        item = self._request.out.get()
-        if item is _DONE:
-            self.result = self._request.result
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self.result = self._request.result
-            raise item
-        self.text += item
-        return item
-
-    def finish(self) -> GenerationResult:
-        """Run to the end and return the result."""
-        for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
+    @staticmethod
+    def _deltas(request: "_Request") -> Iterator[str]:
+        while True:
+            item = request.out.get()
+            if item is _DONE:
+                return request.result
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def close(self) -> None:
-        """Cancel the request (its row is freed at once); a result is still delivered to a reader."""
+        """Cancel the request (its row is freed at once)."""
         self._request.cancel.set()
         self._request.wake()
 
