@@ -254,7 +254,9 @@ class BatchScheduler:
                     if self._running:
                         self._decode_step()
                         self._drop_finished()
-        except BaseException as exc:  # never leave a client waiting forever
+        except BaseException as exc:  # never leave a client waiting forever; later submits are refused
+            with self._cond:
+                self._closed = True
             self._fail_all(exc)
             raise
         finally:
