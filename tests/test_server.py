@@ -263,3 +263,12 @@ def test_real_weights_server(tmp_path) -> None:
         np.testing.assert_allclose(np.array([d.embedding for d in data]), encoder.embed(texts), atol=1e-6)
     finally:
         server.stop()
+
+
+def test_serve_refuses_to_bind_beyond_loopback_without_a_key(capsys, monkeypatch) -> None:
+    from assistant.cli import main
+
+    monkeypatch.delenv("ASSISTANT_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to bind 0.0.0.0 without an API key" in err and "--api-key" in err
