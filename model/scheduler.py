@@ -144,11 +144,13 @@ class BatchScheduler:
     before `submit` raises SchedulerBusyError; context_length: slots per row (prompt + answer), at most the
     model's window (memory: rows x slots x layers x 2 x kv heads x head dim x 2 bytes); prefill_budget: prompt
     tokens prefilled between two decode steps (at least one request), so running answers keep flowing while
-    new ones are admitted.
+    new ones are admitted; decode_between: decode steps run after each admission round before the next one,
+    so a request admitted while others wait still streams its first words before the next prefill (with long
+    prompts, prefill dominates: without it the first requests would stall behind every later prefill).
     """
 
     def __init__(self, generator: Generator, max_batch: int = 8, max_waiting: int = 64,
-                 context_length: int | None = 2048, prefill_budget: int = 1024) -> None:
+                 context_length: int | None = 2048, prefill_budget: int = 1024, decode_between: int = 4) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.generator = generator
@@ -157,6 +159,8 @@ class BatchScheduler:
         self.max_waiting = max_waiting
         self.context_length = min(context_length or generator.context_length, generator.context_length)
         self.prefill_budget = prefill_budget
+        self.decode_between = decode_between
+        self._decode_credit = 0  # decode steps owed before the next admission round
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._cond = threading.Condition()
@@ -245,7 +249,9 @@ class BatchScheduler:
                         self._cond.wait()
                     if self._closed:
                         break
-                    admitted = self._take_waiting()
+                    admitted = self._take_waiting() if not self._running or self._decode_credit <= 0 else []
+                    if admitted:
+                        self._decode_credit = self.decode_between
                 self._acquire_generator()
                 with torch.inference_mode():
                     for request in admitted:
@@ -253,6 +259,7 @@ class BatchScheduler:
                     self._drop_finished()
                     if self._running:
                         self._decode_step()
+                        self._decode_credit -= 1
                         self._drop_finished()
         except BaseException as exc:  # never leave a client waiting forever; later submits are refused
             with self._cond:
