@@ -200,14 +200,14 @@ def main() -> None:
     from assistant.server import create_app
     from assistant.settings import Settings
     from model import cpu_kernels
+    from assistant.server import start_in_thread
     from model.scheduler import BatchScheduler
-    from tests.server_fixtures import start_server
 
     settings = Settings.load({"use_adapter": not args.no_adapter})
     t0 = time.perf_counter()
     assistant = Assistant.from_folder(REPO / "corpus", settings=settings)
     engine = BatchScheduler(assistant.generator, max_batch=args.max_batch, context_length=settings.max_context_tokens)
-    server = start_server(create_app(assistant, engine, settings, ui=False), assistant, engine)
+    server = start_in_thread(create_app(assistant, engine, settings, ui=False))
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
           f"generator {assistant.generator.identity}; native kernels: {cpu_kernels.status()}; "
           f"max batch {args.max_batch}; ready in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -236,6 +236,7 @@ def main() -> None:
                           f"{row['load']:.1f} |", flush=True)
     finally:
         server.stop()
+        engine.close()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

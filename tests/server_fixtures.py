@@ -3,20 +3,11 @@ generator through the batch scheduler, an index of a few notes (HashingEncoder) 
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.assistant_fakes import CORPUS
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -25,28 +16,18 @@ class LiveServer:
     app: Any
     assistant: Any
     engine: Any
-    server: Any
-    thread: threading.Thread
+    running: Any
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.running.stop()
         self.engine.close()
 
 
 def start_server(app: Any, assistant: Any, engine: Any) -> LiveServer:
-    import uvicorn
+    from assistant.server import start_in_thread
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    return LiveServer(f"http://127.0.0.1:{port}", app, assistant, engine, server, thread)
+    running = start_in_thread(app)
+    return LiveServer(running.url, app, assistant, engine, running)
 
 
 def tiny_generator(tokenizer: Any) -> Any:

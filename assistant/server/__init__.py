@@ -23,6 +23,40 @@ def check_binding(host: str, api_key: str | None) -> None:
                         "(or bind 127.0.0.1)")
 
 
+class Running:
+    """A server started by `start_in_thread`: `url`, and `stop()`."""
+
+    def __init__(self, server: Any, thread: Any, url: str) -> None:
+        self.server, self.thread, self.url = server, thread, url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+def start_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Running:
+    """Run the app with uvicorn in a background thread (tests, benchmarks); port 0 = a free port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.time() + timeout
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.02)
+    return Running(server, thread, f"http://{host}:{port}")
+
+
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
@@ -30,4 +64,4 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
-__all__ = ["LOOPBACK", "check_binding", "create_app", "serve"]
+__all__ = ["LOOPBACK", "Running", "check_binding", "create_app", "serve", "start_in_thread"]
