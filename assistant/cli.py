@@ -15,6 +15,7 @@ import sys
 # Order here is the order `assistant --help` lists them.
 COMMAND_MODULES = (
     "assistant.commands.ui",
+    "assistant.commands.serve",
     "assistant.commands.ask",
     "assistant.commands.chat",
     "assistant.commands.index",

@@ -24,6 +24,7 @@ The names those modules define used to live here and are still importable from `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -100,8 +101,10 @@ class Assistant:
         index_path: Path | None = None,
         folder: Path | None = None,
         reader: Any | None = None,
+        engine: Any | None = None,
     ) -> None:
         self.retriever = retriever
+        self.engine = engine  # optional: generation through a batch scheduler (`stream` with Generator's signature)
         self.generator = generator
         self.reader = reader  # model.reader.Reader beside the encoder, or None (answers as in `generate` mode)
         self.settings = settings or Settings()
@@ -304,8 +307,9 @@ class Assistant:
 
         timings.prompt_tokens = packed.prompt_tokens
         filt = CitationFilter(len(packed.passages))
-        with self._model_lock:
-            text_stream = self.generator.stream(packed.prompt, params, cancel=cancel)
+        # With an engine (model.scheduler.BatchScheduler), answers share its running batch; else one at a time.
+        with self._model_lock if self.engine is None else contextlib.nullcontext():
+            text_stream = (self.engine or self.generator).stream(packed.prompt, params, cancel=cancel)
             try:
                 for delta in text_stream:
                     if timings.time_to_first_token_ms is None and delta:
@@ -374,8 +378,9 @@ class Assistant:
             prompt = self.generator.render_chat(messages, add_generation_prompt=True)
             timings.prompt_tokens = self.generator.count_tokens(prompt)
             guided = params.replace(max_new_tokens=min(params.max_new_tokens, GUIDED_MAX_NEW_TOKENS))
-            with self._model_lock:  # short answers: written whole, checked, then shown
-                text_stream = self.generator.stream(prompt, guided, cancel=cancel)
+            # Short answers: written whole, checked, then shown (through the engine's batch when there is one).
+            with self._model_lock if self.engine is None else contextlib.nullcontext():
+                text_stream = (self.engine or self.generator).stream(prompt, guided, cancel=cancel)
                 written = "".join(text_stream)
                 result = getattr(text_stream, "result", None)
             timings.generated_tokens = len(getattr(result, "token_ids", ()) or ())

@@ -106,7 +106,7 @@ def _load() -> ctypes.CDLL | None:
     i64, cint, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     lib.qm_q4_matmul.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, cint]
     lib.qm_q8_matmul.argtypes = [ptr, i64, i64, ptr, ptr, i64, ptr, cint]
-    lib.qm_decode_layers.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, cint, cint]
+    lib.qm_decode_layers.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, cint, cint]
     lib.qm_q4_matmul.restype = lib.qm_q8_matmul.restype = lib.qm_decode_layers.restype = cint
     simd = ("AVX2 + F16C" if lib.qm_has_f16c() else "AVX2") if lib.qm_has_avx2() else "portable C"
     _status = f"on ({simd}; {how}; {target})"

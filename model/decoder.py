@@ -12,7 +12,8 @@ and one-token decode (T = 1) are the same code path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +34,28 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # input_pos: [T]; k, v: [B, n_kv, T, hd] -> the whole cache [B, n_kv, S, hd]
+        # input_pos: [T] (every row) or [B, T] (each row its own slots; rows 0..B-1 of the cache);
+        # k, v: [B, n_kv, T, hd] -> the cache [B, n_kv, S, hd]
+        if input_pos.dim() == 2:
+            batch = k.shape[0]
+            rows = torch.arange(batch, device=input_pos.device)[:, None]  # [B, 1]
+            self.k[rows, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # [B, T, n_kv, hd] into [B, :, T]
+            self.v[rows, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+            return self.k[:batch], self.v[:batch]
         self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
         self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
+
+
+class _CacheRow(nn.Module):
+    """One batch row of a layer's KVCache, as a batch-1 cache (views: writes land in the shared buffers)."""
+
+    def __init__(self, cache: KVCache, row: int) -> None:
+        super().__init__()
+        self.k = cache.k[row : row + 1]  # [1, n_kv, S, hd]
+        self.v = cache.v[row : row + 1]
+
+    update = KVCache.update
 
 
 class Attention(nn.Module):
@@ -85,9 +104,10 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         # x: [B, T, D]; cos/sin: [T, hd]; mask: [B or 1, 1, T, S'] bool or None (None = causal over T)
         batch, seq, _ = x.shape
+        # cos/sin: [T, hd], or [B, T, hd] when each row has its own positions
         if self.wqkv is not None:  # one matmul, and one rotation for q and k together
             qkv = self.wqkv(x).view(batch, seq, self.n_heads + 2 * self.n_kv_heads, self.head_dim)  # [B, T, H', hd]
-            qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv_heads], cos[:, None], sin[:, None])  # [B, T, nh+nkv, hd]
+            qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv_heads], cos.unsqueeze(-2), sin.unsqueeze(-2))  # [B, T, nh+nkv, hd]
             q = qk[:, :, : self.n_heads].transpose(1, 2)  # [B, nh, T, hd]
             k = qk[:, :, self.n_heads :].transpose(1, 2)  # [B, nkv, T, hd]
             v = qkv[:, :, self.n_heads + self.n_kv_heads :].transpose(1, 2)  # [B, nkv, T, hd]
@@ -95,6 +115,8 @@ class Attention(nn.Module):
             q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
             k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
             v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
+            if cos.dim() == 3:  # per-row positions: [B, 1, T, hd] against [B, heads, T, hd]
+                cos, sin = cos[:, None], sin[:, None]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:
             if self.kv_cache is None:
@@ -194,6 +216,32 @@ class Decoder(nn.Module):
         self.cache_batch_size = int(rows.shape[0])
         self.cache_version += 1
 
+    @contextlib.contextmanager
+    def cache_row(self, row: int) -> Iterator[None]:
+        """Inside the block, the KV cache is batch row `row` alone (batch 1): a prefill writes that row only
+        (continuous batching admits a new sequence into a free row while the others keep theirs)."""
+        if not 0 <= row < self.cache_batch_size:
+            raise RuntimeError(f"cache row {row} is outside the KV cache's {self.cache_batch_size} rows")
+        caches = [layer.attention.kv_cache for layer in self.layers]
+        batch, native = self.cache_batch_size, self.native_decode
+        try:
+            for layer, cache in zip(self.layers, caches):
+                layer.attention.kv_cache = _CacheRow(cache, row)
+            # batch 1 over the torch path (the native plan holds pointers to the whole cache)
+            self.cache_batch_size, self.native_decode = 1, False
+            yield
+        finally:
+            for layer, cache in zip(self.layers, caches):
+                layer.attention.kv_cache = cache
+            self.cache_batch_size, self.native_decode = batch, native
+
+    def copy_cache_row(self, source: int, target: int, length: int) -> None:
+        """Copy the first `length` slots of cache row `source` into row `target` (compacting the batch)."""
+        for layer in self.layers:
+            cache = layer.attention.kv_cache
+            cache.k[target, :, :length] = cache.k[source, :, :length]
+            cache.v[target, :, :length] = cache.v[source, :, :length]
+
     def reset_cache(self) -> None:
         """Drop the KV cache (frees its memory)."""
         for layer in self.layers:
@@ -213,6 +261,9 @@ class Decoder(nn.Module):
         """Logits [B, T, V] for tokens [B, T] ([B, 1, V] for the last position only when `last_only`).
 
         input_pos None: no cache, causal attention over `tokens` alone (training, scoring).
+        input_pos [B, T] (long): each row's own cache slots (rows 0..B-1 of the cache: continuous batching of
+        independent sequences; no pad_mask). A row attends to its slots <= the query's, whatever the other rows
+        hold; kv_len then is the largest slot + 1.
         input_pos [T] (long): cache slots of these tokens. Each query attends to cache slots <= its own slot,
         and, when pad_mask [B, S] (bool, True = real token) is given, only to slots marked True (left-padded
         batches: RoPE depends on slot differences only, so padding slots shift nothing once they are masked).
@@ -236,27 +287,39 @@ class Decoder(nn.Module):
             positions = torch.arange(seq, device=tokens.device)
         else:
             positions = input_pos
-            if self.static_cache_attention:
-                kv_len = None
-                slots = torch.arange(self.cache_len, device=tokens.device)  # [S]
-            else:
-                if kv_len is None:
-                    kv_len = int(input_pos[-1]) + 1
+            if input_pos.dim() == 2:  # per-row slots [B, T]
+                if pad_mask is not None or self.static_cache_attention:
+                    raise ValueError("per-row input_pos [B, T] takes no pad_mask and no static cache")
+                kv_len = int(input_pos.max()) + 1
                 slots = torch.arange(kv_len, device=tokens.device)  # [S']
-            causal = slots[None, :] <= input_pos[:, None]  # [T, S']
-            mask = causal[None, None]  # [1, 1, T, S']
-            if pad_mask is not None:
-                mask = mask & pad_mask[:, None, None, : slots.shape[0]]  # [B, 1, T, S']
-            elif seq == 1 and not self.static_cache_attention:
-                mask = None  # one query at the newest slot sees the whole filled prefix
-            elif kv_len == seq and not self.static_cache_attention:
-                mask = None  # prefill of slots 0..T-1: plain causal attention (SDPA's fused causal kernel)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [T, hd]
+                mask = (slots[None, None, :] <= input_pos[:, :, None])[:, None]  # [B, 1, T, S']
+            else:
+                mask = self._slot_mask(input_pos, pad_mask, seq, kv_len)
+                kv_len = None if self.static_cache_attention else (kv_len or int(input_pos[-1]) + 1)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [T, hd] or [B, T, hd]
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos, mask, kv_len)
         if last_only:
             x = x[:, -1:]  # [B, 1, D]
         return self.output(rms_norm(self.norm, x))
+
+    def _slot_mask(self, input_pos: torch.Tensor, pad_mask: torch.Tensor | None, seq: int,
+                   kv_len: int | None) -> torch.Tensor | None:
+        """The attention mask [B or 1, 1, T, S'] for shared slots input_pos [T] (None: no mask needed)."""
+        device = input_pos.device
+        if self.static_cache_attention:
+            slots = torch.arange(self.cache_len, device=device)  # [S]
+        else:
+            kv_len = kv_len or int(input_pos[-1]) + 1
+            slots = torch.arange(kv_len, device=device)  # [S']
+        mask = (slots[None, :] <= input_pos[:, None])[None, None]  # [1, 1, T, S']
+        if pad_mask is not None:
+            return mask & pad_mask[:, None, None, : slots.shape[0]]  # [B, 1, T, S']
+        if seq == 1 and not self.static_cache_attention:
+            return None  # one query at the newest slot sees the whole filled prefix
+        if kv_len == seq and not self.static_cache_attention:
+            return None  # prefill of slots 0..T-1: plain causal attention (SDPA's fused causal kernel)
+        return mask
 
     def native_decode_plan(self):
         """The model.native_decode plan for one-token decode steps on CPU, or None when it does not apply.

@@ -294,9 +294,10 @@ class Generator:
             return self.tokenizer.encode(prompt, add_special_tokens=True)
         return [int(t) for t in prompt]
 
-    def _fit_prompt(self, ids: list[int], max_new_tokens: int, truncate_left: bool) -> tuple[list[int], int, int]:
-        """(prompt ids, tokens cut from the left, how many new tokens fit)."""
-        limit = self.context_length
+    def _fit_prompt(self, ids: list[int], max_new_tokens: int, truncate_left: bool,
+                    limit: int | None = None) -> tuple[list[int], int, int]:
+        """(prompt ids, tokens cut from the left, how many new tokens fit in `limit` (default: the context))."""
+        limit = limit or self.context_length
         cut = 0
         if len(ids) + max_new_tokens > limit and truncate_left:
             keep = max(limit - max_new_tokens, 1)

@@ -179,21 +179,31 @@ class DecodePlan:
     @torch.inference_mode()
     def forward(self, decoder: nn.Module, tokens: torch.Tensor, input_pos: torch.Tensor,
                 pad_mask: torch.Tensor | None, kv_len: int | None) -> torch.Tensor | None:
-        """Logits [B, 1, V] for tokens [B, 1] at cache slot input_pos [1]; None when this step is not covered."""
+        """Logits [B, 1, V] for tokens [B, 1] at cache slot input_pos [1] (every row) or input_pos [B, 1] (each
+        row its own slot: continuous batching; rows 0..B-1 of a cache with at least B rows); None when this
+        step is not covered."""
         batch = tokens.shape[0]
-        pos = int(input_pos[0])
-        if (kv_len is not None and kv_len != pos + 1) or pos >= decoder.cache_len or batch != decoder.cache_batch_size:
+        per_row = input_pos.dim() == 2
+        if per_row:
+            if input_pos.shape != (batch, 1) or batch > decoder.cache_batch_size or pad_mask is not None:
+                return None
+            positions = input_pos.reshape(batch).to(torch.int64).contiguous()  # [B]
+        else:
+            if batch != decoder.cache_batch_size:
+                return None
+            positions = input_pos[:1].to(torch.int64).expand(batch).contiguous()  # [B], all equal
+        top = int(positions.max())
+        if (kv_len is not None and kv_len != top + 1) or top >= decoder.cache_len or int(positions.min()) < 0:
             return None
         if not self._cache_pointers(decoder):
             return None
-        starts = self._row_starts(pad_mask, pos + 1)
+        starts = self._row_starts(pad_mask, top + 1)
         if starts is False or decoder.rope_cos.dtype != torch.float32:
             return None
         x = decoder.tok_embeddings(tokens).reshape(batch, -1).to(torch.float32).contiguous()  # [B, D]
         cos, sin = decoder.rope_cos, decoder.rope_sin  # [max_seq_len, hd] float32, contiguous
-        row = cos.shape[1] * cos.element_size() * pos
         rc = cpu_kernels.library().qm_decode_layers(
-            self.blocks, len(self.blocks), x.data_ptr(), batch, pos, cos.data_ptr() + row, sin.data_ptr() + row,
+            self.blocks, len(self.blocks), x.data_ptr(), batch, positions.data_ptr(), cos.data_ptr(), sin.data_ptr(),
             None if starts is None else starts.data_ptr(), self._k_ptrs, self._v_ptrs, decoder.cache_len,
             self._kv_half, torch.get_num_threads())
         if rc != 0:

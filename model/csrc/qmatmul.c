@@ -283,6 +283,102 @@ static void barrier_wait(qm_barrier *b) {
     }
 }
 
+#if QM_AVX2
+/* One weight row n of int4 W against activation rows [m0, m0 + mt) (mt <= TILE_M, a compile-time constant at
+   each call, so the accumulators stay in registers). Each row's arithmetic is the same whatever mt and m0 are
+   (two FMA chains over even/odd blocks, the same scale products, the same final sums): a row's result never
+   depends on which other rows share the batch, so greedy decoding is identical alone and batched. */
+static inline __attribute__((always_inline)) void q4_tile(const act_t *a, const uint8_t *wr, const float *d,
+                                                          const float *mn, int64_t m0, const int mt, float *out,
+                                                          int64_t ldo, int64_t n) {
+    const int64_t K = a->K, nb = K / QK;
+    float ds[TILE_M][MAX_BLOCKS];  /* per-row block scale products, broadcast from memory (a load, not a shuffle) */
+    for (int t = 0; t < mt; t++) scale_products(d, a->d + (m0 + t) * nb, ds[t], nb);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc0[TILE_M], acc1[TILE_M];  /* two chains per row: FMA latency */
+    for (int t = 0; t < mt; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const __m128i r0 = _mm_loadu_si128((const __m128i *)(wr + b * (QK / 2)));
+        const __m128i r1 = _mm_loadu_si128((const __m128i *)(wr + (b + 1) * (QK / 2)));
+        const __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low4);
+        const __m256i w1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r1, 4), r1), low4);
+        for (int t = 0; t < mt; t++) {
+            const int8_t *xq = a->q + (m0 + t) * K;
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), ones);
+            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x1), ones);
+            acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds[t] + b), acc0[t]);
+            acc1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(ds[t] + b + 1), acc1[t]);
+        }
+    }
+    for (; b < nb; b++) {
+        const __m128i r0 = _mm_loadu_si128((const __m128i *)(wr + b * (QK / 2)));
+        const __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low4);
+        for (int t = 0; t < mt; t++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(a->q + (m0 + t) * K + b * QK));
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), ones);
+            acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds[t] + b), acc0[t]);
+        }
+    }
+    for (int t = 0; t < mt; t++) {
+        const int64_t m = m0 + t;
+        out[m * ldo + n] = hsum8(_mm256_add_ps(acc0[t], acc1[t])) + dotf(mn, a->s + m * nb, nb) +
+                           8.0f * dotf(d, a->e + m * nb, nb);
+    }
+}
+
+/* The same for int8 W (w: [K] int8 row, d: its block scales). */
+static inline __attribute__((always_inline)) void q8_tile(const act_t *a, const int8_t *wr, const float *d,
+                                                          int64_t m0, const int mt, float *out, int64_t ldo,
+                                                          int64_t n) {
+    const int64_t K = a->K, nb = K / QK;
+    float ds[TILE_M][MAX_BLOCKS];
+    for (int t = 0; t < mt; t++) scale_products(d, a->d + (m0 + t) * nb, ds[t], nb);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc0[TILE_M], acc1[TILE_M];
+    for (int t = 0; t < mt; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + b * QK));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wr + (b + 1) * QK));
+        const __m256i aw0 = _mm256_sign_epi8(w0, w0), aw1 = _mm256_sign_epi8(w1, w1);  /* |w| as unsigned */
+        for (int t = 0; t < mt; t++) {
+            const int8_t *xq = a->q + (m0 + t) * K;
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw0, _mm256_sign_epi8(x0, w0)), ones);
+            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw1, _mm256_sign_epi8(x1, w1)), ones);
+            acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds[t] + b), acc0[t]);
+            acc1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(ds[t] + b + 1), acc1[t]);
+        }
+    }
+    for (; b < nb; b++) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + b * QK));
+        const __m256i aw0 = _mm256_sign_epi8(w0, w0);
+        for (int t = 0; t < mt; t++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(a->q + (m0 + t) * K + b * QK));
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw0, _mm256_sign_epi8(x0, w0)), ones);
+            acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds[t] + b), acc0[t]);
+        }
+    }
+    for (int t = 0; t < mt; t++) out[(m0 + t) * ldo + n] = hsum8(_mm256_add_ps(acc0[t], acc1[t]));
+}
+
+/* Rows [0, M) in tiles of TILE_M, each tile size a constant for q4_tile / q8_tile. */
+#define FOR_TILES(M, CALL)                                                 \
+    for (int64_t m0 = 0; m0 < (M); m0 += TILE_M) {                         \
+        switch ((M) - m0 < TILE_M ? (int)((M) - m0) : TILE_M) {            \
+        case 1: { const int mt = 1; CALL; break; }                         \
+        case 2: { const int mt = 2; CALL; break; }                         \
+        case 3: { const int mt = 3; CALL; break; }                         \
+        default: { const int mt = TILE_M; CALL; break; }                   \
+        }                                                                  \
+    }
+#endif
+
 /* out[m * ldo + n] = (x W^T)[m, n] for n in [n0, n1), int4 W: w [N, K/2] packed nibbles, wd/wm [N, K/32]
    scales and minimums; a quantised with interleave = 1. */
 static void q4_rows(const act_t *a, const uint8_t *w, const float *wd, const float *wm, int64_t n0, int64_t n1,
@@ -295,34 +391,8 @@ static void q4_rows(const act_t *a, const uint8_t *w, const float *wd, const flo
         const float *d = wd + n * nb;
         const float *mn = wm + n * nb;
 #if QM_AVX2
-        if (M == 1 && nb <= MAX_BLOCKS) {  /* decode at batch 1 */
-            /* per-block scale products, broadcast from memory below (a load, not a shuffle) */
-            float ds[MAX_BLOCKS];
-            scale_products(d, xd, ds, nb);
-            const __m256i low4 = _mm256_set1_epi8(0x0F);
-            const __m256i ones = _mm256_set1_epi16(1);
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();  /* two chains: FMA latency */
-            int64_t b = 0;
-            for (; b + 2 <= nb; b += 2) {
-                const __m128i r0 = _mm_loadu_si128((const __m128i *)(wr + b * (QK / 2)));
-                const __m128i r1 = _mm_loadu_si128((const __m128i *)(wr + (b + 1) * (QK / 2)));
-                const __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low4);
-                const __m256i w1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r1, 4), r1), low4);
-                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
-                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), ones);
-                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x1), ones);
-                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(ds + b + 1), acc1);
-            }
-            for (; b < nb; b++) {
-                const __m128i r0 = _mm_loadu_si128((const __m128i *)(wr + b * (QK / 2)));
-                const __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low4);
-                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), ones);
-                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
-            }
-            out[n] = hsum8(_mm256_add_ps(acc0, acc1)) + dotf(mn, xs, nb) + 8.0f * dotf(d, xe, nb);
+        if (nb <= MAX_BLOCKS) {
+            FOR_TILES(M, q4_tile(a, wr, d, mn, m0, mt, out, ldo, n))
             continue;
         }
 #endif
@@ -379,32 +449,8 @@ static void q8_rows(const act_t *a, const int8_t *w, const float *wd, int64_t n0
         const int8_t *wr = w + n * K;
         const float *d = wd + n * nb;
 #if QM_AVX2
-        if (M == 1 && nb <= MAX_BLOCKS) {  /* decode at batch 1 (as in q4_rows) */
-            float ds[MAX_BLOCKS];
-            scale_products(d, xd, ds, nb);
-            const __m256i ones = _mm256_set1_epi16(1);
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-            int64_t b = 0;
-            for (; b + 2 <= nb; b += 2) {
-                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + b * QK));
-                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wr + (b + 1) * QK));
-                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
-                const __m256i p0 = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
-                const __m256i p1 = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(w1, w1), _mm256_sign_epi8(x1, w1)), ones);
-                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(ds + b + 1), acc1);
-            }
-            for (; b < nb; b++) {
-                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + b * QK));
-                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-                const __m256i p0 = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
-                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds + b), acc0);
-            }
-            out[n] = hsum8(_mm256_add_ps(acc0, acc1));
+        if (nb <= MAX_BLOCKS) {  /* batch-invariant tiles (see q4_tile) */
+            FOR_TILES(M, q8_tile(a, wr, d, m0, mt, out, ldo, n))
             continue;
         }
 #endif
@@ -557,15 +603,17 @@ static inline void axpy(float *restrict y, const float *restrict x, float a, int
 
 /*
  * Grouped-query attention of one new token per row: row m's query heads (in qkv [M, n_qkv], already rotated)
- * over cache slots [starts[m], kv_len) of k/v caches [M, G, cache_len, hd]; out attn [M, H * hd].
+ * over cache slots [starts[m], pos[m]] of k/v caches [M, G, cache_len, hd]; out attn [M, H * hd]. kv_len is
+ * max(pos) + 1 (the stride of `scores`); each row's sums run over its own slots only, in the same order
+ * whatever the other rows hold, so a row's result does not depend on its neighbours in the batch.
  * Called by every thread of the team; three phases split into small tasks, so that even one row with few
  * key/value heads keeps every thread busy: scores over chunks of slots (each key row read once for the
  * R = H / G query heads sharing it), a softmax per head, and value sums over 16-wide slices of the head
  * dimension (accumulators stay in registers). Ends without a barrier.
  */
 static void attend(const float *qkv, int64_t n_qkv, const void *kc, const void *vc, int kv_half, int64_t M,
-                   int64_t H, int64_t G, int64_t hd, int64_t cache_len, int64_t kv_len, const int64_t *starts,
-                   float *scores, float *inv_sums, float *attn, int tid, int nth, qm_barrier *bar) {
+                   int64_t H, int64_t G, int64_t hd, int64_t cache_len, int64_t kv_len, const int64_t *pos,
+                   const int64_t *starts, float *scores, float *inv_sums, float *attn, int tid, int nth, qm_barrier *bar) {
     const int64_t R = H / G, n_chunks = (kv_len + S_CHUNK - 1) / S_CHUNK;
     const int64_t dch = hd % D_CHUNK == 0 ? D_CHUNK : hd, n_dch = hd / dch;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -574,8 +622,9 @@ static void attend(const float *qkv, int64_t n_qkv, const void *kc, const void *
     for (int64_t task = lo; task < hi; task++) {
         const int64_t m = task / (G * n_chunks), g = (task / n_chunks) % G, c = task % n_chunks;
         const int64_t first = starts ? starts[m] : 0;
+        const int64_t row_len = pos[m] + 1;
         const int64_t s0 = c * S_CHUNK > first ? c * S_CHUNK : first;
-        const int64_t s1 = (c + 1) * S_CHUNK < kv_len ? (c + 1) * S_CHUNK : kv_len;
+        const int64_t s1 = (c + 1) * S_CHUNK < row_len ? (c + 1) * S_CHUNK : row_len;
         const int64_t base = (m * G + g) * cache_len * hd;
         for (int64_t s = s0; s < s1; s++)
             for (int64_t r = 0; r < R; r++) {
@@ -595,17 +644,18 @@ static void attend(const float *qkv, int64_t n_qkv, const void *kc, const void *
     for (int64_t task = lo; task < hi; task++) {
         const int64_t m = task / H;
         const int64_t first = starts ? starts[m] : 0;
+        const int64_t row_len = pos[m] + 1;
         float *sc = scores + task * kv_len;
         float mx = -INFINITY;
-        for (int64_t s = first; s < kv_len; s++) mx = sc[s] > mx ? sc[s] : mx;
-        inv_sums[task] = 1.0f / exp_shift_sum(sc + first, kv_len - first, mx);
+        for (int64_t s = first; s < row_len; s++) mx = sc[s] > mx ? sc[s] : mx;
+        inv_sums[task] = 1.0f / exp_shift_sum(sc + first, row_len - first, mx);
     }
     barrier_wait(bar);
     split(M * H * n_dch, tid, nth, &lo, &hi);
     for (int64_t task = lo; task < hi; task++) {
         const int64_t m = task / (H * n_dch), h = (task / n_dch) % H, c = task % n_dch;
         const int64_t first = starts ? starts[m] : 0;
-        const int64_t base = (m * G + h / R) * cache_len * hd + c * dch;
+        const int64_t base = (m * G + h / R) * cache_len * hd + c * dch, row_len = pos[m] + 1;
         const float *p = scores + (m * H + h) * kv_len;
         const float inv = inv_sums[m * H + h];
         float *o = attn + m * H * hd + h * hd + c * dch;
@@ -614,7 +664,7 @@ static void attend(const float *qkv, int64_t n_qkv, const void *kc, const void *
             const uint16_t *vh = (const uint16_t *)vc + base;
             if (dch == 16) {
                 __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-                for (int64_t s = first; s < kv_len; s++) {
+                for (int64_t s = first; s < row_len; s++) {
                     const __m256 w = _mm256_set1_ps(p[s]);
                     a0 = _mm256_fmadd_ps(w, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + s * hd))), a0);
                     a1 = _mm256_fmadd_ps(w, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vh + s * hd + 8))), a1);
@@ -624,7 +674,7 @@ static void attend(const float *qkv, int64_t n_qkv, const void *kc, const void *
                 _mm256_storeu_ps(o + 8, _mm256_mul_ps(a1, sc));
             } else {
                 for (int64_t i = 0; i < dch; i++) o[i] = 0.0f;
-                for (int64_t s = first; s < kv_len; s++)
+                for (int64_t s = first; s < row_len; s++)
                     for (int64_t i = 0; i < dch; i++) o[i] += p[s] * _cvtsh_ss(vh[s * hd + i]);
                 for (int64_t i = 0; i < dch; i++) o[i] *= inv;
             }
@@ -635,7 +685,7 @@ static void attend(const float *qkv, int64_t n_qkv, const void *kc, const void *
 #if QM_AVX2
         if (dch == 16) {  /* the value rows' 16-float slice in two registers */
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            for (int64_t s = first; s < kv_len; s++) {
+            for (int64_t s = first; s < row_len; s++) {
                 const __m256 w = _mm256_set1_ps(p[s]);
                 a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + s * hd), a0);
                 a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + s * hd + 8), a1);
@@ -647,25 +697,32 @@ static void attend(const float *qkv, int64_t n_qkv, const void *kc, const void *
         }
 #endif
         for (int64_t i = 0; i < dch; i++) o[i] = 0.0f;
-        for (int64_t s = first; s < kv_len; s++) axpy(o, v + s * hd, p[s], dch);
+        for (int64_t s = first; s < row_len; s++) axpy(o, v + s * hd, p[s], dch);
         for (int64_t i = 0; i < dch; i++) o[i] *= inv;
     }
 }
 
 /*
  * Decode one token per row through `n_layers` blocks, in place on x [M, D] (float32).
- * pos: the cache slot of the new tokens (the same for every row); cos/sin [head_dim]: the rotary tables at pos.
- * k_caches/v_caches: per layer, [M, n_kv_heads, cache_len, head_dim], float32 or (kv_half) float16; the new
- * keys/values are written at slot pos. Row m attends to slots [starts[m], pos] (starts: left padding; NULL = 0).
+ * pos [M]: each row's cache slot for its new token (rows are independent sequences: continuous batching, or
+ * all equal for a left-padded batch); cos/sin [max_seq_len, head_dim]: the rotary tables (row m uses pos[m]).
+ * k_caches/v_caches: per layer, [>= M, n_kv_heads, cache_len, head_dim], float32 or (kv_half) float16; row m's
+ * new key/value is written at slot pos[m]. Row m attends to slots [starts[m], pos[m]] (starts: left padding;
+ * NULL = 0).
  * Returns 0, or -1 when memory ran out or a shape is unsupported.
  */
-int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t M, int64_t pos,
+int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t M, const int64_t *pos,
                      const float *cos, const float *sin, const int64_t *starts, void *const *k_caches,
                      void *const *v_caches, int64_t cache_len, int kv_half, int nthreads) {
-    if (n_layers < 1 || M < 1 || pos < 0 || pos >= cache_len || (kv_half && !QM_F16C)) return -1;
+    if (n_layers < 1 || M < 1 || (kv_half && !QM_F16C)) return -1;
+    int64_t max_pos = 0;
+    for (int64_t m = 0; m < M; m++) {
+        if (pos[m] < 0 || pos[m] >= cache_len) return -1;
+        max_pos = pos[m] > max_pos ? pos[m] : max_pos;
+    }
     const qm_block *b0 = &blocks[0];
     const int64_t D = b0->dim, H = b0->n_heads, G = b0->n_kv_heads, hd = b0->head_dim, F = b0->ffn_dim;
-    const int64_t n_qkv = (H + 2 * G) * hd, kv_len = pos + 1;
+    const int64_t n_qkv = (H + 2 * G) * hd, kv_len = max_pos + 1;
     if (G < 1 || H % G != 0 || H / G > MAX_GROUP || hd % 2) return -1;
     int64_t max_rank = 0;
     for (int64_t l = 0; l < n_layers; l++) {
@@ -714,9 +771,10 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
                 if (tid == 0) {
                     for (int64_t m = 0; m < M; m++) {
                         float *row = qkv + m * n_qkv;
-                        for (int64_t h = 0; h < H + G; h++) rope_head(row + h * hd, cos, sin, hd);  /* q and k */
+                        const float *c = cos + pos[m] * hd, *sn = sin + pos[m] * hd;
+                        for (int64_t h = 0; h < H + G; h++) rope_head(row + h * hd, c, sn, hd);  /* q and k */
                         for (int64_t g = 0; g < G; g++) {
-                            const int64_t at = ((m * G + g) * cache_len + pos) * hd;
+                            const int64_t at = ((m * G + g) * cache_len + pos[m]) * hd;
 #if QM_F16C
                             if (kv_half) {
                                 to_f16((uint16_t *)kc + at, row + (H + g) * hd, hd);
@@ -730,7 +788,7 @@ int qm_decode_layers(const qm_block *blocks, int64_t n_layers, float *x, int64_t
                     }
                 }
                 barrier_wait(&bar);
-                attend(qkv, n_qkv, kc, vc, kv_half, M, H, G, hd, cache_len, kv_len, starts, scores, inv_sums, attn,
+                attend(qkv, n_qkv, kc, vc, kv_half, M, H, G, hd, cache_len, kv_len, pos, starts, scores, inv_sums, attn,
                        tid, nth, &bar);
                 barrier_wait(&bar);
                 if (tid == 0) linear_prepare(&blk->o, attn, M, &a, abuf, lt);
