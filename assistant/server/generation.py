@@ -162,7 +162,8 @@ def assistant_choice(assistant: Any, question: str, history: list[dict], options
                     sources = [asdict(s) for s in item.sources]
                     yield Final(finish_reason(item.finish_reason), item.timings.prompt_tokens,
                                 item.timings.generated_tokens, item.text,
-                                {"sources": sources, "citations": list(item.citations), "refused": item.refused})
+                                {"sources": sources, "citations": list(item.citations), "refused": item.refused,
+                                 "evidence": [asdict(e) for e in item.evidence], "answer_mode": item.mode})
                 else:
                     yield item
 

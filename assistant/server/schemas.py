@@ -69,6 +69,7 @@ class ChatCompletionRequest(SamplingFields):
     # ours, for model "assistant"
     k: int | None = Field(None, ge=1, le=50)
     retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None
+    answer_mode: Literal["guided", "generate", "extract"] | None = None
 
 
 class CompletionRequest(SamplingFields):

@@ -38,7 +38,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
         if last_user is None:
             raise APIError(400, "messages must contain a user message (the question)", param="messages")
-        options = {**body.sampling(), "k": body.k, "retrieval_mode": body.retrieval_mode}
+        options = {**body.sampling(), "k": body.k, "retrieval_mode": body.retrieval_mode,
+                   "answer_mode": body.answer_mode}
         options = {k: v for k, v in options.items() if v is not None}
         sampling_params(ctx, body)  # bad values answer 400 before anything runs
         factories = [assistant_choice(ctx.assistant, messages[last_user]["content"], messages[:last_user], options)]
