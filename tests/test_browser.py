@@ -45,9 +45,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_server(tmp_path_factory):
-    """The same with `--no-adapter`: the base model writes long answers (the adapter's are a few words, done
-    before streaming can be watched or a click on Stop can land)."""
-    yield from _serve(tmp_path_factory, "--no-adapter")
+    """The same with `--no-adapter --answer-mode generate`: the base model writes long answers token by token
+    (guided answers and the adapter's are a few words, done before streaming can be watched or Stop clicked)."""
+    yield from _serve(tmp_path_factory, "--no-adapter", "--answer-mode", "generate")
 
 
 def _serve(tmp_path_factory, *extra: str):
@@ -176,6 +176,22 @@ def test_uploaded_file_is_indexed_and_answers_cite_it(page, tmp_path):
     if adapter_in_use:
         # The fine-tuned model cites (the base model rarely writes [n]): the upload's source is marked cited.
         assert titles[0].endswith("cited") and "not cited" not in titles[0], (answer, titles[0])
+
+
+def test_the_evidence_is_highlighted_inside_its_source(server, browser):
+    """Guided mode: the reader's evidence span is what the opened source highlights, and what the answer states."""
+    page = open_tab(browser, server)
+    ask_and_watch(page, "Who introduced LoRA?")
+    answer = answer_text(page)
+    assert "Edward Hu" in answer, answer
+    page.locator("#chatbot .cite").first.click()  # guided answers always cite the evidence's passage
+    opened = page.locator("#chatbot details.source[open]")
+    opened.wait_for()
+    marks = opened.locator(".passage mark").all_inner_texts()
+    assert marks and "Edward Hu" in marks[0], marks
+    assert marks[0].strip() in answer  # the answer states the evidence
+    passage = opened.locator(".passage").inner_text()
+    assert marks[0] in passage and "introduced by" in passage
 
 
 def test_stop_button_stops_a_long_answer(base_server, browser):
