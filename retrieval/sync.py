@@ -80,7 +80,7 @@ class SyncReport:
         return "\n".join(lines)
 
 
-def index_settings(encoder, chunker: ChunkerSettings | None = None, faiss_kind: str = "flat") -> IndexSettings:
+def index_settings(encoder, chunker: ChunkerSettings | None = None, faiss_kind: str = "auto") -> IndexSettings:
     """The settings an index built by `encoder` with `chunker` records."""
     chunker = chunker or ChunkerSettings.for_encoder(encoder)
     return IndexSettings(encoder=encoder.name, dim=int(encoder.dim), chunker=chunker.to_dict(), faiss=faiss_kind)
@@ -95,30 +95,33 @@ def _open_or_create(path: Path, settings: IndexSettings, folder: Path | None = N
 def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, rebuild: bool = False,
                 progress: bool = True, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                 on_progress: ProgressCallback | None = None, chunker: ChunkerSettings | None = None,
-                faiss_kind: str | None = None, batch_size: int = 32) -> SyncReport:
+                faiss_kind: str | None = None, batch_size: int = 32, ivf_nlist: int | None = None,
+                ivf_nprobe: int | None = None) -> SyncReport:
     """Bring the index at `index_path` (default: `default_index_path(folder)`) in line with `folder`.
 
     `rebuild=True` builds a fresh index next to the old one and swaps it in when complete (needed after
     changing the encoder or chunker); until then the old index keeps working.
     `on_progress(done, total)` is called with chunk counts while embedding.
-    `faiss_kind`: "flat" (exact) or "hnsw"; None keeps what the index has ("flat" for a new one). Switching
-    an existing index re-uses its stored vectors (nothing is embedded again).
+    `faiss_kind`: "auto", "flat" (exact), "hnsw", "ivf" or "ivfpq" (see retrieval.segments); None keeps what
+    the index has ("auto" for a new one). `ivf_nlist` / `ivf_nprobe`: IVF lists and lists searched (0 =
+    automatic, None = keep). Switching an existing index re-uses its stored vectors (nothing is embedded again).
     """
     folder = Path(folder)
     index_path = Path(index_path) if index_path is not None else default_index_path(folder)
-    settings = index_settings(encoder, chunker, faiss_kind or "flat")
+    settings = index_settings(encoder, chunker, faiss_kind or "auto")
     if rebuild and IndexStore.exists(index_path):
+        old = IndexStore.open(index_path).settings
         if faiss_kind is None:
-            settings.faiss = IndexStore.open(index_path).settings.faiss
+            settings.faiss = old.faiss
+        settings.ivf_nlist = old.ivf_nlist if ivf_nlist is None else ivf_nlist
+        settings.ivf_nprobe = old.ivf_nprobe if ivf_nprobe is None else ivf_nprobe
         return _rebuild(folder, index_path, encoder, settings, progress=progress, max_file_bytes=max_file_bytes,
                         on_progress=on_progress, batch_size=batch_size)
     index_path.mkdir(parents=True, exist_ok=True)
     with WriterLock(index_path):
         store = _open_or_create(index_path, settings, folder)
         try:
-            switch_faiss = faiss_kind is not None and faiss_kind != store.settings.faiss
-            if switch_faiss:
-                store.set_faiss_kind(faiss_kind)
+            switch_faiss = store.set_vector_settings(faiss_kind, ivf_nlist, ivf_nprobe)
             scan = scan_folder(folder, max_file_bytes)
             entries = list(scan.files)
             skipped = [(s.path, s.reason) for s in scan.skipped]
@@ -191,7 +194,8 @@ def _rebuild(folder: Path, index_path: Path, encoder, settings: IndexSettings, *
         if (index_path / UPLOADS_DIR).is_dir():
             shutil.copytree(index_path / UPLOADS_DIR, fresh / UPLOADS_DIR)
         chunker = ChunkerSettings(**settings.chunker)
-        report = sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss, **kw)
+        report = sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss,
+                             ivf_nlist=settings.ivf_nlist, ivf_nprobe=settings.ivf_nprobe, **kw)
         old = index_path.with_name(index_path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(index_path, old)
