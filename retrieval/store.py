@@ -615,6 +615,19 @@ class IndexStore:
                 self._parts = None
         return rebuild
 
+    def vector_settings_pending(self) -> bool:
+        """True when the base vector index was not built with the current settings (a rebuild for a new kind
+        or list count was interrupted): the next sync rebuilds it."""
+        from retrieval.segments import VectorInfo
+
+        base = self.manifest()["base"]
+        if not base["vectors"]:
+            return False
+        info = VectorInfo.from_dict(base.get("info"))
+        if self.settings.faiss not in ("auto", info.kind):
+            return True
+        return info.kind in ("ivf", "ivfpq") and bool(self.settings.ivf_nlist) and self.settings.ivf_nlist != info.nlist
+
     def set_faiss_kind(self, kind: str) -> None:
         """Record a new vector index kind; the next `commit(force_rebuild=True)` rebuilds it."""
         self.set_vector_settings(kind=kind)

@@ -121,7 +121,8 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
     with WriterLock(index_path):
         store = _open_or_create(index_path, settings, folder)
         try:
-            switch_faiss = store.set_vector_settings(faiss_kind, ivf_nlist, ivf_nprobe)
+            switch_faiss = (store.set_vector_settings(faiss_kind, ivf_nlist, ivf_nprobe)
+                            or store.vector_settings_pending())
             scan = scan_folder(folder, max_file_bytes)
             entries = list(scan.files)
             skipped = [(s.path, s.reason) for s in scan.skipped]
