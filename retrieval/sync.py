@@ -96,7 +96,7 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
                 progress: bool = True, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                 on_progress: ProgressCallback | None = None, chunker: ChunkerSettings | None = None,
                 faiss_kind: str | None = None, batch_size: int = 32, ivf_nlist: int | None = None,
-                ivf_nprobe: int | None = None) -> SyncReport:
+                ivf_nprobe: int | None = None, ray=None) -> SyncReport:
     """Bring the index at `index_path` (default: `default_index_path(folder)`) in line with `folder`.
 
     `rebuild=True` builds a fresh index next to the old one and swaps it in when complete (needed after
@@ -105,7 +105,28 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
     `faiss_kind`: "auto", "flat" (exact), "hnsw", "ivf" or "ivfpq" (see retrieval.segments); None keeps what
     the index has ("auto" for a new one). `ivf_nlist` / `ivf_nprobe`: IVF lists and lists searched (0 =
     automatic, None = keep). Switching an existing index re-uses its stored vectors (nothing is embedded again).
+    `ray`: None (here), "auto", "local", a cluster address, or a `retrieval.ray_sync.RayCluster`: changed
+    files are loaded, chunked and embedded by Ray workers; this process stays the one writer.
     """
+    kw = dict(rebuild=rebuild, progress=progress, max_file_bytes=max_file_bytes, on_progress=on_progress,
+              chunker=chunker, faiss_kind=faiss_kind, batch_size=batch_size, ivf_nlist=ivf_nlist,
+              ivf_nprobe=ivf_nprobe)
+    if ray is None:
+        return _sync_folder(folder, index_path, encoder, cluster=None, **kw)
+    from retrieval.ray_sync import RayCluster
+
+    cluster = ray if isinstance(ray, RayCluster) else RayCluster(str(ray))
+    cluster.connect()  # fails here, before the index is touched, when Ray is missing or unreachable
+    try:
+        return _sync_folder(folder, index_path, encoder, cluster=cluster, **kw)
+    finally:
+        cluster.close()
+
+
+def _sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, cluster, rebuild: bool,
+                 progress: bool, max_file_bytes: int, on_progress: ProgressCallback | None,
+                 chunker: ChunkerSettings | None, faiss_kind: str | None, batch_size: int,
+                 ivf_nlist: int | None, ivf_nprobe: int | None) -> SyncReport:
     folder = Path(folder)
     index_path = Path(index_path) if index_path is not None else default_index_path(folder)
     settings = index_settings(encoder, chunker, faiss_kind or "auto")
@@ -116,7 +137,7 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
         settings.ivf_nlist = old.ivf_nlist if ivf_nlist is None else ivf_nlist
         settings.ivf_nprobe = old.ivf_nprobe if ivf_nprobe is None else ivf_nprobe
         return _rebuild(folder, index_path, encoder, settings, progress=progress, max_file_bytes=max_file_bytes,
-                        on_progress=on_progress, batch_size=batch_size)
+                        on_progress=on_progress, batch_size=batch_size, cluster=cluster)
     index_path.mkdir(parents=True, exist_ok=True)
     with WriterLock(index_path):
         store = _open_or_create(index_path, settings, folder)
@@ -135,7 +156,7 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
                 skipped += [(UPLOADS_PREFIX + s.path, s.reason) for s in up.skipped]
             return _sync_entries(store, entries, skipped, encoder, remove_missing=True, progress=progress,
                                  max_file_bytes=max_file_bytes, on_progress=on_progress, batch_size=batch_size,
-                                 force_rebuild=switch_faiss)
+                                 force_rebuild=switch_faiss, cluster=cluster)
         finally:
             store.close()
 
@@ -195,8 +216,8 @@ def _rebuild(folder: Path, index_path: Path, encoder, settings: IndexSettings, *
         if (index_path / UPLOADS_DIR).is_dir():
             shutil.copytree(index_path / UPLOADS_DIR, fresh / UPLOADS_DIR)
         chunker = ChunkerSettings(**settings.chunker)
-        report = sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss,
-                             ivf_nlist=settings.ivf_nlist, ivf_nprobe=settings.ivf_nprobe, **kw)
+        report = _sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss,
+                              ivf_nlist=settings.ivf_nlist, ivf_nprobe=settings.ivf_nprobe, rebuild=False, **kw)
         old = index_path.with_name(index_path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(index_path, old)
@@ -211,12 +232,40 @@ class _Pending:
     entry: FileEntry
     doc: Document
     chunks: list[Chunk]
-    old_path: str | None = None  # set for the path this file replaces
+    vectors: np.ndarray | None = None  # [n_chunks, dim] when embedded elsewhere (Ray workers)
+
+
+@dataclass
+class LoadedFile:
+    """What loading a changed file gave: its document and, unless its bytes are already stored (`known`),
+    its chunks; `vectors` when the chunks were embedded too (Ray workers); `skip` instead when unreadable."""
+
+    entry: FileEntry
+    doc: Document | None = None
+    chunks: list[Chunk] | None = None
+    vectors: np.ndarray | None = None
+    skip: str | None = None
+
+
+def load_and_chunk(entry: FileEntry, max_file_bytes: int, count_tokens, chunker: ChunkerSettings,
+                   known: Callable[[str, str], bool]) -> LoadedFile:
+    """Read one file; chunk it unless `known(sha256, kind)` says its bytes are stored already."""
+    try:
+        doc = load_file(entry, max_bytes=max_file_bytes)
+    except SkipFile as exc:
+        return LoadedFile(entry, skip=exc.reason)
+    if known(doc.sha256, doc.kind):
+        return LoadedFile(entry, doc)
+    return LoadedFile(entry, doc, chunk_document(doc, count_tokens, chunker))
 
 
 def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list[tuple[str, str]], encoder, *,
                   remove_missing: bool, progress: bool, max_file_bytes: int,
-                  on_progress: ProgressCallback | None, batch_size: int, force_rebuild: bool = False) -> SyncReport:
+                  on_progress: ProgressCallback | None, batch_size: int, force_rebuild: bool = False,
+                  cluster=None) -> SyncReport:
+    """Sync `entries` into `store`. Files whose size and mtime are unchanged are not read; the others are
+    loaded and chunked here and embedded in groups (or, with `cluster`, loaded, chunked and embedded by
+    its workers, see retrieval.ray_sync), and staged in the order of `entries` either way."""
     started = time.perf_counter()
     report = SyncReport(index_path=str(store.path), skipped=list(skipped))
     chunker = ChunkerSettings(**store.settings.chunker)
@@ -232,59 +281,39 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
         missing |= {p for p in known if p.startswith(UPLOADS_PREFIX) and p not in seen}
 
     with store.writer(lock_held=True) as writer:
-        to_embed: list[_Pending] = []
         staged_now: dict[tuple[str, str], int] = {}  # content staged in this run -> id
 
         def attach(entry: FileEntry, doc_sha: str, kind: str, content_id: int) -> None:
             writer.set_document(DocumentRow(entry.path, content_id, doc_sha, entry.size, entry.mtime_ns, kind))
 
-        read_bar = _bar(len(entries), "reading", "file", progress and len(entries) > 20)
-        for entry in entries:
+        def classify(item: LoadedFile) -> _Pending | None:
+            """Record what a loaded file is; return it when its chunks must be staged."""
+            entry, doc = item.entry, item.doc
             old = known.get(entry.path)
-            if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.kind == entry.kind:
-                report.unchanged.append(entry.path)
-                read_bar.update(1)
-                continue
-            try:
-                doc = load_file(entry, max_bytes=max_file_bytes)
-            except SkipFile as exc:
-                report.skipped.append((entry.path, exc.reason))
+            if item.skip is not None:
+                report.skipped.append((entry.path, item.skip))
                 if old is not None:
                     missing.add(entry.path)  # it was indexed but cannot be read any more
-                read_bar.update(1)
-                continue
-            read_bar.update(1)
+                return None
             if old is not None and old.sha256 == doc.sha256 and old.kind == doc.kind:
                 attach(entry, doc.sha256, doc.kind, old.content_id)  # touched, not changed
                 report.unchanged.append(entry.path)
-                continue
+                return None
             content_id = writer.find_content(doc.sha256, doc.kind)
             if content_id is not None:
                 _classify_reuse(report, entry.path, old, content_id, paths_by_content, missing)
                 attach(entry, doc.sha256, doc.kind, content_id)
-                continue
-            chunks = chunk_document(doc, encoder.count_tokens, chunker)
+                return None
+            chunks = item.chunks if item.chunks is not None else chunk_document(doc, encoder.count_tokens, chunker)
             if not chunks:
                 report.skipped.append((entry.path, "no text content"))
                 if old is not None:
                     missing.add(entry.path)
-                continue
-            to_embed.append(_Pending(entry, doc, chunks))
-        read_bar.close()
+                return None
+            return _Pending(entry, doc, chunks, item.vectors if item.chunks is not None else None)
 
-        # Embed, grouped across files so small files still fill batches; stage file by file.
-        total = sum(len(p.chunks) for p in to_embed)
-        bar = _bar(total, "embedding", "chunk", progress and total > 0)
-        done = 0
-        if on_progress:
-            on_progress(0, total)
-        i = 0
-        while i < len(to_embed):
-            group, n = [], 0
-            while i < len(to_embed) and (not group or n + len(to_embed[i].chunks) <= EMBED_GROUP):
-                group.append(to_embed[i])
-                n += len(to_embed[i].chunks)
-                i += 1
+        def stage(group: list[_Pending], embed: Callable[[list[str]], np.ndarray]) -> None:
+            """Stage a group of files' chunks (embedding those not embedded yet) and attach their documents."""
             key_groups: list[_Pending] = []
             texts: list[str] = []
             for p in group:
@@ -293,16 +322,18 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                     continue
                 staged_now[key] = -1
                 key_groups.append(p)
-                texts += [c.embedding_text() for c in p.chunks]
+                if p.vectors is None:
+                    texts += [c.embedding_text() for c in p.chunks]
             t0 = time.perf_counter()
-            vectors = encoder.embed(texts, batch_size=batch_size) if texts else np.zeros((0, store.settings.dim))
+            vectors = embed(texts) if texts else np.zeros((0, store.settings.dim), np.float32)
             report.embed_seconds += time.perf_counter() - t0
             row = 0
             for p in key_groups:
                 k = len(p.chunks)
+                if p.vectors is None:
+                    p.vectors, row = vectors[row:row + k], row + k
                 staged_now[(p.doc.sha256, p.doc.kind)] = writer.stage_content(
-                    p.doc.sha256, p.doc.kind, p.chunks, vectors[row:row + k])
-                row += k
+                    p.doc.sha256, p.doc.kind, p.chunks, p.vectors)
                 report.chunks_embedded += k
                 report.files_embedded += 1
             embedded_here = {id(p) for p in key_groups}
@@ -315,11 +346,20 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 else:
                     _classify_reuse(report, p.entry.path, old, content_id, paths_by_content, missing)
                 attach(p.entry, p.doc.sha256, p.doc.kind, content_id)
-            done += n
-            bar.update(n)
-            if on_progress:
-                on_progress(done, total)
-        bar.close()
+
+        to_read: list[FileEntry] = []
+        for entry in entries:
+            old = known.get(entry.path)
+            if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.kind == entry.kind:
+                report.unchanged.append(entry.path)
+            else:
+                to_read.append(entry)
+        if cluster is not None:
+            cluster.process(to_read, classify, stage, writer, report, progress=progress, on_progress=on_progress,
+                            max_file_bytes=max_file_bytes, chunker=chunker, encoder=encoder)
+        else:
+            _process_here(to_read, classify, stage, writer, encoder, progress=progress, on_progress=on_progress,
+                          max_file_bytes=max_file_bytes, chunker=chunker, batch_size=batch_size)
 
         renamed_from = {old for _, old in report.renamed}
         for path in sorted(missing):
@@ -333,6 +373,43 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
         getattr(report, name).sort()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *, progress: bool,
+                  on_progress: ProgressCallback | None, max_file_bytes: int, chunker: ChunkerSettings,
+                  batch_size: int) -> None:
+    """The embedded path: read and chunk every changed file, then embed grouped across files (so small
+    files still fill batches), staging file by file."""
+    def known(sha: str, kind: str) -> bool:
+        return writer.find_content(sha, kind) is not None
+
+    to_embed: list[_Pending] = []
+    read_bar = _bar(len(to_read), "reading", "file", progress and len(to_read) > 20)
+    for entry in to_read:
+        pending = classify(load_and_chunk(entry, max_file_bytes, encoder.count_tokens, chunker, known))
+        if pending is not None:
+            to_embed.append(pending)
+        read_bar.update(1)
+    read_bar.close()
+
+    total = sum(len(p.chunks) for p in to_embed)
+    bar = _bar(total, "embedding", "chunk", progress and total > 0)
+    done = 0
+    if on_progress:
+        on_progress(0, total)
+    i = 0
+    while i < len(to_embed):
+        group, n = [], 0
+        while i < len(to_embed) and (not group or n + len(to_embed[i].chunks) <= EMBED_GROUP):
+            group.append(to_embed[i])
+            n += len(to_embed[i].chunks)
+            i += 1
+        stage(group, lambda texts: encoder.embed(texts, batch_size=batch_size))
+        done += n
+        bar.update(n)
+        if on_progress:
+            on_progress(done, total)
+    bar.close()
 
 
 def _classify_reuse(report: SyncReport, path: str, old, content_id: int, paths_by_content: dict[int, list[str]],
@@ -354,6 +431,9 @@ def _classify_reuse(report: SyncReport, path: str, old, content_id: int, paths_b
 
 class _NoBar:
     def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
         pass
 
     def close(self) -> None:

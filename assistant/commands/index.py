@@ -34,6 +34,13 @@ def register(subparsers: Any) -> None:
                         "index")
     parser.add_argument("--nprobe", type=int, metavar="N",
                         help="IVF lists searched per query (0 = the smallest measured to reach recall@10 >= 0.95)")
+    parser.add_argument("--ray", nargs="?", const="auto", metavar="auto|local|ADDRESS",
+                        help="load, chunk and embed the changed files on a Ray cluster (this process stays the one "
+                        "writer): auto = a running cluster if there is one, else a local Ray runtime; local = a "
+                        "runtime on this machine; ADDRESS = the head node (HOST:6379 or ray://HOST:10001). Needs "
+                        'the extra: pip install -e ".[scale]"')
+    parser.add_argument("--ray-workers", type=int, metavar="N",
+                        help="Ray workers (default: one per CPU of the cluster; each loads the encoder once)")
     parser.add_argument("--status", action="store_true",
                         help="print the index's state (files, chunks, vector index, lists, nprobe, measured recall, "
                         "segments) and exit without syncing")
@@ -65,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
         print(status_text(index_path))
         return 0
 
+    cluster = None
+    if args.ray is not None:
+        from retrieval.ray_sync import RayCluster, import_ray
+
+        import_ray()  # before loading the encoder: says how to install the extra
+        cluster = RayCluster(args.ray, workers=args.ray_workers)
+
     from model.encoder import Encoder
     from retrieval.chunking import ChunkerSettings
     from retrieval.sync import sync_folder
@@ -77,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.quiet and sys.stderr.isatty(),
                          max_file_bytes=int(args.max_file_mb * 1024 * 1024), chunker=chunker,
                          faiss_kind="hnsw" if args.hnsw else args.vectors, ivf_nlist=args.nlist,
-                         ivf_nprobe=args.nprobe)
+                         ivf_nprobe=args.nprobe, ray=cluster)
     print(report.summary())
     return 0
 
