@@ -15,6 +15,7 @@ inner product over unit vectors. "auto" means flat below `IVF_AUTO_MIN` live chu
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -135,8 +136,6 @@ def build_vector_index(kind: str, dim: int, ids: np.ndarray, vectors: np.ndarray
     what it was trained on: then its centroids are reused and the vectors are only added.
     `nprobe` None: the smallest power of two whose recall@10 on stored vectors reaches TUNE_TARGET.
     """
-    import time
-
     faiss = faiss_module()
     started = time.perf_counter()
     n = len(ids)
@@ -252,7 +251,7 @@ class VectorSegments:
         self.delta_ids = np.ascontiguousarray(delta_ids[keep], dtype=np.int64)       # [m]
         self.delta_vectors = np.ascontiguousarray(delta_vectors[keep], dtype=np.float32)  # [m, dim]
         self._flat = None  # (vectors [n, dim] view, ids [n], alive mask [n] or None) of a flat base
-        inner = faiss.downcast_index(base.index) if hasattr(base, "index") and base is not None else None
+        inner = faiss.downcast_index(base.index) if base is not None and hasattr(base, "index") else None
         if inner is not None and isinstance(inner, faiss.IndexFlat):
             vectors = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
             ids = faiss.vector_to_array(base.id_map)
