@@ -27,6 +27,7 @@ RECALL_TARGET = 0.95        # what the default nprobe aims at for real queries (
 TUNE_TARGET = 0.98          # ... measured with stored vectors as queries, which are easier than real questions:
                             # on 5,000 SQuAD paragraphs, 64 lists, nprobe 8 gives 0.97 on stored vectors but
                             # 0.93 on the questions; nprobe 16 gives 0.99 and 0.97 (tests/test_ivf.py)
+MIN_GAIN = 0.005            # ... or the smallest after which doubling nprobe gains less than this
 RECALL_QUERIES = 200        # stored vectors used as queries when measuring recall@10
 TRAIN_POINTS_PER_LIST = 40  # k-means training sample: this many vectors per list (faiss wants >= 39)
 KMEANS_ITERATIONS = 12
@@ -217,12 +218,14 @@ def tune_nprobe(index, ids: np.ndarray, vectors: np.ndarray, nprobe: int | None,
     nlist = index.nlist
     if nprobe:
         return int(nprobe), round(measure(int(nprobe)), 4), len(queries)
-    p = min(nlist, 8)
+    p, previous = min(nlist, 8), None
     while True:
         recall = measure(p)
+        if previous is not None and recall - previous[1] < MIN_GAIN:
+            return previous[0], round(previous[1], 4), len(queries)  # doubling no longer pays (e.g. PQ's ceiling)
         if recall >= TUNE_TARGET or p >= nlist:
             return p, round(recall, 4), len(queries)
-        p = min(nlist, p * 2)
+        previous, p = (p, recall), min(nlist, p * 2)
 
 
 def _ivf_ids(index) -> np.ndarray:

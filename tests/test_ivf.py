@@ -15,8 +15,7 @@ import pytest
 from retrieval import segments
 from retrieval import store as store_module
 from retrieval.retriever import Retriever
-from retrieval.segments import (VectorInfo, VectorSegments, build_vector_index, exact_top_ids, nlist_for,
-                                recall_at_k)
+from retrieval.segments import VectorSegments, build_vector_index, exact_top_ids, nlist_for, recall_at_k
 from retrieval.store import IndexStore
 from retrieval.sync import sync_folder
 from retrieval.testing import HashingEncoder
