@@ -15,7 +15,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from retrieval.errors import IndexMismatchError, RetrievalError
-from retrieval.store import IndexStore, faiss_module, lexical_tokens, rebuild_hint
+from retrieval.chunking import embedding_text
+from retrieval.store import IndexStore, lexical_tokens, rebuild_hint
 
 RRF_K = 60
 MODES = ("hybrid", "dense", "lexical")
@@ -80,7 +81,6 @@ class Retriever:
                 f"the index at {self.store.path} was built with encoder {settings.encoder} ({settings.dim}-d), "
                 f"but the current encoder is {encoder.name} ({encoder.dim}-d). " + rebuild_hint(self.store.path))
         self._reload_lock = threading.Lock()
-        self._flat_cache: tuple[object, np.ndarray, np.ndarray] | None = None  # (index, vectors, ids)
 
     def refresh(self) -> bool:
         """Pick up a newer generation written by another process (e.g. an upload). True if reloaded."""
@@ -112,8 +112,8 @@ class Retriever:
             return []
         self.refresh()
         store = self.store
-        faiss_index, bm25, bm25_ids = store.faiss_index, store.bm25, store.bm25_ids
-        if faiss_index is None or faiss_index.ntotal == 0:
+        parts = store.parts()
+        if parts.vectors.ntotal == 0:
             return []
         keep = path_matcher(path_filter)
         allowed = store.chunk_ids_for_paths(keep) if keep is not None else None
@@ -126,11 +126,13 @@ class Retriever:
 
         dense: list[tuple[int, float]] = []
         if mode in ("dense", "hybrid"):
-            dense = self._dense(faiss_index, query_vec, n_cand, allowed)
+            dense = parts.vectors.search(query_vec, n_cand, allowed)
         lexical: list[tuple[int, float]] = []
-        lexical_scores: np.ndarray | None = None
-        if mode in ("lexical", "hybrid") and bm25 is not None:
-            lexical, lexical_scores = self._lexical(bm25, bm25_ids, query, n_cand, allowed)
+        lexical_score = None  # (chunk id, lexical text) -> BM25 score
+        if mode in ("lexical", "hybrid") and parts.lexical.ntotal:
+            tokens = lexical_tokens([query])[0]
+            if tokens:
+                lexical, lexical_score = parts.lexical.search(tokens, n_cand, allowed)
 
         if mode == "dense":
             ranked = dense
@@ -154,69 +156,11 @@ class Retriever:
             row = rows[cid]
             paths = [p for p in row.paths if keep is None or keep(p)] or list(row.paths)
             lex = None
-            if lexical_scores is not None:
-                pos = int(np.searchsorted(bm25_ids, cid))
-                lex = float(lexical_scores[pos]) if pos < len(bm25_ids) and bm25_ids[pos] == cid else 0.0
+            if lexical_score is not None:
+                lex = float(lexical_score(cid, embedding_text(row.heading, row.text)))
             hits.append(Hit(cid, row.text, paths[0], row.heading, row.page, row.start, row.end, float(score),
                             float(np.dot(query_vec, row.vector)), lex, len(hits) + 1, tuple(paths[1:])))
         return hits
-
-    def _flat_arrays(self, index) -> tuple[np.ndarray, np.ndarray] | None:
-        """Zero-copy numpy views of a flat index's vectors [n, dim] and ids [n] (None for HNSW)."""
-        cache = self._flat_cache
-        if cache is not None and cache[0] is index:
-            return cache[1], cache[2]
-        faiss = faiss_module()
-        inner = faiss.downcast_index(index.index)
-        if not isinstance(inner, faiss.IndexFlat):
-            return None
-        vectors = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
-        ids = faiss.vector_to_array(index.id_map)
-        self._flat_cache = (index, vectors, ids)
-        return vectors, ids
-
-    def _dense(self, index, query_vec: np.ndarray, n: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
-        faiss = faiss_module()
-        n = min(n, index.ntotal)
-        flat = self._flat_arrays(index)
-        if flat is not None:
-            # Exact search, one query: a BLAS matrix-vector product is ~2x faster here than faiss's
-            # single-query kernel (memory-bound either way: it reads every vector once).
-            vectors, ids = flat
-            scores = vectors @ query_vec  # [n_chunks]
-            if allowed is not None:
-                scores = np.where(np.isin(ids, allowed), scores, -np.inf)
-                n = min(n, len(allowed))
-            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-            top = top[np.lexsort((ids[top], -scores[top]))]
-            return [(int(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
-        params = None
-        hnsw = isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW)
-        if allowed is not None:
-            selector = faiss.IDSelectorBatch(allowed)
-            if hnsw:
-                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(64, n))
-            else:
-                params = faiss.SearchParameters(sel=selector)
-        elif hnsw:
-            params = faiss.SearchParametersHNSW(efSearch=max(64, n))
-        scores, ids = index.search(query_vec[None, :], n, params=params)  # [1, n] each
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-
-    def _lexical(self, bm25, bm25_ids: np.ndarray, query: str, n: int, allowed: np.ndarray | None):
-        tokens = lexical_tokens([query])[0]
-        if not tokens:
-            return [], None
-        scores = np.asarray(bm25.get_scores(tokens), dtype=np.float32)  # [n_chunks]
-        masked = scores
-        if allowed is not None:
-            masked = np.where(np.isin(bm25_ids, allowed), scores, 0.0)
-        n = min(n, int(np.count_nonzero(masked > 0)))
-        if n == 0:
-            return [], scores
-        top = np.argpartition(-masked, n - 1)[:n]
-        top = top[np.lexsort((bm25_ids[top], -masked[top]))]
-        return [(int(bm25_ids[i]), float(masked[i])) for i in top], scores
 
 
 def _mmr(pool: list[tuple[int, float]], rows: dict, query_vec: np.ndarray, k: int, lam: float) \

@@ -1,22 +1,33 @@
-"""The on-disk index: one folder with SQLite (documents, chunks, vectors), FAISS and a BM25 index.
+"""The on-disk index: one folder with SQLite (documents, chunks, vectors), FAISS and BM25 segments.
 
-Layout of an index folder::
+Layout of an index folder (format 2)::
 
-    settings.json          encoder id + dim, chunker settings, FAISS kind, format version (written once)
-    index.sqlite           tables meta, contents, documents, chunks (WAL mode); the source of truth
-    vectors-<gen>.faiss    FAISS index of the live chunks' vectors (ids = chunk ids)
-    bm25-<gen>/            bm25s index of the live chunks' text, plus chunk_ids.npy (row -> chunk id)
+    settings.json          encoder id + dim, chunker settings, vector index kind, format version
+    index.sqlite           tables meta, contents, documents, chunks, dead (WAL mode); the source of truth
+    vectors-<gen>.faiss    base FAISS index (flat, HNSW, IVF or IVF-PQ; ids = chunk ids), written at compaction
+    bm25-<gen>/            base bm25s index, chunk_ids.npy (row -> chunk id), stats.json (documents, tokens)
+    delta-<gen>.npz        chunk ids + vectors added by the commit of generation <gen> (small)
     lock                   held (flock) by the one process writing
+
+What is searchable at a generation is its *manifest* (SQLite `meta`): the base files, the delta files, and
+the chunk ids removed since the base was written (table `dead`). A commit that adds or removes a few
+files writes one small delta file and a few SQLite rows, not the whole index; when the deltas or the dead
+ids grow past a fraction of the base (or the vector index kind should change), the commit *compacts*:
+it writes a new base from all live chunks. Small indexes (below COMPACT_BELOW chunks) always compact,
+which costs little and keeps them in one piece.
 
 Files with the same bytes share one "content" row and its chunks and vectors, so a renamed or duplicated
 file is never embedded again. A content is *live* when some document points to it.
 
-Crash safety: the generation number in SQLite's `meta` table says which FAISS/BM25 files belong to the
-index. A writer first writes the next generation's FAISS and BM25 files (temp + fsync + rename), then, in
-one SQLite transaction, updates the documents and bumps the generation. A process killed at any point
-leaves either the old generation or the new one, both complete. Chunks embedded by a killed run stay in
-SQLite as unreferenced contents; the next run reuses them instead of embedding again, and a commit
-deletes the ones nobody claimed.
+Crash safety: the generation number and the manifest in SQLite say which files belong to the index. A
+writer first writes the next generation's new files (temp + fsync + rename), then, in one SQLite
+transaction, updates the documents, the manifest and the dead ids, and bumps the generation. A process
+killed at any point leaves either the old generation or the new one, both complete. Chunks embedded by a
+killed run stay in SQLite as unreferenced contents; the next run reuses them instead of embedding again,
+and a commit deletes the ones nobody claimed.
+
+Format 1 (one `vectors-<gen>.faiss` + `bm25-<gen>/` rewritten by every commit) is migrated in place on
+open: its files become the base of format 2, nothing is embedded again.
 """
 
 from __future__ import annotations
@@ -38,7 +49,12 @@ import numpy as np
 from retrieval.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, RetrievalError
 from retrieval.integrity import check_sqlite, warn_rebuilt
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+COMPACT_BELOW = 20_000      # indexes with fewer live chunks are rewritten whole by every commit
+DELTA_MIN = 2_000           # deltas may hold max(DELTA_MIN, DELTA_FRACTION * base) chunks before a compaction
+DELTA_FRACTION = 0.02
+DEAD_FRACTION = 0.10        # ... and the dead ids up to this fraction of the base
+MAX_DELTA_FILES = 16        # more delta files than this are merged into one
 SETTINGS_NAME = "settings.json"
 SQLITE_NAME = "index.sqlite"
 LOCK_NAME = "lock"
@@ -84,8 +100,11 @@ class IndexSettings:
     encoder: str
     dim: int
     chunker: dict
-    faiss: str = "flat"  # "flat" (exact inner product) or "hnsw" (approximate, for large collections)
+    faiss: str = "auto"  # vector index kind: "auto" (flat, IVF from segments.IVF_AUTO_MIN chunks), "flat",
+                         # "hnsw", "ivf" or "ivfpq" (see retrieval.segments)
     hnsw_m: int = 32
+    ivf_nlist: int = 0   # IVF lists; 0 = from the size (segments.nlist_for)
+    ivf_nprobe: int = 0  # IVF lists searched per query; 0 = measured at build to reach recall@10 >= 0.95
     format_version: int = FORMAT_VERSION
     created: float = field(default_factory=time.time)
 
@@ -99,8 +118,8 @@ class IndexSettings:
 
     def mismatch(self, other: "IndexSettings") -> str | None:
         """Why an index built with `self` cannot be used with `other` (None when it can)."""
-        if self.format_version != other.format_version:
-            return f"index format {self.format_version}, this version reads format {other.format_version}"
+        if self.format_version > other.format_version:
+            return f"index format {self.format_version} is newer than this version reads ({other.format_version})"
         if self.encoder != other.encoder or self.dim != other.dim:
             return f"built with encoder {self.encoder} ({self.dim}-d), now using {other.encoder} ({other.dim}-d)"
         if self.chunker != other.chunker:
@@ -262,7 +281,9 @@ CREATE TABLE IF NOT EXISTS chunks(
     text TEXT NOT NULL, heading TEXT NOT NULL, page INTEGER, start_char INTEGER NOT NULL,
     end_char INTEGER NOT NULL, vector BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_content ON chunks(content_id);
+CREATE TABLE IF NOT EXISTS dead(chunk_id INTEGER PRIMARY KEY);
 """
+EMPTY_MANIFEST = {"base": {"vectors": None, "lexical": None, "n": 0, "stats": True, "info": {}}, "deltas": []}
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -281,10 +302,20 @@ def lexical_tokens(texts: Sequence[str]) -> list[list[str]]:
 
 # ---------------------------------------------------------------- store
 
+@dataclass
+class IndexParts:
+    """What searches read at one generation (see retrieval.segments)."""
+
+    generation: int
+    vectors: "VectorSegments"
+    lexical: "LexicalSegments"
+
+
 class IndexStore:
     """Read access to an index folder, plus `writer()` for the one process allowed to change it.
 
-    Thread-safe for readers (one SQLite connection guarded by a lock).
+    Thread-safe for readers (one SQLite connection guarded by a lock). The searchable parts are loaded on
+    first use (`parts()`), so a writer that only adds a few files never reads the large base files.
     """
 
     def __init__(self, path: Path, settings: IndexSettings) -> None:
@@ -292,10 +323,10 @@ class IndexStore:
         self.settings = settings
         self._conn = _connect(self.path / SQLITE_NAME)
         self._db_lock = threading.RLock()
+        self._parts_lock = threading.Lock()
         self.generation = -1
-        self.faiss_index = None
-        self.bm25 = None            # bm25s.BM25 or None when there is nothing to index
-        self.bm25_ids = np.zeros(0, dtype=np.int64)  # BM25 row -> chunk id
+        self._parts: IndexParts | None = None
+        self._cache: dict[str, object] = {}  # file name -> loaded base or delta (files never change)
         self.reload()
 
     # ---- opening
@@ -307,7 +338,8 @@ class IndexStore:
     @classmethod
     def open(cls, path: str | Path, expected: IndexSettings | None = None,
              folder: str | Path | None = None) -> "IndexStore":
-        """Open an existing index; with `expected`, check it was built with the same encoder and chunker."""
+        """Open an existing index (migrating an older format in place); with `expected`, check it was built
+        with the same encoder and chunker."""
         path = Path(path)
         settings_file = path / SETTINGS_NAME
         if not settings_file.is_file():
@@ -321,6 +353,8 @@ class IndexStore:
         if not (path / SQLITE_NAME).is_file():
             raise RetrievalError(f"the index at {path} has no {SQLITE_NAME}. " + rebuild_hint(path))
         check_sqlite(path / SQLITE_NAME)  # damaged source of truth: a clear error naming the file
+        if settings.format_version < FORMAT_VERSION:
+            settings = _migrate(path, settings)
         if expected is not None:
             reason = settings.mismatch(expected)
             if reason:
@@ -342,9 +376,11 @@ class IndexStore:
         try:
             conn.executescript(_SCHEMA)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('generation', '0')")
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest', ?)", (json.dumps(EMPTY_MANIFEST),))
         finally:
             conn.close()
         # settings.json last: its presence marks a complete, openable index.
+        settings.format_version = FORMAT_VERSION
         atomic_write_bytes(path / SETTINGS_NAME, json.dumps(settings.to_dict(), indent=2).encode())
         return cls(path, settings)
 
@@ -359,117 +395,134 @@ class IndexStore:
             row = self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
         return int(row[0]) if row else 0
 
+    def _snapshot(self) -> tuple[int, dict, np.ndarray]:
+        """(generation, manifest, dead chunk ids), read in one SQLite transaction."""
+        with self._db_lock:
+            self._conn.execute("BEGIN")
+            try:
+                rows = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+                dead = np.array([r[0] for r in self._conn.execute("SELECT chunk_id FROM dead ORDER BY chunk_id")],
+                                dtype=np.int64)
+            finally:
+                self._conn.execute("COMMIT")
+        manifest = json.loads(rows["manifest"]) if "manifest" in rows else EMPTY_MANIFEST
+        return int(rows.get("generation", 0)), manifest, dead
+
+    def manifest(self) -> dict:
+        return self._snapshot()[1]
+
     def changed_on_disk(self) -> bool:
         """True when another process committed a new generation since we loaded."""
         return self._read_generation() != self.generation
 
     def reload(self) -> bool:
-        """Load the FAISS and BM25 parts of the current generation if it changed. Returns True if it did."""
-        for _ in range(5):
-            generation = self._read_generation()
-            if generation == self.generation:
-                return False
-            try:
-                faiss_index = self._load_faiss(generation)
-                bm25, bm25_ids = self._load_bm25(generation)
-            except FileNotFoundError:
-                time.sleep(0.05)  # a writer replaced that generation under us; read the new one
-                continue
-            self.faiss_index, self.bm25, self.bm25_ids = faiss_index, bm25, bm25_ids
+        """Follow the current generation; its parts are loaded at the next `parts()`. True if it changed."""
+        generation = self._read_generation()
+        if generation == self.generation:
+            return False
+        with self._parts_lock:
             self.generation = generation
-            return True
+            self._parts = None
+        return True
+
+    def parts(self) -> IndexParts:
+        """The searchable parts of the current generation (loaded once per generation)."""
+        with self._parts_lock:
+            if self._parts is not None and self._parts.generation == self.generation:
+                return self._parts
+            for _ in range(5):
+                generation, manifest, dead = self._snapshot()
+                try:
+                    parts = self._load_parts(generation, manifest, dead)
+                except FileNotFoundError:
+                    time.sleep(0.05)  # a writer replaced that generation under us; read the new one
+                    continue
+                self._parts, self.generation = parts, generation
+                live_files = {manifest["base"]["vectors"], manifest["base"]["lexical"],
+                              *(d["file"] for d in manifest["deltas"])}
+                self._cache = {k: v for k, v in self._cache.items() if k in live_files}
+                return parts
         raise RetrievalError(f"the index at {self.path} keeps changing or is damaged. " + rebuild_hint(self.path))
 
-    def _faiss_file(self, generation: int) -> Path:
-        return self.path / f"vectors-{generation}.faiss"
+    def _still_current(self, generation: int) -> bool:
+        return self._read_generation() == generation
 
-    def _bm25_dir(self, generation: int) -> Path:
-        return self.path / f"bm25-{generation}"
+    def _load_parts(self, generation: int, manifest: dict, dead: np.ndarray) -> IndexParts:
+        from retrieval.segments import LexicalSegments, VectorInfo, VectorSegments
 
-    def _load_faiss(self, generation: int):
-        faiss = faiss_module()
-        file = self._faiss_file(generation)
-        if generation == 0:
-            return self.new_faiss_index()
-        if not file.exists():
-            if self._read_generation() != generation:
-                raise FileNotFoundError(file)
-            warn_rebuilt("the FAISS file", file, "is missing")
-            return self._faiss_from_sqlite()  # lost or never written: rebuild from the source of truth
-        try:
-            index = faiss.read_index(str(file))
-        except RuntimeError as exc:
-            warn_rebuilt("the FAISS file", file, f"is unreadable ({(str(exc).strip().splitlines() or ['?'])[-1][:100]})")
-            return self._faiss_from_sqlite()
-        if index.d != self.settings.dim:
-            warn_rebuilt("the FAISS file", file, f"holds {index.d}-d vectors, not {self.settings.dim}-d")
-            return self._faiss_from_sqlite()
-        return index
-
-    def _load_bm25(self, generation: int):
-        folder = self._bm25_dir(generation)
-        if generation == 0:
-            return None, np.zeros(0, dtype=np.int64)
-        if not folder.exists():
-            if self._read_generation() != generation:
-                raise FileNotFoundError(folder)
-            warn_rebuilt("the BM25 folder", folder, "is missing")
-            return self._bm25_from_sqlite()
-        try:
-            ids = np.load(folder / "chunk_ids.npy")
-            if len(ids) == 0:
-                return None, ids
-            import bm25s
-
-            return bm25s.BM25.load(str(folder), show_progress=False, verbosity=0), ids
-        except Exception as exc:
-            if isinstance(exc, FileNotFoundError) and self._read_generation() != generation:
-                raise  # a writer replaced that generation under us; reload() reads the new one
-            warn_rebuilt("the BM25 folder", folder, f"is unreadable ({type(exc).__name__}: {str(exc)[:100]})")
-            return self._bm25_from_sqlite()
-
-    def new_faiss_index(self):
-        faiss = faiss_module()
         dim = self.settings.dim
-        if self.settings.faiss == "hnsw":
-            inner = faiss.IndexHNSWFlat(dim, self.settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = 80
-            inner.hnsw.efSearch = 64
-        elif self.settings.faiss == "flat":
-            inner = faiss.IndexFlatIP(dim)
-        else:
-            raise RetrievalError(f"unknown FAISS index kind {self.settings.faiss!r}; use 'flat' or 'hnsw'")
-        return faiss.IndexIDMap2(inner)
+        base = manifest["base"]
+        try:
+            delta_ids, delta_vectors = self._load_deltas(generation, manifest["deltas"])
+            base_index = self._load_file(generation, base["vectors"], read_vector_file)
+            vectors = VectorSegments(base_index, VectorInfo.from_dict(base.get("info")), delta_ids, delta_vectors,
+                                     dead, dim, nprobe=self.settings.ivf_nprobe or None)
+        except _Damaged as exc:  # a lost or unreadable file: rebuild from the source of truth, all live vectors
+            warn_rebuilt("the vector index", self.path / str(exc), "is missing or unreadable")
+            delta_ids = None
+            ids, all_vectors = self.live_vectors()
+            base_index = _flat_of(ids, all_vectors, dim)
+            vectors = VectorSegments(base_index, VectorInfo(kind="flat", n=len(ids)), np.zeros(0, np.int64),
+                                     np.zeros((0, dim), np.float32), np.zeros(0, np.int64), dim)
+        try:
+            if delta_ids is None:
+                raise _Damaged
+            bm25, bm25_ids, stats = self._load_file(generation, base["lexical"], read_bm25_folder) \
+                or (None, np.zeros(0, np.int64), None)
+            alive = delta_ids[~np.isin(delta_ids, dead)] if len(dead) else delta_ids
+            delta_texts = self.texts_of(alive)
+            lexical = LexicalSegments(bm25, bm25_ids, stats, list(delta_texts), list(delta_texts.values()), dead,
+                                      self.texts_of)
+        except _Damaged as exc:
+            if str(exc):  # (an empty message: the vector part was lost, and has already been reported)
+                warn_rebuilt("the BM25 index", self.path / str(exc), "is missing or unreadable")
+            ids, texts = self.live_texts()
+            lexical = LexicalSegments(build_bm25(texts), np.asarray(ids, dtype=np.int64), None, [], [],
+                                      np.zeros(0, np.int64), self.texts_of)
+        return IndexParts(generation, vectors, lexical)
 
-    def _faiss_from_sqlite(self):
-        index = self.new_faiss_index()
-        ids, vectors = self.live_vectors()
-        if len(ids):
-            index.add_with_ids(vectors, ids)
-        return index
+    def _load_file(self, generation: int, name: str | None, read):
+        """A base or delta file of `generation` (cached: files never change once written). None for None.
+        Raises FileNotFoundError when a writer has moved on (retry), _Damaged when it is lost or unreadable."""
+        if name is None:
+            return None
+        if name not in self._cache:
+            try:
+                self._cache[name] = read(self.path / name)
+            except Exception:
+                if not self._still_current(generation):
+                    raise FileNotFoundError(name) from None
+                raise _Damaged(name) from None
+        return self._cache[name]
 
-    def _bm25_from_sqlite(self):
-        ids, texts = self.live_texts()
-        return build_bm25(texts), np.asarray(ids, dtype=np.int64)
+    def _load_deltas(self, generation: int, deltas: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = [np.zeros(0, np.int64)], [np.zeros((0, self.settings.dim), np.float32)]
+        for delta in deltas:
+            part_ids, part_vectors = self._load_file(generation, delta["file"], read_delta_file)
+            ids.append(part_ids)
+            vectors.append(part_vectors)
+        return np.concatenate(ids), np.concatenate(vectors)  # [m], [m, dim]
+
+    def texts_of(self, chunk_ids: Sequence[int]) -> dict[int, str]:
+        """{chunk id: lexical text ("heading\\ntext")} of these chunks (ids no longer stored are left out)."""
+        from retrieval.chunking import embedding_text
+
+        ids = [int(i) for i in chunk_ids]
+        out: dict[int, str] = {}
+        with self._db_lock:
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                for r in self._conn.execute(
+                        f"SELECT id, heading, text FROM chunks WHERE id IN ({','.join('?' * len(part))})", part):
+                    out[r[0]] = embedding_text(r[1], r[2])
+        return dict(sorted(out.items()))
 
     def live_vectors(self, content_ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids int64 [n], vectors float32 [n, dim]) of live chunks (or of the given contents)."""
         with self._db_lock:
             if content_ids is None:
-                rows = self._conn.execute(
-                    "SELECT id, vector FROM chunks WHERE content_id IN (SELECT content_id FROM documents)"
-                    " ORDER BY id").fetchall()
-            else:
-                rows = []
-                ids = list(content_ids)
-                for i in range(0, len(ids), 500):
-                    part = ids[i:i + 500]
-                    rows += self._conn.execute(
-                        f"SELECT id, vector FROM chunks WHERE content_id IN ({','.join('?' * len(part))})"
-                        " ORDER BY id", part).fetchall()
-        chunk_ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.settings.dim)
-        return chunk_ids, vectors
+                content_ids = [r[0] for r in self._conn.execute("SELECT DISTINCT content_id FROM documents")]
+            return _vectors_of(self._conn, content_ids, self.settings.dim)
 
     def live_texts(self) -> tuple[list[int], list[str]]:
         """Chunk ids and their lexical text ("heading\\ntext") of all live chunks, by id."""
@@ -526,27 +579,71 @@ class IndexStore:
                 ids += [r[0] for r in self._conn.execute(
                     f"SELECT id FROM chunks WHERE content_id IN ({','.join('?' * len(part))})", part)]
         return np.array(sorted(ids), dtype=np.int64)
-
     def stats(self) -> dict:
-        """Counts and settings, for the CLI and the UI."""
+        """Counts, settings and how the vector index was built (kind, lists, nprobe, measured recall)."""
         with self._db_lock:
             files = self._conn.execute("SELECT count(*) FROM documents").fetchone()[0]
             chunks = self._conn.execute(
                 "SELECT count(*) FROM chunks WHERE content_id IN (SELECT content_id FROM documents)").fetchone()[0]
+        generation, manifest, dead = self._snapshot()
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        vectors = dict(manifest["base"].get("info") or {})
+        if self.settings.ivf_nprobe and vectors.get("kind") in ("ivf", "ivfpq"):
+            vectors["nprobe"] = self.settings.ivf_nprobe  # set by the user; recall was measured at the build's
         return {"files": files, "chunks": chunks, "encoder": self.settings.encoder, "dim": self.settings.dim,
-                "faiss": self.settings.faiss, "generation": self.generation, "path": str(self.path),
-                "bytes_on_disk": size, "chunker": self.settings.chunker}
+                "faiss": self.settings.faiss, "generation": generation, "path": str(self.path),
+                "bytes_on_disk": size, "chunker": self.settings.chunker, "format": self.settings.format_version,
+                "vectors": vectors, "segments": {"base_chunks": manifest["base"]["n"],
+                                                 "delta_files": len(manifest["deltas"]),
+                                                 "delta_chunks": sum(d["n"] for d in manifest["deltas"]),
+                                                 "dead_chunks": len(dead)}}
 
     # ---- writing
 
+    def set_vector_settings(self, kind: str | None = None, nlist: int | None = None,
+                            nprobe: int | None = None) -> bool:
+        """Record the vector index kind and IVF settings (None keeps each). Returns True when the base must be
+        rebuilt from the stored vectors (pass it to `commit(force_rebuild=...)`); a new nprobe applies at once.
+        Call only while holding the writer lock."""
+        from retrieval.segments import KINDS
+
+        if kind is not None and kind not in KINDS:
+            raise RetrievalError(f"unknown vector index kind {kind!r}; use one of {', '.join(KINDS)}")
+        for name, value in (("nlist", nlist), ("nprobe", nprobe)):
+            if value is not None and value < 0:
+                raise RetrievalError(f"--{name} must be 0 (automatic) or positive")
+        rebuild = (kind is not None and kind != self.settings.faiss) or \
+            (nlist is not None and nlist != self.settings.ivf_nlist)
+        changed = rebuild or (nprobe is not None and nprobe != self.settings.ivf_nprobe)
+        if kind is not None:
+            self.settings.faiss = kind
+        if nlist is not None:
+            self.settings.ivf_nlist = nlist
+        if nprobe is not None:
+            self.settings.ivf_nprobe = nprobe
+        if changed:
+            atomic_write_bytes(self.path / SETTINGS_NAME, json.dumps(self.settings.to_dict(), indent=2).encode())
+            with self._parts_lock:
+                self._parts = None
+        return rebuild
+
+    def vector_settings_pending(self) -> bool:
+        """True when the base vector index was not built with the current settings (a rebuild for a new kind
+        or list count was interrupted): the next sync rebuilds it."""
+        from retrieval.segments import VectorInfo
+
+        base = self.manifest()["base"]
+        if not base["vectors"]:
+            return False
+        info = VectorInfo.from_dict(base.get("info"))
+        if self.settings.faiss not in ("auto", info.kind):
+            return True
+        return info.kind in ("ivf", "ivfpq") and bool(self.settings.ivf_nlist) and self.settings.ivf_nlist != info.nlist
+
     def set_faiss_kind(self, kind: str) -> None:
-        """Record a new FAISS index kind; the next `commit(force_rebuild=True)` rebuilds it from the stored
-        vectors. Call only while holding the writer lock."""
-        if kind not in ("flat", "hnsw"):
-            raise RetrievalError(f"unknown FAISS index kind {kind!r}; use 'flat' or 'hnsw'")
-        self.settings.faiss = kind
-        atomic_write_bytes(self.path / SETTINGS_NAME, json.dumps(self.settings.to_dict(), indent=2).encode())
+        """Record a new vector index kind; the next `commit(force_rebuild=True)` rebuilds it."""
+        self.set_vector_settings(kind=kind)
+
 
     @contextlib.contextmanager
     def writer(self, lock_held: bool = False):
@@ -566,15 +663,73 @@ class IndexStore:
                 lock.release()
 
 
-def build_bm25(texts: Sequence[str]):
+
+# ---------------------------------------------------------------- files
+
+class _Damaged(Exception):
+    """An index file of the current generation is lost or unreadable (rebuilt from SQLite)."""
+
+
+def build_bm25(texts: Sequence[str], tokens: list[list[str]] | None = None):
     """A bm25s index over `texts` (None when empty)."""
     if not texts:
         return None
     import bm25s
 
     model = bm25s.BM25()
-    model.index(lexical_tokens(texts), show_progress=False)
+    model.index(tokens if tokens is not None else lexical_tokens(texts), show_progress=False)
     return model
+
+
+def read_vector_file(path: Path):
+    """A FAISS index file, memory-mapped where FAISS can (IVF lists, flat codes), else read."""
+    faiss = faiss_module()
+    if not path.exists():
+        raise FileNotFoundError(path)
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        return faiss.read_index(str(path))
+
+
+def read_bm25_folder(folder: Path):
+    """(bm25s model or None, chunk ids [n], stats dict or None) of a base lexical folder."""
+    ids = np.load(folder / "chunk_ids.npy")
+    stats_file = folder / "stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.exists() else None
+    if len(ids) == 0:
+        return None, ids, stats
+    import bm25s
+
+    return bm25s.BM25.load(str(folder), show_progress=False, verbosity=0), ids, stats
+
+
+def read_delta_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return data["ids"].astype(np.int64), data["vectors"].astype(np.float32)
+
+
+def _flat_of(ids: np.ndarray, vectors: np.ndarray, dim: int):
+    from retrieval.segments import _new_index
+
+    index = _new_index("flat", dim)
+    if len(ids):
+        index.add_with_ids(vectors, ids)
+    return index
+
+
+def _vectors_of(conn: sqlite3.Connection, content_ids: Iterable[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk ids [n] sorted, vectors float32 [n, dim]) of these contents' chunks."""
+    rows = []
+    content_ids = sorted(content_ids)
+    for i in range(0, len(content_ids), 500):
+        part = content_ids[i:i + 500]
+        rows += conn.execute(
+            f"SELECT id, vector FROM chunks WHERE content_id IN ({','.join('?' * len(part))})", part).fetchall()
+    rows.sort()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+    return ids, vectors.reshape(len(rows), dim)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -582,6 +737,55 @@ def _fsync_tree(folder: Path) -> None:
         if file.is_file():
             _fsync_path(file)
     _fsync_dir(folder)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """fsync a written temp file or folder, rename it into place, fsync the parent."""
+    if tmp.is_dir():
+        _fsync_tree(tmp)
+    else:
+        _fsync_path(tmp)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _generation_of(name: str) -> int | None:
+    """The generation a part file belongs to ("vectors-3.faiss" -> 3); -1 for temp files; None otherwise."""
+    if name.startswith(".") and ".tmp-" in name:
+        return -1
+    for prefix in ("vectors-", "bm25-", "delta-"):
+        if name.startswith(prefix):
+            stem = name[len(prefix):].split(".")[0]
+            return int(stem) if stem.isdigit() else None
+    return None
+
+
+def _migrate(path: Path, settings: IndexSettings) -> IndexSettings:
+    """Format 1 -> 2 in place: the generation's FAISS file and BM25 folder become the base; nothing is
+    embedded again. Idempotent (a migration killed half-way is simply done again)."""
+    conn = _connect(path / SQLITE_NAME)
+    try:
+        conn.executescript(_SCHEMA)  # adds the new tables (IF NOT EXISTS)
+        conn.execute("BEGIN IMMEDIATE")
+        if conn.execute("SELECT 1 FROM meta WHERE key='manifest'").fetchone() is None:
+            generation = int((conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone() or [0])[0])
+            n = conn.execute("SELECT count(*) FROM chunks WHERE content_id IN "
+                             "(SELECT content_id FROM documents)").fetchone()[0]
+            kind = "hnsw" if settings.faiss == "hnsw" else "flat"
+            manifest = {"base": {"vectors": f"vectors-{generation}.faiss" if generation else None,
+                                 "lexical": f"bm25-{generation}" if generation else None,
+                                 "n": n, "stats": False, "info": {"kind": kind, "n": n}},
+                        "deltas": []}
+            conn.execute("INSERT INTO meta VALUES ('manifest', ?)", (json.dumps(manifest),))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    # Format 1 had no "auto": flat was simply the default, so it becomes auto (flat below the IVF size).
+    if settings.faiss == "flat":
+        settings.faiss = "auto"
+    settings.format_version = FORMAT_VERSION
+    atomic_write_bytes(path / SETTINGS_NAME, json.dumps(settings.to_dict(), indent=2).encode())
+    return settings
 
 
 @dataclass
@@ -649,7 +853,11 @@ class IndexWriter:
 
     def commit(self, force_rebuild: bool = False) -> bool:
         """Apply document changes and switch readers to the new generation. Returns True if the set of
-        searchable chunks changed."""
+        searchable chunks changed.
+
+        Writes one delta file with the added chunks' vectors and records the removed chunks as dead; or, when
+        the deltas or dead ids have grown past their limits (or `force_rebuild`), a new base of all live chunks.
+        """
         store = self.store
         self.flush()
         current = {r[0]: (r[1], r[2], r[3], r[4]) for r in self.conn.execute(
@@ -665,13 +873,17 @@ class IndexWriter:
         new_live = {v[0] for v in new_docs.values()}
         to_add, to_remove = new_live - old_live, old_live - new_live
         generation = int(self.conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+        manifest = json.loads(self.conn.execute("SELECT value FROM meta WHERE key='manifest'").fetchone()[0])
         content_changed = bool(to_add or to_remove) or force_rebuild
+        new_manifest, removed_ids, compacted = manifest, np.zeros(0, np.int64), False
         if content_changed:
             new_gen = generation + 1
-            self._remove_generation_files(lambda g: g > generation)  # leftovers of a killed writer
-            self._write_faiss(new_gen, generation, to_add, to_remove, new_live, force_rebuild)
-            self._write_bm25(new_gen, new_live)
-        # One transaction: documents, garbage contents, generation.
+            self._remove_files(lambda name, gen: gen == -1 or gen > generation)  # leftovers of a killed writer
+            add_ids, add_vectors = _vectors_of(self.conn, to_add, store.settings.dim)
+            removed_ids = self._chunk_ids_of(to_remove)
+            new_manifest, compacted = self._write_parts(new_gen, manifest, new_live, add_ids, add_vectors,
+                                                        removed_ids, force_rebuild)
+        # One transaction: documents, garbage contents, dead ids, manifest, generation.
         self.conn.execute("COMMIT")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -683,9 +895,16 @@ class IndexWriter:
                     self.conn.execute("INSERT OR REPLACE INTO documents VALUES (?,?,?,?,?,?)",
                                       (r.path, r.content_id, r.sha256, r.size, r.mtime_ns, r.kind))
             # Contents nobody points to any more (including ones staged by killed runs).
-            self.conn.execute("DELETE FROM chunks WHERE content_id NOT IN (SELECT content_id FROM documents)")
+            self.conn.execute("DELETE FROM chunks WHERE content_id IN (SELECT id FROM contents"
+                              " WHERE id NOT IN (SELECT content_id FROM documents))")
             self.conn.execute("DELETE FROM contents WHERE id NOT IN (SELECT content_id FROM documents)")
             if content_changed:
+                if compacted:
+                    self.conn.execute("DELETE FROM dead")
+                else:
+                    self.conn.executemany("INSERT OR IGNORE INTO dead VALUES (?)",
+                                          [(int(i),) for i in removed_ids])
+                self.conn.execute("UPDATE meta SET value=? WHERE key='manifest'", (json.dumps(new_manifest),))
                 self.conn.execute("UPDATE meta SET value=? WHERE key='generation'", (str(generation + 1),))
             self.conn.execute("COMMIT")
         except BaseException:
@@ -694,8 +913,9 @@ class IndexWriter:
         self.conn.execute("BEGIN")
         self.changes.clear()
         if content_changed:
-            # Keep the previous generation a moment for readers that are loading it; drop older ones.
-            self._remove_generation_files(lambda g: g < generation)
+            # Keep the previous generation's files a moment for readers that are loading it; drop the rest.
+            keep = _manifest_files(manifest) | _manifest_files(new_manifest)
+            self._remove_files(lambda name, gen: name not in keep and gen <= generation + 1)
         store.reload()
         return content_changed
 
@@ -704,27 +924,100 @@ class IndexWriter:
             self.conn.execute("COMMIT")
         self.conn.close()
 
-    def _generations_on_disk(self) -> dict[int, list[Path]]:
-        out: dict[int, list[Path]] = {}
-        for p in self.store.path.iterdir():
-            for prefix in ("vectors-", "bm25-"):
-                if p.name.startswith(prefix):
-                    stem = p.name[len(prefix):].split(".")[0]
-                    if stem.isdigit():
-                        out.setdefault(int(stem), []).append(p)
-            if p.name.startswith(".") and ".tmp-" in p.name:
-                out.setdefault(-1, []).append(p)
-        return out
+    # ---- parts
 
-    def _remove_generation_files(self, condition) -> None:
-        for gen, paths in self._generations_on_disk().items():
-            if gen == -1 or condition(gen):
-                for p in paths:
-                    if p.is_dir():
-                        shutil.rmtree(p, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            p.unlink()
+    def _write_parts(self, new_gen: int, manifest: dict, live: set[int], add_ids: np.ndarray,
+                     add_vectors: np.ndarray, removed_ids: np.ndarray, force_rebuild: bool) -> tuple[dict, bool]:
+        """Write the files of generation `new_gen`; returns (its manifest, whether it is a new base)."""
+        from retrieval.segments import IVF_AUTO_MIN, resolve_kind
+
+        settings = self.store.settings
+        base = manifest["base"]
+        dead = self.conn.execute("SELECT count(*) FROM dead").fetchone()[0] + len(removed_ids)
+        delta_n = sum(d["n"] for d in manifest["deltas"]) + len(add_ids)
+        live_n = base["n"] + delta_n - dead
+        kind_now = (base.get("info") or {}).get("kind", "flat")
+        kind = resolve_kind(settings.faiss, live_n)
+        if settings.faiss == "auto" and kind_now == "ivf" and live_n >= IVF_AUTO_MIN // 2:
+            kind = "ivf"  # hysteresis: do not flip back and forth around the threshold
+        compact = (force_rebuild or live_n < COMPACT_BELOW or not base["vectors"] or not base.get("stats")
+                   or kind != kind_now
+                   or delta_n > max(DELTA_MIN, DELTA_FRACTION * base["n"]) or dead > DEAD_FRACTION * base["n"])
+        if compact:
+            return self._write_base(new_gen, live, kind, base), True
+        deltas = list(manifest["deltas"])
+        if len(add_ids):
+            deltas.append(self._write_delta(new_gen, add_ids, add_vectors))
+        if len(deltas) > MAX_DELTA_FILES:  # merge them into one (writes the deltas, not the base)
+            ids, vectors = self.store._load_deltas(self.store._read_generation(), deltas)
+            deltas = [self._write_delta(new_gen, ids, vectors, name=f"delta-{new_gen}.merged.npz")]
+        return {"base": base, "deltas": deltas}, False
+
+    def _write_delta(self, new_gen: int, ids: np.ndarray, vectors: np.ndarray, name: str | None = None) -> dict:
+        final = self.store.path / (name or f"delta-{new_gen}.npz")
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, ids=ids.astype(np.int64), vectors=vectors.astype(np.float32))
+        _publish(tmp, final)
+        return {"file": final.name, "n": int(len(ids))}
+
+    def _write_base(self, new_gen: int, live: set[int], kind: str, old_base: dict) -> dict:
+        """A new base of all live chunks: vectors-<gen>.faiss (re-using an IVF's training while the
+        collection has not outgrown it) and bm25-<gen>/."""
+        from retrieval.chunking import embedding_text
+        from retrieval.segments import VectorInfo, build_vector_index
+
+        faiss = faiss_module()
+        store, settings = self.store, self.store.settings
+        ids, vectors = _vectors_of(self.conn, live, settings.dim)
+        template, template_info = None, VectorInfo.from_dict(old_base.get("info"))
+        if kind in ("ivf", "ivfpq") and template_info.kind == kind and old_base.get("vectors"):
+            with contextlib.suppress(Exception):
+                template = read_vector_file(store.path / old_base["vectors"])
+        index, info = build_vector_index(kind, settings.dim, ids, vectors, hnsw_m=settings.hnsw_m,
+                                         nlist=settings.ivf_nlist or None, nprobe=settings.ivf_nprobe or None,
+                                         template=template, template_info=template_info)
+        vectors_final = store.path / f"vectors-{new_gen}.faiss"
+        tmp = vectors_final.with_name(f".{vectors_final.name}.tmp-{os.getpid()}")
+        faiss.write_index(index, str(tmp))
+        _publish(tmp, vectors_final)
+        del index, vectors, template
+
+        rows = []
+        live_list = sorted(live)
+        for i in range(0, len(live_list), 500):
+            part = live_list[i:i + 500]
+            rows += self.conn.execute(
+                f"SELECT id, heading, text FROM chunks WHERE content_id IN ({','.join('?' * len(part))})",
+                part).fetchall()
+        rows.sort()
+        lexical_final = store.path / f"bm25-{new_gen}"
+        tmp = lexical_final.with_name(f".{lexical_final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        texts = [embedding_text(r[1], r[2]) for r in rows]
+        tokens = lexical_tokens(texts) if texts else []
+        model = build_bm25(texts, tokens)
+        if model is not None:
+            model.save(str(tmp), show_progress=False)
+        np.save(tmp / "chunk_ids.npy", np.array([r[0] for r in rows], dtype=np.int64))
+        (tmp / "stats.json").write_text(json.dumps({"n_docs": len(tokens),
+                                                    "total_tokens": int(sum(len(t) for t in tokens))}))
+        _publish(tmp, lexical_final)
+        return {"base": {"vectors": vectors_final.name, "lexical": lexical_final.name, "n": int(len(ids)),
+                         "stats": True, "info": info.to_dict()}, "deltas": []}
+
+    def _remove_files(self, condition) -> None:
+        """Delete part files (and temp files) for which `condition(name, generation)` holds."""
+        for p in self.store.path.iterdir():
+            gen = _generation_of(p.name)
+            if gen is None or not condition(p.name, gen):
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
     def _chunk_ids_of(self, content_ids: Iterable[int]) -> np.ndarray:
         ids: list[int] = []
@@ -735,62 +1028,7 @@ class IndexWriter:
                 f"SELECT id FROM chunks WHERE content_id IN ({','.join('?' * len(part))})", part)]
         return np.array(sorted(ids), dtype=np.int64)
 
-    def _vectors_of(self, content_ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        rows = []
-        content_ids = sorted(content_ids)
-        for i in range(0, len(content_ids), 500):
-            part = content_ids[i:i + 500]
-            rows += self.conn.execute(
-                f"SELECT id, vector FROM chunks WHERE content_id IN ({','.join('?' * len(part))})", part).fetchall()
-        rows.sort()
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-        return ids, vectors.reshape(len(rows), self.store.settings.dim)  # [n, dim]
 
-    def _write_faiss(self, new_gen: int, old_gen: int, to_add: set[int], to_remove: set[int],
-                     live: set[int], force_rebuild: bool) -> None:
-        faiss = faiss_module()
-        store = self.store
-        incremental = (not force_rebuild and store.generation == old_gen and store.faiss_index is not None
-                       and (store.settings.faiss == "flat" or not to_remove))
-        if incremental:
-            index = faiss.clone_index(store.faiss_index)
-            if to_remove:
-                index.remove_ids(self._chunk_ids_of(to_remove))
-            add = to_add
-        else:
-            index = store.new_faiss_index()
-            add = live
-        if add:
-            ids, vectors = self._vectors_of(add)
-            for i in range(0, len(ids), 20000):
-                index.add_with_ids(vectors[i:i + 20000], ids[i:i + 20000])
-        final = store._faiss_file(new_gen)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        faiss.write_index(index, str(tmp))
-        _fsync_path(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(store.path)
-
-    def _write_bm25(self, new_gen: int, live: set[int]) -> None:
-        from retrieval.chunking import embedding_text
-
-        rows = []
-        live_list = sorted(live)
-        for i in range(0, len(live_list), 500):
-            part = live_list[i:i + 500]
-            rows += self.conn.execute(
-                f"SELECT id, heading, text FROM chunks WHERE content_id IN ({','.join('?' * len(part))})",
-                part).fetchall()
-        rows.sort()
-        final = self.store._bm25_dir(new_gen)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        model = build_bm25([embedding_text(r[1], r[2]) for r in rows])
-        if model is not None:
-            model.save(str(tmp), show_progress=False)
-        np.save(tmp / "chunk_ids.npy", np.array([r[0] for r in rows], dtype=np.int64))
-        _fsync_tree(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(self.store.path)
+def _manifest_files(manifest: dict) -> set[str]:
+    base = manifest["base"]
+    return {name for name in (base["vectors"], base["lexical"], *(d["file"] for d in manifest["deltas"])) if name}

@@ -105,7 +105,7 @@ class SyncReport:
         return "\n".join(lines)
 
 
-def index_settings(encoder, chunker: ChunkerSettings | None = None, faiss_kind: str = "flat") -> IndexSettings:
+def index_settings(encoder, chunker: ChunkerSettings | None = None, faiss_kind: str = "auto") -> IndexSettings:
     """The settings an index built by `encoder` with `chunker` records."""
     chunker = chunker or ChunkerSettings.for_encoder(encoder)
     return IndexSettings(encoder=encoder.name, dim=int(encoder.dim), chunker=chunker.to_dict(), faiss=faiss_kind)
@@ -120,32 +120,56 @@ def _open_or_create(path: Path, settings: IndexSettings, folder: Path | None = N
 def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, rebuild: bool = False,
                 progress: bool = True, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                 on_progress: ProgressCallback | None = None, chunker: ChunkerSettings | None = None,
-                faiss_kind: str | None = None, batch_size: int = 32,
-                limits: LoadLimits | None = None) -> SyncReport:
+                faiss_kind: str | None = None, batch_size: int = 32, ivf_nlist: int | None = None,
+                ivf_nprobe: int | None = None, ray=None, limits: LoadLimits | None = None) -> SyncReport:
     """Bring the index at `index_path` (default: `default_index_path(folder)`) in line with `folder`.
 
     `rebuild=True` builds a fresh index next to the old one and swaps it in when complete (needed after
     changing the encoder or chunker); until then the old index keeps working.
     `on_progress(done, total)` is called with chunk counts while embedding.
-    `faiss_kind`: "flat" (exact) or "hnsw"; None keeps what the index has ("flat" for a new one). Switching
-    an existing index re-uses its stored vectors (nothing is embedded again).
+    `faiss_kind`: "auto", "flat" (exact), "hnsw", "ivf" or "ivfpq" (see retrieval.segments); None keeps what
+    the index has ("auto" for a new one). `ivf_nlist` / `ivf_nprobe`: IVF lists and lists searched (0 =
+    automatic, None = keep). Switching an existing index re-uses its stored vectors (nothing is embedded again).
+    `ray`: None (here), "auto", "local", a cluster address, or a `retrieval.ray_sync.RayCluster`: changed
+    files are loaded, chunked and embedded by Ray workers; this process stays the one writer.
     `limits`: per-file limits (default: `LoadLimits(max_bytes=max_file_bytes)`).
     """
+    kw = dict(rebuild=rebuild, progress=progress, max_file_bytes=max_file_bytes, on_progress=on_progress,
+              chunker=chunker, faiss_kind=faiss_kind, batch_size=batch_size, ivf_nlist=ivf_nlist,
+              ivf_nprobe=ivf_nprobe, limits=limits)
+    if ray is None:
+        return _sync_folder(folder, index_path, encoder, cluster=None, **kw)
+    from retrieval.ray_sync import RayCluster
+
+    cluster = ray if isinstance(ray, RayCluster) else RayCluster(str(ray))
+    cluster.connect()  # fails here, before the index is touched, when Ray is missing or unreachable
+    try:
+        return _sync_folder(folder, index_path, encoder, cluster=cluster, **kw)
+    finally:
+        cluster.close()
+
+
+def _sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, cluster, rebuild: bool,
+                 progress: bool, max_file_bytes: int, on_progress: ProgressCallback | None,
+                 chunker: ChunkerSettings | None, faiss_kind: str | None, batch_size: int,
+                 ivf_nlist: int | None, ivf_nprobe: int | None, limits: LoadLimits | None = None) -> SyncReport:
     folder = Path(folder)
     index_path = Path(index_path) if index_path is not None else default_index_path(folder)
-    settings = index_settings(encoder, chunker, faiss_kind or "flat")
+    settings = index_settings(encoder, chunker, faiss_kind or "auto")
     if rebuild and IndexStore.exists(index_path):
+        old = IndexStore.open(index_path).settings
         if faiss_kind is None:
-            settings.faiss = IndexStore.open(index_path).settings.faiss
+            settings.faiss = old.faiss
+        settings.ivf_nlist = old.ivf_nlist if ivf_nlist is None else ivf_nlist
+        settings.ivf_nprobe = old.ivf_nprobe if ivf_nprobe is None else ivf_nprobe
         return _rebuild(folder, index_path, encoder, settings, progress=progress, max_file_bytes=max_file_bytes,
-                        on_progress=on_progress, batch_size=batch_size, limits=limits)
+                        on_progress=on_progress, batch_size=batch_size, cluster=cluster, limits=limits)
     index_path.mkdir(parents=True, exist_ok=True)
     with WriterLock(index_path), disk_full_guard(index_path):
         store = _open_or_create(index_path, settings, folder)
         try:
-            switch_faiss = faiss_kind is not None and faiss_kind != store.settings.faiss
-            if switch_faiss:
-                store.set_faiss_kind(faiss_kind)
+            switch_faiss = (store.set_vector_settings(faiss_kind, ivf_nlist, ivf_nprobe)
+                            or store.vector_settings_pending())
             scan = scan_folder(folder, max_file_bytes)
             entries = list(scan.files)
             skipped = [(s.path, s.reason) for s in scan.skipped]
@@ -162,7 +186,7 @@ def sync_folder(folder: str | Path, index_path: str | Path | None, encoder, *, r
                 skipped += [(UPLOADS_PREFIX + s.path, s.reason) for s in up.skipped]
             report = _sync_entries(store, entries, skipped, encoder, remove_missing=True, progress=progress,
                                    max_file_bytes=max_file_bytes, on_progress=on_progress, batch_size=batch_size,
-                                   force_rebuild=switch_faiss, limits=limits)
+                                   force_rebuild=switch_faiss, cluster=cluster, limits=limits)
             report.excluded = left_out
             _write_json(index_path / SKIPPED_NAME, [list(item) for item in report.skipped])
             return report
@@ -317,7 +341,8 @@ def _rebuild(folder: Path, index_path: Path, encoder, settings: IndexSettings, *
         if (index_path / EXCLUDED_NAME).exists():
             shutil.copyfile(index_path / EXCLUDED_NAME, fresh / EXCLUDED_NAME)
         chunker = ChunkerSettings(**settings.chunker)
-        report = sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss, **kw)
+        report = _sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss,
+                              ivf_nlist=settings.ivf_nlist, ivf_nprobe=settings.ivf_nprobe, rebuild=False, **kw)
         swap_in(fresh, index_path)
     report.index_path = str(index_path)
     return report
@@ -337,13 +362,46 @@ class _Pending:
     entry: FileEntry
     doc: Document
     chunks: list[Chunk]
-    old_path: str | None = None  # set for the path this file replaces
+    vectors: np.ndarray | None = None  # [n_chunks, dim] when embedded elsewhere (Ray workers)
+
+
+@dataclass
+class LoadedFile:
+    """What loading a changed file gave: its document and, unless its bytes are already stored (`known`),
+    its chunks; `vectors` when the chunks were embedded too (Ray workers); `skip` instead when unreadable."""
+
+    entry: FileEntry
+    doc: Document | None = None
+    chunks: list[Chunk] | None = None
+    vectors: np.ndarray | None = None
+    skip: str | None = None
+
+
+def load_and_chunk(entry: FileEntry, max_file_bytes: int, count_tokens, chunker: ChunkerSettings,
+                   known: Callable[[str, str], bool], limits: LoadLimits | None = None) -> LoadedFile:
+    """Read one file; chunk it unless `known(sha256, kind)` says its bytes are stored already. Any error from
+    the file (SkipFile, or a loader or chunker failure) becomes its skip reason: no single file stops a sync."""
+    try:
+        doc = load_file(entry, max_bytes=max_file_bytes, limits=limits)
+    except Exception as exc:
+        return LoadedFile(entry, skip=exc.reason if isinstance(exc, SkipFile)
+                          else f"cannot read ({type(exc).__name__}: {exc})")
+    if known(doc.sha256, doc.kind):
+        return LoadedFile(entry, doc)
+    try:
+        return LoadedFile(entry, doc, chunk_document(doc, count_tokens, chunker))
+    except Exception as exc:  # a chunker bug on one odd file must not stop the sync
+        return LoadedFile(entry, skip=f"cannot split into passages ({type(exc).__name__}: {exc})")
 
 
 def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list[tuple[str, str]], encoder, *,
                   remove_missing: bool, progress: bool, max_file_bytes: int,
                   on_progress: ProgressCallback | None, batch_size: int, force_rebuild: bool = False,
-                  limits: LoadLimits | None = None) -> SyncReport:
+                  cluster=None, limits: LoadLimits | None = None) -> SyncReport:
+    """Sync `entries` into `store`. Files whose size and mtime are unchanged are not read; the others are
+    loaded and chunked here and embedded in groups (or, with `cluster`, loaded, chunked and embedded by
+    its workers, see retrieval.ray_sync), and staged in the order of `entries` either way. No exception from
+    one file stops the sync: it becomes that file's skip reason."""
     started = time.perf_counter()
     limits = limits or LoadLimits(max_bytes=max_file_bytes)
     report = SyncReport(index_path=str(store.path), skipped=list(skipped))
@@ -360,67 +418,41 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
         missing |= {p for p in known if p.startswith(UPLOADS_PREFIX) and p not in seen}
 
     with store.writer(lock_held=True) as writer:
-        to_embed: list[_Pending] = []
         staged_now: dict[tuple[str, str], int] = {}  # content staged in this run -> id
 
         def attach(entry: FileEntry, doc_sha: str, kind: str, content_id: int) -> None:
             writer.set_document(DocumentRow(entry.path, content_id, doc_sha, entry.size, entry.mtime_ns, kind))
 
-        read_bar = _bar(len(entries), "reading", "file", progress and len(entries) > 20)
-        for entry in entries:
+        def classify(item: LoadedFile) -> _Pending | None:
+            """Record what a loaded file is; return it when its chunks must be staged."""
+            entry, doc = item.entry, item.doc
             old = known.get(entry.path)
-            if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.kind == entry.kind:
-                report.unchanged.append(entry.path)
-                read_bar.update(1)
-                continue
-            try:
-                doc = load_file(entry, limits=limits)
-            except Exception as exc:  # SkipFile, or any other error: no single file may stop the sync
-                reason = exc.reason if isinstance(exc, SkipFile) else f"cannot read ({type(exc).__name__}: {exc})"
-                report.skipped.append((entry.path, reason))
+            if item.skip is not None:
+                report.skipped.append((entry.path, item.skip))
                 if old is not None:
                     missing.add(entry.path)  # it was indexed but cannot be read any more
-                read_bar.update(1)
-                continue
-            read_bar.update(1)
+                return None
             if doc.note:
                 report.notes.append((entry.path, doc.note))
             if old is not None and old.sha256 == doc.sha256 and old.kind == doc.kind:
                 attach(entry, doc.sha256, doc.kind, old.content_id)  # touched, not changed
                 report.unchanged.append(entry.path)
-                continue
+                return None
             content_id = writer.find_content(doc.sha256, doc.kind)
             if content_id is not None:
                 _classify_reuse(report, entry.path, old, content_id, paths_by_content, missing)
                 attach(entry, doc.sha256, doc.kind, content_id)
-                continue
-            try:
-                chunks = chunk_document(doc, encoder.count_tokens, chunker)
-            except Exception as exc:  # a chunker bug on one odd file must not stop the sync
-                chunks, doc_error = [], f"cannot split into passages ({type(exc).__name__}: {exc})"
-            else:
-                doc_error = "no text content"
+                return None
+            chunks = item.chunks if item.chunks is not None else chunk_document(doc, encoder.count_tokens, chunker)
             if not chunks:
                 report.skipped.append((entry.path, doc_error))
                 if old is not None:
                     missing.add(entry.path)
-                continue
-            to_embed.append(_Pending(entry, doc, chunks))
-        read_bar.close()
+                return None
+            return _Pending(entry, doc, chunks, item.vectors if item.chunks is not None else None)
 
-        # Embed, grouped across files so small files still fill batches; stage file by file.
-        total = sum(len(p.chunks) for p in to_embed)
-        bar = _bar(total, "embedding", "chunk", progress and total > 0)
-        done = 0
-        if on_progress:
-            on_progress(0, total)
-        i = 0
-        while i < len(to_embed):
-            group, n = [], 0
-            while i < len(to_embed) and (not group or n + len(to_embed[i].chunks) <= EMBED_GROUP):
-                group.append(to_embed[i])
-                n += len(to_embed[i].chunks)
-                i += 1
+        def stage(group: list[_Pending], embed: Callable[[list[str]], np.ndarray]) -> None:
+            """Stage a group of files' chunks (embedding those not embedded yet) and attach their documents."""
             key_groups: list[_Pending] = []
             texts: list[str] = []
             for p in group:
@@ -429,16 +461,18 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                     continue
                 staged_now[key] = -1
                 key_groups.append(p)
-                texts += [c.embedding_text() for c in p.chunks]
+                if p.vectors is None:
+                    texts += [c.embedding_text() for c in p.chunks]
             t0 = time.perf_counter()
-            vectors = encoder.embed(texts, batch_size=batch_size) if texts else np.zeros((0, store.settings.dim))
+            vectors = embed(texts) if texts else np.zeros((0, store.settings.dim), np.float32)
             report.embed_seconds += time.perf_counter() - t0
             row = 0
             for p in key_groups:
                 k = len(p.chunks)
+                if p.vectors is None:
+                    p.vectors, row = vectors[row:row + k], row + k
                 staged_now[(p.doc.sha256, p.doc.kind)] = writer.stage_content(
-                    p.doc.sha256, p.doc.kind, p.chunks, vectors[row:row + k])
-                row += k
+                    p.doc.sha256, p.doc.kind, p.chunks, p.vectors)
                 report.chunks_embedded += k
                 report.files_embedded += 1
             embedded_here = {id(p) for p in key_groups}
@@ -451,11 +485,20 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 else:
                     _classify_reuse(report, p.entry.path, old, content_id, paths_by_content, missing)
                 attach(p.entry, p.doc.sha256, p.doc.kind, content_id)
-            done += n
-            bar.update(n)
-            if on_progress:
-                on_progress(done, total)
-        bar.close()
+
+        to_read: list[FileEntry] = []
+        for entry in entries:
+            old = known.get(entry.path)
+            if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.kind == entry.kind:
+                report.unchanged.append(entry.path)
+            else:
+                to_read.append(entry)
+        if cluster is not None:
+            cluster.process(to_read, classify, stage, writer, report, progress=progress, on_progress=on_progress,
+                            max_file_bytes=max_file_bytes, chunker=chunker, encoder=encoder)
+        else:
+            _process_here(to_read, classify, stage, writer, encoder, progress=progress, on_progress=on_progress,
+                          max_file_bytes=max_file_bytes, chunker=chunker, batch_size=batch_size, limits=limits)
 
         renamed_from = {old for _, old in report.renamed}
         for path in sorted(missing):
@@ -469,6 +512,43 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
         getattr(report, name).sort()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *, progress: bool,
+                  on_progress: ProgressCallback | None, max_file_bytes: int, chunker: ChunkerSettings,
+                  batch_size: int, limits: LoadLimits | None = None) -> None:
+    """The embedded path: read and chunk every changed file, then embed grouped across files (so small
+    files still fill batches), staging file by file."""
+    def known(sha: str, kind: str) -> bool:
+        return writer.find_content(sha, kind) is not None
+
+    to_embed: list[_Pending] = []
+    read_bar = _bar(len(to_read), "reading", "file", progress and len(to_read) > 20)
+    for entry in to_read:
+        pending = classify(load_and_chunk(entry, max_file_bytes, encoder.count_tokens, chunker, known, limits))
+        if pending is not None:
+            to_embed.append(pending)
+        read_bar.update(1)
+    read_bar.close()
+
+    total = sum(len(p.chunks) for p in to_embed)
+    bar = _bar(total, "embedding", "chunk", progress and total > 0)
+    done = 0
+    if on_progress:
+        on_progress(0, total)
+    i = 0
+    while i < len(to_embed):
+        group, n = [], 0
+        while i < len(to_embed) and (not group or n + len(to_embed[i].chunks) <= EMBED_GROUP):
+            group.append(to_embed[i])
+            n += len(to_embed[i].chunks)
+            i += 1
+        stage(group, lambda texts: encoder.embed(texts, batch_size=batch_size))
+        done += n
+        bar.update(n)
+        if on_progress:
+            on_progress(done, total)
+    bar.close()
 
 
 def _classify_reuse(report: SyncReport, path: str, old, content_id: int, paths_by_content: dict[int, list[str]],
@@ -491,6 +571,9 @@ def _classify_reuse(report: SyncReport, path: str, old, content_id: int, paths_b
 
 class _NoBar:
     def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
         pass
 
     def close(self) -> None:

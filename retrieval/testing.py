@@ -58,3 +58,22 @@ class HashingEncoder:
             else:
                 out[row, 0] = 1.0
         return out
+
+
+class DiesOnceEncoder(HashingEncoder):
+    """A HashingEncoder whose process dies (as if killed) the first time it embeds, once per `marker` file:
+    for tests that a Ray worker killed mid-job is restarted and its batch retried."""
+
+    def __init__(self, marker: str, dim: int = 64) -> None:
+        super().__init__(dim=dim, name=f"hashing-test-encoder-{dim}")
+        self.marker = marker
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
+        import os
+
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return super().embed(texts, batch_size, show_progress)
+        os.close(fd)
+        os._exit(1)  # like kill -9: no cleanup, no exception for anyone to catch

@@ -286,13 +286,13 @@ def test_crash_between_new_files_and_commit_keeps_the_old_generation(indexed, mo
 
     folder, index, encoder, _ = indexed
     (folder / "extra.txt").write_text("A brand new pistachio submarine.")
-    original = store_module.IndexWriter._write_bm25
+    original = store_module.IndexWriter._write_parts
 
-    def write_then_die(self, new_gen, live):
-        original(self, new_gen, live)
+    def write_then_die(self, *args):
+        original(self, *args)
         raise KeyboardInterrupt  # stands in for kill -9 at the worst moment
 
-    monkeypatch.setattr(store_module.IndexWriter, "_write_bm25", write_then_die)
+    monkeypatch.setattr(store_module.IndexWriter, "_write_parts", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         _sync(folder, index, encoder)
     monkeypatch.undo()
