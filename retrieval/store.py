@@ -458,7 +458,7 @@ class IndexStore:
             vectors = VectorSegments(base_index, VectorInfo.from_dict(base.get("info")), delta_ids, delta_vectors,
                                      dead, dim, nprobe=self.settings.ivf_nprobe or None)
         except _Damaged as exc:  # a lost or unreadable file: rebuild from the source of truth, all live vectors
-            warn_rebuilt("the vector index", self.path / str(exc), "is missing or unreadable")
+            warn_rebuilt("the FAISS file", self.path / exc.args[0], exc.args[1])
             delta_ids = None
             ids, all_vectors = self.live_vectors()
             base_index = _flat_of(ids, all_vectors, dim)
@@ -474,8 +474,8 @@ class IndexStore:
             lexical = LexicalSegments(bm25, bm25_ids, stats, list(delta_texts), list(delta_texts.values()), dead,
                                       self.texts_of)
         except _Damaged as exc:
-            if str(exc):  # (an empty message: the vector part was lost, and has already been reported)
-                warn_rebuilt("the BM25 index", self.path / str(exc), "is missing or unreadable")
+            if exc.args:  # (none: the vector part was lost, and has already been reported)
+                warn_rebuilt("the BM25 folder", self.path / exc.args[0], exc.args[1])
             ids, texts = self.live_texts()
             lexical = LexicalSegments(build_bm25(texts), np.asarray(ids, dtype=np.int64), None, [], [],
                                       np.zeros(0, np.int64), self.texts_of)
@@ -489,10 +489,12 @@ class IndexStore:
         if name not in self._cache:
             try:
                 self._cache[name] = read(self.path / name)
-            except Exception:
+            except Exception as exc:
                 if not self._still_current(generation):
                     raise FileNotFoundError(name) from None
-                raise _Damaged(name) from None
+                why = "is missing" if not (self.path / name).exists() else \
+                    f"is unreadable ({type(exc).__name__}: {str(exc)[:100]})"
+                raise _Damaged(name, why) from None
         return self._cache[name]
 
     def _load_deltas(self, generation: int, deltas: list[dict]) -> tuple[np.ndarray, np.ndarray]:

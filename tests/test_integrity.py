@@ -183,7 +183,9 @@ def test_injected_enospc_keeps_the_previous_index_and_says_what_happened(indexed
             raise RuntimeError("Error in faiss::FileIOWriter: write error: No space left on device")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    target = {"bm25": "_write_bm25", "faiss": "_write_faiss", "sqlite": "stage_content"}.get(where)
+    # The segmented store writes a new base (vector index + BM25) or a delta per commit (_write_parts); a small
+    # index is always compacted into a new base (_write_base).
+    target = {"bm25": "_write_base", "faiss": "_write_parts", "sqlite": "stage_content"}.get(where)
     if target:
         monkeypatch.setattr(store_module.IndexWriter, target, full)
     else:
