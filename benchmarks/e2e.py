@@ -42,17 +42,20 @@ def run_device(device: str, args: argparse.Namespace) -> dict:
     from assistant.settings import Settings
 
     settings = Settings.load({"device": device, "max_new_tokens": args.max_new_tokens, "k": args.k,
-                              "use_adapter": not args.no_adapter, "index": args.index})
+                              "use_adapter": not args.no_adapter, "index": args.index,
+                              "answer_mode": args.answer_mode})
     start = time.perf_counter()
     assistant = Assistant.from_folder(args.folder, settings.index, settings=settings)
     load_s = time.perf_counter() - start
     assistant.ask(QUESTIONS[0])  # warm-up (allocations, caches); not counted
     rows = []
     for question in QUESTIONS[: args.questions]:
-        answer = assistant.ask(question, refusal_threshold=-1.0)  # always generate: we time the model
+        # Always answer (no refusal gates): we time the whole path, reader and model.
+        answer = assistant.ask(question, refusal_threshold=-1.0, reader_threshold=-1e9)
         t = answer.timings
         rows.append({
-            "question": question, "retrieval_ms": t.retrieval_ms, "ttft_ms": t.time_to_first_token_ms,
+            "question": question, "retrieval_ms": t.retrieval_ms, "reader_ms": t.reader_ms,
+            "ttft_ms": t.time_to_first_token_ms,
             "total_ms": t.total_ms, "prompt_tokens": t.prompt_tokens, "generated_tokens": t.generated_tokens,
             "decode_tokens_per_s": t.tokens_per_s, "answer": answer.text,
         })
@@ -62,7 +65,7 @@ def run_device(device: str, args: argparse.Namespace) -> dict:
 
     return {
         "device": device, "load_s": load_s, "rows": rows,
-        "median": {k: med(k) for k in ("retrieval_ms", "ttft_ms", "total_ms", "prompt_tokens",
+        "median": {k: med(k) for k in ("retrieval_ms", "reader_ms", "ttft_ms", "total_ms", "prompt_tokens",
                                        "generated_tokens", "decode_tokens_per_s")},
         "generator": getattr(assistant.generator, "identity", ""),
     }
@@ -78,6 +81,8 @@ def main() -> int:
     parser.add_argument("-k", type=int, default=4)
     parser.add_argument("--questions", type=int, default=len(QUESTIONS))
     parser.add_argument("--no-adapter", action="store_true")
+    parser.add_argument("--answer-mode", default=None, choices=("guided", "generate", "extract"),
+                        help="default: the settings' (guided)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -100,6 +105,7 @@ def main() -> int:
                   f"{(r['ttft_ms'] or 0) / 1000:7.2f} {r['total_ms'] / 1000:8.2f} {r['prompt_tokens']:6d} "
                   f"{r['generated_tokens']:4d} {r['decode_tokens_per_s'] or 0:6.1f}")
         m = result["median"]
+        print(f"reader median {m['reader_ms']:.0f} ms")
         print(f"{result['device']:<6} {'median':<58} {m['retrieval_ms']:8.0f} {m['ttft_ms'] / 1000:7.2f} "
               f"{m['total_ms'] / 1000:8.2f} {m['prompt_tokens']:6.0f} {m['generated_tokens']:4.0f} "
               f"{m['decode_tokens_per_s']:6.1f}   (load + sync {result['load_s']:.1f} s)")
