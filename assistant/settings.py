@@ -164,29 +164,13 @@ class Settings:
 
     def adapter_path(self) -> Path | None:
         """The adapter folder to load, or None (disabled, or the default one is not shipped)."""
-        if not self.use_adapter:
-            return None
-        if self.adapter is not None:
-            if not Path(self.adapter).exists():
-                raise SettingsError(f"adapter folder {self.adapter} does not exist; fix the path or use --no-adapter")
-            return Path(self.adapter)
-        if (DEFAULT_ADAPTER / "adapter.safetensors").exists():
-            return DEFAULT_ADAPTER
-        _log_once("no adapter found in %s; running the base model without one", DEFAULT_ADAPTER)
-        return None
+        return _weights_folder("adapter", self.adapter, self.use_adapter, DEFAULT_ADAPTER / "adapter.safetensors",
+                               "running the base model without one")
 
     def reader_path(self) -> Path | None:
         """The reader folder to load, or None (disabled, or the default one is not shipped)."""
-        if not self.use_reader:
-            return None
-        if self.reader is not None:
-            if not Path(self.reader).exists():
-                raise SettingsError(f"reader folder {self.reader} does not exist; fix the path or use --no-reader")
-            return Path(self.reader)
-        if (DEFAULT_READER / "reader.safetensors").exists():
-            return DEFAULT_READER
-        _log_once("no reader found in %s; answers are written by the generator alone", DEFAULT_READER)
-        return None
+        return _weights_folder("reader", self.reader, self.use_reader, DEFAULT_READER / "reader.safetensors",
+                               "answers are written by the generator alone")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of every field."""
@@ -204,6 +188,21 @@ def _log_once(message: str, *args: Any) -> None:
     if key not in _LOGGED:
         _LOGGED.add(key)
         log.warning(message, *args)
+
+
+def _weights_folder(what: str, given: Path | None, enabled: bool, bundled: Path, without: str) -> Path | None:
+    """An optional weights folder: None when disabled; the given folder (which must exist); else the bundled
+    one when it is shipped (`bundled` names its weights file), else None with a one-time warning."""
+    if not enabled:
+        return None
+    if given is not None:
+        if not Path(given).exists():
+            raise SettingsError(f"{what} folder {given} does not exist; fix the path or use --no-{what}")
+        return Path(given)
+    if bundled.exists():
+        return bundled.parent
+    _log_once("no %s found in %s; %s", what, bundled.parent, without)
+    return None
 
 
 def default_config_path(environ: typing.Mapping[str, str] | None = None) -> Path:
