@@ -141,9 +141,10 @@ def _assert_no_sideways_overflow(page) -> None:
 
 
 def _ask(page, question: str) -> str:
+    finished = page.locator("#chatbot .turn .copy").count()
     page.fill("#question textarea", question)
     page.click("#send")
-    page.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('similarity')",
+    page.wait_for_function(f"() => document.querySelectorAll('#chatbot .turn .copy').length > {finished}",
                            timeout=120_000)
     page.wait_for_timeout(500)
     return page.locator("#chatbot").inner_text()
@@ -154,10 +155,12 @@ def test_hostile_documents_in_answer_and_sources_run_nothing_and_keep_the_layout
     assert "hostile." in chat  # the sources are listed
     assert "<img src=x onerror=" in chat and "<script>" in chat  # the answer shows the payloads as text
     _assert_nothing_ran(page)
-    assert page.locator("#chatbot img[src='x'], #chatbot details, #chatbot svg circle[r='5']").count() == 0
-    # open every source box (their passages render on opening)
-    for title in page.locator("#chatbot [role='button']:has-text('similarity'), "
-                              "#chatbot button:has-text('similarity')").all():
+    # Nothing from a document or the model became markup: no image, no <details>, no SVG inside the question,
+    # the answer or a passage (the page's own source boxes are <details class="source">).
+    assert page.locator("#chatbot img[src='x'], #chatbot svg circle[r='5'], #chatbot .q *, #chatbot .text details, "
+                        "#chatbot .passage details, #chatbot .passage img").count() == 0
+    # open every source box, and its score details
+    for title in page.locator("#chatbot details.source > summary").all():
         title.click()
     page.wait_for_timeout(500)
     chat = page.locator("#chatbot").inner_text()
@@ -175,14 +178,16 @@ def test_an_upload_with_a_hostile_name_is_shown_as_text(page, server):
     folder.mkdir(exist_ok=True)
     doc = folder / HOSTILE_NAME
     doc.write_text("# Upload\n\nThe quail upload mentions zebrafinch cousins.\n" + PAYLOADS[1] + "\n")
+    page.click("button[role=tab]:has-text('Library')")
     page.set_input_files("#upload input[type='file']", str(doc))
     page.wait_for_function(
         "() => document.querySelector('#upload-status') && "
-        "document.querySelector('#upload-status').innerText.includes('Indexed')", timeout=120_000)
+        "document.querySelector('#upload-status').innerText.includes('indexed')", timeout=120_000)
     status = page.locator("#upload-status").inner_text()
     assert "onerror" in status  # the name is shown as text
     assert "files" in page.locator("#index-status").inner_text()
     _assert_nothing_ran(page)
+    page.click("button[role=tab]:has-text('Chat')")
     chat = _ask(page, "What does the quail upload mention?")
     assert "@uploads/" in chat
     _assert_nothing_ran(page)

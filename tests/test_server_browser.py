@@ -51,9 +51,9 @@ def test_ui_asks_for_the_key_once_then_chats_beside_the_api(live) -> None:
             page.fill("#question textarea", "What does LoRA train?")
             page.click("#send")
             deadline = time.time() + 60
-            while time.time() < deadline and not page.locator("#chatbot [data-testid='bot']").count():
+            while time.time() < deadline and not page.locator("#chatbot .turn .copy").count():
                 time.sleep(0.1)
-            assert page.locator("#chatbot [data-testid='bot']").count() >= 1
+            assert page.locator("#chatbot .turn .copy").count() >= 1  # the answer is finished in the page
             # a second tab of the same browser session needs no key again
             other = context.new_page()
             other.goto(live.url + "/", wait_until="domcontentloaded")
