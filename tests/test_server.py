@@ -272,3 +272,25 @@ def test_serve_refuses_to_bind_beyond_loopback_without_a_key(capsys, monkeypatch
     assert main(["serve", "--host", "0.0.0.0"]) == 1
     err = capsys.readouterr().err
     assert "refusing to bind 0.0.0.0 without an API key" in err and "--api-key" in err
+
+
+def test_uploads_through_the_http_api_never_leave_the_uploads_folder(live) -> None:
+    """The HTTP door sanitises upload names as the library does: `../` and absolute paths are reduced to a plain
+    name inside <index>/uploads/, reserved and hidden names are rejected with a reason, nothing is written
+    anywhere else."""
+    root = live.assistant.index_path.parent
+    before = {p for p in root.rglob("*") if "uploads" not in p.parts}
+    hostile = [("../../escape.txt", b"Wombats dig burrows."), ("/etc/evil.txt", b"Echidnas lay eggs."),
+               ("CON.txt", b"Reserved names are refused."), (".hidden.txt", b"Hidden names are refused.")]
+    for name, data in hostile:
+        response = httpx.post(live.url + "/v1/files", files=[("file", (name, data))], timeout=60)
+        assert response.status_code in (200, 400), (name, response.text)
+    listed = {f["filename"] for f in httpx.get(live.url + "/v1/files").json()["data"]}
+    assert {"@uploads/escape.txt", "@uploads/evil.txt"} <= listed
+    assert not any(n.startswith("@uploads/") and ("CON" in n or n.endswith(".hidden.txt")) for n in listed)
+    uploads = live.assistant.index_path / "uploads"
+    assert {p.name for p in uploads.iterdir()} >= {"escape.txt", "evil.txt"}
+    assert all(p.resolve().is_relative_to(uploads.resolve()) for p in uploads.rglob("*"))
+    after = {p for p in root.rglob("*") if "uploads" not in p.parts}
+    assert not {p for p in after - before if p.suffix == ".txt"}  # no stray copy outside uploads/
+    assert not (root.parent / "escape.txt").exists() and not (root / "escape.txt").exists()
