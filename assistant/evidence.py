@@ -141,8 +141,11 @@ def evidence_from_spans(spans: Sequence[Any], passages: Sequence[str], numbers: 
         text = passages[span.passage]
         s, e = sentence_bounds(text, span.start, span.end)
         support = float(span.score) + overlap_weight * question_overlap(question, text[s:e])
+        words = text[span.start:span.end].strip()
+        # A lone letter ("k" of "d by k") says nothing on its own: answer with its sentence.
+        own_kind = "sentence" if len(words) <= 1 and not words.isdigit() else kind
         out.append(Evidence(numbers[span.passage], text[span.start:span.end], span.start, span.end, text[s:e], s, e,
-                            float(span.score), kind, support))
+                            float(span.score), own_kind, support))
     return sorted(out, key=lambda ev: -ev.support)
 
 

@@ -319,7 +319,9 @@ def evidence_highlights(answer: Any) -> dict[int, list[tuple[int, int]]]:
     each source's text, for the highlight."""
     out: dict[int, list[tuple[int, int]]] = {}
     for item in getattr(answer, "evidence", None) or []:
-        out.setdefault(int(item.passage), []).append((int(item.start), int(item.end)))
+        # An answer built on the whole sentence ("why" questions, a lone-letter span) highlights the sentence.
+        bounds = (item.sentence_start, item.sentence_end) if item.kind == "sentence" else (item.start, item.end)
+        out.setdefault(int(item.passage), []).append((int(bounds[0]), int(bounds[1])))
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.evidence import (Evidence, extractive_answer, question_overlap, reader_can_read, route,
+from assistant.evidence import (Evidence, evidence_from_spans, extractive_answer, question_overlap, reader_can_read, route,
                                 sentence_bounds, states_evidence, wants_sentence)
 from assistant.pipeline import Assistant, cite
 from assistant.prompts import REFUSAL_TEXT
@@ -131,3 +131,9 @@ def test_routing_sentences_and_the_final_check():
     assert extractive_answer(ev) == "Edward Hu [2]."
     assert cite("Edward Hu introduced it [1].", 3) == "Edward Hu introduced it [3]."
     assert cite("Edward Hu", 2) == "Edward Hu [2]"
+    # A lone-letter span is answered with its sentence.
+    from model.reader import Span
+
+    text = "LoRA learns two small matrices: B of size d by r and A of size r by k. It is cheap."
+    (ev,) = evidence_from_spans([Span(0, text.index("k."), text.index("k.") + 1, "k", 2.0, 0.0)], [text], [1], "What?")
+    assert ev.kind == "sentence" and extractive_answer(ev).startswith("LoRA learns two small matrices")

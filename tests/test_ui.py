@@ -73,6 +73,9 @@ def test_highlights_from_evidence_mark_the_supporting_words():
     source = Source(1, "lora.md", None, None, text, 0.5, 0.6, True, text)
     answer = Answer("It trains matrices [1].", [1], [source], False, Timings(), "q", evidence=evidence)
     assert evidence_highlights(answer) == {1: [(29, 54)]}
+    sentence_answer = Answer("It trains two small matrices [1].", [1], [source], False, Timings(), "q",
+                             evidence=[Evidence(1, "trains", 29, 35, text[26:], 26, len(text), 3.0, "sentence")])
+    assert evidence_highlights(sentence_answer) == {1: [(26, len(text))]}  # the sentence the answer states
     turn = turn_from_answer("q", answer)
     assert turn["sources"][0]["highlights"] == [[29, 54]]
     assert "<mark>trains two small matrices</mark>" in render_chat([turn])
