@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from assistant.citations import clean_citations
+from assistant.followup import content_words
 from assistant.training_data import normalize_answer
 
 ANSWER_MODES = ("guided", "generate", "extract")
@@ -121,8 +123,6 @@ def question_overlap(question: str, sentence: str) -> float:
 
     An answerability signal beside the reader's score: a question asked about a passage shares its words
     with the sentence that answers it; a near-miss passage on the same topic shares fewer."""
-    from assistant.followup import content_words
-
     words = {w.lower() for w in content_words(question)}
     if not words:
         return 0.0
@@ -132,10 +132,11 @@ def question_overlap(question: str, sentence: str) -> float:
 
 
 def evidence_from_spans(spans: Sequence[Any], passages: Sequence[str], numbers: Sequence[int],
-                        question: str, overlap_weight: float = 0.0) -> list[Evidence]:
+                        question: str, overlap_weight: float = 0.0, explain: bool | None = None) -> list[Evidence]:
     """Evidence for each reader span (model.reader.Span), best supported first. `numbers[i]` is the [n] of
-    passages[i]; support = span score + overlap_weight x question_overlap(question, sentence)."""
-    kind = "sentence" if wants_sentence(question) else "span"
+    passages[i]; support = span score + overlap_weight x question_overlap(question, sentence). `explain`: the
+    question wants an explanation, so the evidence is the sentence (None: decided from `question`)."""
+    kind = "sentence" if (wants_sentence(question) if explain is None else explain) else "span"
     out = []
     for span in spans:
         text = passages[span.passage]
@@ -149,11 +150,9 @@ def evidence_from_spans(spans: Sequence[Any], passages: Sequence[str], numbers: 
     return sorted(out, key=lambda ev: -ev.support)
 
 
-_MARKERS = re.compile(r"\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]")
-
-
 def strip_citations(text: str) -> str:
-    return _MARKERS.sub("", text).strip()
+    """The text without any citation marker (no number names a passage when there are none)."""
+    return clean_citations(text, 0)[0].strip()
 
 
 def extractive_answer(evidence: Evidence) -> str:

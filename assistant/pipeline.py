@@ -284,10 +284,7 @@ class Assistant:
             hits, timings.retrieval_ms = self.retrieve(query, k=k, mode=retrieval_mode)
             best = max((_dense(h) for h in hits), default=float("-inf"))
             if not hits or best < threshold:
-                sources = [_source(i, h, h.text, cited=False) for i, h in enumerate(hits, start=1)]
-                timings.total_ms = timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
-                yield REFUSAL_TEXT
-                yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question)
+                yield from self._refuse(question, query, hits, timings, start)
                 return
             hits = relevant_hits(hits, threshold, self.settings.relative_floor)
             mode = answer_mode or self.settings.answer_mode
@@ -346,6 +343,15 @@ class Assistant:
             refused = False
         yield Answer(text, citations, sources, refused, timings, query, finish, question)
 
+    @staticmethod
+    def _refuse(question: str, query: str, hits: Sequence[Any], timings: Timings, start: float,
+                mode: str = "generate") -> Iterator[str | Answer]:
+        """The refusal, with the nearest passages shown (none cited) and no generator call."""
+        sources = [_source(i, h, h.text, cited=False) for i, h in enumerate(hits, start=1)]
+        timings.total_ms = timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
+        yield REFUSAL_TEXT
+        yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question, [], mode)
+
     def _answer_from_evidence(self, question: str, query: str, hits: list[Any], turns: list[dict], params: Any,
                               mode: str, gate: float, timings: Timings, start: float,
                               cancel: threading.Event | None) -> Iterator[str | Answer]:
@@ -358,15 +364,9 @@ class Assistant:
         spans = self.reader.read(read_as, texts)
         timings.reader_ms = (time.perf_counter() - tick) * 1000
         evidence = evidence_from_spans(spans, texts, list(range(1, len(hits) + 1)), read_as,
-                                       self.settings.reader_overlap_weight)
-        if wants_sentence(question):
-            for item in evidence:
-                item.kind = "sentence"
+                                       self.settings.reader_overlap_weight, explain=wants_sentence(question))
         if not evidence or evidence[0].support < gate:
-            sources = [_source(i, h, h.text, cited=False) for i, h in enumerate(hits, start=1)]
-            timings.total_ms = timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
-            yield REFUSAL_TEXT
-            yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question, [], mode)
+            yield from self._refuse(question, query, hits, timings, start, mode)
             return
         best = evidence[0]
         text, finish, fallback = extractive_answer(best), "stop", mode == "guided"
