@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.assistant_fakes import CORPUS
+from assistant_fakes import CORPUS
 
 
 @dataclass

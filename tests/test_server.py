@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.assistant_fakes import tiny_tokenizer
-from tests.server_fixtures import serve_tiny
+from assistant_fakes import tiny_tokenizer
+from server_fixtures import serve_tiny
 
 openai = pytest.importorskip("openai")
 
@@ -236,7 +236,7 @@ def test_real_weights_server(tmp_path) -> None:
     from model.encoder import Encoder
     from model.generate import Generator
     from model.scheduler import BatchScheduler
-    from tests.server_fixtures import start_server
+    from server_fixtures import start_server
 
     gen, encoder = Generator.load(None, device="cpu"), Encoder.load(None)
     engine = BatchScheduler(gen, max_batch=4, context_length=1024)

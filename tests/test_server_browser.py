@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.assistant_fakes import tiny_tokenizer
-from tests.server_fixtures import serve_tiny
+from assistant_fakes import tiny_tokenizer
+from server_fixtures import serve_tiny
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
