@@ -1,7 +1,8 @@
 """Evidence: the exact words in a retrieved passage that answer the question, found by the reader.
 
     question, passages ─► route: reader or generator? ─► model.reader.Reader.read ─► Evidence per passage
-        ─► answerable?  best score >= threshold  (else the assistant refuses, showing the nearest passages)
+        ─► answerable?  best support >= threshold  (else the assistant refuses, showing the nearest passages)
+           support = the reader's score + weighted signals calibrated on held-out data (Settings.reader_*)
         ─► the answer is written from the best Evidence (guided: by the generator, then checked; extract: as is)
 
 How the pipeline decides where the reader cannot help (`route`):
@@ -56,7 +57,7 @@ class Evidence:
     sentence_end: int
     score: float  # the reader's score: span minus "no answer" logit
     kind: str = "span"  # "span", or "sentence" for questions that want an explanation
-    support: float = 0.0  # score + weight x question-word overlap with the sentence: the answerability decision
+    support: float = 0.0  # score + weighted overlap / term coverage / cosine: the answerability decision
 
     @property
     def answer_text(self) -> str:
@@ -131,17 +132,42 @@ def question_overlap(question: str, sentence: str) -> float:
     return sum(w in found for w in words) / len(words)
 
 
+def term_coverage(term_weights: dict[str, float], passage: str) -> float:
+    """Weighted share of the question's terms (BM25 tokens, with their IDF as weights) found in `passage`.
+
+    The strongest answerability signal beside the reader's score: a passage that answers a question holds its
+    rare words (names, numbers, the specific noun); a near-miss passage on the same topic holds the common
+    ones and misses the rare one that the question is about."""
+    total = sum(term_weights.values())
+    if total <= 0:
+        return 0.0
+    from retrieval.store import lexical_tokens
+
+    found = set(lexical_tokens([passage])[0])
+    return sum(w for term, w in term_weights.items() if term in found) / total
+
+
 def evidence_from_spans(spans: Sequence[Any], passages: Sequence[str], numbers: Sequence[int],
-                        question: str, overlap_weight: float = 0.0, explain: bool | None = None) -> list[Evidence]:
+                        question: str, overlap_weight: float = 0.0, explain: bool | None = None, *,
+                        coverage_weight: float = 0.0, term_weights: dict[str, float] | None = None,
+                        base: float = 0.0) -> list[Evidence]:
     """Evidence for each reader span (model.reader.Span), best supported first. `numbers[i]` is the [n] of
-    passages[i]; support = span score + overlap_weight x question_overlap(question, sentence). `explain`: the
-    question wants an explanation, so the evidence is the sentence (None: decided from `question`)."""
+    passages[i]. support = span score + overlap_weight x question_overlap(question, sentence)
+    + coverage_weight x term_coverage(term_weights, passage) + base (a question-level term, e.g. the weighted
+    retrieval cosine). `explain`: the question wants an explanation, so the evidence is the sentence (None:
+    decided from `question`)."""
     kind = "sentence" if (wants_sentence(question) if explain is None else explain) else "span"
+    if coverage_weight and term_weights is None:
+        from retrieval.store import lexical_tokens
+
+        term_weights = dict.fromkeys(lexical_tokens([question])[0], 1.0)
     out = []
     for span in spans:
         text = passages[span.passage]
         s, e = sentence_bounds(text, span.start, span.end)
-        support = float(span.score) + overlap_weight * question_overlap(question, text[s:e])
+        support = float(span.score) + base + overlap_weight * question_overlap(question, text[s:e])
+        if coverage_weight:
+            support += coverage_weight * term_coverage(term_weights or {}, text)
         words = text[span.start:span.end].strip()
         # A lone letter ("k" of "d by k") says nothing on its own: answer with its sentence.
         own_kind = "sentence" if len(words) <= 1 and not words.isdigit() else kind
@@ -185,4 +211,5 @@ def states_evidence(answer: str, evidence: Evidence, max_words: int = 40) -> boo
 
 
 __all__ = ["ANSWER_MODES", "Evidence", "evidence_from_spans", "extractive_answer", "reader_can_read", "route",
-           "sentence_bounds", "states_evidence", "strip_citations", "wants_generator", "wants_sentence"]
+           "sentence_bounds", "states_evidence", "strip_citations", "term_coverage", "wants_generator",
+           "wants_sentence"]

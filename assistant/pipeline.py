@@ -293,7 +293,7 @@ class Assistant:
             if mode != "generate" and self.reader is not None and route(question, [h.text for h in hits]) == "reader":
                 gate = self.settings.reader_threshold if reader_threshold is None else reader_threshold
                 yield from self._answer_from_evidence(question, query, hits, turns, params, mode, gate, timings,
-                                                      start, cancel)
+                                                      start, cancel, best_cosine=best)
                 return
             packed = pack_prompt(
                 self.generator, question, hits, turns, params.max_new_tokens, self.settings.max_context_tokens
@@ -343,6 +343,16 @@ class Assistant:
             refused = False
         yield Answer(text, citations, sources, refused, timings, query, finish, question)
 
+    def support_terms(self, question: str, best_cosine: float) -> dict[str, Any]:
+        """The evidence-support terms beside the reader's score (see evidence_from_spans): the question's terms
+        weighted by their IDF in this index, and the weighted best retrieval cosine."""
+        settings = self.settings
+        weights = None
+        if settings.reader_coverage_weight and hasattr(self.retriever, "term_weights"):
+            weights = self.retriever.term_weights(question)
+        return {"coverage_weight": settings.reader_coverage_weight, "term_weights": weights,
+                "base": settings.reader_cosine_weight * best_cosine}
+
     @staticmethod
     def _refuse(question: str, query: str, hits: Sequence[Any], timings: Timings, start: float,
                 mode: str = "generate") -> Iterator[str | Answer]:
@@ -354,7 +364,7 @@ class Assistant:
 
     def _answer_from_evidence(self, question: str, query: str, hits: list[Any], turns: list[dict], params: Any,
                               mode: str, gate: float, timings: Timings, start: float,
-                              cancel: threading.Event | None) -> Iterator[str | Answer]:
+                              cancel: threading.Event | None, best_cosine: float = 0.0) -> Iterator[str | Answer]:
         """Reader over the passages ─► refuse, or the best evidence ─► extract: say it; guided: the generator
         words it, and a check keeps the words true to the evidence (else the evidence itself is the answer)."""
         texts = [h.text for h in hits]
@@ -364,7 +374,8 @@ class Assistant:
         spans = self.reader.read(read_as, texts)
         timings.reader_ms = (time.perf_counter() - tick) * 1000
         evidence = evidence_from_spans(spans, texts, list(range(1, len(hits) + 1)), read_as,
-                                       self.settings.reader_overlap_weight, explain=wants_sentence(question))
+                                       self.settings.reader_overlap_weight, explain=wants_sentence(question),
+                                       **self.support_terms(read_as, best_cosine))
         if not evidence or evidence[0].support < gate:
             yield from self._refuse(question, query, hits, timings, start, mode)
             return

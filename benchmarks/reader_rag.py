@@ -2,7 +2,8 @@
 answers questions in each answer mode (guided, generate, extract), side by side.
 
     python benchmarks/reader_rag.py --split test --modes guided,extract,generate     # the reported numbers
-    python benchmarks/reader_rag.py --split dev --calibrate                           # the reader threshold
+    python benchmarks/reader_rag.py --split dev --calibrate                           # the answerability gate
+    python benchmarks/reader_rag.py --split test --gate                               # that gate on test
 
 The articles are those neither the reader nor the shipped generator adapter was trained on
 (assistant.reader_training.reader_splits: the adapter's 40 held-out articles, split 15 dev / 25 test).
@@ -18,8 +19,9 @@ Metrics: retrieval recall@k (a passage from the gold paragraph's file among thos
 (normalised gold answer contained in the answer), token F1 (SQuAD), mean answer length in words, citation
 precision (cited passages that contain the answer), citing rate (answered answerable questions that cite),
 refusal accuracy (unanswerable refused), false-refusal rate (answerable refused), median time to first token and
-total. `--calibrate` runs retrieval + reader only and prints the reader threshold that maximises refusal accuracy
-with false refusals held at or under 10%.
+total. `--calibrate` runs retrieval + reader only and chooses the answerability gate (which terms join the reader's
+score in the evidence's support, their weights, the threshold) on this split; `--gate` reports the current gate's
+refusal accuracy and false refusals without generating.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -121,9 +125,11 @@ def score(items, answers, k: int) -> dict:
 
 
 def answerability_features(bot, items, k: int) -> list[dict]:
-    """Per question: the reader's best score, the question words found in the evidence sentence, and the
-    retrieval cosines, as the pipeline computes them (no generation)."""
-    from assistant.evidence import evidence_from_spans, question_overlap
+    """Per question, as the pipeline computes them (no generation): for each passage's best span, the reader's
+    score, the question words found in its sentence (overlap) and the IDF-weighted question terms found in its
+    passage (coverage), best score first; the best retrieval cosine; `gated`: the cosine gate refuses before
+    the reader. The reader's top span's values are the question's features for fitting."""
+    from assistant.evidence import evidence_from_spans, question_overlap, term_coverage
     from assistant.pipeline import relevant_hits
 
     out = []
@@ -135,28 +141,115 @@ def answerability_features(bot, items, k: int) -> list[dict]:
         spans = bot.reader.read(item["question"], texts)
         ev = sorted(evidence_from_spans(spans, texts, list(range(1, len(texts) + 1)), item["question"]),
                     key=lambda e: -e.score)  # the reader's own ranking: the features are weighed afterwards
-        out.append({"answerable": bool(item["gold_file"]), "score": ev[0].score if ev else -99.0,
-                    "overlap": question_overlap(item["question"], ev[0].sentence) if ev else 0.0,
-                    "best_cos": best_cos, "gated": best_cos < bot.settings.refusal_threshold})
+        weights = bot.retriever.term_weights(item["question"])
+        per_span = [{"score": e.score, "overlap": question_overlap(item["question"], e.sentence),
+                     "coverage": term_coverage(weights, texts[e.passage - 1])} for e in ev]
+        top = per_span[0] if per_span else {"score": -99.0, "overlap": 0.0, "coverage": 0.0}
+        out.append({"answerable": bool(item["gold_file"]), **top, "spans": per_span,
+                    "cosine": best_cos, "gated": best_cos < bot.settings.refusal_threshold})
     return out
 
 
-def calibrate(features: list[dict], max_false_refusals: float = 0.10) -> dict:
-    """The (overlap weight, threshold) on score + weight x overlap that refuses the most unanswerable
-    questions while refusing at most `max_false_refusals` of the answerable ones."""
-    pos = [f for f in features if f["answerable"]]
-    neg = [f for f in features if not f["answerable"]]
-    best = None
-    for weight in (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0):
-        def value(f):
-            return -1e9 if f["gated"] else f["score"] + weight * f["overlap"]
-        for t in sorted({value(f) for f in features}):
-            fr = sum(value(f) < t for f in pos) / len(pos)
-            ra = sum(value(f) < t for f in neg) / len(neg)
-            if fr <= max_false_refusals and (best is None or ra > best["refusal_accuracy"] / 100 + 1e-9):
-                best = {"overlap_weight": weight, "threshold": t, "refusal_accuracy": 100 * ra,
-                        "false_refusals": 100 * fr}
-    return {"positives": len(pos), "negatives": len(neg), "best": best}
+FEATURE_SETS = ((), ("overlap",), ("coverage",), ("coverage", "cosine"), ("overlap", "coverage", "cosine"))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 50) -> np.ndarray:
+    """Weights [1 + d] (intercept first) of an L2-regularised logistic regression, by Newton's method."""
+    xb = np.hstack([np.ones((len(x), 1)), x])  # [n, 1+d]
+    w = np.zeros(xb.shape[1])
+    reg = np.full(xb.shape[1], l2)
+    reg[0] = 0.0  # the intercept is not penalised
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(xb @ w)))
+        grad = xb.T @ (p - y) + reg * w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(reg) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+def support_weights(features: list[dict], names: tuple[str, ...]) -> dict[str, float]:
+    """{feature: weight} so that support = score + sum(weight x feature) orders like the fitted logistic
+    regression on (score, *names) (its weights divided by the score's)."""
+    usable = [f for f in features if not f["gated"]]
+    x = np.array([[f["score"], *(f[n] for n in names)] for f in usable], dtype=np.float64)
+    y = np.array([f["answerable"] for f in usable], dtype=np.float64)
+    w = fit_logistic(x, y)
+    return {n: float(w[2 + i] / w[1]) for i, n in enumerate(names)}
+
+
+def support(f: dict, weights: dict[str, float]) -> float:
+    """The best support over a question's spans, as the pipeline computes it (see evidence_from_spans)."""
+    values = [s["score"] + sum(w * (f["cosine"] if n == "cosine" else s[n]) for n, w in weights.items())
+              for s in f["spans"]]
+    return max(values, default=-1e9)
+
+
+def refusal_rates(features: list[dict], weights: dict[str, float], threshold: float) -> tuple[float, float]:
+    """(refusal accuracy, false-refusal rate) of the gate support >= threshold (gated questions refused)."""
+    refused = [f["gated"] or support(f, weights) < threshold for f in features]
+    pos = [r for r, f in zip(refused, features) if f["answerable"]]
+    neg = [r for r, f in zip(refused, features) if not f["answerable"]]
+    return sum(neg) / max(len(neg), 1), sum(pos) / max(len(pos), 1)
+
+
+def best_threshold(features: list[dict], weights: dict[str, float], max_false_refusals: float) -> float:
+    """The support threshold that refuses the most unanswerable questions with false refusals held at or under
+    `max_false_refusals` (the lowest such threshold on a tie)."""
+    values = sorted({support(f, weights) for f in features if not f["gated"]})
+    best, best_ra = values[0], -1.0
+    for t in values:
+        ra, fr = refusal_rates(features, weights, t)
+        if fr <= max_false_refusals and ra > best_ra + 1e-12:
+            best, best_ra = t, ra
+    return best
+
+
+def calibrate(features: list[dict], max_false_refusals: float = 0.08, folds: int = 5, seed: int = 0) -> dict:
+    """Choose the support's terms and weights, then its threshold, on these (dev) questions.
+
+    Each candidate feature set (FEATURE_SETS beside the reader's score) is scored by cross-validation: fit on
+    4/5, set the threshold there, count refusals on the held-out fifth. The best set is refitted on all
+    questions. `max_false_refusals` is 8%, not the 10% target: the previous calibration at 10% on dev measured
+    12.7% on the test articles, so two points are left for the shift between article sets."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(features))
+    fold_of = np.empty(len(features), dtype=int)
+    fold_of[order] = np.arange(len(features)) % folds
+    table = []
+    for names in FEATURE_SETS:
+        ras, frs = [], []
+        for fold in range(folds):
+            train = [f for f, g in zip(features, fold_of) if g != fold]
+            held = [f for f, g in zip(features, fold_of) if g == fold]
+            weights = support_weights(train, names) if names else {}
+            ra, fr = refusal_rates(held, weights, best_threshold(train, weights, max_false_refusals))
+            ras.append(ra)
+            frs.append(fr)
+        table.append({"terms": list(names), "cv_refusal_accuracy": 100 * float(np.mean(ras)),
+                      "cv_false_refusals": 100 * float(np.mean(frs))})
+    chosen = max(table, key=lambda row: row["cv_refusal_accuracy"])
+    names = tuple(chosen["terms"])
+    weights = support_weights(features, names) if names else {}
+    threshold = best_threshold(features, weights, max_false_refusals)
+    ra, fr = refusal_rates(features, weights, threshold)
+    return {"positives": sum(f["answerable"] for f in features),
+            "negatives": sum(not f["answerable"] for f in features), "candidates": table,
+            "settings": {"reader_threshold": round(threshold, 4),
+                         "reader_overlap_weight": round(weights.get("overlap", 0.0), 4),
+                         "reader_coverage_weight": round(weights.get("coverage", 0.0), 4),
+                         "reader_cosine_weight": round(weights.get("cosine", 0.0), 4)},
+            "refusal_accuracy": 100 * ra, "false_refusals": 100 * fr}
+
+
+def gate_report(features: list[dict], settings) -> dict:
+    """Refusal accuracy and false refusals of the settings' gate on these questions (no generation)."""
+    weights = {"overlap": settings.reader_overlap_weight, "coverage": settings.reader_coverage_weight,
+               "cosine": settings.reader_cosine_weight}
+    ra, fr = refusal_rates(features, weights, settings.reader_threshold)
+    return {"refusal_accuracy": 100 * ra, "false_refusals": 100 * fr}
 
 
 def main() -> int:
@@ -167,7 +260,10 @@ def main() -> int:
     ap.add_argument("--unanswerable", type=int, default=100)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--limit", type=int, default=None, help="ask only the first N questions (smoke runs)")
-    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="choose the answerability gate's terms, weights and threshold on this split")
+    ap.add_argument("--gate", action="store_true",
+                    help="only the answerability gate of the current settings: refusal accuracy, false refusals")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-adapter", action="store_true")
     ap.add_argument("--reader-threshold", type=float, default=None)
@@ -201,11 +297,14 @@ def main() -> int:
     bot = Assistant.from_folder(folder, settings=settings, progress=True)
     print(f"index + models ready in {time.perf_counter() - tick:.0f} s", flush=True)
     results: dict = {"split": args.split, "files": len(files), "threads": args.threads}
-    if args.calibrate:
+    if args.calibrate or args.gate:
         features = answerability_features(bot, items, args.k)
         results["features"] = features
-        results["calibration"] = calibrate(features)
-        print(json.dumps(results["calibration"], indent=2))
+        results["gate"] = gate_report(features, bot.settings)
+        print("current gate:", json.dumps(results["gate"]))
+        if args.calibrate:
+            results["calibration"] = calibrate(features)
+            print(json.dumps(results["calibration"], indent=2))
     else:
         for mode in args.modes.split(","):
             answers = []

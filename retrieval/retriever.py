@@ -94,6 +94,13 @@ class Retriever:
         self.refresh()
         return self.store.stats()
 
+    def term_weights(self, text: str) -> dict[str, float]:
+        """The lexical terms of `text` (BM25's tokenisation) with their IDF over this index: how much finding
+        each one in a passage says (a rare name says more than a common word)."""
+        self.refresh()
+        lexical = self.store.parts().lexical
+        return {term: lexical.idf(term) for term in dict.fromkeys(lexical_tokens([text])[0])}
+
     def embed_query(self, query: str) -> np.ndarray:
         return np.asarray(self.encoder.embed([query], batch_size=1), dtype=np.float32)[0]  # [dim]
 

@@ -350,15 +350,14 @@ class LexicalSegments:
         self.delta_ids = np.asarray(delta_ids, dtype=np.int64)
         self.delta = build_bm25(list(delta_texts)) if len(delta_texts) else None
         self.ntotal = len(self.base_ids) + len(self.delta_ids)
-        if self.delta is not None:
-            tokens = lexical_tokens(list(delta_texts))
-            self.delta_df: dict[str, int] = {}
-            for doc in tokens:
-                for term in set(doc):
-                    self.delta_df[term] = self.delta_df.get(term, 0) + 1
-            stats = base_stats or {"n_docs": 0, "total_tokens": 0}
-            self.n_docs = stats["n_docs"] + len(tokens)
-            self.avg_len = (stats["total_tokens"] + sum(len(t) for t in tokens)) / max(1, self.n_docs)
+        tokens = lexical_tokens(list(delta_texts)) if self.delta is not None else []
+        self.delta_df: dict[str, int] = {}
+        for doc in tokens:
+            for term in set(doc):
+                self.delta_df[term] = self.delta_df.get(term, 0) + 1
+        stats = base_stats or {"n_docs": len(self.base_ids), "total_tokens": 0}
+        self.n_docs = stats["n_docs"] + len(tokens)
+        self.avg_len = (stats["total_tokens"] + sum(len(t) for t in tokens)) / max(1, self.n_docs)
 
     @property
     def segmented(self) -> bool:
@@ -409,6 +408,11 @@ class LexicalSegments:
                 df += int(indptr[idx + 1] - indptr[idx])
         return df
 
+    def idf(self, term: str) -> float:
+        """BM25's inverse document frequency of `term` over all segments (rare terms weigh more)."""
+        df = self._df(term)
+        return math.log(1 + (self.n_docs - df + 0.5) / (df + 0.5))
+
     def rescore(self, query_tokens: list[str], text: str) -> float:
         """BM25 (Lucene's variant, as bm25s computes it) of one text over the statistics of all segments."""
         from retrieval.store import lexical_tokens
@@ -422,7 +426,5 @@ class LexicalSegments:
         for term in query_tokens:
             tf = counts.get(term, 0)
             if tf:
-                df = self._df(term)
-                idf = math.log(1 + (self.n_docs - df + 0.5) / (df + 0.5))
-                score += idf * tf / (tf + norm)
+                score += self.idf(term) * tf / (tf + norm)
         return score

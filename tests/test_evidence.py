@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from assistant.evidence import (Evidence, evidence_from_spans, extractive_answer, question_overlap, reader_can_read, route,
-                                sentence_bounds, states_evidence, wants_sentence)
+                                sentence_bounds, states_evidence, term_coverage, wants_sentence)
 from assistant.pipeline import Assistant, cite
 from assistant.prompts import REFUSAL_TEXT
 from assistant.settings import Settings
@@ -14,7 +14,8 @@ from assistant_fakes import CORPUS, FakeGenerator, FakeReader, FakeRetriever
 
 
 def make(reply, answers=("two small low-rank matrices A and B",), **settings):
-    settings = {"reader_threshold": 0.0, "reader_overlap_weight": 0.0, **settings}  # the fake reader's scale
+    settings = {"reader_threshold": 0.0, "reader_overlap_weight": 0.0, "reader_coverage_weight": 0.0,
+                "reader_cosine_weight": 0.0, **settings}  # the fake reader's scale
     generator = FakeGenerator(reply)
     retriever = FakeRetriever(CORPUS, dense_floor=0.5)
     reader = FakeReader(list(answers))
@@ -61,6 +62,35 @@ def test_support_adds_question_overlap_to_the_reader_score():
     # A question whose words the evidence sentence lacks is refused at the same threshold.
     answer = bot.ask("What colour is the LoRA logo?", answer_mode="extract")
     assert answer.refused
+
+
+def test_term_coverage_weighs_the_question_terms_found_in_the_passage():
+    weights = {"lora": 1.0, "rank": 1.0, "logo": 3.0}
+    assert term_coverage(weights, "LoRA keeps a low rank.") == pytest.approx(2 / 5)
+    assert term_coverage(weights, "The LoRA logo has a low rank.") == pytest.approx(1.0)
+    assert term_coverage({}, "anything") == 0.0
+
+
+def test_support_adds_term_coverage_and_the_retrieval_cosine():
+    from retrieval.store import lexical_tokens
+
+    bot, _, _ = make("unused", reader_coverage_weight=4.0, reader_cosine_weight=2.0, reader_threshold=-100.0)
+    supports = {}
+    for question in ("Which low-rank matrices does LoRA train?", "What colour is the LoRA logo?"):
+        answer = bot.ask(question, answer_mode="extract")
+        lora = next(s for s in answer.sources if s.path == "lora.md")
+        best = max(h.dense_score for h in bot.retriever.search(question, k=bot.settings.k))
+        # Without index statistics (the fake retriever) every question term weighs the same.
+        coverage = term_coverage(dict.fromkeys(lexical_tokens([question])[0], 1.0), lora.text)
+        assert answer.evidence[0].support == pytest.approx(4.0 + 4.0 * coverage + 2.0 * best)
+        supports[question] = answer.evidence[0].support
+    # The question whose rare terms ("colour", "logo") the passage lacks has less support, and a threshold
+    # between the two refuses it and answers the other.
+    low, high = sorted(supports.values())
+    assert supports["What colour is the LoRA logo?"] == low < high
+    bot.settings = bot.settings.replace(reader_threshold=(low + high) / 2)
+    assert bot.ask("What colour is the LoRA logo?", answer_mode="extract").refused
+    assert not bot.ask("Which low-rank matrices does LoRA train?", answer_mode="extract").refused
 
 
 def test_the_reader_refuses_when_no_passage_holds_an_answer_and_shows_the_nearest_passages():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -94,6 +96,26 @@ def test_edge_cases(setup):
     stats = retriever.stats()
     assert stats["files"] == len(DOCS) and stats["chunks"] == len(DOCS)
     assert stats["encoder"] == encoder.name and stats["dim"] == encoder.dim
+
+
+def test_term_weights_are_the_index_idf_and_follow_a_small_sync(setup, tmp_path):
+    retriever, _ = setup
+    weights = retriever.term_weights("The penguins purr on Mars.")
+    assert set(weights) == {"penguins", "purr", "mars"}  # stopwords out
+    n = len(DOCS)
+    assert weights["purr"] == pytest.approx(math.log(1 + (n - 1 + 0.5) / (1 + 0.5)))  # in one chunk of seven
+    assert weights["purr"] == pytest.approx(weights["mars"])
+    assert weights["purr"] > weights["penguins"] > 0  # penguins: in two
+    # A small sync adds a delta segment: its chunks count in the statistics at once.
+    for path, text in DOCS.items():
+        (tmp_path / "docs" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "docs" / path).write_text(text)
+    encoder = HashingEncoder()
+    sync_folder(tmp_path / "docs", tmp_path / "index", encoder, progress=False)
+    (tmp_path / "docs" / "kitten.txt").write_text("Kittens purr loudly.\n")
+    sync_folder(tmp_path / "docs", tmp_path / "index", encoder, progress=False)
+    after = Retriever(tmp_path / "index", encoder).term_weights("purr")
+    assert after["purr"] == pytest.approx(math.log(1 + (n + 1 - 2 + 0.5) / (2 + 0.5)))
 
 
 @pytest.mark.real
