@@ -1,10 +1,11 @@
 """Scale benchmarks (issue 12): Ray embedding throughput, vector index kinds at 1M chunks, one-file sync at 1M.
 
     OMP_NUM_THREADS=1 python benchmarks/scale.py embed  [--files 300]      # (a) local vs 1 vs 2 Ray workers
-    OMP_NUM_THREADS=1 python benchmarks/scale.py search [--n 1000000]      # (b) flat / IVF / IVF-PQ / HNSW
+    OMP_NUM_THREADS=2 python benchmarks/scale.py search [--n 1000000] [--threads 2]  # (b) flat / IVF kinds / HNSW
     OMP_NUM_THREADS=1 python benchmarks/scale.py sync   [--n 1000000]      # (c) one-file edit on a 1M index
 
-Everything runs at one thread per process (the machine is shared); results go to stdout as Markdown and to
+(a) and (c) run at one thread per process; (b) at --threads faiss threads (2: "on 2 cores"; a single IVF query
+splits its lists over them). Results go to stdout as Markdown and to
 `<cache>/bench/scale-<part>.json`.
 
 How the 1M collection is made (b, c): the real vectors are all-MiniLM-L6-v2 embeddings of every SQuAD v1.1
@@ -137,11 +138,11 @@ def collection(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
 def bench_search(args) -> None:
     import faiss
 
-    from retrieval.segments import VectorSegments, build_vector_index, exact_top_ids, recall_at_k
+    from retrieval.segments import IVF_KINDS, VectorSegments, build_vector_index, exact_top_ids, recall_at_k
     from retrieval.store import faiss_module
 
     faiss_module()
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(args.threads)
     t0 = time.perf_counter()
     vectors, queries, n_real = collection(args.n)
     print(f"collection: {len(vectors)} vectors ({n_real} real), {len(queries)} queries, "
@@ -166,7 +167,7 @@ def bench_search(args) -> None:
             single.append(time.perf_counter() - t)
             single_cpu.append(time.process_time() - c)  # this process's CPU time: what an idle core would take
             found[i, :len(hits)] = [cid for cid, _ in hits]
-        if kind in ("ivf", "ivfpq"):
+        if kind in IVF_KINDS:
             index.nprobe = search.nprobe
         if kind == "hnsw":
             faiss.downcast_index(index.index).hnsw.efSearch = 64
@@ -183,7 +184,7 @@ def bench_search(args) -> None:
                 "bytes_per_vector": round(size / len(vectors), 1), "single_p50_ms": round(p50, 2),
                 "single_p95_ms": round(p95, 2), "single_cpu_p50_ms": round(c50, 2), "single_cpu_p95_ms": round(c95, 2),
                 "batch32_p50_ms": round(b50, 1), "batch32_p95_ms": round(b95, 1),
-                "found": found, "nlist": info.nlist, "nprobe": search.nprobe if kind in ("ivf", "ivfpq") else 0,
+                "found": found, "nlist": info.nlist, "nprobe": search.nprobe if kind in IVF_KINDS else 0,
                 "default_nprobe": info.nprobe, "stored_vector_recall": info.recall_at_10}
 
     for kind in kinds:
@@ -194,8 +195,8 @@ def bench_search(args) -> None:
             faiss.write_index(index, fh.name)
             size = os.path.getsize(fh.name)
         sweep = [None]
-        if kind in ("ivf", "ivfpq"):
-            sweep = sorted({p for p in (16, 32, 64, 128, 256) if p < info.nprobe}) + [None]
+        if kind in IVF_KINDS:
+            sweep = sorted({p for p in (16, 32, 64, 128, 256, 384) if p < info.nprobe}) + [None]
         for nprobe in sweep:
             row = measure(kind, index, info, build, size, nprobe)
             found = row.pop("found")
@@ -326,7 +327,8 @@ def main() -> None:
     p.add_argument("--files", type=int, default=300)
     p = sub.add_parser("search")
     p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--kinds", default="flat,ivf,ivfpq,hnsw")
+    p.add_argument("--kinds", default="flat,ivf,ivfsq,ivfpq,hnsw")
+    p.add_argument("--threads", type=int, default=2, help="faiss threads (a single IVF query uses them all)")
     p = sub.add_parser("sync")
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--workdir")

@@ -48,6 +48,7 @@ import numpy as np
 
 from retrieval.errors import IndexLockedError, IndexMismatchError, IndexNotFoundError, RetrievalError
 from retrieval.integrity import check_sqlite, warn_rebuilt
+from retrieval.segments import IVF_KINDS
 
 FORMAT_VERSION = 2
 COMPACT_BELOW = 20_000      # indexes with fewer live chunks are rewritten whole by every commit
@@ -101,7 +102,7 @@ class IndexSettings:
     dim: int
     chunker: dict
     faiss: str = "auto"  # vector index kind: "auto" (flat, IVF from segments.IVF_AUTO_MIN chunks), "flat",
-                         # "hnsw", "ivf" or "ivfpq" (see retrieval.segments)
+                         # "hnsw", "ivf", "ivfsq" or "ivfpq" (see retrieval.segments)
     hnsw_m: int = 32
     ivf_nlist: int = 0   # IVF lists; 0 = from the size (segments.nlist_for)
     ivf_nprobe: int = 0  # IVF lists searched per query; 0 = measured at build to reach recall@10 >= 0.95
@@ -590,7 +591,7 @@ class IndexStore:
         generation, manifest, dead = self._snapshot()
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         vectors = dict(manifest["base"].get("info") or {})
-        if self.settings.ivf_nprobe and vectors.get("kind") in ("ivf", "ivfpq"):
+        if self.settings.ivf_nprobe and vectors.get("kind") in IVF_KINDS:
             vectors["nprobe"] = self.settings.ivf_nprobe  # set by the user; recall was measured at the build's
         return {"files": files, "chunks": chunks, "encoder": self.settings.encoder, "dim": self.settings.dim,
                 "faiss": self.settings.faiss, "generation": generation, "path": str(self.path),
@@ -640,7 +641,7 @@ class IndexStore:
         info = VectorInfo.from_dict(base.get("info"))
         if self.settings.faiss not in ("auto", info.kind):
             return True
-        return info.kind in ("ivf", "ivfpq") and bool(self.settings.ivf_nlist) and self.settings.ivf_nlist != info.nlist
+        return info.kind in IVF_KINDS and bool(self.settings.ivf_nlist) and self.settings.ivf_nlist != info.nlist
 
     def set_faiss_kind(self, kind: str) -> None:
         """Record a new vector index kind; the next `commit(force_rebuild=True)` rebuilds it."""
@@ -973,7 +974,7 @@ class IndexWriter:
         store, settings = self.store, self.store.settings
         ids, vectors = _vectors_of(self.conn, live, settings.dim)
         template, template_info = None, VectorInfo.from_dict(old_base.get("info"))
-        if kind in ("ivf", "ivfpq") and template_info.kind == kind and old_base.get("vectors"):
+        if kind in IVF_KINDS and template_info.kind == kind and old_base.get("vectors"):
             with contextlib.suppress(Exception):
                 template = read_vector_file(store.path / old_base["vectors"])
         index, info = build_vector_index(kind, settings.dim, ids, vectors, hnsw_m=settings.hnsw_m,

@@ -44,13 +44,16 @@ def _recall(vectors: VectorSegments, ids, passages, queries, k=10) -> float:
     return recall_at_k(found, truth)
 
 
-def test_ivf_recall_at_default_nprobe_on_real_embeddings(real):
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq"])
+def test_ivf_recall_at_default_nprobe_on_real_embeddings(real, kind):
     ids, passages, questions = real
     assert len(passages) >= 5000
-    index, info = build_vector_index("ivf", DIM, ids, passages)
-    assert info.nlist == nlist_for(len(ids)) >= 64 and info.kind == "ivf"
+    index, info = build_vector_index(kind, DIM, ids, passages)
+    assert info.nlist == nlist_for(len(ids)) >= 64 and info.kind == kind
+    assert index.parallel_mode == 0
     assert 0 < info.nprobe < info.nlist and info.recall_at_10 >= segments.TUNE_TARGET
     vectors = VectorSegments(index, info, *EMPTY, np.zeros(0, np.int64), DIM)
+    assert index.parallel_mode == 1  # a single query's lists are searched on all of faiss's threads
     recall = _recall(vectors, ids, passages, questions)
     assert segments.RECALL_TARGET <= recall < 1.0, recall  # good, and not trivially exact
     fewer = VectorSegments(index, info, *EMPTY, np.zeros(0, np.int64), DIM, nprobe=2)
@@ -112,7 +115,7 @@ def test_store_builds_ivf_above_the_auto_threshold_and_reports_it(tmp_path, monk
     encoder = HashingEncoder()
     _sync(folder, index, encoder, ivf_nlist=4)
     stats = IndexStore.open(index).stats()
-    assert stats["faiss"] == "auto" and stats["vectors"]["kind"] == "ivf" and stats["vectors"]["nlist"] == 4
+    assert stats["faiss"] == "auto" and stats["vectors"]["kind"] == "ivfsq" and stats["vectors"]["nlist"] == 4
     assert stats["vectors"]["recall_at_10"] is not None and stats["vectors"]["nprobe"] >= 1
     retriever = Retriever(index, encoder)
     assert retriever.search("gadget17 widget8", k=1, mode="dense")[0].path == "doc017.txt"
@@ -121,7 +124,7 @@ def test_store_builds_ivf_above_the_auto_threshold_and_reports_it(tmp_path, monk
     from assistant.commands.index import status_text
 
     text = status_text(index)
-    assert "ivf, 80 vectors, 4 lists, nprobe" in text and "recall@10" in text
+    assert "ivfsq, 80 vectors, 4 lists, nprobe" in text and "8-bit lists" in text and "recall@10" in text
     _sync(folder, index, encoder, ivf_nprobe=4)  # a new nprobe applies without a rebuild
     assert IndexStore.open(index).stats()["vectors"]["nprobe"] == 4
 

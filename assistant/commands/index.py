@@ -31,9 +31,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-file-mb", type=float, default=20.0, metavar="N",
                         help="skip files larger than N MB (default 20)")
     parser.add_argument("--encoder", metavar="SPEC", help="encoder weights folder or id (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--vectors", choices=("auto", "flat", "hnsw", "ivf", "ivfpq"),
-                        help="vector index kind: auto (exact flat search, an IVF index from 100,000 chunks), flat, "
-                        "hnsw, ivf (inverted lists) or ivfpq (inverted lists, product-quantised: 8x smaller). "
+    parser.add_argument("--vectors", choices=("auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq"),
+                        help="vector index kind: auto (exact flat search, an ivfsq index from 100,000 chunks), flat, "
+                        "hnsw, ivf (inverted lists), ivfsq (inverted lists of 8-bit vectors: 4x smaller, faster) "
+                        "or ivfpq (inverted lists, product-quantised: 26x smaller, lower recall). "
                         "Default: keep the index's kind (auto for a new one). Switching reuses the stored vectors")
     parser.add_argument("--hnsw", action="store_true", help="same as --vectors hnsw")
     parser.add_argument("--nlist", type=int, metavar="N",
