@@ -67,16 +67,17 @@ def test_ivfpq_is_built_and_its_recall_measured(real):
     assert index.ntotal == 3000
 
 
-def test_adding_after_training_keeps_search_correct(real):
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq"])
+def test_adding_after_training_keeps_search_correct(real, kind):
     ids, passages, questions = real
     first = 3000
-    trained, info = build_vector_index("ivf", DIM, ids[:first], passages[:first], nlist=64)
+    trained, info = build_vector_index(kind, DIM, ids[:first], passages[:first], nlist=64)
     # 1) the rest as delta segments next to the trained base: exact over the delta, IVF over the base
     vectors = VectorSegments(trained, info, ids[first:], passages[first:], np.zeros(0, np.int64), DIM)
     assert vectors.ntotal == len(ids)
     assert _recall(vectors, ids, passages, questions) >= segments.RECALL_TARGET
     # 2) folded into the base without re-training (the collection has not doubled)
-    grown, grown_info = build_vector_index("ivf", DIM, ids, passages, nlist=64, template=trained, template_info=info)
+    grown, grown_info = build_vector_index(kind, DIM, ids, passages, nlist=64, template=trained, template_info=info)
     assert grown_info.trained_for == info.trained_for == first and grown.ntotal == len(ids)
     np.testing.assert_array_equal(grown.quantizer.reconstruct_n(0, 64), trained.quantizer.reconstruct_n(0, 64))
     folded = VectorSegments(grown, grown_info, *EMPTY, np.zeros(0, np.int64), DIM)
@@ -90,8 +91,8 @@ def test_adding_after_training_keeps_search_correct(real):
         found = [cid for cid, _ in pruned.search(q, 10)]
         assert len(found) == 10 and not set(found) & set(dead.tolist())
     # 4) past RETRAIN_GROWTH times the trained size, a rebuild trains again
-    small, small_info = build_vector_index("ivf", DIM, ids[:1000], passages[:1000], nlist=16)
-    _, again = build_vector_index("ivf", DIM, ids[:2500], passages[:2500], nlist=16, template=small,
+    small, small_info = build_vector_index(kind, DIM, ids[:1000], passages[:1000], nlist=16)
+    _, again = build_vector_index(kind, DIM, ids[:2500], passages[:2500], nlist=16, template=small,
                                   template_info=small_info)
     assert small_info.trained_for == 1000 and again.trained_for == 2500
 
