@@ -941,8 +941,10 @@ class IndexWriter:
         live_n = base["n"] + delta_n - dead
         kind_now = (base.get("info") or {}).get("kind", "flat")
         kind = resolve_kind(settings.faiss, live_n)
-        if settings.faiss == "auto" and kind_now == "ivf" and live_n >= IVF_AUTO_MIN // 2:
-            kind = "ivf"  # hysteresis: do not flip back and forth around the threshold
+        if settings.faiss == "auto" and kind_now in ("ivf", "ivfsq") and live_n >= IVF_AUTO_MIN // 2:
+            # hysteresis: do not flip back and forth around the threshold; and an "auto" IVF base built by an
+            # earlier release (IVF-Flat, before auto chose 8-bit lists) keeps its kind: no rebuild on upgrade
+            kind = kind_now
         compact = (force_rebuild or live_n < COMPACT_BELOW or not base["vectors"] or not base.get("stats")
                    or kind != kind_now
                    or delta_n > max(DELTA_MIN, DELTA_FRACTION * base["n"]) or dead > DEAD_FRACTION * base["n"])

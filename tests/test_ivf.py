@@ -130,6 +130,41 @@ def test_store_builds_ivf_above_the_auto_threshold_and_reports_it(tmp_path, monk
     assert IndexStore.open(index).stats()["vectors"]["nprobe"] == 4
 
 
+def test_an_auto_ivf_flat_base_from_an_earlier_release_is_kept_on_upgrade(tmp_path, monkeypatch):
+    # Before 8-bit lists, "auto" built IVF-Flat from the threshold on; such an index must not be rebuilt by the
+    # first sync after an upgrade (a one-file edit stays a small delta write), and keeps answering.
+    monkeypatch.setattr(segments, "IVF_AUTO_MIN", 50)
+    monkeypatch.setattr(store_module, "COMPACT_BELOW", 0)
+    folder = _folder(tmp_path)
+    index = tmp_path / "index"
+    encoder = HashingEncoder()
+    new_kind = segments.resolve_kind
+    monkeypatch.setattr(segments, "resolve_kind", lambda kind, n: "ivf" if kind == "auto" and n >= 50 else kind)
+    _sync(folder, index, encoder, ivf_nlist=4)
+    monkeypatch.setattr(segments, "resolve_kind", new_kind)
+    store = IndexStore.open(index)
+    assert store.settings.faiss == "auto" and store.stats()["vectors"]["kind"] == "ivf"
+    (folder / "doc005.txt").write_text("Document 5 now tells of the saffron gadget.")
+    _sync(folder, index, encoder)
+    stats = IndexStore.open(index).stats()
+    assert stats["vectors"]["kind"] == "ivf" and stats["segments"]["delta_chunks"] == 1  # no rebuild
+    assert Retriever(index, encoder).search("saffron gadget", k=1, mode="dense")[0].path == "doc005.txt"
+
+
+def test_an_auto_ivfsq_base_does_not_flip_to_flat_just_under_the_threshold(tmp_path, monkeypatch):
+    monkeypatch.setattr(segments, "IVF_AUTO_MIN", 50)
+    monkeypatch.setattr(store_module, "COMPACT_BELOW", 0)
+    folder = _folder(tmp_path)  # 80 chunks: an 8-bit IVF base
+    index = tmp_path / "index"
+    encoder = HashingEncoder()
+    _sync(folder, index, encoder, ivf_nlist=4)
+    assert IndexStore.open(index).stats()["vectors"]["kind"] == "ivfsq"
+    monkeypatch.setattr(segments, "IVF_AUTO_MIN", 100)  # 80 is now under the threshold but above half of it
+    (folder / "doc005.txt").write_text("Document 5 now tells of the saffron gadget.")
+    _sync(folder, index, encoder)
+    assert IndexStore.open(index).stats()["vectors"]["kind"] == "ivfsq"
+
+
 def test_killed_ivf_rebuild_leaves_the_old_index_serving(tmp_path, monkeypatch):
     folder = _folder(tmp_path)
     index = tmp_path / "index"
