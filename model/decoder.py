@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,50 @@ from torch import nn
 
 from model.config import DecoderConfig
 from model.layers import RMSNorm, SwiGLU, apply_rope, rms_norm, rope_tables
+
+
+# Prefill attention runs in chunks of query rows at fixed slot boundaries (`prefill_chunk_end`): 8 slots wide
+# up to slot 64 (where shared beginnings like a chat template's system message end: fine-grained prefix reuse),
+# 32 wide after it (fewer, larger attention calls for long prompts). A chunk's attention is then the same
+# computation whatever else is prefilled beside it, and whether the slots before it were computed now or copied
+# from a prefix cache (model.prefix_cache keeps blocks with the same boundaries).
+PREFILL_CHUNK = 8
+PREFILL_FINE_SLOTS = 64
+PREFILL_COARSE_CHUNK = 32
+
+
+def prefill_chunk_end(slot: int) -> int:
+    """The end (exclusive) of the prefill chunk that contains cache slot `slot`."""
+    if slot < PREFILL_FINE_SLOTS:
+        return (slot // PREFILL_CHUNK + 1) * PREFILL_CHUNK
+    return (slot // PREFILL_COARSE_CHUNK + 1) * PREFILL_COARSE_CHUNK
+
+
+def prefill_boundaries(length: int) -> list[int]:
+    """The chunk boundaries in (0, length]: where cached prefix blocks may end."""
+    ends, slot = [], 0
+    while (slot := prefill_chunk_end(slot)) <= length:
+        ends.append(slot)
+    return ends
+
+
+# Rows at least in a packed prefill's matrix products (padding rows are computed and dropped): with few rows a
+# BLAS may take a small-matrix path (MKL: below 12 rows), and model.quant's layers their native kernels (up to
+# 16 rows), whose per-row rounding differs from the many-row path's.
+PREFILL_MIN_ROWS = 32
+# Rows in each call of a packed prefill's output head (the last token of each sequence; zero rows pad a group).
+PREFILL_HEAD_ROWS = 16
+
+
+@dataclass(frozen=True)
+class PrefillSegment:
+    """Tokens to prefill into one KV-cache row: `tokens` at slots start, start + 1, ... (slots before `start`
+    already hold that row's earlier tokens, e.g. a prefix copied from model.prefix_cache). `start` is 0 or a
+    chunk boundary (`prefill_boundaries`)."""
+
+    row: int
+    tokens: Sequence[int]
+    start: int = 0
 
 
 class KVCache(nn.Module):
@@ -93,6 +138,25 @@ class Attention(nn.Module):
             del self.wq, self.wk, self.wv
         return self.wqkv
 
+    def _project(self, x: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, nh, T, hd], k and v [B, nkv, T, hd] for x [B, T, D], q and k rotated by cos/sin [T, hd] (or
+        [B, T, hd] when each row has its own positions)."""
+        batch, seq, _ = x.shape
+        if self.wqkv is not None:  # one matmul, and one rotation for q and k together
+            qkv = self.wqkv(x).view(batch, seq, self.n_heads + 2 * self.n_kv_heads, self.head_dim)  # [B, T, H', hd]
+            qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv_heads], cos.unsqueeze(-2), sin.unsqueeze(-2))  # [B, T, nh+nkv, hd]
+            q = qk[:, :, : self.n_heads].transpose(1, 2)  # [B, nh, T, hd]
+            k = qk[:, :, self.n_heads :].transpose(1, 2)  # [B, nkv, T, hd]
+            v = qkv[:, :, self.n_heads + self.n_kv_heads :].transpose(1, 2)  # [B, nkv, T, hd]
+            return q, k, v
+        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
+        k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
+        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
+        if cos.dim() == 3:  # per-row positions: [B, 1, T, hd] against [B, heads, T, hd]
+            cos, sin = cos[:, None], sin[:, None]
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
     def forward(
         self,
         x: torch.Tensor,
@@ -104,20 +168,7 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         # x: [B, T, D]; cos/sin: [T, hd]; mask: [B or 1, 1, T, S'] bool or None (None = causal over T)
         batch, seq, _ = x.shape
-        # cos/sin: [T, hd], or [B, T, hd] when each row has its own positions
-        if self.wqkv is not None:  # one matmul, and one rotation for q and k together
-            qkv = self.wqkv(x).view(batch, seq, self.n_heads + 2 * self.n_kv_heads, self.head_dim)  # [B, T, H', hd]
-            qk = apply_rope(qkv[:, :, : self.n_heads + self.n_kv_heads], cos.unsqueeze(-2), sin.unsqueeze(-2))  # [B, T, nh+nkv, hd]
-            q = qk[:, :, : self.n_heads].transpose(1, 2)  # [B, nh, T, hd]
-            k = qk[:, :, self.n_heads :].transpose(1, 2)  # [B, nkv, T, hd]
-            v = qkv[:, :, self.n_heads + self.n_kv_heads :].transpose(1, 2)  # [B, nkv, T, hd]
-        else:
-            q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
-            k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
-            v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
-            if cos.dim() == 3:  # per-row positions: [B, 1, T, hd] against [B, heads, T, hd]
-                cos, sin = cos[:, None], sin[:, None]
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._project(x, cos, sin)
         if input_pos is not None:
             if self.kv_cache is None:
                 raise RuntimeError("forward with input_pos needs a KV cache: call setup_cache() first")
@@ -134,6 +185,38 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)  # [B, T, nh*hd]
         return self.wo(out)
 
+    def forward_chunks(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       segments: Sequence[tuple[int, int, int, int]], chunks: Sequence[tuple[int, int, int, int]],
+                       masks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Packed prefill (Decoder.prefill_segments): x [1, N, D] rows of several sequences; segments (cache row,
+        first packed row, first slot, length) say where each one's keys/values go in the cache; each chunk
+        (cache row, first packed row, first slot, length) attends to its row's slots [0, slot + length) under
+        its mask [1, 1, length, slot + length] (causal). Chunks come in packed-row order; padding rows after them
+        get zero attention output."""
+        q, k, v = self._project(x, cos, sin)  # [1, nh, N, hd], [1, nkv, N, hd] x 2
+        cache = self.kv_cache
+        if cache is None:
+            raise RuntimeError("prefill needs a KV cache: call setup_cache() first")
+        keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for row, first, slot, length in segments:  # the whole segment's keys/values into its cache row
+            cache.k[row, :, slot : slot + length] = k[0, :, first : first + length]
+            cache.v[row, :, slot : slot + length] = v[0, :, first : first + length]
+            end = slot + length  # read back as stored (a float16 cache rounds), once per segment
+            keys[row] = (cache.k[row : row + 1, :, :end].to(q.dtype), cache.v[row : row + 1, :, :end].to(q.dtype))
+        gqa = self.n_kv_heads != self.n_heads
+        parts = []
+        for (row, first, slot, length), mask in zip(chunks, masks):
+            end = slot + length
+            kk, vv = keys[row]
+            parts.append(F.scaled_dot_product_attention(q[:, :, first : first + length], kk[:, :, :end],
+                                                        vv[:, :, :end], attn_mask=mask, enable_gqa=gqa))
+        padding = x.shape[1] - sum(length for _, _, _, length in chunks)
+        if padding:
+            parts.append(q.new_zeros(1, self.n_heads, padding, self.head_dim))
+        out = torch.cat(parts, dim=2)  # [1, nh, N, hd] (chunks are in packed-row order)
+        out = out.transpose(1, 2).reshape(1, x.shape[1], self.n_heads * self.head_dim)  # [1, N, nh*hd]
+        return self.wo(out)
+
 
 class Block(nn.Module):
     """A pre-norm transformer block."""
@@ -147,6 +230,11 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, input_pos, mask, kv_len):
         x = x + self.attention(rms_norm(self.attention_norm, x), cos, sin, input_pos, mask, kv_len)
+        return x + self.feed_forward(rms_norm(self.ffn_norm, x))
+
+    def forward_chunks(self, x, cos, sin, segments, chunks, masks):
+        """The block over a packed prefill (Attention.forward_chunks)."""
+        x = x + self.attention.forward_chunks(rms_norm(self.attention_norm, x), cos, sin, segments, chunks, masks)
         return x + self.feed_forward(rms_norm(self.ffn_norm, x))
 
 
@@ -176,6 +264,7 @@ class Decoder(nn.Module):
         self._native_plan = None
         self._native_verified = False  # plan checked against the modules since the last torch-path forward
         self.cache_version = 0  # bumped whenever the KV cache tensors are replaced
+        self._rows_independent: tuple[tuple, bool] | None = None  # (module signature, rows_independent())
 
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> "Decoder":
         """Random initialisation for training from scratch (normal(0, std), norms at 1, biases at 0)."""
@@ -303,6 +392,109 @@ class Decoder(nn.Module):
             x = x[:, -1:]  # [B, 1, D]
         return self.output(rms_norm(self.norm, x))
 
+    @torch.inference_mode()
+    def prefill_segments(self, segments: Sequence[PrefillSegment]) -> torch.Tensor:
+        """Prefill several sequences in one forward pass -> logits [n, V] (float32) of each one's last token.
+
+        Each segment's tokens go to its own cache row at slots start, start + 1, ...; rows are independent
+        sequences (continuous batching), so a segment attends only to its own row. The matrix products run over
+        the rows of all segments at once (one large product instead of one per sequence: what makes admitting
+        many requests together cheap), padded to at least PREFILL_MIN_ROWS rows; attention runs per segment in
+        chunks of query rows at fixed slot boundaries (`prefill_chunk_end`). So a
+        sequence's logits and cache entries do not depend on which segments share the pass, nor on whether its
+        first slots were computed now or copied from a prefix cache — where the matrix products give each row
+        the same result whatever the number of rows (`rows_independent()` checks that on this machine).
+        The output head runs in groups of PREFILL_HEAD_ROWS rows, for the same reason.
+        """
+        if not segments:
+            raise ValueError("prefill_segments needs at least one segment")
+        device = self.tok_embeddings.weight.device
+        packed_segments: list[tuple[int, int, int, int]] = []  # (cache row, first packed row, first slot, length)
+        chunks: list[tuple[int, int, int, int]] = []
+        ids: list[int] = []
+        positions: list[int] = []
+        last_rows: list[int] = []
+        rows_seen: set[int] = set()
+        for segment in segments:
+            length, start = len(segment.tokens), segment.start
+            if length == 0 or start < 0 or (start and start not in prefill_boundaries(start)):
+                raise ValueError("a prefill segment needs tokens and a start at a chunk boundary (prefill_boundaries)")
+            if not 0 <= segment.row < self.cache_batch_size or segment.row in rows_seen:
+                raise ValueError(f"prefill segments need distinct cache rows below {self.cache_batch_size}")
+            if start + length > self.cache_len:
+                raise ValueError(f"{start + length} slots exceed the KV cache's {self.cache_len}")
+            rows_seen.add(segment.row)
+            first = len(ids)
+            packed_segments.append((segment.row, first, start, length))
+            slot = start
+            while slot < start + length:
+                end = min(prefill_chunk_end(slot), start + length)
+                chunks.append((segment.row, first + slot - start, slot, end - slot))
+                slot = end
+            ids.extend(int(t) for t in segment.tokens)
+            positions.extend(range(start, start + length))
+            last_rows.append(len(ids) - 1)
+        padding = max(PREFILL_MIN_ROWS - len(ids), 0)
+        ids += [0] * padding
+        positions += [0] * padding
+        self._native_verified = False  # modules may change before the next decode step: check the plan then
+        tokens = torch.tensor([ids], dtype=torch.long, device=device)  # [1, N]
+        slots = torch.tensor(positions, dtype=torch.long, device=device)  # [N]
+        x = self.tok_embeddings(tokens)  # [1, N, D]
+        cos, sin = self.rope_cos[slots], self.rope_sin[slots]  # [N, hd]
+        masks = []  # [1, 1, length, slot + length] per chunk: causal within the chunk, everything before it
+        for _, _, slot, length in chunks:
+            end = slot + length
+            masks.append((torch.arange(end, device=device)[None, :]
+                          <= torch.arange(slot, end, device=device)[:, None])[None, None])
+        for layer in self.layers:
+            x = layer.forward_chunks(x, cos, sin, packed_segments, chunks, masks)
+        last = x[0, last_rows]  # [n, D]
+        groups = []
+        for i in range(0, last.shape[0], PREFILL_HEAD_ROWS):
+            group = last[i : i + PREFILL_HEAD_ROWS]  # [g, D], padded to PREFILL_HEAD_ROWS rows
+            rows = group.shape[0]
+            if rows < PREFILL_HEAD_ROWS:
+                group = torch.cat([group, group.new_zeros(PREFILL_HEAD_ROWS - rows, group.shape[1])])
+            groups.append(self.output(rms_norm(self.norm, group[None]))[0, :rows])  # [g, V]
+        return torch.cat(groups).float()  # [n, V]
+
+    @torch.inference_mode()
+    def rows_independent(self) -> bool:
+        """Whether this model's matrix products give a row the same result whatever the rows around it and their
+        number (checked once per set of modules, on random inputs, for the first block's layers and the head):
+        the condition for `prefill_segments` to be exact when sequences are packed together or reuse a cached
+        prefix. True for MKL's float32 GEMM from 12 rows up and for the native CPU kernels; not promised for
+        every BLAS or for GPUs."""
+        from model.native_decode import DecodePlan
+
+        signature = DecodePlan.signature_of(self) + (id(self.output),)
+        if self._rows_independent is not None and self._rows_independent[0] == signature:
+            return self._rows_independent[1]
+        layer = self.layers[0]
+        linears = [m for m in (getattr(layer.attention, "wqkv", None), layer.attention.wo,
+                               getattr(layer.feed_forward, "w13", None), layer.feed_forward.w2) if m is not None]
+        embedding = self.tok_embeddings.weight
+        dtype = embedding.dtype if embedding.is_floating_point() else torch.float32
+        gen = torch.Generator().manual_seed(0)
+
+        def rows(module: nn.Module, count: int) -> torch.Tensor:
+            width = getattr(module, "in_features", None) or getattr(module, "base").in_features
+            return torch.randn(1, count, width, generator=gen).to(device=embedding.device, dtype=dtype)
+
+        n = PREFILL_MIN_ROWS
+        ok = True
+        for module in linears:  # packed prefill: any number of rows >= n
+            x = rows(module, 3 * n + 5)
+            full = module(x)
+            ok = ok and all(torch.equal(module(x[:, lo:hi]), full[:, lo:hi])
+                            for lo, hi in ((0, n), (5, 5 + n), (3, 3 + 2 * n + 1)))
+        h = PREFILL_HEAD_ROWS
+        x = rows(self.output, h + 5)  # the head: groups of exactly h rows
+        ok = ok and torch.equal(self.output(x[:, :h])[:, 5:], self.output(x[:, 5:])[:, : h - 5])
+        self._rows_independent = (signature, ok)
+        return ok
+
     def _slot_mask(self, input_pos: torch.Tensor, pad_mask: torch.Tensor | None, seq: int,
                    kv_len: int | None) -> torch.Tensor | None:
         """The attention mask [B or 1, 1, T, S'] for shared slots input_pos [T] (None: no mask needed)."""
@@ -346,6 +538,7 @@ class Decoder(nn.Module):
 
     def _apply(self, fn, recurse=True):  # .to(device / dtype): the native plan points into the old tensors
         self._native_plan = None
+        self._rows_independent = None
         return super()._apply(fn, recurse)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.decoder import PrefillSegment
 from model.errors import ContextOverflowError, SamplingParamsError
 from model.sampling import PenaltyState, SamplingParams, make_generator, sample
 
@@ -330,8 +331,13 @@ class Generator:
 
     @torch.inference_mode()
     def _prefill(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
-        """tokens [B, T] at cache slots 0..T-1 -> logits of the last position [B, V] (float32)."""
+        """tokens [B, T] at cache slots 0..T-1 -> logits of the last position [B, V] (float32).
+
+        One sequence on CPU goes through `Decoder.prefill_segments`, the batch scheduler's prefill, so a request
+        gets the same tokens from `generate` as from the server (alone or beside others)."""
         decoder = self.decoder
+        if tokens.shape[0] == 1 and pad_mask is None and tokens.device.type == "cpu":
+            return decoder.prefill_segments([PrefillSegment(0, tokens[0].tolist())])  # [1, V]
         positions = torch.arange(tokens.shape[1], device=self.device)  # [T]
         logits = decoder(tokens, positions, pad_mask, kv_len=tokens.shape[1], last_only=True)  # [B, 1, V]
         return logits[:, -1].float()

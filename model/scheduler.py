@@ -1,6 +1,6 @@
 """Continuous batching: many requests decoded together over one Generator's KV cache.
 
-    submit ─► waiting queue ─► (a free cache row) prefill, alone, into that row ─► first token
+    submit ─► waiting queue ─► (free cache rows) prefill every admitted prompt in one pass ─► first tokens
                                        │
     running batch: one decode step for every running row at once (each row at its own position) ─► sample
         each row with its own SamplingParams ─► detokenise, stop strings ─► that request's queue of text deltas
@@ -16,7 +16,14 @@ the step they finish.
 Each row is an independent sequence at its own cache slots (`Decoder.forward` with input_pos [B, 1]), and
 every kernel on the decode path computes a row the same way whatever the other rows are (the native kernels
 are batch-invariant; see model/csrc/qmatmul.c), so a greedy answer is the same token for token whether its
-request ran alone or beside others. Prefill runs one request at a time (batch 1), as `Generator.stream` does.
+request ran alone or beside others.
+
+Prefill: the prompts admitted in one round are prefilled together (`Decoder.prefill_segments`: one pass whose
+matrix products cover every prompt's rows; attention per prompt), and each prompt starts from the longest
+prefix whose keys/values are already cached (model.prefix_cache: the chat template's system message, shared
+instructions, earlier turns). Both are exact — a prompt's first token and cache entries are bit-identical alone,
+packed with others, or after a cached prefix — where the decoder's matrix products treat rows independently
+(`Decoder.rows_independent()`, checked once); otherwise prompts are prefilled one at a time, from their start.
 
 Counters (`stats()`): decode steps, rows decoded, the largest batch and the mean batch per step; the tests
 use them to prove that requests really shared decode steps.
@@ -34,8 +41,10 @@ from typing import Any
 
 import torch
 
+from model.decoder import PrefillSegment
 from model.errors import SamplingParamsError, UserError
 from model.generate import GenerationResult, Generator, IncrementalDetokenizer, StopScanner, TextStream
+from model.prefix_cache import PrefixCache
 from model.sampling import PenaltyState, SamplingParams, make_generator, sample
 
 
@@ -58,8 +67,10 @@ class SchedulerStats:
     steps: int = 0
     rows_decoded: int = 0
     max_batch: int = 0
-    prefills: int = 0
-    prefill_tokens: int = 0
+    prefills: int = 0  # requests prefilled
+    prefill_passes: int = 0  # forward passes that prefilled them (fewer: several prompts per pass)
+    prefill_tokens: int = 0  # prompt tokens computed
+    prefix_hit_tokens: int = 0  # prompt tokens copied from the prefix cache instead
     submitted: int = 0
     finished: int = 0
     cancelled: int = 0
@@ -150,7 +161,8 @@ class BatchScheduler:
     """
 
     def __init__(self, generator: Generator, max_batch: int = 8, max_waiting: int = 64,
-                 context_length: int | None = 2048, prefill_budget: int = 1024, decode_between: int = 4) -> None:
+                 context_length: int | None = 2048, prefill_budget: int = 1024, decode_between: int = 4,
+                 prefix_cache_mb: float = 64) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.generator = generator
@@ -161,6 +173,8 @@ class BatchScheduler:
         self.prefill_budget = prefill_budget
         self.decode_between = decode_between
         self._decode_credit = 0  # decode steps owed before the next admission round
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * (1 << 20))) if prefix_cache_mb > 0 else None
+        self._exact_packing: bool | None = None  # Decoder.rows_independent(), checked at the first prefill
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._cond = threading.Condition()
@@ -254,8 +268,8 @@ class BatchScheduler:
                         self._decode_credit = self.decode_between
                 self._acquire_generator()
                 with torch.inference_mode():
-                    for request in admitted:
-                        self._prefill(request)
+                    if admitted:
+                        self._prefill(admitted)
                     self._drop_finished()
                     if self._running:
                         self._decode_step()
@@ -304,23 +318,41 @@ class BatchScheduler:
             self._holds_lock = False
             self.generator._lock.release()
 
-    def _prefill(self, request: _Request) -> None:
-        """Prefill the prompt alone into the next free row and draw its first token."""
-        generator = self.generator
-        row = len(self._running)
-        params = request.params
-        device = generator.device
-        tokens = torch.tensor([request.ids], dtype=torch.long, device=device)  # [1, T]
-        with generator.decoder.cache_row(row):
-            logits = generator._prefill(tokens, None)  # [1, V]
-        request.rng = make_generator(params.seed, device) if not params.greedy else None
-        request.penalties = PenaltyState(params, [request.ids], generator.decoder.config.vocab_size, device)
-        request.detok = IncrementalDetokenizer(self.tokenizer)
+    def _prefill(self, requests: list[_Request]) -> None:
+        """Prefill the admitted prompts into the next free rows (together, from their cached prefixes, when that
+        is exact; see the module docstring) and draw each one's first token."""
+        decoder = self.generator.decoder
+        if self._exact_packing is None:
+            self._exact_packing = decoder.rows_independent()
+        cache = self.prefix_cache if self._exact_packing else None
+        segments = []
+        for i, request in enumerate(requests):
+            row = len(self._running) + i
+            start = cache.load(decoder, row, cache.match(decoder, request.ids)) if cache is not None else 0
+            segments.append(PrefillSegment(row, request.ids[start:], start))
+        if self._exact_packing:
+            logits = decoder.prefill_segments(segments)  # [n, V]
+            passes = 1
+        else:
+            logits = torch.cat([decoder.prefill_segments([segment]) for segment in segments])
+            passes = len(segments)
+        if cache is not None:
+            for segment, request in zip(segments, requests):
+                cache.store(decoder, segment.row, request.ids)
+        device = self.generator.device
+        for i, (segment, request) in enumerate(zip(segments, requests)):
+            params = request.params
+            request.rng = make_generator(params.seed, device) if not params.greedy else None
+            request.penalties = PenaltyState(params, [request.ids], decoder.config.vocab_size, device)
+            request.detok = IncrementalDetokenizer(self.tokenizer)
+            with self._cond:
+                self._running.append(request)
+                self._stats.prefills += 1
+                self._stats.prefill_tokens += len(segment.tokens)
+                self._stats.prefix_hit_tokens += segment.start
+            self._take_token(request, self._sample(request, logits[i : i + 1]))
         with self._cond:
-            self._running.append(request)
-            self._stats.prefills += 1
-            self._stats.prefill_tokens += len(request.ids)
-        self._take_token(request, self._sample(request, logits))
+            self._stats.prefill_passes += passes
 
     def _sample(self, request: _Request, logits: torch.Tensor) -> int:
         """Draw the request's next token from its logits [1, V] (its own penalties and random stream)."""
