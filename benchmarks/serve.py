@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch / native kernel threads")
     parser.add_argument("--no-adapter", action="store_true", help="the generator without the LoRA adapter")
+    parser.add_argument("--low-memory", action="store_true", help="as `assistant serve --low-memory`")
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--synthetic", action="store_true",
                         help="the engine alone on a random-weight model of the same shape (no HTTP, no download)")
@@ -206,7 +207,8 @@ def main() -> None:
     settings = Settings.load({"use_adapter": not args.no_adapter})
     t0 = time.perf_counter()
     assistant = Assistant.from_folder(REPO / "corpus", settings=settings)
-    engine = BatchScheduler(assistant.generator, max_batch=args.max_batch, context_length=settings.max_context_tokens)
+    engine = BatchScheduler(assistant.generator, max_batch=args.max_batch, context_length=settings.max_context_tokens,
+                            keep_float_weights=not args.low_memory)  # as `assistant serve` runs it
     server = start_in_thread(create_app(assistant, engine, settings, ui=False))
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
           f"generator {assistant.generator.identity}; native kernels: {cpu_kernels.status()}; "
@@ -218,6 +220,16 @@ def main() -> None:
         # template, the first retrieval) that would land on whichever measured request came first.
         for model in models:
             one_request(server.url, model, (SHORT if model == "generator" else QUESTIONS)[0], 8, {})
+
+        def fresh_prefixes(model: str) -> None:
+            """Before each measured phase: forget cached prompt prefixes, then let one unmeasured request that is
+            not among the measured ones cache what every request shares (the chat template's system message, the
+            assistant's instructions): the state of a server that has been up for a while, and no phase reuses
+            the prompts of the one before it."""
+            if engine.prefix_cache is not None:
+                engine.prefix_cache.clear()
+                one_request(server.url, model, "Hello!" if model == "generator" else "What is this folder about?",
+                            1, {})
         for model in models:
             sets = {"short": SHORT, "long": long_prompts(16)} if model == "generator" else {"questions": QUESTIONS}
             if model == "generator" and args.prompts != "both":
@@ -225,10 +237,15 @@ def main() -> None:
             for name, pool in sets.items():
                 for clients in args.clients:
                     prompts = [pool[i % len(pool)] for i in range(clients)]
+                    fresh_prefixes(model)
                     engine.reset_stats()
                     batched = run_concurrent(server.url, model, prompts, args.new_tokens)
                     stats = engine.stats()
-                    serial = run_serial(server.url, model, prompts, args.new_tokens) if clients > 1 else batched
+                    if clients > 1:
+                        fresh_prefixes(model)
+                        serial = run_serial(server.url, model, prompts, args.new_tokens)
+                    else:
+                        serial = batched
                     row = dict(model=model, prompts=name, clients=clients, batched=batched, serial=serial,
                                mean_batch=stats.mean_batch, load=os.getloadavg()[0])
                     rows.append(row)

@@ -157,12 +157,17 @@ class BatchScheduler:
     tokens prefilled between two decode steps (at least one request), so running answers keep flowing while
     new ones are admitted; decode_between: decode steps run after each admission round before the next one,
     so a request admitted while others wait still streams its first words before the next prefill (with long
-    prompts, prefill dominates: without it the first requests would stall behind every later prefill).
+    prompts, prefill dominates: without it the first requests would stall behind every later prefill); after an
+    admission from idle, requests that arrived during it are admitted at once (several clients that start
+    together share the next prefill pass instead of waiting for decode steps); prefix_cache_mb: memory for
+    the keys/values of shared prompt beginnings (model.prefix_cache; 0 = off); keep_float_weights: keep float
+    copies of quantised weights for prefill (model.quant.keep_float_weights: faster first tokens, 4 bytes per
+    weight more memory).
     """
 
     def __init__(self, generator: Generator, max_batch: int = 8, max_waiting: int = 64,
                  context_length: int | None = 2048, prefill_budget: int = 1024, decode_between: int = 4,
-                 prefix_cache_mb: float = 64) -> None:
+                 prefix_cache_mb: float = 64, keep_float_weights: bool = False) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.generator = generator
@@ -175,6 +180,10 @@ class BatchScheduler:
         self._decode_credit = 0  # decode steps owed before the next admission round
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * (1 << 20))) if prefix_cache_mb > 0 else None
         self._exact_packing: bool | None = None  # Decoder.rows_independent(), checked at the first prefill
+        if keep_float_weights:
+            from model.quant import keep_float_weights as keep
+
+            keep(generator.decoder)
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._cond = threading.Condition()
@@ -264,8 +273,9 @@ class BatchScheduler:
                     if self._closed:
                         break
                     admitted = self._take_waiting() if not self._running or self._decode_credit <= 0 else []
-                    if admitted:
-                        self._decode_credit = self.decode_between
+                    if admitted:  # from idle, no stream is running yet: requests that arrive during this
+                        # prefill are admitted right after it (not decode_between steps later)
+                        self._decode_credit = self.decode_between if self._running else 0
                 self._acquire_generator()
                 with torch.inference_mode():
                     if admitted:

@@ -200,3 +200,22 @@ def test_engine_prefills_one_by_one_where_rows_are_not_independent(tiny_tokenize
         engine.close()
     assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
     assert stats.prefill_passes == len(prompts) and stats.prefix_hit_tokens == 0
+
+
+def test_kept_float_weights_give_the_same_prefill() -> None:
+    from model.quant import Int4Linear, keep_float_weights
+
+    decoder = _decoder("int4")
+    prompts = _prompts((40, 12))
+    decoder.setup_cache(2, 64)
+    with torch.inference_mode():
+        before = decoder.prefill_segments([PrefillSegment(i, p) for i, p in enumerate(prompts)])
+        size = keep_float_weights(decoder)
+        kept = decoder.prefill_segments([PrefillSegment(i, p) for i, p in enumerate(prompts)])
+        layers = [m for m in decoder.layers.modules() if isinstance(m, Int4Linear)]
+        assert all(m._float_weight is not None for m in layers)
+        assert size == sum(m._float_weight.numel() * 4 for m in layers)
+        again = decoder.prefill_segments([PrefillSegment(i, p) for i, p in enumerate(prompts)])
+        keep_float_weights(decoder, False)
+        assert all(m._float_weight is None for m in layers)
+    assert torch.equal(kept, before) and torch.equal(again, before)

@@ -26,6 +26,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default 8)")
     parser.add_argument("--max-waiting", type=int, default=64,
                         help="requests queued beyond those before answering 503 (default 64)")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="do not keep float copies of the quantised weights for prefill (saves ~0.4 GB with "
+                        "the default model; first tokens come ~0.1 s later)")
     parser.add_argument("--no-ui", dest="ui", action="store_false", help="the API only, no chat page at /")
     add_arguments(parser, sampling=True)
     parser.set_defaults(func=run)
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"generator: {generator.identity}; native CPU decode kernels: {cpu_kernels.status()}", flush=True)
     engine = BatchScheduler(generator, max_batch=args.max_batch, max_waiting=args.max_waiting,
-                            context_length=settings.max_context_tokens)
+                            context_length=settings.max_context_tokens, keep_float_weights=not args.low_memory)
     app = create_app(assistant, engine, settings, api_key=api_key, ui=args.ui)
     where = f"http://{host}:{port}"
     print(f"serving on {where}  (chat: {where}/ , OpenAI API: {where}/v1"
