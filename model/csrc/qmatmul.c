@@ -284,6 +284,32 @@ static void barrier_wait(qm_barrier *b) {
 }
 
 #if QM_AVX2
+/* For one weight row (block scales d, minimums mn) and one activation row (block scales xd, sums xs, sum
+   residuals xe), over nb blocks: ds[b] = d[b] * xd[b], and returns 8 partial sums of the int4 correction
+   sum_b mn[b] xs[b] + 8 d[b] xe[b] (the last nb % 8 blocks through masked loads), to be reduced together with
+   the dot product's accumulators: one horizontal sum per output instead of three. */
+static inline __m256 q4_scales(const float *d, const float *mn, const float *xd, const float *xs, const float *xe,
+                               float *ds, int64_t nb) {
+    const __m256 eight = _mm256_set1_ps(8.0f);
+    __m256 tail = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        const __m256 vd = _mm256_loadu_ps(d + b);
+        _mm256_storeu_ps(ds + b, _mm256_mul_ps(vd, _mm256_loadu_ps(xd + b)));
+        tail = _mm256_fmadd_ps(_mm256_loadu_ps(mn + b), _mm256_loadu_ps(xs + b), tail);
+        tail = _mm256_fmadd_ps(_mm256_mul_ps(vd, eight), _mm256_loadu_ps(xe + b), tail);
+    }
+    if (b < nb) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(nb - b)), lane);
+        const __m256 vd = _mm256_maskload_ps(d + b, mask);
+        _mm256_maskstore_ps(ds + b, mask, _mm256_mul_ps(vd, _mm256_maskload_ps(xd + b, mask)));
+        tail = _mm256_fmadd_ps(_mm256_maskload_ps(mn + b, mask), _mm256_maskload_ps(xs + b, mask), tail);
+        tail = _mm256_fmadd_ps(_mm256_mul_ps(vd, eight), _mm256_maskload_ps(xe + b, mask), tail);
+    }
+    return tail;
+}
+
 /* One weight row n of int4 W against activation rows [m0, m0 + mt) (mt <= TILE_M, a compile-time constant at
    each call, so the accumulators stay in registers). Each row's arithmetic is the same whatever mt and m0 are
    (two FMA chains over even/odd blocks, the same scale products, the same final sums): a row's result never
@@ -293,7 +319,11 @@ static inline __attribute__((always_inline)) void q4_tile(const act_t *a, const 
                                                           int64_t ldo, int64_t n) {
     const int64_t K = a->K, nb = K / QK;
     float ds[TILE_M][MAX_BLOCKS];  /* per-row block scale products, broadcast from memory (a load, not a shuffle) */
-    for (int t = 0; t < mt; t++) scale_products(d, a->d + (m0 + t) * nb, ds[t], nb);
+    __m256 tails[TILE_M];          /* per-row partial sums of the minimums' correction */
+    for (int t = 0; t < mt; t++) {
+        const int64_t m = m0 + t;
+        tails[t] = q4_scales(d, mn, a->d + m * nb, a->s + m * nb, a->e + m * nb, ds[t], nb);
+    }
     const __m256i low4 = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc0[TILE_M], acc1[TILE_M];  /* two chains per row: FMA latency */
@@ -323,11 +353,8 @@ static inline __attribute__((always_inline)) void q4_tile(const act_t *a, const 
             acc0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(ds[t] + b), acc0[t]);
         }
     }
-    for (int t = 0; t < mt; t++) {
-        const int64_t m = m0 + t;
-        out[m * ldo + n] = hsum8(_mm256_add_ps(acc0[t], acc1[t])) + dotf(mn, a->s + m * nb, nb) +
-                           8.0f * dotf(d, a->e + m * nb, nb);
-    }
+    for (int t = 0; t < mt; t++)
+        out[(m0 + t) * ldo + n] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0[t], acc1[t]), tails[t]));
 }
 
 /* The same for int8 W (w: [K] int8 row, d: its block scales). */
