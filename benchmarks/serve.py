@@ -3,14 +3,17 @@ another, through the real HTTP API (server-sent events), in one process.
 
     python benchmarks/serve.py                                  # generator: 1/4/8/16 clients, short + long prompts
     python benchmarks/serve.py --model assistant --clients 1 4 8
-    python benchmarks/serve.py --threads 2 --new-tokens 128 --max-batch 8 --markdown
+    python benchmarks/serve.py --threads 2 --no-adapter --prompts short --clients 8 --repeat 3
 
 For each (model, prompt set, client count c) it sends c requests at once and records, per request, the time to
 the first text (TTFT) and to the last (latency), and the completion tokens (the server's usage). Serial serving
 is measured by sending the same requests one at a time; for the comparison, the serial TTFT / latency of the
 i-th request is what it would be if all c had arrived together and been served first come, first served
 (its own time plus the whole of the requests before it). Aggregate decode tokens/s = completion tokens / wall
-time. Greedy decoding, 128 new tokens (answers that end sooner count the tokens they had).
+time. Greedy decoding, 128 new tokens (answers that end sooner count the tokens they had). Each phase starts
+from a server whose prefix cache holds only what every request shares (the chat template's system message,
+cached by one unmeasured request), so no phase reuses the prompts of the one before. --repeat N alternates N
+batched/serial pairs (a noisy machine's speed drifts between phases) and ends with the medians.
 """
 
 from __future__ import annotations
@@ -186,6 +189,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch / native kernel threads")
     parser.add_argument("--no-adapter", action="store_true", help="the generator without the LoRA adapter")
     parser.add_argument("--low-memory", action="store_true", help="as `assistant serve --low-memory`")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="paired batched/serial runs per client count (a row each, then medians)")
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--synthetic", action="store_true",
                         help="the engine alone on a random-weight model of the same shape (no HTTP, no download)")
@@ -230,6 +235,28 @@ def main() -> None:
                 engine.prefix_cache.clear()
                 one_request(server.url, model, "Hello!" if model == "generator" else "What is this folder about?",
                             1, {})
+
+        def measure(model: str, name: str, clients: int, run: int, prompts: list[str]) -> dict:
+            """One paired measurement: the requests all at once, then one after another (each from the same
+            prefix-cache state); prints its table row."""
+            fresh_prefixes(model)
+            engine.reset_stats()
+            batched = run_concurrent(server.url, model, prompts, args.new_tokens)
+            stats = engine.stats()
+            if clients > 1:
+                fresh_prefixes(model)
+                serial = run_serial(server.url, model, prompts, args.new_tokens)
+            else:
+                serial = batched
+            row = dict(model=model, prompts=name, clients=clients, run=run, batched=batched, serial=serial,
+                       mean_batch=stats.mean_batch, load=os.getloadavg()[0])
+            print(f"| {model} | {name} | {clients} | {batched['tok_s']:.1f} | {serial['tok_s']:.1f} | "
+                  f"{batched['tok_s'] / serial['tok_s']:.2f}x | {batched['ttft_p50']:.2f} / "
+                  f"{batched['ttft_p95']:.2f} | {serial['ttft_p50']:.2f} / {serial['ttft_p95']:.2f} | "
+                  f"{batched['lat_p50']:.1f} / {batched['lat_p95']:.1f} | {serial['lat_p50']:.1f} / "
+                  f"{serial['lat_p95']:.1f} | {stats.mean_batch:.1f} | {batched['tokens'] / clients:.0f} | "
+                  f"{row['load']:.1f} |", flush=True)
+            return row
         for model in models:
             sets = {"short": SHORT, "long": long_prompts(16)} if model == "generator" else {"questions": QUESTIONS}
             if model == "generator" and args.prompts != "both":
@@ -237,24 +264,17 @@ def main() -> None:
             for name, pool in sets.items():
                 for clients in args.clients:
                     prompts = [pool[i % len(pool)] for i in range(clients)]
-                    fresh_prefixes(model)
-                    engine.reset_stats()
-                    batched = run_concurrent(server.url, model, prompts, args.new_tokens)
-                    stats = engine.stats()
-                    if clients > 1:
-                        fresh_prefixes(model)
-                        serial = run_serial(server.url, model, prompts, args.new_tokens)
-                    else:
-                        serial = batched
-                    row = dict(model=model, prompts=name, clients=clients, batched=batched, serial=serial,
-                               mean_batch=stats.mean_batch, load=os.getloadavg()[0])
-                    rows.append(row)
-                    print(f"| {model} | {name} | {clients} | {batched['tok_s']:.1f} | {serial['tok_s']:.1f} | "
-                          f"{batched['tok_s'] / serial['tok_s']:.2f}x | {batched['ttft_p50']:.2f} / "
-                          f"{batched['ttft_p95']:.2f} | {serial['ttft_p50']:.2f} / {serial['ttft_p95']:.2f} | "
-                          f"{batched['lat_p50']:.1f} / {batched['lat_p95']:.1f} | {serial['lat_p50']:.1f} / "
-                          f"{serial['lat_p95']:.1f} | {stats.mean_batch:.1f} | {batched['tokens'] / clients:.0f} | "
-                          f"{row['load']:.1f} |", flush=True)
+                    for run in range(args.repeat):  # batched and serial alternate: paired under the same load
+                        rows.append(measure(model, name, clients, run, prompts))
+        if args.repeat > 1:
+            print(f"\nmedians over {args.repeat} paired runs:", flush=True)
+            for key in dict.fromkeys((r["model"], r["prompts"], r["clients"]) for r in rows):
+                runs = [r for r in rows if (r["model"], r["prompts"], r["clients"]) == key]
+                ratio = float(np.median([r["batched"]["tok_s"] / r["serial"]["tok_s"] for r in runs]))
+                p95 = float(np.median([r["batched"]["ttft_p95"] for r in runs]))
+                worst = max(r["batched"]["ttft_p95"] for r in runs)
+                print(f"| {key[0]} | {key[1]} | {key[2]} | throughput {ratio:.2f}x serial | TTFT p95 {p95:.2f} s "
+                      f"(worst run {worst:.2f} s) |", flush=True)
     finally:
         server.stop()
         engine.close()

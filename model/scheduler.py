@@ -162,12 +162,14 @@ class BatchScheduler:
     together share the next prefill pass instead of waiting for decode steps); prefix_cache_mb: memory for
     the keys/values of shared prompt beginnings (model.prefix_cache; 0 = off); keep_float_weights: keep float
     copies of quantised weights for prefill (model.quant.keep_float_weights: faster first tokens, 4 bytes per
-    weight more memory).
+    weight more memory); admit_wait_s: how long a request that finds the engine idle waits for others to arrive
+    and share its prefill pass (clients that start together then cost one pass, not two; a lone request's
+    first token comes this much later).
     """
 
     def __init__(self, generator: Generator, max_batch: int = 8, max_waiting: int = 64,
                  context_length: int | None = 2048, prefill_budget: int = 1024, decode_between: int = 4,
-                 prefix_cache_mb: float = 64, keep_float_weights: bool = False) -> None:
+                 prefix_cache_mb: float = 64, keep_float_weights: bool = False, admit_wait_s: float = 0.02) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.generator = generator
@@ -177,6 +179,7 @@ class BatchScheduler:
         self.context_length = min(context_length or generator.context_length, generator.context_length)
         self.prefill_budget = prefill_budget
         self.decode_between = decode_between
+        self.admit_wait_s = admit_wait_s
         self._decode_credit = 0  # decode steps owed before the next admission round
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * (1 << 20))) if prefix_cache_mb > 0 else None
         self._exact_packing: bool | None = None  # Decoder.rows_independent(), checked at the first prefill
@@ -272,6 +275,11 @@ class BatchScheduler:
                         self._cond.wait()
                     if self._closed:
                         break
+                    if not self._running:  # from idle: let a burst of arrivals share the first prefill pass
+                        deadline = self._waiting[0].start + self.admit_wait_s
+                        while not self._closed and len(self._waiting) < self.max_batch and \
+                                (left := deadline - time.perf_counter()) > 0:
+                            self._cond.wait(left)
                     admitted = self._take_waiting() if not self._running or self._decode_credit <= 0 else []
                     if admitted:  # from idle, no stream is running yet: requests that arrive during this
                         # prefill are admitted right after it (not decode_between steps later)
