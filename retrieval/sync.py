@@ -445,7 +445,7 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 return None
             chunks = item.chunks if item.chunks is not None else chunk_document(doc, encoder.count_tokens, chunker)
             if not chunks:
-                report.skipped.append((entry.path, doc_error))
+                report.skipped.append((entry.path, "no text to index: the file holds only markup or whitespace"))
                 if old is not None:
                     missing.add(entry.path)
                 return None

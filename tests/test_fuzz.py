@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from retrieval.chunking import ChunkerSettings, chunk_document
@@ -109,6 +109,7 @@ GOOD = {"good-a.md": "The amber walrus repairs seventeen lanterns.",
 
 @FUZZ
 @given(st.lists(fuzzed_file(), min_size=1, max_size=4))
+@example(samples=[(".md", b"# ```\n")])  # text, but no chunk: found by this test (a NameError in sync)
 def test_sync_of_a_folder_with_bad_files_indexes_every_good_one(samples):
     encoder = HashingEncoder()
     with tempfile.TemporaryDirectory() as tmp:
