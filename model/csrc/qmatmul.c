@@ -54,11 +54,60 @@ int qm_block_size(void) { return QK; }
 int qm_has_avx2(void) { return QM_AVX2; }
 int qm_has_f16c(void) { return QM_F16C; }
 
+#if QM_AVX2
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
 /* x [M, K] -> xq [M, K] int8, xd [M, K/32] scales, xs [M, K/32] exact block sums, xe [M, K/32] the sums'
    rounding residuals s - d_x * sum(xq). */
 static void quantize_rows(const float *x, int64_t M, int64_t K, int interleave, int8_t *xq, float *xd, float *xs,
                           float *xe) {
     const int64_t nb = K / QK;
+#if QM_AVX2
+    /* Vectorised: the same scales and int8 values as the scalar loop below (cvtps rounds to nearest even, as
+       lrintf does); the float block sum adds in another order. */
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* undo packs' per-lane interleaving */
+    const __m256i deint = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t b = 0; b < nb; b++) {
+            const float *src = x + m * K + b * QK;
+            const __m256 v0 = _mm256_loadu_ps(src), v1 = _mm256_loadu_ps(src + 8), v2 = _mm256_loadu_ps(src + 16),
+                         v3 = _mm256_loadu_ps(src + 24);
+            const __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                            _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            const float amax = _mm_cvtss_f32(h);
+            const float sum = hsum8(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
+            const float d = amax / 127.0f;
+            const __m256 inv = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
+            const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, inv)), q1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, inv)),
+                          q2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, inv)), q3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, inv));
+            const __m256i qs = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(qs), _mm256_extracti128_si256(qs, 1));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+            const int32_t qsum = _mm_cvtsi128_si32(t);
+            /* 32 int32 -> 32 int8 in order: packs work per 128-bit lane, the permutation restores the order */
+            __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+            q = _mm256_permutevar8x32_epi32(q, perm);
+            if (interleave)  /* even columns first, then odd ones (see the nibble layout above) */
+                q = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(q, deint), 0xD8);
+            _mm256_storeu_si256((__m256i *)(xq + m * K + b * QK), q);
+            xd[m * nb + b] = d;
+            xs[m * nb + b] = sum;
+            xe[m * nb + b] = sum - d * (float)qsum;
+        }
+    }
+#else
     for (int64_t m = 0; m < M; m++) {
         for (int64_t b = 0; b < nb; b++) {
             const float *src = x + m * K + b * QK;
@@ -82,16 +131,8 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int interleave, 
             xe[m * nb + b] = sum - d * (float)qsum;
         }
     }
-}
-
-#if QM_AVX2
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 #endif
+}
 
 #if QM_AVX2
 /* exp(x) for 8 floats: Cody-Waite range reduction x = k ln2 + r, a degree-6 polynomial for exp(r) (the
