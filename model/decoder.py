@@ -471,9 +471,7 @@ class Decoder(nn.Module):
         signature = DecodePlan.signature_of(self) + (id(self.output),)
         if self._rows_independent is not None and self._rows_independent[0] == signature:
             return self._rows_independent[1]
-        layer = self.layers[0]
-        linears = [m for m in (getattr(layer.attention, "wqkv", None), layer.attention.wo,
-                               getattr(layer.feed_forward, "w13", None), layer.feed_forward.w2) if m is not None]
+        linears = [m for m in self.layers[0].modules() if hasattr(m, "in_features")]  # every linear-like layer
         embedding = self.tok_embeddings.weight
         dtype = embedding.dtype if embedding.is_floating_point() else torch.float32
         gen = torch.Generator().manual_seed(0)
