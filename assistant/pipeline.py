@@ -84,6 +84,42 @@ def check_question(question: str, max_chars: int) -> str:
 
 
 # ---------------------------------------------------------------------- the assistant
+
+class _FifoTurn:
+    """A first-come, first-served lock: threads get it in the order they asked (a plain Lock promises no order).
+
+    Concurrent questions take turns for their CPU-heavy preparation (retrieval, the reader), each with all the
+    cores, instead of running it all at once, every thread slowed by all the others: the first question to
+    arrive is ready first and its answer is generated (in the engine's shared batch) while the next one is
+    read. So a question asked beside others gets its answer no later than behind them in a queue."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[Callable[[], None]]:
+        """Wait for this thread's turn; yields `release` (to end the turn early; the block's end ends it too)."""
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while ticket != self._serving:
+                self._cond.wait()
+        held = [True]
+
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                with self._cond:
+                    self._serving += 1
+                    self._cond.notify_all()
+
+        try:
+            yield release
+        finally:
+            release()
+
 class Assistant:
     """Answers questions about an indexed folder with a generator, citing passages.
 
@@ -113,6 +149,7 @@ class Assistant:
         self.folder = Path(folder) if folder else None
         self._model_lock = threading.Lock()
         self._index_lock = threading.RLock()
+        self._preparing = _FifoTurn()  # retrieval + reader, one question at a time, first come first served
         self.sync_report: Any = None  # what the folder sync at opening did (retrieval.sync.SyncReport)
 
     # ------------------------------------------------------------------ construction
@@ -276,7 +313,15 @@ class Assistant:
         turns = normalize_history(history, self.settings.max_history_turns)
         threshold = self.settings.refusal_threshold if refusal_threshold is None else refusal_threshold
         timings = Timings()
+        with self._preparing.turn() as done_preparing:
+            yield from self._stream(question, turns, params, threshold, timings, start, cancel, k, retrieval_mode,
+                                    use_retrieval, answer_mode, reader_threshold, done_preparing)
 
+    def _stream(self, question: str, turns: list[dict], params: Any, threshold: float, timings: Timings,
+                start: float, cancel: threading.Event | None, k: int | None, retrieval_mode: str | None,
+                use_retrieval: bool, answer_mode: str | None, reader_threshold: float | None,
+                done_preparing: Callable[[], None]) -> Iterator[str | Answer]:
+        """`stream` after its checks, in this question's preparation turn (`done_preparing` ends it)."""
         if use_retrieval:
             if self.retriever is None:
                 raise UserError("no index is open; use Assistant.from_folder or from_index")
@@ -284,6 +329,7 @@ class Assistant:
             hits, timings.retrieval_ms = self.retrieve(query, k=k, mode=retrieval_mode)
             best = max((_dense(h) for h in hits), default=float("-inf"))
             if not hits or best < threshold:
+                done_preparing()
                 yield from self._refuse(question, query, hits, timings, start)
                 return
             hits = relevant_hits(hits, threshold, self.settings.relative_floor)
@@ -293,7 +339,7 @@ class Assistant:
             if mode != "generate" and self.reader is not None and route(question, [h.text for h in hits]) == "reader":
                 gate = self.settings.reader_threshold if reader_threshold is None else reader_threshold
                 yield from self._answer_from_evidence(question, query, hits, turns, params, mode, gate, timings,
-                                                      start, cancel, best_cosine=best)
+                                                      start, cancel, best_cosine=best, done_preparing=done_preparing)
                 return
             packed = pack_prompt(
                 self.generator, question, hits, turns, params.max_new_tokens, self.settings.max_context_tokens
@@ -304,6 +350,7 @@ class Assistant:
 
         timings.prompt_tokens = packed.prompt_tokens
         filt = CitationFilter(len(packed.passages))
+        done_preparing()
         # With an engine (model.scheduler.BatchScheduler), answers share its running batch; else one at a time.
         with self._model_lock if self.engine is None else contextlib.nullcontext():
             text_stream = (self.engine or self.generator).stream(packed.prompt, params, cancel=cancel)
@@ -364,7 +411,8 @@ class Assistant:
 
     def _answer_from_evidence(self, question: str, query: str, hits: list[Any], turns: list[dict], params: Any,
                               mode: str, gate: float, timings: Timings, start: float,
-                              cancel: threading.Event | None, best_cosine: float = 0.0) -> Iterator[str | Answer]:
+                              cancel: threading.Event | None, best_cosine: float = 0.0,
+                              done_preparing: Callable[[], None] = lambda: None) -> Iterator[str | Answer]:
         """Reader over the passages ─► refuse, or the best evidence ─► extract: say it; guided: the generator
         words it, and a check keeps the words true to the evidence (else the evidence itself is the answer)."""
         texts = [h.text for h in hits]
@@ -373,10 +421,12 @@ class Assistant:
         tick = time.perf_counter()
         spans = self.reader.read(read_as, texts)
         timings.reader_ms = (time.perf_counter() - tick) * 1000
+        done_preparing()
         evidence = evidence_from_spans(spans, texts, list(range(1, len(hits) + 1)), read_as,
                                        self.settings.reader_overlap_weight, explain=wants_sentence(question),
                                        **self.support_terms(read_as, best_cosine))
         if not evidence or evidence[0].support < gate:
+            done_preparing()
             yield from self._refuse(question, query, hits, timings, start, mode)
             return
         best = evidence[0]

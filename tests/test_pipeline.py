@@ -385,3 +385,47 @@ def test_pipeline_still_exports_the_names_the_split_moved():
             assert getattr(pipeline, name) is getattr(module, name), (module.__name__, name)
     for name in pipeline.__all__:
         assert hasattr(pipeline, name), name
+
+
+# ---------------------------------------------------------------------- concurrent questions
+def test_concurrent_questions_prepare_one_at_a_time_first_come_and_overlap_generation():
+    """Retrieval (and the reader) runs one question at a time, in arrival order; a question's answer is
+    generated while the next one prepares (the turn ends before generation)."""
+    import time
+
+    second_prepared = threading.Event()
+    active, peak, order = [0], [0], []
+    lock = threading.Lock()
+
+    class SlowRetriever(FakeRetriever):
+        def search(self, query, k=5, mode="hybrid", **kw):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+                order.append(query)
+            time.sleep(0.05)
+            with lock:
+                active[0] -= 1
+            if "attention" in query.lower():
+                second_prepared.set()
+            return super().search(query, k, mode, **kw)
+
+    def reply(prompt: str) -> str:
+        if "LoRA" in prompt.split("Question:")[-1] or prompt.rstrip().endswith("LoRA?"):
+            assert second_prepared.wait(5), "the next question could not prepare while this one was generated"
+        return "An answer [1]."
+
+    generator = FakeGenerator(reply)
+    assistant = Assistant(SlowRetriever(CORPUS, dense_floor=0.5), generator, Settings())
+    questions = ["What is LoRA?", "How does attention work?", "What does a tokenizer do?"]
+    answers: dict[str, Answer] = {}
+    threads = []
+    for q in questions:
+        threads.append(threading.Thread(target=lambda q=q: answers.__setitem__(q, assistant.ask(q))))
+        threads[-1].start()
+        time.sleep(0.01)  # arrival order
+    for t in threads:
+        t.join(10)
+    assert set(answers) == set(questions)
+    assert peak[0] == 1
+    assert order == questions
