@@ -162,14 +162,15 @@ class BatchScheduler:
     together share the next prefill pass instead of waiting for decode steps); prefix_cache_mb: memory for
     the keys/values of shared prompt beginnings (model.prefix_cache; 0 = off); keep_float_weights: keep float
     copies of quantised weights for prefill (model.quant.keep_float_weights: faster first tokens, 4 bytes per
-    weight more memory); admit_wait_s: how long a request that finds the engine idle waits for others to arrive
-    and share its prefill pass (clients that start together then cost one pass, not two; a lone request's
-    first token comes this much later).
+    weight more memory); admit_gap_s, admit_wait_s: a request that finds the engine idle waits for others that
+    arrive within admit_gap_s of each other (at most admit_wait_s in all), so clients that start together share
+    one prefill pass instead of the first one's pass and then the rest's; a lone request waits admit_gap_s.
     """
 
     def __init__(self, generator: Generator, max_batch: int = 8, max_waiting: int = 64,
                  context_length: int | None = 2048, prefill_budget: int = 1024, decode_between: int = 4,
-                 prefix_cache_mb: float = 64, keep_float_weights: bool = False, admit_wait_s: float = 0.02) -> None:
+                 prefix_cache_mb: float = 64, keep_float_weights: bool = False, admit_gap_s: float = 0.015,
+                 admit_wait_s: float = 0.1) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.generator = generator
@@ -179,7 +180,7 @@ class BatchScheduler:
         self.context_length = min(context_length or generator.context_length, generator.context_length)
         self.prefill_budget = prefill_budget
         self.decode_between = decode_between
-        self.admit_wait_s = admit_wait_s
+        self.admit_gap_s, self.admit_wait_s = admit_gap_s, admit_wait_s
         self._decode_credit = 0  # decode steps owed before the next admission round
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * (1 << 20))) if prefix_cache_mb > 0 else None
         self._exact_packing: bool | None = None  # Decoder.rows_independent(), checked at the first prefill
@@ -276,10 +277,7 @@ class BatchScheduler:
                     if self._closed:
                         break
                     if not self._running:  # from idle: let a burst of arrivals share the first prefill pass
-                        deadline = self._waiting[0].start + self.admit_wait_s
-                        while not self._closed and len(self._waiting) < self.max_batch and \
-                                (left := deadline - time.perf_counter()) > 0:
-                            self._cond.wait(left)
+                        self._gather_burst()
                     admitted = self._take_waiting() if not self._running or self._decode_credit <= 0 else []
                     if admitted:  # from idle, no stream is running yet: requests that arrive during this
                         # prefill are admitted right after it (not decode_between steps later)
@@ -301,6 +299,17 @@ class BatchScheduler:
         finally:
             self._fail_all(None)
             self._release_generator()
+
+    def _gather_burst(self) -> None:
+        """With the engine idle and a request waiting (under self._cond): wait while more keep arriving, each
+        within admit_gap_s of the one before, for at most admit_wait_s after the first, or until the batch is
+        full. Clients that start together then share one prefill pass; a lone request waits admit_gap_s."""
+        cap = self._waiting[0].start + self.admit_wait_s
+        while not self._closed and 0 < len(self._waiting) < self.max_batch:
+            left = min(cap, self._waiting[-1].start + self.admit_gap_s) - time.perf_counter()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _take_waiting(self) -> list[_Request]:
         """Requests to admit now: free rows, up to the prefill budget (at least one). Cancelled ones end here."""

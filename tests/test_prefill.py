@@ -219,3 +219,22 @@ def test_kept_float_weights_give_the_same_prefill() -> None:
         keep_float_weights(decoder, False)
         assert all(m._float_weight is None for m in layers)
     assert torch.equal(kept, before) and torch.equal(again, before)
+
+
+def test_a_burst_of_arrivals_shares_one_prefill_pass(tiny_tokenizer) -> None:
+    import time
+
+    gen = _gen(tiny_tokenizer)
+    prompts = _chat_prompts(gen)[:5]
+    engine = BatchScheduler(gen, max_batch=8, context_length=256, admit_gap_s=0.3, admit_wait_s=2.0)
+    try:
+        streams = []
+        for p in prompts:  # one at a time, a little apart, onto an idle engine
+            streams.append(engine.stream(p, max_new_tokens=8))
+            time.sleep(0.02)
+        results = [s.finish() for s in streams]
+        stats = engine.stats()
+    finally:
+        engine.close()
+    assert stats.prefills == len(prompts) and stats.prefill_passes == 1
+    assert [r.token_ids for r in results] == [gen.generate(p, max_new_tokens=8).token_ids for p in prompts]
