@@ -12,8 +12,7 @@ and one-token decode (T = 1) are the same code path.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,17 +89,6 @@ class KVCache(nn.Module):
         self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
         self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
-
-
-class _CacheRow(nn.Module):
-    """One batch row of a layer's KVCache, as a batch-1 cache (views: writes land in the shared buffers)."""
-
-    def __init__(self, cache: KVCache, row: int) -> None:
-        super().__init__()
-        self.k = cache.k[row : row + 1]  # [1, n_kv, S, hd]
-        self.v = cache.v[row : row + 1]
-
-    update = KVCache.update
 
 
 class Attention(nn.Module):
@@ -304,25 +292,6 @@ class Decoder(nn.Module):
             cache.v = cache.v.index_select(0, rows)
         self.cache_batch_size = int(rows.shape[0])
         self.cache_version += 1
-
-    @contextlib.contextmanager
-    def cache_row(self, row: int) -> Iterator[None]:
-        """Inside the block, the KV cache is batch row `row` alone (batch 1): a prefill writes that row only
-        (continuous batching admits a new sequence into a free row while the others keep theirs)."""
-        if not 0 <= row < self.cache_batch_size:
-            raise RuntimeError(f"cache row {row} is outside the KV cache's {self.cache_batch_size} rows")
-        caches = [layer.attention.kv_cache for layer in self.layers]
-        batch, native = self.cache_batch_size, self.native_decode
-        try:
-            for layer, cache in zip(self.layers, caches):
-                layer.attention.kv_cache = _CacheRow(cache, row)
-            # batch 1 over the torch path (the native plan holds pointers to the whole cache)
-            self.cache_batch_size, self.native_decode = 1, False
-            yield
-        finally:
-            for layer, cache in zip(self.layers, caches):
-                layer.attention.kv_cache = cache
-            self.cache_batch_size, self.native_decode = batch, native
 
     def copy_cache_row(self, source: int, target: int, length: int) -> None:
         """Copy the first `length` slots of cache row `source` into row `target` (compacting the batch)."""

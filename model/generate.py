@@ -16,11 +16,10 @@ tokens are read back to the host one step late, so the GPU computes step i+1 whi
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -25,8 +25,9 @@ instructions, earlier turns). Both are exact — a prompt's first token and cach
 packed with others, or after a cached prefix — where the decoder's matrix products treat rows independently
 (`Decoder.rows_independent()`, checked once); otherwise prompts are prefilled one at a time, from their start.
 
-Counters (`stats()`): decode steps, rows decoded, the largest batch and the mean batch per step; the tests
-use them to prove that requests really shared decode steps.
+Counters (`stats()`): decode steps, rows decoded, the largest batch and the mean batch per step, prefill passes
+and the prompt tokens computed or copied from the prefix cache; the tests use them to prove that requests
+really shared decode steps and prefill passes.
 """
 
 from __future__ import annotations
