@@ -156,10 +156,11 @@ class BatchScheduler:
     before `submit` raises SchedulerBusyError; context_length: slots per row (prompt + answer), at most the
     model's window (memory: rows x slots x layers x 2 x kv heads x head dim x 2 bytes); prefill_budget: prompt
     tokens prefilled between two decode steps (at least one request), so running answers keep flowing while
-    new ones are admitted; decode_between, decode_share: after each admission round, the running answers get
-    at least decode_between decode steps and decode_share times the round's prefill time of decoding before the
-    next round (with long prompts prefill dominates: without it the first requests would stall behind every
-    later prefill, and short answers that arrived first would finish last); prefix_cache_mb: memory for
+    new ones are admitted; decode_between: decode steps run after each admission round before the next one,
+    so a request admitted while others wait still streams its first words before the next prefill (with long
+    prompts, prefill dominates: without it the first requests would stall behind every later prefill); after an
+    admission from idle, requests that arrived during it are admitted at once (several clients that start
+    together share the next prefill pass instead of waiting for decode steps); prefix_cache_mb: memory for
     the keys/values of shared prompt beginnings (model.prefix_cache; 0 = off); keep_float_weights: keep float
     copies of quantised weights for prefill (model.quant.keep_float_weights: faster first tokens, 4 bytes per
     weight more memory); admit_gap_s, admit_wait_s: a request that finds the engine idle waits for others that
@@ -170,7 +171,7 @@ class BatchScheduler:
     def __init__(self, generator: Generator, max_batch: int = 8, max_waiting: int = 64,
                  context_length: int | None = 2048, prefill_budget: int = 1024, decode_between: int = 4,
                  prefix_cache_mb: float = 64, keep_float_weights: bool = False, admit_gap_s: float = 0.015,
-                 admit_wait_s: float = 0.1, decode_share: float = 0.5) -> None:
+                 admit_wait_s: float = 0.1) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.generator = generator
@@ -181,9 +182,7 @@ class BatchScheduler:
         self.prefill_budget = prefill_budget
         self.decode_between = decode_between
         self.admit_gap_s, self.admit_wait_s = admit_gap_s, admit_wait_s
-        self.decode_share = decode_share
         self._decode_credit = 0  # decode steps owed before the next admission round
-        self._admit_not_before = 0.0  # and the time before which no admission (while answers are running)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * (1 << 20))) if prefix_cache_mb > 0 else None
         self._exact_packing: bool | None = None  # Decoder.rows_independent(), checked at the first prefill
         if keep_float_weights:
@@ -280,18 +279,14 @@ class BatchScheduler:
                         break
                     if not self._running:  # from idle: let a burst of arrivals share the first prefill pass
                         self._gather_burst()
-                    due = self._decode_credit <= 0 and time.perf_counter() >= self._admit_not_before
-                    admitted = self._take_waiting() if not self._running or due else []
+                    admitted = self._take_waiting() if not self._running or self._decode_credit <= 0 else []
+                    if admitted:  # from idle, no stream is running yet: requests that arrive during this
+                        # prefill are admitted right after it (not decode_between steps later)
+                        self._decode_credit = self.decode_between if self._running else 0
                 self._acquire_generator()
                 with torch.inference_mode():
                     if admitted:
-                        began = time.perf_counter()
                         self._prefill(admitted)
-                        ended = time.perf_counter()
-                        # the running answers get decode time too before the next admission: at least
-                        # decode_between steps and decode_share of this pass's time
-                        self._decode_credit = self.decode_between
-                        self._admit_not_before = ended + self.decode_share * (ended - began)
                     self._drop_finished()
                     if self._running:
                         self._decode_step()
