@@ -249,13 +249,16 @@ def main() -> None:
             else:
                 serial = batched
             row = dict(model=model, prompts=name, clients=clients, run=run, batched=batched, serial=serial,
-                       mean_batch=stats.mean_batch, load=os.getloadavg()[0])
+                       mean_batch=stats.mean_batch, load=os.getloadavg()[0], prefill_passes=stats.prefill_passes,
+                       prefill_s=stats.prefill_s, prefix_hit_tokens=stats.prefix_hit_tokens,
+                       prefill_tokens=stats.prefill_tokens)
             print(f"| {model} | {name} | {clients} | {batched['tok_s']:.1f} | {serial['tok_s']:.1f} | "
                   f"{batched['tok_s'] / serial['tok_s']:.2f}x | {batched['ttft_p50']:.2f} / "
                   f"{batched['ttft_p95']:.2f} | {serial['ttft_p50']:.2f} / {serial['ttft_p95']:.2f} | "
                   f"{batched['lat_p50']:.1f} / {batched['lat_p95']:.1f} | {serial['lat_p50']:.1f} / "
                   f"{serial['lat_p95']:.1f} | {stats.mean_batch:.1f} | {batched['tokens'] / clients:.0f} | "
-                  f"{row['load']:.1f} |", flush=True)
+                  f"{row['load']:.1f} | {stats.prefill_passes} / {stats.prefill_s:.2f} s / "
+                  f"{stats.prefill_tokens} + {stats.prefix_hit_tokens} cached |", flush=True)
             return row
         for model in models:
             sets = {"short": SHORT, "long": long_prompts(16)} if model == "generator" else {"questions": QUESTIONS}

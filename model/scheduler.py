@@ -72,6 +72,7 @@ class SchedulerStats:
     prefill_passes: int = 0  # forward passes that prefilled them (fewer: several prompts per pass)
     prefill_tokens: int = 0  # prompt tokens computed
     prefix_hit_tokens: int = 0  # prompt tokens copied from the prefix cache instead
+    prefill_s: float = 0.0  # seconds spent in prefill passes
     submitted: int = 0
     finished: int = 0
     cancelled: int = 0
@@ -84,7 +85,7 @@ class SchedulerStats:
         return self.rows_decoded / self.steps if self.steps else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean_batch": round(self.mean_batch, 3)}
+        return {**asdict(self), "mean_batch": round(self.mean_batch, 3), "prefill_s": round(self.prefill_s, 3)}
 
 
 _DONE = object()
@@ -170,7 +171,7 @@ class BatchScheduler:
 
     def __init__(self, generator: Generator, max_batch: int = 8, max_waiting: int = 64,
                  context_length: int | None = 2048, prefill_budget: int = 1024, decode_between: int = 4,
-                 prefix_cache_mb: float = 64, keep_float_weights: bool = False, admit_gap_s: float = 0.015,
+                 prefix_cache_mb: float = 64, keep_float_weights: bool = False, admit_gap_s: float = 0.03,
                  admit_wait_s: float = 0.1) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -358,12 +359,14 @@ class BatchScheduler:
             row = len(self._running) + i
             start = cache.load(decoder, row, cache.match(decoder, request.ids)) if cache is not None else 0
             segments.append(PrefillSegment(row, request.ids[start:], start))
+        began = time.perf_counter()
         if self._exact_packing:
             logits = decoder.prefill_segments(segments)  # [n, V]
             passes = 1
         else:
             logits = torch.cat([decoder.prefill_segments([segment]) for segment in segments])
             passes = len(segments)
+        took = time.perf_counter() - began
         if cache is not None:
             for segment, request in zip(segments, requests):
                 cache.store(decoder, segment.row, request.ids)
@@ -381,6 +384,7 @@ class BatchScheduler:
             self._take_token(request, self._sample(request, logits[i : i + 1]))
         with self._cond:
             self._stats.prefill_passes += passes
+            self._stats.prefill_s += took
 
     def _sample(self, request: _Request, logits: torch.Tensor) -> int:
         """Draw the request's next token from its logits [1, V] (its own penalties and random stream)."""
