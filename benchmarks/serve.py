@@ -5,6 +5,7 @@ another, through the real HTTP API (server-sent events), in one process.
     python benchmarks/serve.py --model assistant --clients 1 4 8
     python benchmarks/serve.py --threads 2 --no-adapter --prompts short --clients 8 --repeat 3
 
+The clients run in a separate process (as real clients do; `--same-process-clients` puts them in the server's).
 For each (model, prompt set, client count c) it sends c requests at once and records, per request, the time to
 the first text (TTFT) and to the last (latency), and the completion tokens (the server's usage). Serial serving
 is measured by sending the same requests one at a time; for the comparison, the serial TTFT / latency of the
@@ -112,6 +113,12 @@ def run_serial(url: str, model: str, prompts: list[str], new_tokens: int) -> dic
     return summary
 
 
+def in_client_process(pool, phase, *args) -> dict:
+    """Run a client phase (run_concurrent / run_serial) in the separate client process, as real clients are:
+    in the server's process their HTTP work would share its interpreter lock and spread their arrivals."""
+    return pool.submit(phase, *args).result() if pool is not None else phase(*args)
+
+
 def summarise(results: list[dict], wall: float) -> dict:
     ttft = np.array([r["ttft"] for r in results])
     latency = np.array([r["latency"] for r in results])
@@ -189,6 +196,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch / native kernel threads")
     parser.add_argument("--no-adapter", action="store_true", help="the generator without the LoRA adapter")
     parser.add_argument("--low-memory", action="store_true", help="as `assistant serve --low-memory`")
+    parser.add_argument("--same-process-clients", action="store_true",
+                        help="run the clients in the server's process (the default is a separate process)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="paired batched/serial runs per client count (a row each, then medians)")
     parser.add_argument("--json", type=Path, help="write every number here")
@@ -220,6 +229,13 @@ def main() -> None:
           f"max batch {args.max_batch}; ready in {time.perf_counter() - t0:.0f} s", flush=True)
     models = ["generator", "assistant"] if args.model == "both" else [args.model]
     rows = []
+    clients_pool = None
+    if not args.same_process_clients:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        clients_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        clients_pool.submit(len, "").result()  # start it now, not inside a measurement
     try:
         # One request first, not measured: the first one pays one-time costs (the batch cache, the chat
         # template, the first retrieval) that would land on whichever measured request came first.
@@ -241,11 +257,11 @@ def main() -> None:
             prefix-cache state); prints its table row."""
             fresh_prefixes(model)
             engine.reset_stats()
-            batched = run_concurrent(server.url, model, prompts, args.new_tokens)
+            batched = in_client_process(clients_pool, run_concurrent, server.url, model, prompts, args.new_tokens)
             stats = engine.stats()
             if clients > 1:
                 fresh_prefixes(model)
-                serial = run_serial(server.url, model, prompts, args.new_tokens)
+                serial = in_client_process(clients_pool, run_serial, server.url, model, prompts, args.new_tokens)
             else:
                 serial = batched
             row = dict(model=model, prompts=name, clients=clients, run=run, batched=batched, serial=serial,
@@ -279,6 +295,8 @@ def main() -> None:
                 print(f"| {key[0]} | {key[1]} | {key[2]} | throughput {ratio:.2f}x serial | TTFT p95 {p95:.2f} s "
                       f"(worst run {worst:.2f} s) |", flush=True)
     finally:
+        if clients_pool is not None:
+            clients_pool.shutdown()
         server.stop()
         engine.close()
     if args.json:
