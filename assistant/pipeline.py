@@ -426,7 +426,6 @@ class Assistant:
                                        self.settings.reader_overlap_weight, explain=wants_sentence(question),
                                        **self.support_terms(read_as, best_cosine))
         if not evidence or evidence[0].support < gate:
-            done_preparing()
             yield from self._refuse(question, query, hits, timings, start, mode)
             return
         best = evidence[0]

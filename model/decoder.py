@@ -386,7 +386,7 @@ class Decoder(nn.Module):
         rows_seen: set[int] = set()
         for segment in segments:
             length, start = len(segment.tokens), segment.start
-            if length == 0 or start < 0 or (start and start not in prefill_boundaries(start)):
+            if length == 0 or start < 0 or (start and prefill_chunk_end(start - 1) != start):
                 raise ValueError("a prefill segment needs tokens and a start at a chunk boundary (prefill_boundaries)")
             if not 0 <= segment.row < self.cache_batch_size or segment.row in rows_seen:
                 raise ValueError(f"prefill segments need distinct cache rows below {self.cache_batch_size}")
