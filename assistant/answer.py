@@ -49,6 +49,31 @@ class Timings:
     generated_tokens: int = 0
 
 
+QUESTION_KINDS = ("factoid", "definition", "explanation", "list", "comparison", "summary", "procedure", "yesno",
+                  "count")
+LAYOUTS = ("text", "bullets", "sides", "cell")
+
+
+@dataclass
+class AnswerSentence:
+    """One sentence of a composed answer (or one bullet, or one table cell) and the passage words behind it.
+
+    `Answer.sentences` lists them in the order they stand in `Answer.text`; the k-th citation marker in the
+    text belongs to the k-th sentence. `start`/`end` are character offsets of the supporting words in the text
+    of source `passage` (`Source.text`), so `source.text[start:end]` is exactly what the sentence rests on."""
+
+    text: str                 # as it stands in Answer.text, without its citation marker
+    passage: int              # the [n] it cites
+    start: int                # offsets of the supporting words in Source.text of passage n
+    end: int
+    score: float = 0.0        # how relevant the supporting sentence was to the question
+    role: str = "sentence"    # "sentence" | "item" (a bullet) | "cell" (a table cell) | "generated" (checked)
+    group: str = ""           # comparison: the side it describes ("BPE"); empty otherwise
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class Answer:
     """A finished answer: text with valid citation markers only, and its sources."""
@@ -64,6 +89,9 @@ class Answer:
     evidence: list[Any] = field(default_factory=list)  # assistant.evidence.Evidence: the words that support it
     mode: str = "generate"                  # how it was written: guided | extract | generate (| refused)
     fallback: bool = False                  # guided mode: the generated text failed the check; built from evidence
+    sentences: list[AnswerSentence] = field(default_factory=list)  # each sentence with its cited words
+    kind: str = ""                          # the question's kind (QUESTION_KINDS), as the router decided it
+    layout: str = "text"                    # text | bullets ("- " lines) | sides (comparison) | cell (table)
 
     @property
     def cited_sources(self) -> list[Source]:

@@ -18,39 +18,32 @@ The default model is small, so the pipeline carries much of the quality; each jo
 - `assistant.answer`: the result types (`Answer`, `Source`, `Timings`) and `QuestionError`;
 - here: retrieval, and the refusal when the best passage is not similar enough to the question (a calibrated
   cosine threshold): the assistant then refuses without calling the generator, and shows the nearest passages.
-
-The names those modules define used to live here and are still importable from `assistant.pipeline`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from assistant.answer import Answer, QuestionError, Source, Timings, _source
+from assistant.answer import Answer, AnswerSentence, QuestionError, Timings, _source
 from assistant.citations import CitationFilter, clean_citations
-from assistant.evidence import (ANSWER_MODES, evidence_from_spans, extractive_answer, route, states_evidence,
+from assistant.evidence import (ANSWER_MODES, Evidence, evidence_from_spans, extractive_answer, route, states_evidence,
                                strip_citations, wants_sentence)
+from assistant.compose import score_units
 from assistant.followup import is_followup, standalone_query
+from assistant.kinds import classify, subject_of
+from assistant.open_answers import OPEN_KINDS, compose_for, gather, named_document, reader_unit_scores, units_of
 from assistant.packing import PackedPrompt, _text_of, normalize_history, pack_prompt, prompt_label
 from assistant.prompts import REFUSAL_TEXT, PromptPassage, build_messages, is_refusal
 from assistant.training_data import clip_passage
-from assistant.settings import SAMPLING_FIELDS, Settings, SettingsError
+from assistant.settings import Settings, SettingsError
 from model.errors import UserError
-
-# Re-exports: these names were defined or imported here before the pipeline was split by job.
-from assistant.answer import _snippet, passage_label  # noqa: F401
-from assistant.citations import _CITATION, _PARTIAL_CITATION  # noqa: F401
-from assistant.followup import FOLLOWUP_OPENERS, PRONOUNS, STOPWORDS, _WORD, content_words  # noqa: F401
-from assistant.packing import (  # noqa: F401
-    _SENTENCE_END, _drop_oldest_turn, _Hit, _sentences, _truncate_to_fit,
-)
-from model.errors import ContextOverflowError  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -327,19 +320,27 @@ class Assistant:
                 raise UserError("no index is open; use Assistant.from_folder or from_index")
             query = standalone_query(question, turns)
             hits, timings.retrieval_ms = self.retrieve(query, k=k, mode=retrieval_mode)
-            best = max((_dense(h) for h in hits), default=float("-inf"))
-            if not hits or best < threshold:
-                done_preparing()
-                yield from self._refuse(question, query, hits, timings, start)
-                return
-            hits = relevant_hits(hits, threshold, self.settings.relative_floor)
             mode = answer_mode or self.settings.answer_mode
             if mode not in ANSWER_MODES:
                 raise SettingsError(f"answer_mode must be one of {ANSWER_MODES}, not {mode!r}")
+            read_as = query if turns and is_followup(question) else question
+            kind = classify(read_as)
+            named = self._named_document(read_as) if kind == "summary" else None
+            best = max((_dense(h) for h in hits), default=float("-inf"))
+            if not named and (not hits or best < threshold):
+                done_preparing()
+                yield from self._refuse(question, query, hits, timings, start, kind=kind)
+                return
+            if mode != "generate" and self.reader is not None and self.settings.open_answers and kind in OPEN_KINDS:
+                yield from self._answer_open(question, read_as, query, kind, hits, timings, start, mode,
+                                             named, retrieval_mode, done_preparing)
+                return
+            hits = relevant_hits(hits, threshold, self.settings.relative_floor)
             if mode != "generate" and self.reader is not None and route(question, [h.text for h in hits]) == "reader":
                 gate = self.settings.reader_threshold if reader_threshold is None else reader_threshold
                 yield from self._answer_from_evidence(question, query, hits, turns, params, mode, gate, timings,
-                                                      start, cancel, best_cosine=best, done_preparing=done_preparing)
+                                                      start, cancel, best_cosine=best, done_preparing=done_preparing,
+                                                      kind=kind)
                 return
             packed = pack_prompt(
                 self.generator, question, hits, turns, params.max_new_tokens, self.settings.max_context_tokens
@@ -402,17 +403,75 @@ class Assistant:
 
     @staticmethod
     def _refuse(question: str, query: str, hits: Sequence[Any], timings: Timings, start: float,
-                mode: str = "generate") -> Iterator[str | Answer]:
+                mode: str = "generate", kind: str = "") -> Iterator[str | Answer]:
         """The refusal, with the nearest passages shown (none cited) and no generator call."""
         sources = [_source(i, h, h.text, cited=False) for i, h in enumerate(hits, start=1)]
         timings.total_ms = timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
         yield REFUSAL_TEXT
-        yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question, [], mode)
+        yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question, [], mode, kind=kind)
+
+    def _named_document(self, question: str) -> str | None:
+        """The indexed document a summary question names, if any (see assistant.open_answers.named_document)."""
+        paths = getattr(self.retriever, "paths", None)
+        if paths is None:
+            return None
+        with self._index_lock:
+            return named_document(question, paths())
+
+    def _answer_open(self, question: str, read_as: str, query: str, kind: str, hits: list[Any], timings: Timings,
+                     start: float, mode: str, named: str | None, retrieval_mode: str | None,
+                     done_preparing: Callable[[], None]) -> Iterator[str | Answer]:
+        """An explanation, list, procedure, comparison, definition, yes/no or summary answer composed of cited
+        sentences of the passages (assistant.open_answers, assistant.compose), streamed a sentence at a time."""
+        settings = self.settings
+        tick = time.perf_counter()
+        with self._index_lock:
+            passages = gather(self.retriever, kind, read_as, query, hits, k=settings.k,
+                              mode=retrieval_mode or settings.retrieval_mode, summary_document=named)
+            weights = self.retriever.term_weights(read_as) if hasattr(self.retriever, "term_weights") else None
+        timings.retrieval_ms += (time.perf_counter() - tick) * 1000
+        units = units_of(passages)
+        tick = time.perf_counter()
+        reader_scores = {} if kind == "summary" else reader_unit_scores(self.reader, read_as, passages, units)
+        timings.reader_ms = (time.perf_counter() - tick) * 1000
+        done_preparing()
+        score_units(read_as, units, passages, subject=subject_of(read_as) if kind == "definition" else "",
+                    term_weights=weights, reader_scores=reader_scores)
+        numbers = list(range(1, len(passages) + 1))
+        support = max((u.score for u in units if u.role in ("sentence", "item")), default=float("-inf"))
+        composition = None
+        if named or support >= settings.open_min_support:
+            composition = compose_for(kind, read_as, passages, units, numbers, named=named)
+        if composition is None or not composition.sentences:
+            yield from self._refuse(question, query, passages or hits, timings, start, mode, kind=kind)
+            return
+        yield from self._yield_composition(question, query, passages, composition, timings, start, mode, kind,
+                                           support)
+
+    @staticmethod
+    def _yield_composition(question: str, query: str, passages: Sequence[Any], composition: Any, timings: Timings,
+                           start: float, mode: str, kind: str, support: float) -> Iterator[str | Answer]:
+        """A composition streamed a sentence (or bullet) at a time, then its Answer."""
+        if composition.layout == "text" and len(composition.sentences) == 1:
+            composition.text = f"{' '.join(composition.sentences[0].text.split())}"
+            composition.text = cite(composition.text, composition.sentences[0].passage)
+            composition.numbers = [composition.sentences[0].passage]
+        for i, piece in enumerate(_stream_pieces(composition.text)):
+            if i == 0:
+                timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
+            yield piece
+        cited = set(composition.numbers)
+        sources = [_source(i, h, h.text, cited=i in cited) for i, h in enumerate(passages, start=1)]
+        evidence = [_sentence_evidence(s, passages[s.passage - 1].text, support) for s in composition.sentences]
+        timings.total_ms = (time.perf_counter() - start) * 1000
+        yield Answer(composition.text, composition.numbers, sources, False, timings, query, "stop", question,
+                     evidence, mode, False, composition.sentences, kind, composition.layout)
 
     def _answer_from_evidence(self, question: str, query: str, hits: list[Any], turns: list[dict], params: Any,
                               mode: str, gate: float, timings: Timings, start: float,
                               cancel: threading.Event | None, best_cosine: float = 0.0,
-                              done_preparing: Callable[[], None] = lambda: None) -> Iterator[str | Answer]:
+                              done_preparing: Callable[[], None] = lambda: None,
+                              kind: str = "factoid") -> Iterator[str | Answer]:
         """Reader over the passages ─► refuse, or the best evidence ─► extract: say it; guided: the generator
         words it, and a check keeps the words true to the evidence (else the evidence itself is the answer)."""
         texts = [h.text for h in hits]
@@ -426,7 +485,11 @@ class Assistant:
                                        self.settings.reader_overlap_weight, explain=wants_sentence(question),
                                        **self.support_terms(read_as, best_cosine))
         if not evidence or evidence[0].support < gate:
-            yield from self._refuse(question, query, hits, timings, start, mode)
+            fallback_answer = self._sentence_fallback(read_as, query, hits, timings, start, mode, kind)
+            if fallback_answer is not None:
+                yield from fallback_answer
+                return
+            yield from self._refuse(question, query, hits, timings, start, mode, kind=kind)
             return
         best = evidence[0]
         text, finish, fallback = extractive_answer(best), "stop", mode == "guided"
@@ -456,8 +519,32 @@ class Assistant:
         sources = [_source(i, h, h.text, cited=(i == best.passage and bool(text)))
                    for i, h in enumerate(hits, start=1)]
         timings.total_ms = (time.perf_counter() - start) * 1000
+        bounds = (best.sentence_start, best.sentence_end) if best.kind == "sentence" else (best.start, best.end)
+        sentences = [AnswerSentence(strip_citations(text), best.passage, bounds[0], bounds[1], round(best.support, 4),
+                                    "sentence" if best.kind == "sentence" else "span")] if text else []
         yield Answer(text, [best.passage] if text else [], sources, False, timings, query, finish, question,
-                     [best], mode, fallback)
+                     [best], mode, fallback, sentences, kind)
+
+    def _sentence_fallback(self, read_as: str, query: str, hits: list[Any], timings: Timings, start: float,
+                           mode: str, kind: str) -> Iterator[str | Answer] | None:
+        """A question the reader finds no span for, over passages with a sentence that clearly is about it (its
+        unit score reaches Settings.sentence_fallback): answered with that sentence instead of a refusal. The
+        reader was trained on Wikipedia prose; technical docs and reports often answer in a sentence it does not
+        read as a span."""
+        threshold = self.settings.sentence_fallback
+        if not self.settings.open_answers or threshold is None or threshold <= 0:
+            return None
+        units = units_of(hits)
+        weights = self.retriever.term_weights(read_as) if hasattr(self.retriever, "term_weights") else None
+        score_units(read_as, units, hits, term_weights=weights)
+        support = max((u.score for u in units if u.role in ("sentence", "item")), default=float("-inf"))
+        if support < threshold:
+            return None
+        composition = compose_for("explanation", read_as, hits, units, list(range(1, len(hits) + 1)))
+        if composition is None or not composition.sentences:
+            return None
+        composition.sentences = composition.sentences[:1]
+        return self._yield_composition(read_as, query, hits, composition, timings, start, mode, kind, support)
 
     def conversation(self) -> Conversation:
         """A new chat that keeps its own history (see Conversation)."""
@@ -539,6 +626,28 @@ def relevant_hits(hits: Sequence[Any], threshold: float, relative_floor: float) 
     return [h for h in hits if _dense(h) >= floor] or list(hits[:1])
 
 
+_PIECE_END = re.compile(r"(?<=\])[.!?]?(?= )|\n+")
+
+
+def _stream_pieces(text: str) -> list[str]:
+    """A composed answer cut after each cited sentence or line, so a stream shows it a sentence at a time."""
+    pieces, last = [], 0
+    for match in _PIECE_END.finditer(text):
+        if match.end() > last:
+            pieces.append(text[last:match.end()])
+            last = match.end()
+    if last < len(text):
+        pieces.append(text[last:])
+    return [p for p in pieces if p]
+
+
+def _sentence_evidence(sentence: AnswerSentence, passage_text: str, support: float) -> Evidence:
+    """The evidence record of one composed sentence (its supporting words, as `Answer.evidence` lists them)."""
+    words = passage_text[sentence.start:sentence.end]
+    return Evidence(sentence.passage, words, sentence.start, sentence.end, words, sentence.start, sentence.end,
+                    sentence.score, "sentence", support)
+
+
 def _dense(hit: Any) -> float:
     value = getattr(hit, "dense_score", None)
     return float(hit.score if value is None else value)
@@ -577,7 +686,4 @@ def load_generator(settings: Settings) -> Any:
                           quantize=settings.quantize)
 
 
-__all__ = [
-    "Answer", "Assistant", "CitationFilter", "Conversation", "PackedPrompt", "QuestionError", "Source", "Timings",
-    "clean_citations", "is_followup", "pack_prompt", "standalone_query", "SAMPLING_FIELDS",
-]
+__all__ = ["Assistant", "Conversation", "check_question", "cite", "load_generator", "load_reader", "relevant_hits"]

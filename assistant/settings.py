@@ -69,6 +69,12 @@ class SettingsError(UserError):
     """A setting has a bad value, or the config file cannot be read."""
 
 
+# Open answers (assistant/compose.py): calibrated on benchmarks/open_questions.jsonl (corpus, Python docs, reports)
+# together with the SQuAD dev split; see docs/benchmarks.md.
+DEFAULT_OPEN_MIN_SUPPORT = 1.0
+DEFAULT_SENTENCE_FALLBACK = 2.2
+
+
 @dataclass
 class Settings:
     """All knobs of the assistant. Paths are `Path` or None (None = the documented default)."""
@@ -91,6 +97,9 @@ class Settings:
     reader_overlap_weight: float = DEFAULT_READER_OVERLAP_WEIGHT  # weight of question-word overlap in support
     reader_coverage_weight: float = DEFAULT_READER_COVERAGE_WEIGHT  # weight of IDF-weighted question-term coverage
     reader_cosine_weight: float = DEFAULT_READER_COSINE_WEIGHT  # weight of the best retrieval cosine
+    open_answers: bool = True           # compose explanations, lists, comparisons, summaries (assistant/compose.py)
+    open_min_support: float = DEFAULT_OPEN_MIN_SUPPORT  # best unit score below this: no passage answers; refuse
+    sentence_fallback: float = DEFAULT_SENTENCE_FALLBACK  # factoid refused by the reader but a unit scores this: say it
     # Retrieval and prompt.
     k: int = 4                          # passages given to the model
     retrieval_mode: str = "hybrid"      # hybrid | dense | lexical

@@ -297,6 +297,42 @@ def decode_spans(start: torch.Tensor, end: torch.Tensor, windows: Sequence[Windo
     return sorted(best.values(), key=lambda s: -s.score)
 
 
+def unit_span_scores(start: torch.Tensor, end: torch.Tensor, windows: Sequence[Window],
+                     bounds: Sequence[Sequence[tuple[int, int]]], max_answer_tokens: int) -> list[list[float | None]]:
+    """Per passage, per unit (character bounds): the best span logit inside the unit minus the window's null logit,
+    maximised over the windows that cover it. start/end: [W, T] logits."""
+    out: list[list[float | None]] = [[None] * len(b) for b in bounds]
+    for w, window in enumerate(windows):
+        units = bounds[window.passage] if window.passage < len(bounds) else []
+        if not units:
+            continue
+        positions, unit_of = [], []
+        for i, offset in enumerate(window.offsets):
+            if offset is None or offset[1] <= offset[0]:
+                continue
+            u = next((k for k, (a, b) in enumerate(units) if a <= offset[0] < b), -1)
+            if u >= 0:
+                positions.append(i)
+                unit_of.append(u)
+        if not positions:
+            continue
+        pos = torch.tensor(positions)
+        ids = torch.tensor(unit_of)  # [P]
+        scores = start[w, pos][:, None] + end[w, pos][None, :]  # [P, P]: start i, end j
+        distance = pos[None, :] - pos[:, None]
+        valid = (ids[:, None] == ids[None, :]) & (distance >= 0) & (distance < max_answer_tokens)
+        best_from = scores.masked_fill(~valid, float("-inf")).max(dim=1).values  # [P]
+        null = float(start[w, 0] + end[w, 0])
+        for u, value in zip(unit_of, best_from.tolist()):
+            if value == float("-inf"):
+                continue
+            value -= null
+            current = out[window.passage][u]
+            if current is None or value > current:
+                out[window.passage][u] = value
+    return out
+
+
 class Reader:
     """The user-facing reader: a SpanReader beside a loaded Encoder, plus its tokenizer and windowing.
 
@@ -387,10 +423,9 @@ class Reader:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def read(self, question: str, passages: Sequence[str], batch_size: int = 16) -> list[Span]:
-        """The best span of each passage, best first (passages without any token are left out)."""
-        if not passages:
-            return []
+    def _logits(self, question: str, passages: Sequence[str], batch_size: int = 16) \
+            -> tuple[list[Window], torch.Tensor, torch.Tensor]:
+        """The windows over `passages` and the model's start/end logits for them, [W, T] each."""
         windows = self.windows.windows(question, passages)
         starts, ends = [], []
         width = max(len(w.input_ids) for w in windows)
@@ -402,7 +437,25 @@ class Reader:
             pad = width - start.shape[1]
             starts.append(F.pad(start.float().cpu(), (0, pad), value=-1e4))
             ends.append(F.pad(end.float().cpu(), (0, pad), value=-1e4))
-        return decode_spans(torch.cat(starts), torch.cat(ends), windows, passages, self.config.max_answer_tokens)
+        return windows, torch.cat(starts), torch.cat(ends)
+
+    def read(self, question: str, passages: Sequence[str], batch_size: int = 16) -> list[Span]:
+        """The best span of each passage, best first (passages without any token are left out)."""
+        if not passages:
+            return []
+        windows, starts, ends = self._logits(question, passages, batch_size)
+        return decode_spans(starts, ends, windows, passages, self.config.max_answer_tokens)
+
+    def read_units(self, question: str, passages: Sequence[str], bounds: Sequence[Sequence[tuple[int, int]]],
+                   batch_size: int = 16) -> tuple[list[Span], list[list[float | None]]]:
+        """`read`, and from the same forward pass each unit's score: for `bounds[p][u]` = (start, end) characters of
+        unit u (a sentence) of passage p, the best span logit lying inside the unit minus its window's "no answer"
+        logit (None for a unit no window covers). A sentence-relevance signal for composed answers."""
+        if not passages:
+            return [], []
+        windows, starts, ends = self._logits(question, passages, batch_size)
+        spans = decode_spans(starts, ends, windows, passages, self.config.max_answer_tokens)
+        return spans, unit_span_scores(starts, ends, windows, bounds, self.config.max_answer_tokens)
 
     def num_parameters(self) -> int:
         """Parameters the reader adds beside the shared encoder."""
@@ -410,4 +463,4 @@ class Reader:
 
 
 __all__ = ["Reader", "ReaderConfig", "Span", "SpanExample", "SpanReader", "SpanTask", "Window", "WindowMaker",
-           "decode_spans", "pad_batch", "span_targets"]
+           "decode_spans", "pad_batch", "span_targets", "unit_span_scores"]

@@ -169,6 +169,27 @@ class Retriever:
                             float(np.dot(query_vec, row.vector)), lex, len(hits) + 1, tuple(paths[1:])))
         return hits
 
+    def paths(self) -> list[str]:
+        """Every indexed document's path (relative to the folder), sorted."""
+        self.refresh()
+        return sorted(self.store.documents())
+
+    def document_chunks(self, path: str, query: str | None = None, limit: int = 400) -> list[Hit]:
+        """All chunks of one document in reading order (at most `limit`), as Hits; with `query`, each carries the
+        chunk's cosine to it as `dense_score` (else 0). For answers that read a whole document (a summary)."""
+        self.refresh()
+        store = self.store
+        ids = store.chunk_ids_for_paths(lambda p: p == path)
+        rows = sorted(store.chunk_rows(ids[: max(limit, 0)]).values(), key=lambda r: r.ordinal)
+        query_vec = self.embed_query(query) if query else None
+        hits = []
+        for row in rows:
+            dense = float(np.dot(query_vec, row.vector)) if query_vec is not None else 0.0
+            paths = [p for p in row.paths if p == path] or list(row.paths)
+            hits.append(Hit(row.id, row.text, paths[0], row.heading, row.page, row.start, row.end, dense, dense,
+                            None, len(hits) + 1))
+        return hits
+
 
 def _mmr(pool: list[tuple[int, float]], rows: dict, query_vec: np.ndarray, k: int, lam: float) \
         -> list[tuple[int, float]]:

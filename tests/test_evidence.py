@@ -15,7 +15,7 @@ from assistant_fakes import CORPUS, FakeGenerator, FakeReader, FakeRetriever
 
 def make(reply, answers=("two small low-rank matrices A and B",), **settings):
     settings = {"reader_threshold": 0.0, "reader_overlap_weight": 0.0, "reader_coverage_weight": 0.0,
-                "reader_cosine_weight": 0.0, **settings}  # the fake reader's scale
+                "reader_cosine_weight": 0.0, "sentence_fallback": 0.0, **settings}  # the fake reader's scale
     generator = FakeGenerator(reply)
     retriever = FakeRetriever(CORPUS, dense_floor=0.5)
     reader = FakeReader(list(answers))
@@ -55,10 +55,10 @@ def test_a_generated_answer_that_does_not_state_the_evidence_falls_back_to_the_e
 def test_support_adds_question_overlap_to_the_reader_score():
     bot, _, _ = make("unused", reader_overlap_weight=8.0, reader_threshold=7.0)
     # "low-rank matrices" shares most question words with the evidence sentence: 4 + 8 x overlap clears 7.
-    answer = bot.ask("Which low-rank matrices does LoRA train?", answer_mode="extract")
+    answer = bot.ask("What low-rank matrices does LoRA train?", answer_mode="extract")
     assert not answer.refused and answer.evidence[0].support > 7.0
     assert answer.evidence[0].support == pytest.approx(4.0 + 8.0 * question_overlap(
-        "Which low-rank matrices does LoRA train?", answer.evidence[0].sentence))
+        "What low-rank matrices does LoRA train?", answer.evidence[0].sentence))
     # A question whose words the evidence sentence lacks is refused at the same threshold.
     answer = bot.ask("What colour is the LoRA logo?", answer_mode="extract")
     assert answer.refused
@@ -76,7 +76,7 @@ def test_support_adds_term_coverage_and_the_retrieval_cosine():
 
     bot, _, _ = make("unused", reader_coverage_weight=4.0, reader_cosine_weight=2.0, reader_threshold=-100.0)
     supports = {}
-    for question in ("Which low-rank matrices does LoRA train?", "What colour is the LoRA logo?"):
+    for question in ("What low-rank matrices does LoRA train?", "What colour is the LoRA logo?"):
         answer = bot.ask(question, answer_mode="extract")
         lora = next(s for s in answer.sources if s.path == "lora.md")
         best = max(h.dense_score for h in bot.retriever.search(question, k=bot.settings.k))
@@ -90,7 +90,7 @@ def test_support_adds_term_coverage_and_the_retrieval_cosine():
     assert supports["What colour is the LoRA logo?"] == low < high
     bot.settings = bot.settings.replace(reader_threshold=(low + high) / 2)
     assert bot.ask("What colour is the LoRA logo?", answer_mode="extract").refused
-    assert not bot.ask("Which low-rank matrices does LoRA train?", answer_mode="extract").refused
+    assert not bot.ask("What low-rank matrices does LoRA train?", answer_mode="extract").refused
 
 
 def test_the_reader_refuses_when_no_passage_holds_an_answer_and_shows_the_nearest_passages():
@@ -119,9 +119,11 @@ def test_generate_mode_and_questions_the_reader_cannot_answer_go_to_the_generato
     bot, generator, reader = make("LoRA trains matrices [1].")
     answer = bot.ask("What does LoRA train?", answer_mode="generate")
     assert answer.mode == "generate" and reader.questions == []
+    assert len(generator.calls) == 1
+    # A summary is composed from the passages' sentences (assistant/compose.py): no generator, no reader spans.
     answer = bot.ask("Summarize what the documents say about LoRA")
-    assert answer.mode == "generate" and reader.questions == [] and answer.evidence == []
-    assert len(generator.calls) == 2
+    assert answer.kind == "summary" and answer.sentences and reader.questions == []
+    assert len(generator.calls) == 1
 
 
 def test_a_follow_up_in_guided_mode_is_read_with_its_standalone_question():

@@ -17,7 +17,10 @@ def register(subparsers: Any) -> None:
         help="score the assistant's answers on a question set",
         description="Ask every question of a JSONL question set (default benchmarks/questions.jsonl) about "
         "--folder (default corpus/) and report retrieval hit rate@k, answer accuracy (keywords), citation "
-        "precision, refusal accuracy on unanswerable questions and the false-refusal rate.",
+        "precision, refusal accuracy on unanswerable questions and the false-refusal rate. An open-question set "
+        "(benchmarks/open_questions.jsonl: questions with \"concepts\" and a \"folder\" each) is reported per "
+        "question kind: concept coverage, useful answers, refusals, words, per-sentence citation precision and "
+        "time to the first sentence.",
     )
     parser.add_argument("--questions", metavar="PATH", help="JSONL question file")
     parser.add_argument("--ci-subset", action="store_true", help="only the questions marked \"ci\": true")
@@ -38,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from assistant.commands.common import open_assistant
     from assistant.evaluation import calibrate_threshold, evaluate, format_report, load_questions
 
+    from assistant.open_eval import is_open_question_file
+
+    if args.questions and is_open_question_file(args.questions):
+        return run_open(args)
     questions = load_questions(args.questions, ci_subset=args.ci_subset)
     if args.limit:
         questions = questions[: args.limit]
@@ -67,4 +74,45 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:
         print(format_report(result))
+    return 0
+
+
+def run_open(args: argparse.Namespace) -> int:
+    """`assistant eval --questions benchmarks/open_questions.jsonl`: per-kind report, one index per folder."""
+    from dataclasses import replace
+
+    from assistant.commands.common import progress_options, report_sync
+    from assistant.open_eval import evaluate_open, format_open_report, load_open_questions
+    from assistant.pipeline import Assistant
+    from assistant.settings import from_args
+
+    questions = load_open_questions(args.questions)
+    if args.limit:
+        questions = questions[: args.limit]
+    settings = from_args(args)
+    shared: dict[str, Any] = {}
+
+    def open_folder(folder: Any) -> Any:
+        bot = Assistant.from_folder(folder, settings=replace(settings, folder=folder, index=None),
+                                    generator=shared.get("generator"), encoder=shared.get("encoder"),
+                                    **progress_options())
+        report_sync(getattr(bot, "sync_report", None))
+        shared.setdefault("generator", bot.generator)
+        shared.setdefault("encoder", bot.encoder)
+        return bot
+
+    def progress(i: int, n: int, record: Any) -> None:
+        mark = "ok " if (record.useful or (not record.answerable and record.refused)) else "BAD"
+        print(f"[{i}/{n}] {mark} {record.id} {record.kind}->{record.routed_kind} ({record.total_ms / 1000:.1f} s)",
+              file=sys.stderr, flush=True)
+
+    result = evaluate_open(open_folder, questions, progress=progress)
+    if args.output:
+        from pathlib import Path
+
+        out = Path(args.output)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(out)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_open_report(result))
     return 0

@@ -1,0 +1,670 @@
+"""Composed answers: explanations, lists, procedures, comparisons and summaries built from cited sentences.
+
+    question ─► kind (assistant.kinds) ─► passages (wider for lists and summaries, one search per side for
+    comparisons) ─► units (sentences, list items) scored for the question ─► the kind's layout:
+        definition   the defining sentence(s) of the subject
+        explanation  the best sentence and its best neighbours, in reading order
+        yesno        the deciding sentence
+        list         one bullet per item (list items, the sections of the best document, or the best sentences)
+        procedure    the steps as bullets, in reading order
+        comparison   a paragraph per side, each from sentences about that side
+        summary      the most central sentences of the named document (or of the topic's passages), in order
+    ─► Composition(text, sentences, layout): every sentence is a unit of a passage, with its exact offsets,
+       so every sentence is cited to words that say it.
+
+Scoring a unit for a question (`score_units`): the IDF-weighted share of the question's terms found in the unit
+(and, less, in its heading), the passage's retrieval cosine, the reader's best span inside the unit when the reader
+read that passage, and small priors (a definition's subject at the start of a sentence, the first sentence of a
+section). The weights are in `UnitWeights` (measured on `benchmarks/open_questions.jsonl`, see docs/benchmarks.md).
+
+A generator may reword the composition (`check_sentences`): each sentence it writes is kept only when one unit of
+the evidence supports it (its content words and every number come from that unit); any other sentence is replaced
+by the unit it is closest to, so no claim without evidence reaches the user.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from assistant.answer import AnswerSentence
+from assistant.kinds import comparison_sides, subject_of
+
+# ---------------------------------------------------------------------------------------------------- units
+
+_ITEM = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,2}[.)])[ \t]+(?=\S)")
+_HEADING_LINE = re.compile(r"^[ \t]*#{1,6}[ \t]+\S")
+_FENCE = re.compile(r"^[ \t]*(?:```|~~~)")
+_TABLE_LINE = re.compile(r"^[ \t]*\|.*\|[ \t]*$")
+_ABBREVIATIONS = re.compile(
+    r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|Mr|Mrs|Ms|Dr|Prof|St|No|Fig|Eq|approx|Sec|Ch|Vol|resp))\.$")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+(?:[\"'(\[]?[A-Z0-9`*]))")
+
+
+@dataclass
+class Unit:
+    """A sentence, list item or line of a passage: the smallest thing an answer cites."""
+
+    passage: int          # index of the passage among those given (0-based)
+    start: int            # character offsets in the passage text
+    end: int
+    text: str
+    role: str             # "sentence" | "item" | "heading" | "code" | "table"
+    position: int         # order of the unit in its passage
+    paragraph_first: bool = False  # first unit of its paragraph
+    item_marker: str = ""  # the bullet or number an item had ("-", "2.")
+    score: float = 0.0
+    reader: float | None = None
+    coverage: float = 0.0
+
+
+def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Sentence bounds inside text[start:end] (abbreviations such as "e.g." and "et al." do not end one)."""
+    out: list[tuple[int, int]] = []
+    begin = start
+    for match in _SENTENCE_END.finditer(text, start, end):
+        stop = match.end()
+        if _ABBREVIATIONS.search(text[max(begin, stop - 8):stop]):
+            continue
+        out.append((begin, stop))
+        begin = stop
+        while begin < end and text[begin].isspace():
+            begin += 1
+    if begin < end and text[begin:end].strip():
+        out.append((begin, end))
+    return [(a, b) for a, b in out if text[a:b].strip()]
+
+
+def passage_units(text: str, passage: int = 0) -> list[Unit]:
+    """Every unit of a passage in reading order, offsets exact: `text[u.start:u.end] == u.text`."""
+    units: list[Unit] = []
+    lines: list[tuple[int, int]] = []
+    pos = 0
+    for line in text.split("\n"):
+        lines.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    in_fence = False
+    paragraph: list[tuple[int, int]] = []
+
+    def add(role: str, a: int, b: int, first: bool, marker: str = "") -> None:
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if b > a:
+            units.append(Unit(passage, a, b, text[a:b], role, len(units), first, marker))
+
+    def flush() -> None:
+        if paragraph:
+            a, b = paragraph[0][0], paragraph[-1][1]
+            for j, (s, e) in enumerate(_sentences(text, a, b)):
+                add("sentence", s, e, j == 0)
+            paragraph.clear()
+
+    item: list[int] | None = None  # [start, end, marker_len] of the item being read
+    for a, b in lines:
+        line = text[a:b]
+        if _FENCE.match(line):
+            flush()
+            if item:
+                add("item", item[0], item[1], True, text[item[0]:item[0] + item[2]].strip())
+                item = None
+            in_fence = not in_fence
+            continue
+        if in_fence:
+            add("code", a, b, False)
+            continue
+        if not line.strip():
+            flush()
+            if item:
+                add("item", item[0], item[1], True, text[item[0]:item[0] + item[2]].strip())
+                item = None
+            continue
+        if _HEADING_LINE.match(line):
+            flush()
+            add("heading", a, b, True)
+            continue
+        if _TABLE_LINE.match(line):
+            flush()
+            add("table", a, b, False)
+            continue
+        marker = _ITEM.match(line)
+        if marker:
+            flush()
+            if item:
+                add("item", item[0], item[1], True, text[item[0]:item[0] + item[2]].strip())
+            item = [a, b, marker.end()]
+            continue
+        if item and (line.startswith((" ", "\t"))):
+            item[1] = b  # an indented continuation line of the item
+            continue
+        if item:
+            add("item", item[0], item[1], True, text[item[0]:item[0] + item[2]].strip())
+            item = None
+        paragraph.append((a, b))
+    flush()
+    if item:
+        add("item", item[0], item[1], True, text[item[0]:item[0] + item[2]].strip())
+    for i, unit in enumerate(units):
+        unit.position = i
+    return units
+
+
+def item_body(unit: Unit) -> tuple[int, int]:
+    """Offsets of an item's words without its bullet or number (the unit itself for other roles)."""
+    if unit.role != "item":
+        return unit.start, unit.end
+    match = _ITEM.match(unit.text)
+    skip = match.end() if match else 0
+    return unit.start + skip, unit.end
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9+#.\-]*[A-Za-z0-9+#]|[A-Za-z0-9]")
+_STOP = frozenset("""a an the and or of to in on at for with by from as is are was were be been being it its this that
+these those what which who whom whose when where why how does do did done can could should would will may might
+must shall about into over than then there their them they you your we our i me my not no yes any all some each
+between difference differences compare comparison versus vs list summarize summarise summary describe explain
+documents document say says tell give main key different kinds types steps step way ways please""".split())
+
+
+def content_terms(text: str) -> list[str]:
+    """Lower-cased words of `text` that carry meaning (stopwords and question words dropped), lightly stemmed."""
+    out = []
+    for word in _WORD.findall(text.lower()):
+        word = word.strip(".-")
+        if not word or word in _STOP:
+            continue
+        out.append(_stem(word))
+    return out
+
+
+def _stem(word: str) -> str:
+    """A light stemmer: "merges", "merged", "merging" and "merge" all become "merg"."""
+    for suffix in ("ations", "ation", "ings", "ing", "ies", "es", "s", "ed"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            word = word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+            break
+    if len(word) > 4 and word.endswith("e"):
+        word = word[:-1]
+    return word
+
+
+@dataclass
+class UnitWeights:
+    """How a unit's score is made (see the module docstring)."""
+
+    coverage: float = 2.0        # IDF-weighted share of the question's terms in the unit
+    heading: float = 0.6         # ... in the passage's heading path
+    cosine: float = 1.0          # the passage's retrieval cosine
+    reader: float = 0.25         # the reader's best span logit inside the unit (clipped to [-4, 6])
+    rank: float = 0.15           # earlier-ranked passages first: rank_weight / (1 + passage index)
+    subject_start: float = 0.5   # a definition's subject opens the unit
+    first: float = 0.1           # first sentence of a paragraph
+    code_penalty: float = 1.5    # code lines and table lines read badly as answer sentences
+
+
+def _idf_weights(question: str, term_weights: dict[str, float] | None) -> dict[str, float]:
+    terms = content_terms(question)
+    if not term_weights:
+        return dict.fromkeys(terms, 1.0)
+    weights: dict[str, float] = {}
+    lowered = {_stem(k.lower()): v for k, v in term_weights.items()}
+    for term in terms:
+        weights[term] = max(0.2, float(lowered.get(term, max(lowered.values(), default=1.0))))
+    return weights
+
+
+def coverage_of(weights: dict[str, float], text: str) -> float:
+    """Weighted share of the question's terms (weights: term -> IDF) found in `text`."""
+    total = sum(weights.values())
+    if total <= 0:
+        return 0.0
+    found = set(content_terms(text))
+    return sum(w for term, w in weights.items() if term in found) / total
+
+
+def score_units(question: str, units: Sequence[Unit], hits: Sequence[Any], *, subject: str = "",
+                term_weights: dict[str, float] | None = None, reader_scores: dict[tuple[int, int], float] | None = None,
+                weights: UnitWeights | None = None) -> None:
+    """Set `unit.score` (and its parts) for every unit, in place. `reader_scores[(passage, position)]`: the reader's
+    best span logit (minus its "no answer" logit) inside that unit, where the reader read the passage."""
+    w = weights or UnitWeights()
+    q_weights = _idf_weights(question, term_weights)
+    subject_terms = content_terms(subject)
+    heading_cov: dict[int, float] = {}
+    for unit in units:
+        hit = hits[unit.passage]
+        if unit.passage not in heading_cov:
+            heading_cov[unit.passage] = coverage_of(q_weights, getattr(hit, "heading", "") or "")
+        unit.coverage = coverage_of(q_weights, unit.text)
+        cosine = float(getattr(hit, "dense_score", None) or getattr(hit, "score", 0.0) or 0.0)
+        score = w.coverage * unit.coverage + w.heading * heading_cov[unit.passage] + w.cosine * cosine
+        score += w.rank / (1 + unit.passage)
+        if reader_scores:
+            value = reader_scores.get((unit.passage, unit.position))
+            if value is not None:
+                unit.reader = value
+                score += w.reader * max(-4.0, min(6.0, value))
+        if subject_terms:
+            head = content_terms(unit.text)[: len(subject_terms) + 2]
+            if all(t in head for t in subject_terms):
+                score += w.subject_start
+        if unit.paragraph_first:
+            score += w.first
+        if unit.role in ("code", "table"):
+            score -= w.code_penalty
+        if unit.role == "heading":
+            score -= w.code_penalty
+        unit.score = score
+
+
+# ---------------------------------------------------------------------------------------------------- composing
+
+@dataclass
+class Composition:
+    """A composed answer: its text (Markdown-light: "- " bullets, "**Label:**" sides) and its cited sentences."""
+
+    text: str
+    sentences: list[AnswerSentence]
+    layout: str = "text"
+    numbers: list[int] = field(default_factory=list)  # the [n] cited, in order of first citation
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _with_marker(body: str, number: int) -> str:
+    body = _clean(body).rstrip()
+    if body.endswith((".", "!", "?")):
+        return f"{body[:-1].rstrip()} [{number}]{body[-1]}"
+    if body.endswith(":"):
+        body = body[:-1]
+    return f"{body} [{number}]"
+
+
+def _sentence(unit: Unit, numbers: Sequence[int], role: str = "sentence", group: str = "",
+              text: str | None = None) -> AnswerSentence:
+    start, end = item_body(unit) if unit.role == "item" else (unit.start, unit.end)
+    return AnswerSentence(_clean(text if text is not None else unit.text[start - unit.start:end - unit.start]),
+                          numbers[unit.passage], start, end, round(float(unit.score), 4), role, group)
+
+
+def _render(sentences: list[AnswerSentence], layout: str, intro: str = "", ordered: bool = False) -> str:
+    if layout == "bullets":
+        lines = [intro] if intro else []
+        number = 0
+        for s in sentences:
+            if s.role != "item":  # an introducing sentence stands before the bullets
+                lines.append(_with_marker(s.text, s.passage))
+                continue
+            number += 1
+            lines.append((f"{number}. " if ordered else "- ") + _with_marker(s.text, s.passage))
+        return "\n".join(lines)
+    if layout == "sides":
+        paragraphs, current, body = [], None, []
+        for s in sentences:
+            if s.group != current and body:
+                paragraphs.append(f"**{current}:** " + " ".join(body))
+                body = []
+            current = s.group
+            body.append(_with_marker(s.text, s.passage))
+        if body:
+            paragraphs.append(f"**{current}:** " + " ".join(body))
+        return "\n\n".join(paragraphs)
+    return " ".join(_with_marker(s.text, s.passage) for s in sentences)
+
+
+def _finish(sentences: list[AnswerSentence], layout: str, intro: str = "", ordered: bool = False) -> Composition:
+    numbers: list[int] = []
+    for s in sentences:
+        if s.passage not in numbers:
+            numbers.append(s.passage)
+    return Composition(_render(sentences, layout, intro, ordered), sentences, layout, numbers)
+
+
+def _readable(unit: Unit) -> bool:
+    words = unit.text.split()
+    return unit.role in ("sentence", "item") and 3 <= len(words) <= 80
+
+
+def _dedupe(units: Sequence[Unit], hits: Sequence[Any]) -> list[Unit]:
+    """Drop units whose words another chosen unit already says (overlapping chunks repeat sentences)."""
+    seen: set[str] = set()
+    out = []
+    for unit in units:
+        key = " ".join(content_terms(unit.text))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(unit)
+    return out
+
+
+def _reading_order(units: Sequence[Unit], hits: Sequence[Any]) -> list[Unit]:
+    """Units in the order they stand in their documents (documents by first appearance)."""
+    doc_rank: dict[str, int] = {}
+    for unit in units:
+        doc_rank.setdefault(str(getattr(hits[unit.passage], "path", "")), len(doc_rank))
+
+    def key(unit: Unit) -> tuple:
+        hit = hits[unit.passage]
+        return (doc_rank[str(getattr(hit, "path", ""))], int(getattr(hit, "start", 0) or 0) + unit.start,
+                unit.passage, unit.position)
+    return sorted(units, key=key)
+
+
+def compose_definition(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any], subject: str,
+                       max_sentences: int = 2) -> Composition | None:
+    """The defining sentence of `subject` (its best unit that names it), and the next one if it goes on."""
+    readable = [u for u in units if _readable(u)]
+    if not readable:
+        return None
+    terms = content_terms(subject)
+    naming = [u for u in readable if terms and all(t in content_terms(u.text) for t in terms)]
+    best = max(naming or readable, key=lambda u: u.score)
+    chosen = [best]
+    following = [u for u in readable if u.passage == best.passage and u.position == best.position + 1]
+    if max_sentences > 1 and following and following[0].score >= 0.6 * best.score and following[0].role == best.role:
+        chosen.append(following[0])
+    return _finish([_sentence(u, numbers) for u in chosen], "text")
+
+
+def compose_explanation(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any],
+                        max_sentences: int = 3) -> Composition | None:
+    """The best unit, plus the best-scoring units near it in the same passage, in reading order."""
+    readable = [u for u in units if _readable(u)]
+    if not readable:
+        return None
+    best = max(readable, key=lambda u: u.score)
+    near = [u for u in readable if u.passage == best.passage and u is not best and abs(u.position - best.position) <= 3
+            and u.score >= 0.75 * best.score]
+    near.sort(key=lambda u: -u.score)
+    chosen = sorted([best, *near[: max_sentences - 1]], key=lambda u: u.position)
+    return _finish([_sentence(u, numbers) for u in _dedupe(chosen, hits)], "text")
+
+
+def compose_yesno(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any]) -> Composition | None:
+    """The sentence that decides a yes/no question (the user reads the verdict from the evidence itself)."""
+    return compose_explanation(units, numbers, hits, max_sentences=1)
+
+
+def _list_items(units: list[Unit], min_items: int = 2) -> list[list[Unit]]:
+    """Runs of consecutive list items inside each passage."""
+    runs: list[list[Unit]] = []
+    for unit in units:
+        if unit.role != "item":
+            continue
+        if runs and runs[-1][-1].passage == unit.passage and runs[-1][-1].position == unit.position - 1:
+            runs[-1].append(unit)
+        else:
+            runs.append([unit])
+    return [r for r in runs if len(r) >= min_items]
+
+
+def compose_list(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any], *, ordered: bool = False,
+                 sections: list[tuple[str, Unit]] | None = None, max_items: int = 8,
+                 count: int | None = None) -> Composition | None:
+    """Bullets: the best run of list items; else one bullet per section of the best document (its heading and
+    first sentence); else the best sentences from different passages."""
+    readable = [u for u in units if _readable(u)]
+    if not readable:
+        return None
+    best_unit = max(readable, key=lambda u: u.score)
+    runs = _list_items(units)
+    if runs:
+        run = max(runs, key=lambda r: (sum(u.score for u in r) / len(r)) + 0.1 * min(len(r), 6))
+        run_score = sum(u.score for u in run) / len(run)
+        intro_units = [u for u in readable if u.passage == run[0].passage and u.position == run[0].position - 1
+                       and u.text.rstrip().endswith(":")]
+        if run_score >= 0.55 * best_unit.score or intro_units:
+            chosen = [_sentence(u, numbers, "item") for u in run[:max_items]]
+            return _finish(chosen, "bullets", ordered=ordered)
+    if sections and len(sections) >= 2:
+        chosen = []
+        if count and len(sections) > count:  # "the three families": the count best sections, in reading order
+            keep = sorted(sorted(range(len(sections)), key=lambda i: -sections[i][1].score)[:count])
+            sections = [sections[i] for i in keep]
+        for title, unit in sections[:max_items]:
+            body = _clean(unit.text)
+            label = title.strip()
+            text = body if label.lower() in body.lower()[: len(label) + 20] else f"{label}: {body}"
+            chosen.append(_sentence(unit, numbers, "item", text=text))
+        return _finish(chosen, "bullets", ordered=ordered)
+    ranked = sorted(readable, key=lambda u: -u.score)
+    top = ranked[0].score
+    chosen_units = [u for u in _dedupe(ranked, hits) if u.score >= 0.7 * top][: min(max_items, 5)]
+    if ordered:
+        chosen_units = _reading_order(chosen_units, hits)
+    return _finish([_sentence(u, numbers, "item") for u in chosen_units], "bullets", ordered=ordered)
+
+
+_COUNT_WORD = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
+_SEQUENCE = re.compile(r"^(?:first(?:ly)?|second(?:ly)?|third(?:ly)?|fourth|fifth|then|next|after (?:that|this)|"
+                       r"afterwards|finally|lastly|last|step \d+|\d+\.)\b", re.IGNORECASE)
+
+
+def compose_enumeration(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any], count: int,
+                        object_terms: Sequence[str]) -> Composition | None:
+    """"Transformer models come in three families." followed by one sentence per family: that sentence, then the
+    next `count` sentences of its passage as bullets."""
+    word = _COUNT_WORD.get(count, "")
+    best = None
+    for unit in units:
+        if unit.role != "sentence":
+            continue
+        lowered = unit.text.lower()
+        if not (word in lowered.split() or str(count) in lowered.split()):
+            continue
+        terms = content_terms(unit.text)
+        if object_terms and not all(t in terms for t in object_terms):
+            continue
+        if best is None or unit.score > best.score:
+            best = unit
+    if best is None:
+        return None
+    following = [u for u in units if u.passage == best.passage and best.position < u.position <= best.position + count
+                 and _readable(u)]
+    if len(following) < count:
+        return None
+    chosen = [_sentence(best, numbers)] + [_sentence(u, numbers, "item") for u in following]
+    return _finish(chosen, "bullets")
+
+
+def compose_procedure(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any],
+                      max_steps: int = 8) -> Composition | None:
+    """The steps of the passage that best answers the question, in reading order: its sentences that open with a
+    sequence word (First, Then, Finally, ...) or its list items; else its sentences from the best paragraph on."""
+    readable = [u for u in units if _readable(u)]
+    if not readable:
+        return None
+    by_passage: dict[int, list[Unit]] = {}
+    for unit in readable:
+        by_passage.setdefault(unit.passage, []).append(unit)
+    passage = max(by_passage, key=lambda p: max(u.score for u in by_passage[p]) + 0.1 * len(by_passage[p]) ** 0.5)
+    own = sorted(by_passage[passage], key=lambda u: u.position)
+    steps = [u for u in own if _SEQUENCE.match(u.text.strip()) or u.role == "item"]
+    if len(steps) >= 2:
+        first = steps[0]
+        intro = [u for u in own if u.position == first.position - 1 and u.role == "sentence"]
+        chosen = [_sentence(u, numbers) for u in intro] + [_sentence(u, numbers, "item") for u in steps[:max_steps]]
+        return _finish(chosen, "bullets", ordered=True)
+    best = max(own, key=lambda u: u.score)
+    paragraph_start = max((u.position for u in own if u.paragraph_first and u.position <= best.position),
+                          default=own[0].position)
+    chosen_units = [u for u in own if u.position >= paragraph_start][:5]
+    return _finish([_sentence(u, numbers, "item") for u in chosen_units], "bullets", ordered=True)
+
+
+def compose_comparison(side_units: list[tuple[str, list[Unit]]], numbers: Sequence[int], hits: Sequence[Any],
+                       per_side: int = 2) -> Composition | None:
+    """A paragraph per side: the side's best units that name it (a unit naming both sides goes to the first)."""
+    sentences: list[AnswerSentence] = []
+    used: set[tuple[int, int]] = set()
+    labels = [label for label, _ in side_units]
+    for label, units in side_units:
+        terms = content_terms(label)
+        others = [content_terms(other) for other in labels if other != label]
+        readable = [u for u in units if _readable(u) and (u.passage, u.position) not in used]
+        naming = [u for u in readable if terms and sum(t in content_terms(u.text) for t in terms) >= max(1, len(terms) - 1)]
+
+        def side_score(unit: Unit) -> float:
+            words = content_terms(unit.text)
+            value = unit.score
+            if terms and all(t in words[: len(terms) + 2] for t in terms):
+                value += 0.8  # the sentence is about this side: it opens with it
+            if any(o and all(t in words for t in o) for o in others):
+                value -= 0.4  # it is (also) about the other side
+            return value
+        pool = sorted(naming or readable, key=lambda u: -side_score(u))
+        chosen = _dedupe(pool, hits)[:per_side]
+        for unit in sorted(chosen, key=lambda u: (u.passage, u.position)):
+            used.add((unit.passage, unit.position))
+            sentences.append(_sentence(unit, numbers, group=label))
+    if not sentences:
+        return None
+    return _finish(sentences, "sides")
+
+
+def centrality(units: Sequence[Unit]) -> list[float]:
+    """How central each unit is among `units`: cosine of its term counts (IDF-weighted inside the set) with the
+    centroid of all of them. A summary keeps the units that say what the whole text is about."""
+    docs = [content_terms(u.text) for u in units]
+    df: dict[str, int] = {}
+    for terms in docs:
+        for term in set(terms):
+            df[term] = df.get(term, 0) + 1
+    n = max(len(docs), 1)
+    vectors = []
+    for terms in docs:
+        vec: dict[str, float] = {}
+        for term in terms:
+            vec[term] = vec.get(term, 0.0) + math.log(1 + n / df[term])
+        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
+        vectors.append({t: v / norm for t, v in vec.items()})
+    centroid: dict[str, float] = {}
+    for vec in vectors:
+        for t, v in vec.items():
+            centroid[t] = centroid.get(t, 0.0) + v / n
+    c_norm = math.sqrt(sum(v * v for v in centroid.values())) or 1.0
+    return [sum(v * centroid.get(t, 0.0) for t, v in vec.items()) / c_norm for vec in vectors]
+
+
+def compose_summary(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any], *, topic_weight: float = 0.0,
+                    max_sentences: int = 5) -> Composition | None:
+    """The most central readable units (one per passage section first), in reading order. `topic_weight` mixes in
+    the units' question score (a topic summary) beside centrality (a document summary)."""
+    readable = [u for u in units if _readable(u) and u.role == "sentence"] or [u for u in units if _readable(u)]
+    readable = _dedupe(readable, hits)
+    if not readable:
+        return None
+    central = centrality(readable)
+    top_score = max(u.score for u in readable) or 1.0
+    value = {id(u): c + 0.15 * u.paragraph_first + topic_weight * (u.score / top_score)
+             for u, c in zip(readable, central)}
+    ranked = sorted(readable, key=lambda u: -value[id(u)])
+    chosen: list[Unit] = []
+    sections_used: set[str] = set()
+    for unit in ranked:  # spread over sections first
+        section = str(getattr(hits[unit.passage], "heading", "") or unit.passage)
+        if section in sections_used:
+            continue
+        sections_used.add(section)
+        chosen.append(unit)
+        if len(chosen) >= max_sentences:
+            break
+    for unit in ranked:
+        if len(chosen) >= max_sentences:
+            break
+        if unit not in chosen:
+            chosen.append(unit)
+    return _finish([_sentence(u, numbers) for u in _reading_order(chosen, hits)], "text")
+
+
+def section_leads(units: list[Unit], hits: Sequence[Any], path: str) -> list[tuple[str, Unit]]:
+    """(section title, its first readable unit) for each section of document `path` among the passages, in reading
+    order: a list question about a document whose sections are the items ("the decoding strategies")."""
+    out: list[tuple[str, Unit]] = []
+    seen: set[str] = set()
+    for unit in _reading_order([u for u in units if str(getattr(hits[u.passage], "path", "")) == path], hits):
+        heading = str(getattr(hits[unit.passage], "heading", "") or "")
+        if not heading or not _readable(unit) or unit.role != "sentence":
+            continue
+        title = heading.split(" › ")[-1]
+        if heading.count(" › ") == 0 or title in seen:
+            continue
+        seen.add(title)
+        out.append((title, unit))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the check
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def supported_by(sentence: str, unit_text: str, min_share: float = 0.6) -> bool:
+    """True when `unit_text` says what `sentence` says: at least `min_share` of the sentence's content words occur in
+    it, and every number of the sentence does too."""
+    words = content_terms(sentence)
+    if not words:
+        return False
+    source = set(content_terms(unit_text))
+    if sum(w in source for w in words) / len(words) < min_share:
+        return False
+    source_numbers = set(_NUMBER.findall(unit_text))
+    return all(n in source_numbers for n in _NUMBER.findall(sentence))
+
+
+def split_generated(text: str) -> list[str]:
+    """A generated answer cut into sentences (markers and bullets removed)."""
+    from assistant.evidence import strip_citations
+
+    body = strip_citations(re.sub(r"^[ \t]*(?:[-*+\u2022]|\d{1,2}[.)])[ \t]+", "", text, flags=re.M))
+    return [body[a:b].strip() for a, b in _sentences(body, 0, len(body)) if body[a:b].strip()]
+
+
+def check_sentences(generated: str, evidence: Sequence[AnswerSentence], passages: Sequence[str],
+                    numbers: Sequence[int]) -> tuple[list[AnswerSentence], int]:
+    """Each generated sentence checked against the evidence sentences (`evidence`, with offsets into
+    `passages[numbers.index(s.passage)]`): a supported sentence is kept (role "generated", cited to the evidence
+    that supports it); an unsupported one is replaced by the evidence sentence it is closest to. Returns the
+    sentences and how many were replaced. Evidence never used by a kept sentence is appended, so nothing the
+    evidence says is lost."""
+    out: list[AnswerSentence] = []
+    replaced = 0
+    used: set[int] = set()
+    for sentence in split_generated(generated):
+        support = None
+        for i, ev in enumerate(evidence):
+            words = passages[numbers.index(ev.passage)][ev.start:ev.end]
+            if supported_by(sentence, words):
+                support = i
+                break
+        if support is not None:
+            ev = evidence[support]
+            used.add(support)
+            out.append(AnswerSentence(sentence, ev.passage, ev.start, ev.end, ev.score, "generated", ev.group))
+            continue
+        replaced += 1
+        words = set(content_terms(sentence))
+        closest = max(range(len(evidence)), key=lambda i: len(words & set(content_terms(evidence[i].text))),
+                      default=None)
+        if closest is not None and closest not in used:
+            used.add(closest)
+            out.append(evidence[closest])
+    for i, ev in enumerate(evidence):
+        if i not in used:
+            out.append(ev)
+    return out, replaced
+
+
+__all__ = ["Composition", "Unit", "UnitWeights", "centrality", "check_sentences", "compose_comparison",
+           "compose_definition", "compose_enumeration", "compose_explanation", "compose_list", "compose_procedure", "compose_summary", "compose_yesno",
+           "content_terms", "coverage_of", "item_body", "passage_units", "score_units", "section_leads",
+           "split_generated", "supported_by", "comparison_sides", "subject_of"]
