@@ -8,10 +8,11 @@ theme for `launch`/`mount_gradio_app` if wanted). The UI only talks to `assistan
 
 - Conversations: each browser keeps a random owner id in localStorage (#owner, filled on load); its chats are
   saved in `<index>.chats.sqlite3` after every answer and listed in the sidebar (new, rename, delete).
-- The chat view (#chatbot) is HTML this module writes; every piece of text from a document or the model is
-  escaped (`esc`), so a document holding `<script>` or `<img onerror=...>` shows as text. Its buttons
-  (citation chips, copy, regenerate, example questions, open file) are handled by the page script: chips
-  open a source in place; the others send a `select` event with {index: action, value: argument}.
+- The chat view (#chatbot) is HTML written by `assistant.ui_render` (with the page's CSS and script); every
+  piece of text from a document or the model is escaped there, so a document holding `<script>` or
+  `<img onerror=...>` shows as text. Its buttons (citation chips, copy, regenerate, example questions, open
+  file) are handled by the page script: chips open a source in place, with the cited sentence's supporting
+  words highlighted; the others send a `select` event with {index: action, value: argument}.
 - Enter sends, Shift+Enter adds a new line (the page script takes the key before Gradio's own handler).
 
 Stable element ids (used by the browser tests): #chatbot, #question, #send, #stop, #new-chat, #chats,
@@ -23,169 +24,27 @@ Stable element ids (used by the browser tests): #chatbot, #question, #send, #sto
 parameters of a handler by their evaluated annotations.)
 """
 
-import html
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from assistant.answer import Answer, Source
+from assistant.answer import Answer
 from assistant.conversations import ConversationStore, default_path
-from assistant.library import Library, LibraryEntry
+from assistant.library import Library
 from assistant.pipeline import Assistant
 from assistant.settings import RETRIEVAL_MODES
+from assistant.ui_render import (CSS, PAGE_JS, esc, format_models, format_status, render_chat, render_library,
+                                 render_upload_report, turn_from_answer)
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
 
 ENTER_HINT = "Enter to send · Shift+Enter for a new line"
-
-# ---------------------------------------------------------------------- theme
-CSS = """
-:root, .gradio-container { --accent: #2f5d8a; --accent-soft: #e8f0f8; --cited: #1f7a4d; --muted: #5f6b7a;
-  --line: #d9dee5; --mark: #fff1a8; --danger: #b42318; }
-.gradio-container { max-width: 1200px !important; margin: 0 auto !important;
-  --color-accent: var(--accent); --color-accent-soft: var(--accent-soft);
-  --button-primary-background-fill: var(--accent); --button-primary-background-fill-hover: #244a6f;
-  --button-primary-border-color: var(--accent); --button-primary-text-color: white;
-  --checkbox-background-color-selected: var(--accent); --checkbox-border-color-selected: var(--accent);
-  --slider-color: var(--accent); --loader-color: var(--accent); --link-text-color: var(--accent); }
-.gradio-container, .gradio-container * { box-sizing: border-box; }
-#owner, .bridge { display: none !important; }
-#message:empty, #upload-status:empty, #library-message:empty { display: none; }
-#message { color: var(--danger); }
-#hint { color: var(--muted); font-size: 0.8rem; margin-top: -6px; }
-#models { color: var(--muted); font-size: 0.85rem; }
-#models .model { font-family: ui-monospace, monospace; color: #1d2733; cursor: help;
-  border-bottom: 1px dotted var(--muted); }
-#sidebar { border-right: 1px solid var(--line); padding-right: 8px; }
-#chats label { width: 100%; }
-#chatbot { padding: 6px; overflow-x: hidden; }
-.chat-empty { color: var(--muted); padding: 24px 8px; }
-.chat-empty h3 { color: #1d2733; margin: 0 0 10px; font-size: 1.1rem; }
-.examples { display: flex; flex-wrap: wrap; gap: 8px; }
-.example { border: 1px solid var(--line); background: white; border-radius: 16px; padding: 6px 12px;
-  cursor: pointer; color: var(--accent); font-size: 0.9rem; text-align: left; }
-.example:hover { background: var(--accent-soft); }
-.turn { margin-bottom: 18px; }
-.q { background: var(--accent-soft); border-radius: 12px; padding: 8px 12px; margin: 0 0 8px auto;
-  width: fit-content; max-width: 85%; white-space: pre-wrap; overflow-wrap: anywhere; }
-.a { border: 1px solid var(--line); border-radius: 12px; padding: 10px 12px; background: white; }
-.a .text { white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.5; }
-.a .note { color: var(--muted); font-style: italic; margin-top: 6px; }
-.a .timing { color: var(--muted); font-size: 0.75rem; }
-.actions { display: flex; gap: 6px; align-items: center; margin-top: 6px; flex-wrap: wrap; }
-.actions button, .open-file { border: 1px solid var(--line); background: white; border-radius: 6px;
-  padding: 2px 8px; font-size: 0.78rem; cursor: pointer; color: #1d2733; }
-.actions button:hover, .open-file:hover { background: var(--accent-soft); }
-#chatbot button, #library button { font-family: inherit; line-height: 1.4; min-width: 0; box-shadow: none; }
-.cite { display: inline-block !important; border: none !important; background: var(--accent) !important;
-  color: white !important; border-radius: 8px !important; padding: 0 6px !important; margin: 0 2px !important;
-  min-width: 1.3rem !important; height: auto !important; font-size: 0.72rem !important; font-weight: 600;
-  line-height: 1.15rem !important; text-align: center; cursor: pointer; vertical-align: 1px; }
-.cite:hover { filter: brightness(1.2); }
-.sources { margin-top: 8px; border-top: 1px solid var(--line); padding-top: 6px; font-size: 0.85rem; }
-.sources .title { color: var(--muted); font-size: 0.75rem; text-transform: uppercase; letter-spacing: .04em; }
-details.source { border-radius: 6px; margin: 2px 0; }
-details.source > summary { cursor: pointer; list-style: none; padding: 2px 4px; overflow: hidden;
-  text-overflow: ellipsis; white-space: nowrap; }
-details.source > summary::-webkit-details-marker { display: none; }
-details.source[open] { background: #f7f9fb; border: 1px solid var(--line); }
-details.source.flash { outline: 2px solid var(--accent); }
-.num { font-weight: 600; color: var(--accent); }
-.badge { font-size: 0.7rem; border-radius: 8px; padding: 0 6px; margin-left: 4px; }
-.badge.cited { background: #e3f4ea; color: var(--cited); }
-.badge.uncited { background: #eef0f3; color: var(--muted); }
-.passage { white-space: pre-wrap; overflow-wrap: anywhere; padding: 6px 8px; line-height: 1.45; }
-.passage mark { background: var(--mark); padding: 0 1px; }
-.source-meta { display: flex; gap: 8px; align-items: center; flex-wrap: wrap; padding: 0 8px 6px;
-  color: var(--muted); font-size: 0.78rem; }
-details.scores > summary { cursor: pointer; }
-#library table { width: 100%; border-collapse: collapse; table-layout: fixed; font-size: 0.85rem; }
-#library th, #library td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: left;
-  overflow-wrap: anywhere; vertical-align: top; }
-#library th { color: var(--muted); font-weight: 600; }
-#library .state-indexed { color: var(--cited); }
-#library .state-skipped, #library .state-excluded { color: var(--danger); }
-#library button { border: 1px solid var(--line); background: white; border-radius: 6px; padding: 1px 8px;
-  cursor: pointer; font-size: 0.78rem; }
-.upload-result.ok { color: var(--cited); }
-.upload-result.rejected { color: var(--danger); font-weight: 600; }
-@media (max-width: 700px) {
-  .gradio-container .row { flex-wrap: wrap !important; }
-  .gradio-container .row > .column, .gradio-container .row > .block { min-width: 100% !important;
-    max-width: 100% !important; }
-  .gradio-container .column, .gradio-container .block, .gradio-container .form { min-width: 0 !important; }
-  details.source > summary { white-space: normal; }
-  .gradio-container .row > button { min-width: 40% !important; }
-  #sidebar { border-right: none; padding-right: 0; }
-  #models .model { overflow-wrap: anywhere; }
-  .q { max-width: 100%; }
-  #library th.col-date, #library td.col-date, #library th.col-size, #library td.col-size { display: none; }
-  .gradio-container { padding: 4px !important; }
-}
-"""
-
-# Runs once when the chat view mounts: clicks inside the chat and the library, and the Enter key.
-PAGE_JS = r"""
-const root = document;
-if (!window.__assistantPage) {
-  window.__assistantPage = true;
-  root.addEventListener('keydown', (e) => {
-    const box = e.target;
-    if (e.key !== 'Enter' || !box || !box.closest || !box.closest('#question')) return;
-    if (e.isComposing) return;
-    e.stopPropagation();                 // Gradio's own handler would send on Shift+Enter
-    if (e.shiftKey) return;              // Shift+Enter: the browser adds the new line
-    e.preventDefault();
-    const send = document.querySelector('#send');
-    if (send) setTimeout(() => send.click(), 0);
-  }, true);
-  root.addEventListener('keypress', (e) => {  // Gradio submits on Shift+Enter in keypress: keep it away
-    if (e.key === 'Enter' && e.target && e.target.closest && e.target.closest('#question')) e.stopPropagation();
-  }, true);
-}
-element.addEventListener('click', (e) => {
-  const chip = e.target.closest('.cite');
-  if (chip) {
-    e.preventDefault();
-    const src = element.querySelector('#src-' + chip.dataset.turn + '-' + chip.dataset.n);
-    if (src) {
-      src.open = true;
-      src.classList.add('flash');
-      setTimeout(() => src.classList.remove('flash'), 1500);
-      src.scrollIntoView({block: 'nearest'});
-    }
-    return;
-  }
-  const copy = e.target.closest('.copy');
-  if (copy) {
-    const text = copy.dataset.text || '';
-    const done = () => { copy.textContent = 'Copied ✓'; setTimeout(() => copy.textContent = 'Copy', 2000); };
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(done, () => { fallbackCopy(text); done(); });
-    } else { fallbackCopy(text); done(); }
-    return;
-  }
-  const action = e.target.closest('[data-action]');
-  if (action) {
-    e.preventDefault();
-    trigger('select', {index: action.dataset.action, value: action.dataset.arg || ''});
-  }
-});
-function fallbackCopy(text) {
-  const area = document.createElement('textarea');
-  area.value = text; document.body.appendChild(area); area.select();
-  try { document.execCommand('copy'); } catch (err) {}
-  area.remove();
-}
-"""
 
 # Runs in the browser on page load: this browser's owner id for saved chats (kept in localStorage).
 OWNER_JS = """
@@ -205,160 +64,7 @@ OWNER_JS = """
 APP_OPTIONS: dict[str, Any] = {}  # extra launch()/mount_gradio_app() arguments; the theme lives in CSS
 
 
-# ---------------------------------------------------------------------- rendering (pure, testable)
-def esc(text: Any) -> str:
-    """Text as inert HTML: markup escaped, and the characters of gr.HTML's template syntax too."""
-    out = html.escape(str(text if text is not None else ""), quote=True)
-    return out.replace("$", "&#36;").replace("{", "&#123;").replace("}", "&#125;").replace("`", "&#96;")
-
-
-_MARKER = re.compile(r"\[(\d{1,3})\]")
-
-
-def render_answer_text(text: str, turn: int, numbers: set[int]) -> str:
-    """The answer as HTML: escaped, with each [n] naming a source turned into a clickable chip."""
-    out, last = [], 0
-    for match in _MARKER.finditer(text):
-        n = int(match.group(1))
-        if n not in numbers:
-            continue
-        out.append(esc(text[last:match.start()]))
-        out.append(f'<button class="cite" data-turn="{turn}" data-n="{n}" title="open source [{n}]">{n}</button>')
-        last = match.end()
-    out.append(esc(text[last:]))
-    return "".join(out)
-
-
-def render_passage(text: str, highlights: list | None = None) -> str:
-    """A passage as HTML, the character spans in `highlights` ([(start, end)] offsets into `text`) marked."""
-    spans = sorted((max(0, int(s)), min(len(text), int(e))) for s, e in (highlights or []) if int(e) > int(s))
-    out, pos = [], 0
-    for start, end in spans:
-        if start < pos:  # overlapping spans: mark the rest of this one only
-            start = pos
-        if start >= end:
-            continue
-        out += [esc(text[pos:start]), "<mark>", esc(text[start:end]), "</mark>"]
-        pos = end
-    out.append(esc(text[pos:]))
-    return "".join(out)
-
-
-def source_label(view: dict) -> str:
-    """`file › heading, page n` for a stored source view."""
-    label = str(view.get("path", ""))
-    if view.get("heading"):
-        label += f" › {view['heading']}"
-    if view.get("page"):
-        label += f", page {view['page']}"
-    return label
-
-
-def render_source(turn: int, view: dict) -> str:
-    """One source: a one-line summary that opens to the whole passage, its place, scores behind a toggle."""
-    n = int(view["number"])
-    cited = bool(view.get("cited"))
-    badge = '<span class="badge cited">cited</span>' if cited else '<span class="badge uncited">not cited</span>'
-    scores = [f"retrieval score {float(view.get('score', 0.0)):.3f}"]
-    if view.get("dense_score") is not None:
-        scores.append(f"similarity {float(view['dense_score']):.2f}")
-    opener = ""
-    if view.get("openable"):
-        opener = (f'<button class="open-file" data-action="open" data-arg="{esc(view["path"])}">'
-                  "Open file</button>")
-    page = f" · page {esc(view['page'])}" if view.get("page") else ""
-    heading = f" · {esc(view['heading'])}" if view.get("heading") else ""
-    return (
-        f'<details class="source{" cited" if cited else ""}" id="src-{turn}-{n}" data-n="{n}">'
-        f'<summary><span class="num">[{n}]</span> {esc(source_label(view))} {badge}</summary>'
-        f'<div class="passage">{render_passage(view.get("text") or view.get("snippet", ""), view.get("highlights"))}</div>'
-        f'<div class="source-meta"><span>{esc(view.get("path", ""))}{heading}{page}</span>{opener}'
-        f'<details class="scores"><summary>details</summary>{" · ".join(scores)}</details></div>'
-        "</details>"
-    )
-
-
-def render_turn(index: int, turn: dict) -> str:
-    """A question, its answer (chips, copy and regenerate buttons, timings) and its sources."""
-    sources = sorted(turn.get("sources") or [], key=lambda s: int(s["number"]))
-    numbers = {int(s["number"]) for s in sources}
-    answer = turn.get("answer", "")
-    body = render_answer_text(answer, index, numbers) if answer else ("…" if turn.get("pending") else "")
-    parts = [f'<div class="turn" id="turn-{index}"><div class="q">{esc(turn.get("question", ""))}</div>',
-             f'<div class="a"><div class="text" id="answer-{index}">{body}</div>']
-    if turn.get("note"):
-        parts.append(f'<div class="note">{esc(turn["note"])}</div>')
-    if not turn.get("pending"):
-        parts.append(
-            '<div class="actions">'
-            f'<button class="copy" data-text="{esc(answer)}" title="copy the answer">Copy</button>'
-            f'<button class="regenerate" data-action="regenerate" data-arg="{index}" '
-            'title="ask again for a new answer">Regenerate</button>'
-            f'<span class="timing">{esc(turn.get("timing", ""))}</span></div>')
-    if sources:
-        title = "Nearest passages (not used)" if turn.get("refused") else "Sources"
-        parts.append(f'<div class="sources"><div class="title">{title}</div>'
-                     + "".join(render_source(index, s) for s in sources) + "</div>")
-    parts.append("</div></div>")
-    return "".join(parts)
-
-
-def render_chat(turns: list[dict], examples: list[str] | None = None) -> str:
-    """The whole chat view; an empty chat offers example questions."""
-    if not turns:
-        buttons = "".join(f'<button class="example" data-action="ask" data-arg="{esc(q)}">{esc(q)}</button>'
-                          for q in examples or [])
-        intro = "Try one of these, drawn from your documents:" if examples else ""
-        return (f'<div class="chat-empty"><h3>Ask a question about your documents</h3><p>{intro}</p>'
-                f'<div class="examples">{buttons}</div></div>')
-    return "".join(render_turn(i, t) for i, t in enumerate(turns))
-
-
-def evidence_highlights(answer: Any) -> dict[int, list[tuple[int, int]]]:
-    """{passage number: [(start, end)]}: where the answer's evidence (assistant.evidence.Evidence) stands in
-    each source's text, for the highlight."""
-    out: dict[int, list[tuple[int, int]]] = {}
-    for item in getattr(answer, "evidence", None) or []:
-        # An answer built on the whole sentence ("why" questions, a lone-letter span) highlights the sentence.
-        bounds = (item.sentence_start, item.sentence_end) if item.kind == "sentence" else (item.start, item.end)
-        out.setdefault(int(item.passage), []).append((int(bounds[0]), int(bounds[1])))
-    return out
-
-
-def source_view(source: Source, highlights: list | None = None, openable: bool = False) -> dict:
-    """What a turn keeps of a source (JSON-friendly, saved with the conversation)."""
-    return {"number": source.number, "path": source.path, "heading": source.heading, "page": source.page,
-            "text": source.text or source.snippet, "score": source.score, "dense_score": source.dense_score,
-            "cited": source.cited, "highlights": [list(h) for h in highlights or []], "openable": openable}
-
-
-def turn_from_answer(question: str, answer: Answer, openable: Any = None) -> dict:
-    """A finished conversation turn: the answer's text and all its sources (on a refusal the nearest
-    passages, none cited). `openable(path) -> bool` says whether a source's file may be opened."""
-    note = ""
-    if answer.refused and answer.finish_reason == "refused":
-        note = "No passage in your documents is close enough to this question; the nearest ones are below."
-    elif answer.finish_reason == "cancelled":
-        note = "(stopped)"
-    marks = evidence_highlights(answer)
-    sources = [source_view(s, marks.get(s.number), bool(openable and openable(s.path)))
-               for s in sorted(answer.sources, key=lambda s: s.number)]
-    return {"question": question, "answer": answer.text, "sources": sources, "note": note,
-            "timing": format_timings(answer), "refused": bool(answer.refused and answer.finish_reason == "refused")}
-
-
-def format_timings(answer: Answer) -> str:
-    """`retrieval 31 ms · first token 4.2 s · 9.8 tokens/s · total 8.1 s` (parts that apply)."""
-    t = answer.timings
-    parts = [f"retrieval {t.retrieval_ms:.0f} ms"]
-    if answer.finish_reason != "refused" and t.time_to_first_token_ms is not None:
-        parts.append(f"first token {t.time_to_first_token_ms / 1000:.1f} s")
-    if t.tokens_per_s:
-        parts.append(f"{t.tokens_per_s:.1f} tokens/s")
-    parts.append(f"total {t.total_ms / 1000:.1f} s")
-    return " · ".join(parts)
-
-
+# ---------------------------------------------------------------------- session helpers
 def history_for_model(turns: list[dict]) -> list[dict]:
     """Earlier turns as plain chat messages for the pipeline."""
     history = []
@@ -367,78 +73,6 @@ def history_for_model(turns: list[dict]) -> list[dict]:
             history += [{"role": "user", "content": turn["question"]},
                         {"role": "assistant", "content": turn["answer"]}]
     return history
-
-
-def short_model_name(identity: str) -> str:
-    """`SmolLM2-135M-Instruct.Q4_1.gguf@sha256:b179…+adapter:adapter+int4` -> `SmolLM2-135M-Instruct.Q4_1`,
-    `sentence-transformers/all-MiniLM-L6-v2` -> `all-MiniLM-L6-v2`."""
-    name = re.split(r"[@+]", identity or "?", maxsplit=1)[0].rstrip("/").rsplit("/", 1)[-1]
-    return re.sub(r"\.(gguf|safetensors)$", "", name, flags=re.IGNORECASE) or identity
-
-
-def format_models(encoder: str, generator: str) -> str:
-    """The models line: short names, the full ids on hover."""
-    items = []
-    for role, full in (("generator", generator), ("encoder", encoder)):
-        if full:
-            items.append(f'{role} <span class="model" title="{esc(full)}">{esc(short_model_name(full))}</span>')
-    return " · ".join(items)
-
-
-def format_status(stats: dict, generator_name: str = "") -> str:
-    """HTML line about the open index (short model names, full ids on hover)."""
-    files, chunks = stats.get("files", "?"), stats.get("chunks", "?")
-    return (f"<b>Index:</b> {esc(files)} files, {esc(chunks)} passages · "
-            + format_models(str(stats.get("encoder", "?")), generator_name))
-
-
-def render_library(entries: list[LibraryEntry]) -> str:
-    """The library table: state, passages, date, size, and a remove/restore button per file."""
-    if not entries:
-        return "<p>No files match.</p>"
-    rows = []
-    for e in entries:
-        if e.state == "indexed":
-            state = f"indexed · {e.chunks} passage{'s' if e.chunks != 1 else ''}"
-            button = f'<button data-action="remove" data-arg="{esc(e.path)}">Remove</button>'
-        elif e.state == "excluded":
-            state = "excluded (removed by hand)"
-            button = f'<button data-action="restore" data-arg="{esc(e.path)}">Restore</button>'
-        else:
-            state = f"skipped: {e.reason}"
-            button = ""
-        date = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified)) if e.modified else ""
-        size = _size(e.size) if e.size else ""
-        rows.append(f'<tr data-path="{esc(e.path)}" class="row-{e.state}"><td>{esc(e.path)}</td>'
-                    f'<td class="state-{e.state}">{esc(state)}</td><td class="col-date">{date}</td>'
-                    f'<td class="col-size">{size}</td><td>{button}</td></tr>')
-    return ('<table><colgroup><col style="width:38%"><col style="width:27%"><col class="col-date" style="width:15%">'
-            '<col class="col-size" style="width:9%"><col style="width:11%"></colgroup>'
-            '<thead><tr><th>File</th><th>State</th><th class="col-date">Modified</th><th class="col-size">Size</th>'
-            "<th></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-def render_upload_report(report: Any) -> str:
-    """One line per uploaded file: indexed, or rejected with the reason."""
-    lines = []
-    done = [*report.added, *report.updated, *[new for new, _ in report.renamed],
-            *[new for new, _ in report.duplicates], *report.unchanged]
-    notes = dict(getattr(report, "notes", None) or ())
-    for path in done:
-        note = f" ({esc(notes[path])})" if path in notes else ""
-        lines.append(f'<div class="upload-result ok">✓ {esc(path)}: indexed{note}</div>')
-    for path, reason in report.skipped:
-        lines.append(f'<div class="upload-result rejected">✗ {esc(path)}: rejected, {esc(reason)} '
-                     "(nothing already indexed was changed)</div>")
-    return "".join(lines) or "Nothing to index."
 
 
 # ---------------------------------------------------------------------- the app

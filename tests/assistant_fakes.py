@@ -181,3 +181,79 @@ class FakeReader:
                 word = text.split()[0]
                 spans.append(Span(i, text.index(word), text.index(word) + len(word), word, -3.0, 2.0, 0.1))
         return sorted(spans, key=lambda s: -s.score)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def passage_sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) offsets of the sentences of `text` (split after . ! ? and whitespace), trailing full stop
+    left out, so `text[start:end]` is the sentence's words."""
+    out, pos = [], 0
+    for piece in _SENTENCE_END.split(text):
+        start = text.index(piece, pos)
+        end = start + len(piece.rstrip().rstrip(".!?"))
+        if end > start:
+            out.append((start, end))
+        pos = start + len(piece)
+    return out
+
+
+def compose(answer: Any, picks: list[tuple[int, int]], layout: str = "text", kind: str = "explanation",
+            intro: str = "", groups: list[str] | None = None) -> Any:
+    """A composed version of a pipeline `Answer`, the shape the composing pipeline returns: for each
+    (n, i) in `picks`, sentence i of source n's text, cited [n], with its offsets in that source's text.
+
+    layout "text": `Sentence [n].` joined by spaces; "bullets": the intro line, then `- sentence [n]` lines;
+    "sides": one `**Group:** sentence [n].` paragraph per pick (`groups` names them)."""
+    from dataclasses import replace
+
+    from assistant.answer import AnswerSentence
+
+    by_number = {s.number: s for s in answer.sources}
+    sentences = []
+    for k, (n, i) in enumerate(picks):
+        start, end = passage_sentences(by_number[n].text)[i]
+        role = "item" if layout == "bullets" else "sentence"
+        group = groups[k] if groups else ""
+        sentences.append(AnswerSentence(by_number[n].text[start:end], n, start, end, 1.0, role, group))
+    if layout == "bullets":
+        text = "\n".join([*([intro] if intro else []), *(f"- {s.text} [{s.passage}]" for s in sentences)])
+    elif layout == "sides":
+        text = "\n\n".join(f"**{s.group}:** {s.text} [{s.passage}]." for s in sentences)
+    else:
+        text = " ".join(f"{s.text} [{s.passage}]." for s in sentences)
+    cited = [n for n, _ in picks]
+    citations = list(dict.fromkeys(cited))
+    sources = [replace(s, cited=s.number in citations) for s in answer.sources]
+    return replace(answer, text=text, citations=citations, sources=sources, sentences=sentences, kind=kind,
+                   layout=layout, mode="guided")
+
+
+def composing(stream: Callable[..., Any], plan: Callable[[str, Any], dict | None],
+              record: list | None = None) -> Callable[..., Any]:
+    """Wraps `Assistant.stream`: when `plan(question, answer)` gives compose() arguments, the answer is replaced
+    by that composed one and streamed as its whole text in one delta (deltas and final text agree). Each
+    composed answer is appended to `record` when given."""
+
+    def stream_composed(question: str, *args: Any, **kwargs: Any):
+        from assistant.answer import Answer
+
+        deltas = []
+        for item in stream(question, *args, **kwargs):
+            if not isinstance(item, Answer):
+                deltas.append(item)
+                continue
+            options = plan(question, item)
+            if options is None:
+                yield from deltas
+                yield item
+            else:
+                composed = compose(item, **options)
+                if record is not None:
+                    record.append(composed)
+                yield composed.text
+                yield composed
+            return
+
+    return stream_composed

@@ -115,6 +115,51 @@ def test_ask_plain_prints_answer_then_sources(fake_assistant, capsys):
     assert "Sources:" in out and "[1] lora.md › LoRA" in out and "(cited)" in out
 
 
+@pytest.fixture
+def composed_assistant(monkeypatch, fake_assistant):
+    """Like fake_assistant, but its answers are composed: two sentences of passage [1], each with its offsets."""
+    from assistant.commands import common
+    from assistant_fakes import composing
+
+    plain_open = common.open_assistant  # fake_assistant's stand-in
+
+    def open_composed(args, **extra):
+        settings, factory = plain_open(args, **extra)
+
+        def make():
+            bot = factory()
+            bot.stream = composing(bot.stream, lambda question, answer: {"picks": [(1, 0), (1, 1)]})
+            return bot
+
+        return settings, make
+
+    monkeypatch.setattr("assistant.commands.common.open_assistant", open_composed)
+    return fake_assistant
+
+
+def test_ask_json_gives_each_sentence_with_its_supporting_words(composed_assistant, capsys):
+    assert main(["ask", "What does LoRA train?", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["layout"] == "text" and data["kind"] == "explanation" and len(data["sentences"]) == 2
+    texts = {s["number"]: s["text"] for s in data["sources"]}
+    words = [texts[s["passage"]][s["start"]:s["end"]] for s in data["sentences"]]
+    assert words == ["LoRA freezes the pretrained weights and trains two small low-rank matrices A and B",
+                     "The rank r is usually between 4 and 64, so the adapter holds well under one percent of the "
+                     "parameters"]
+    assert [s["text"] for s in data["sentences"]] == words and {"role", "group", "score"} <= set(data["sentences"][0])
+
+
+def test_ask_plain_prints_each_sentences_supporting_words_after_the_sources(composed_assistant, capsys):
+    assert main(["ask", "What does LoRA train?"]) == 0
+    out = capsys.readouterr().out
+    sources, support = out.split("Sources:\n")[1].split("Supporting words:\n")
+    assert "[1] lora.md › LoRA" in sources and "Evidence [" not in out
+    lines = support.strip("\n").split("\n")
+    assert lines[0] == '  [1] "LoRA freezes the pretrained weights and trains two small low-rank matrices A and B"'
+    assert lines[1].startswith('  [1] "The rank r is usually between 4 and 64') and lines[1].endswith('…"')
+    assert len(lines) == 2 and len(lines[1]) <= 110
+
+
 def test_chat_streams_keeps_history_and_resets(fake_assistant, capsys):
     from assistant.commands import chat
 

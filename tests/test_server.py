@@ -76,6 +76,28 @@ def test_chat_assistant_carries_sources_and_citations(client) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
 
 
+def test_chat_assistant_carries_each_sentence_with_its_supporting_words(client, live, monkeypatch) -> None:
+    from assistant_fakes import composing
+
+    monkeypatch.setattr(live.assistant, "stream", composing(
+        live.assistant.stream, lambda question, answer: {"picks": [(1, 0), (1, 1)], "kind": "summary"}))
+    messages = [{"role": "user", "content": "What does LoRA train?"}]
+    reply = client.chat.completions.create(model="assistant", messages=messages, max_tokens=12)
+    extra = reply.model_extra
+    assert extra["kind"] == "summary" and extra["layout"] == "text" and len(extra["sentences"]) == 2
+    texts = {s["number"]: s["text"] for s in extra["sources"]}
+    for sentence in extra["sentences"]:
+        assert {"text", "passage", "start", "end", "score", "role", "group"} <= set(sentence)
+        assert texts[sentence["passage"]][sentence["start"]:sentence["end"]] == sentence["text"]
+    first, second = extra["sentences"]
+    assert first["passage"] == second["passage"] == 1 and first["end"] < second["start"]  # two spans of [1]
+    assert reply.choices[0].message.content == " ".join(f"{s['text']} [{s['passage']}]." for s in extra["sentences"])
+    chunks = list(client.chat.completions.create(model="assistant", stream=True, max_tokens=12, messages=messages))
+    last = chunks[-1].model_extra
+    assert (last["sentences"], last["kind"], last["layout"]) == (extra["sentences"], "summary", "text")
+    assert all("sentences" not in c.model_extra for c in chunks[:-1])   # only the last chunk carries them
+
+
 def test_n_choices_and_sampling_fields(client) -> None:
     reply = client.chat.completions.create(model="generator", n=3, temperature=0.9, seed=5, max_tokens=10,
                                            messages=[{"role": "user", "content": "Attention lets"}],

@@ -13,8 +13,9 @@ from assistant.conversations import ConversationStore
 from assistant.pipeline import Assistant
 from assistant.settings import Settings
 from assistant.evidence import Evidence
-from assistant.ui import (ChatApp, build_app, esc, evidence_highlights, history_for_model, render_chat,
-                          render_passage, short_model_name, turn_from_answer)
+from assistant.ui import ChatApp, build_app, history_for_model
+from assistant.ui_render import (esc, evidence_highlights, render_chat, render_passage, short_model_name,
+                                 turn_from_answer)
 
 from assistant_fakes import CORPUS, FakeGenerator, FakeRetriever
 
@@ -211,3 +212,121 @@ def test_unexpected_failures_show_a_message_instead_of_hanging():
     app.assistant.add_files = broken
     message, _ = app.upload(["/tmp/x.md"])
     assert "disk on fire" in message and "unchanged" in message
+
+
+# ---------------------------------------------------------------------- composed answers
+LORA = CORPUS[0][2]      # "LoRA freezes the pretrained weights and trains ... A and B. The rank r is usually ..."
+TOKENS = CORPUS[2][2]    # "A tokenizer splits text into tokens. Byte-pair encoding merges ..."
+
+
+def composed_answer(text: str, picks: list[tuple[int, str]], layout: str, kind: str = "explanation",
+                    groups: list[str] | None = None) -> Answer:
+    """An Answer over sources [1] (LORA) and [2] (TOKENS) whose k-th sentence cites picks[k] = (n, words)."""
+    from assistant.answer import AnswerSentence
+
+    sources = [Source(1, "lora.md", "LoRA", None, LORA[:80], 0.9, 0.8, True, LORA),
+               Source(2, "tokenization.md", "Tokenization", None, TOKENS[:80], 0.7, 0.6, True, TOKENS)]
+    texts = {1: LORA, 2: TOKENS}
+    sentences = [AnswerSentence(words, n, texts[n].index(words), texts[n].index(words) + len(words), 1.0,
+                                "item" if layout == "bullets" else "sentence", (groups or [""] * 9)[k])
+                 for k, (n, words) in enumerate(picks)]
+    return Answer(text, sorted({n for n, _ in picks}), sources, False, Timings(), "q", sentences=sentences,
+                  kind=kind, layout=layout, mode="guided")
+
+
+FIRST = "LoRA freezes the pretrained weights"
+SECOND = "The rank r is usually between 4 and 64"
+
+
+def test_each_chip_of_a_composed_answer_is_tied_to_its_sentence_and_its_supporting_words():
+    answer = composed_answer(f"{FIRST} [1]. {SECOND} [1].", [(1, FIRST), (1, SECOND)], "text")
+    turn = turn_from_answer("What is LoRA?", answer)
+    assert turn["layout"] == "text" and turn["kind"] == "explanation"
+    assert [(s["passage"], LORA[s["start"]:s["end"]]) for s in turn["sentences"]] == [(1, FIRST), (1, SECOND)]
+    page = render_chat([turn])
+    assert '<button class="cite" data-turn="0" data-n="1" data-s="0"' in page
+    assert '<button class="cite" data-turn="0" data-n="1" data-s="1"' in page
+    # both sentences rest on passage [1]: each stretch is marked with the sentence it supports, nothing else
+    assert f'<mark data-s="0">{FIRST}</mark>' in page and f'<mark data-s="1">{SECOND}</mark>' in page
+    assert page.count("<mark") == 2
+    assert '<div class="text" id="answer-0"' in page  # plain text stays plain (pre-wrap), no blocks
+
+
+def test_overlapping_supporting_words_name_every_sentence_they_support():
+    text = "LoRA freezes the pretrained weights and trains two small matrices."
+    html = render_passage(text, None, [(0, 35, 0), (17, text.index("."), 1)])
+    assert html == ('<mark data-s="0">LoRA freezes the </mark><mark data-s="0 1">pretrained weights</mark>'
+                    '<mark data-s="1"> and trains two small matrices</mark>.')
+    assert render_passage(text, [(0, 4), (2, 12)]) == "<mark>LoRA freezes</mark> the pretrained weights and " \
+                                                       "trains two small matrices."
+
+
+def test_bullets_sides_and_tables_render_as_lists_labelled_paragraphs_and_tables():
+    items = composed_answer(f"LoRA in short:\n- {FIRST} [1]\n- {SECOND} [1]", [(1, FIRST), (1, SECOND)],
+                            "bullets", kind="list")
+    page = render_chat([turn_from_answer("List LoRA facts", items)])
+    assert '<div class="text composed" id="answer-0" data-layout="bullets">' in page
+    assert (f'<p>LoRA in short:</p><ul><li>{FIRST} <button class="cite" data-turn="0" data-n="1" data-s="0"'
+            in page)
+    assert f'</li><li>{SECOND} <button class="cite" data-turn="0" data-n="1" data-s="1"' in page
+    assert page.count("<li>") == 2 and "- " not in page.split('id="answer-0"')[1].split("</ul>")[0]
+
+    steps = composed_answer(f"To use LoRA:\n1. {FIRST} [1]\n2. {SECOND} [1]", [(1, FIRST), (1, SECOND)],
+                            "bullets", kind="procedure")
+    page = render_chat([turn_from_answer("How do I use LoRA?", steps)])
+    assert f'<p>To use LoRA:</p><ol><li>{FIRST} <button class="cite" data-turn="0" data-n="1" data-s="0"' in page
+    assert page.count("<li>") == 2 and "2. " not in page.split('id="answer-0"')[1].split('class="actions"')[0]
+
+    bpe = "Byte-pair encoding merges frequent pairs of symbols"
+    sides = composed_answer(f"**LoRA:** {FIRST} [1].\n\n**BPE:** {bpe} [2].", [(1, FIRST), (2, bpe)], "sides",
+                            kind="comparison", groups=["LoRA", "BPE"])
+    page = render_chat([turn_from_answer("Compare LoRA and BPE", sides)])
+    shown = page.split('id="answer-0"')[1].split('class="actions"')[0]
+    assert shown.count('<p class="side">') == 2 and "**" not in shown
+    assert '<p class="side"><strong class="side-label">BPE:</strong> Byte-pair' in page
+    assert 'data-n="2" data-s="1"' in page and f'<mark data-s="1">{bpe}</mark>' in page
+
+    table = composed_answer(f"| Method | Holds |\n|---|:---:|\n| LoRA | {FIRST} [1] |\n| BPE | {bpe} [2] |",
+                            [(1, FIRST), (2, bpe)], "text", kind="comparison")
+    page = render_chat([turn_from_answer("Compare", table)])
+    assert "<table><thead><tr><th>Method</th><th>Holds</th></tr></thead><tbody>" in page
+    assert '<td>LoRA</td><td>LoRA freezes the pretrained weights <button class="cite" data-turn="0" data-n="1" ' \
+           'data-s="0"' in page
+    assert page.count("<tr>") == 3 and "|---|" not in page.split('class="actions"')[0] and 'data-n="2" data-s="1"' in page
+
+
+def test_a_turn_saved_by_the_previous_release_still_loads_and_renders_as_before(tmp_path):
+    old_turn = {  # what the previous release saved: no layout, kind or sentences; highlights from the evidence
+        "question": "What does LoRA train?", "answer": "- LoRA trains **two** small matrices [1].",
+        "sources": [{"number": 1, "path": "lora.md", "heading": "LoRA", "page": None, "text": LORA,
+                     "score": 0.9, "dense_score": 0.8, "cited": True, "highlights": [[40, 84]],
+                     "openable": False}],
+        "note": "", "timing": "retrieval 3 ms · total 0.1 s", "refused": False}
+    store = ConversationStore(tmp_path / "chats.sqlite3")
+    chat_id = store.create("alice", turns=[old_turn])
+    app, _ = make_app()
+    app.conversations = ConversationStore(tmp_path / "chats.sqlite3")
+    current, loaded, _ = app.open_chat("alice", None)
+    assert current == chat_id and loaded == [old_turn]
+    page = app.render(loaded)
+    assert '<div class="text" id="answer-0"' in page and "<ul>" not in page   # plain text, as it was shown
+    assert "- LoRA trains **two** small matrices" in page
+    assert '<button class="cite" data-turn="0" data-n="1" title="open source [1]">1</button>' in page  # no data-s
+    assert f"<mark>{LORA[40:84]}</mark>" in page and page.count("<mark") == 1
+
+
+def test_a_composed_answer_streams_and_is_saved_with_its_sentences(tmp_path):
+    from assistant_fakes import composing
+
+    app, _ = make_app(reply="LoRA freezes the weights [1].")
+    app.assistant.stream = composing(app.assistant.stream, lambda q, a: {"picks": [(1, 0), (1, 1)]})
+    app.conversations = ConversationStore(tmp_path / "chats.sqlite3")
+    *_, (turns, _, error, chat_id) = app.ask("alice", "", "What does LoRA train?", [], list(DEFAULTS.values()))
+    assert error == "" and len(turns[0]["sentences"]) == 2
+    saved = ConversationStore(tmp_path / "chats.sqlite3").get("alice", chat_id).turns
+    assert saved == turns
+    first, second = saved[0]["sentences"]
+    lora = saved[0]["sources"][0]["text"]
+    assert lora[first["start"]:first["end"]].startswith("LoRA freezes") and second["start"] > first["end"]
+    page = app.render(saved)
+    assert page.count('data-s="0"') == 2 and page.count('data-s="1"') == 2   # chip + mark for each sentence

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from assistant.ui import esc, render_answer_text, render_passage, render_source, render_turn, render_upload_report
+from assistant.ui_render import (esc, render_answer_text, render_passage, render_source, render_turn,
+                                 render_upload_report)
 
 PAYLOAD = "<img src=x onerror=window.__pwned=1><script>window.__pwned=2</script>${alert(1)}"
 
@@ -44,3 +45,20 @@ def test_upload_reports_escape_names_reasons_and_notes():
     html = render_upload_report(report)
     assert "<b>a" not in html and "<img" not in html and "<type>" not in html and "<x>" not in html
     assert "rejected" in html and "replacement characters" in html
+
+
+def test_composed_answers_escape_list_items_side_labels_and_table_cells():
+    from assistant.ui_render import render_answer_blocks
+
+    text = (f"Intro {PAYLOAD}\n- item {PAYLOAD} [1]\n\n**<b>Side</b> {PAYLOAD}:** body {PAYLOAD} [1].\n\n"
+            f"| <i>h</i> | {PAYLOAD} |\n|---|---|\n| {PAYLOAD} | cell [1] |")
+    sentences = [{"passage": 1, "start": 0, "end": 4, "text": "x"}] * 3
+    html = render_answer_blocks(text, 0, {1}, sentences)
+    assert "<ul>" in html and '<strong class="side-label">' in html and "<table>" in html  # the blocks are built
+    for bad in ("<img", "<script", "<b>", "<i>", "${"):
+        assert bad not in html, bad
+    assert html.count("<button") == 3
+    turn = {"question": "q", "answer": text, "layout": "sides", "sentences": sentences,
+            "sources": [{"number": 1, "path": "a.md", "text": PAYLOAD, "cited": True, "score": 0.5}]}
+    html = render_turn(0, turn)
+    assert "<img" not in html and "<script" not in html and '<mark data-s="0 1 2">&lt;img</mark>' in html

@@ -91,7 +91,8 @@ def format_source(source: Any) -> str:
 
 
 def print_sources(answer: Any, file: Any = None) -> None:
-    """Print the sources under an answer: cited ones, or on a refusal the nearest passages."""
+    """Print the sources under an answer: cited ones, or on a refusal the nearest passages; then, for a composed
+    answer, one line per sentence with the words it rests on (otherwise one line per piece of evidence)."""
     file = file or sys.stdout
     if not answer.sources:
         return
@@ -99,8 +100,36 @@ def print_sources(answer: Any, file: Any = None) -> None:
     print(title, file=file)
     for source in answer.sources:
         print(format_source(source), file=file)
+    sentences = getattr(answer, "sentences", None) or ()
+    if sentences:  # a composed answer: each sentence's supporting words (they are its evidence)
+        print("Supporting words:", file=file)
+        texts = {source.number: source.text for source in answer.sources}
+        for sentence in sentences:
+            print(format_sentence(sentence, texts.get(sentence.passage, "")), file=file)
+        return
     for evidence in getattr(answer, "evidence", None) or ():
         print(format_evidence(evidence), file=file)
+
+
+def shorten(text: str, limit: int = 100) -> str:
+    """`text` on one line (whitespace collapsed), cut at a word boundary with `…` when longer than `limit`."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1]
+    if " " in cut[limit // 2:]:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:") + "…"
+
+
+def format_sentence(sentence: Any, passage_text: str, limit: int = 100) -> str:
+    """`  [2] "the words of passage 2 the sentence rests on"` (shortened) for one sentence of a composed
+    answer; `  [2] (no supporting words)` when its offsets do not name any words of the passage."""
+    start, end = int(sentence.start), int(sentence.end)
+    words = passage_text[start:end] if 0 <= start < end <= len(passage_text) else ""
+    if not words.strip():
+        return f"  [{sentence.passage}] (no supporting words)"
+    return f'  [{sentence.passage}] "{shorten(words, limit)}"'
 
 
 def format_evidence(evidence: Any) -> str:

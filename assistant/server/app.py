@@ -43,7 +43,8 @@ def create_app(assistant: Any | None, engine: Any, settings: Any, *, encoder: An
     if ui and assistant is not None:
         import gradio as gr
 
-        from assistant.ui import CSS, build_app
+        from assistant.ui import build_app
+        from assistant.ui_render import CSS
 
         gr.mount_gradio_app(app, build_app(assistant), path="", css=CSS, ssr_mode=False, show_error=True,
                             max_file_size=max_upload_bytes, footer_links=[])

@@ -149,7 +149,9 @@ def engine_choice(engine: Any, prompt: Any, params: Any) -> Callable[[threading.
 
 def assistant_choice(assistant: Any, question: str, history: list[dict], options: dict[str, Any]
                      ) -> Callable[[threading.Event], Iterator[Any]]:
-    """A choice that answers from the documents: deltas, then Final with sources and citations."""
+    """A choice that answers from the documents: deltas, then Final with sources and citations, the evidence,
+    and for a composed answer its sentences (each with the passage and offsets of its supporting words), the
+    question's kind and the layout (extra fields of the response and of its last chunk)."""
     from dataclasses import asdict
 
     from assistant.answer import Answer
@@ -163,7 +165,9 @@ def assistant_choice(assistant: Any, question: str, history: list[dict], options
                     yield Final(finish_reason(item.finish_reason), item.timings.prompt_tokens,
                                 item.timings.generated_tokens, item.text,
                                 {"sources": sources, "citations": list(item.citations), "refused": item.refused,
-                                 "evidence": [asdict(e) for e in item.evidence], "answer_mode": item.mode})
+                                 "evidence": [asdict(e) for e in item.evidence], "answer_mode": item.mode,
+                                 "sentences": [s.to_dict() for s in item.sentences], "kind": item.kind,
+                                 "layout": item.layout})
                 else:
                     yield item
 
