@@ -39,6 +39,8 @@ _ITEM = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,2}[.)])[ \t]+(?=\S)")
 _HEADING_LINE = re.compile(r"^[ \t]*#{1,6}[ \t]+\S")
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)")
 _TABLE_LINE = re.compile(r"^[ \t]*\|.*\|[ \t]*$")
+_CODE_LINE = re.compile(r"^[ \t]*(?:>>>|\.\.\.(?:\s|$)|\$ |[\w.]+\(.*\)\s*(?:-->|->)\s*\S)")
+_CODE_CHARS = frozenset("()[]{}=<>_`*#|\\$")
 _ABBREVIATIONS = re.compile(
     r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|Mr|Mrs|Ms|Dr|Prof|St|No|Fig|Eq|approx|Sec|Ch|Vol|resp))\.$")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+(?:[\"'(\[]?[A-Z0-9`*]))")
@@ -57,6 +59,7 @@ class Unit:
     paragraph_first: bool = False  # first unit of its paragraph
     item_marker: str = ""  # the bullet or number an item had ("-", "2.")
     score: float = 0.0
+    base: float = 0.0      # the score without the reader's part: what answerability is judged on
     reader: float | None = None
     coverage: float = 0.0
 
@@ -131,6 +134,10 @@ def passage_units(text: str, passage: int = 0) -> list[Unit]:
             flush()
             add("table", a, b, False)
             continue
+        if _CODE_LINE.match(line):  # a doctest or shell line inside prose
+            flush()
+            add("code", a, b, False)
+            continue
         marker = _ITEM.match(line)
         if marker:
             flush()
@@ -172,14 +179,20 @@ between difference differences compare comparison versus vs list summarize summa
 documents document say says tell give main key different kinds types steps step way ways please""".split())
 
 
+_PART = re.compile(r"[a-z]+|\d+(?:\.\d+)*")
+
+
 def content_terms(text: str) -> list[str]:
-    """Lower-cased words of `text` that carry meaning (stopwords and question words dropped), lightly stemmed."""
+    """Lower-cased words of `text` that carry meaning (stopwords and question words dropped), lightly stemmed.
+    Dotted and hyphenated names are split into their parts ("heapq.merge" -> "heapq", "merg"; numbers such as 2.96
+    stay whole), so a question naming `module.function` finds the function's own sentences."""
     out = []
     for word in _WORD.findall(text.lower()):
         word = word.strip(".-")
-        if not word or word in _STOP:
-            continue
-        out.append(_stem(word))
+        parts = [word] if word.replace(".", "").replace(",", "").isdigit() else _PART.findall(word)
+        for part in parts:
+            if part and part not in _STOP:
+                out.append(_stem(part))
     return out
 
 
@@ -204,6 +217,7 @@ class UnitWeights:
     reader: float = 0.25         # the reader's best span logit inside the unit (clipped to [-4, 6])
     rank: float = 0.15           # earlier-ranked passages first: rank_weight / (1 + passage index)
     subject_start: float = 0.5   # a definition's subject opens the unit
+    subject_heading: float = 0.5  # ... and names the unit's section
     first: float = 0.1           # first sentence of a paragraph
     code_penalty: float = 1.5    # code lines and table lines read badly as answer sentences
 
@@ -245,21 +259,27 @@ def score_units(question: str, units: Sequence[Unit], hits: Sequence[Any], *, su
         cosine = float(getattr(hit, "dense_score", None) or getattr(hit, "score", 0.0) or 0.0)
         score = w.coverage * unit.coverage + w.heading * heading_cov[unit.passage] + w.cosine * cosine
         score += w.rank / (1 + unit.passage)
+        if subject_terms:
+            head = content_terms(unit.text)[: len(subject_terms) + 2]
+            if all(t in head for t in subject_terms):
+                score += w.subject_start
+            heading_terms = content_terms(getattr(hit, "heading", "") or "")
+            if all(t in heading_terms for t in subject_terms):
+                score += w.subject_heading
+        symbols = sum(c in _CODE_CHARS for c in unit.text) / max(len(unit.text), 1)
+        if symbols > 0.06:
+            score -= w.code_penalty * min(1.0, (symbols - 0.06) * 10)
+        unit.base = score
         if reader_scores:
             value = reader_scores.get((unit.passage, unit.position))
             if value is not None:
                 unit.reader = value
                 score += w.reader * max(-4.0, min(6.0, value))
-        if subject_terms:
-            head = content_terms(unit.text)[: len(subject_terms) + 2]
-            if all(t in head for t in subject_terms):
-                score += w.subject_start
         if unit.paragraph_first:
             score += w.first
-        if unit.role in ("code", "table"):
+        if unit.role in ("code", "table", "heading"):
             score -= w.code_penalty
-        if unit.role == "heading":
-            score -= w.code_penalty
+            unit.base -= w.code_penalty
         unit.score = score
 
 
@@ -329,8 +349,12 @@ def _finish(sentences: list[AnswerSentence], layout: str, intro: str = "", order
 
 
 def _readable(unit: Unit) -> bool:
+    """A unit that reads as a sentence of an answer: prose or a list item, 3-80 words, not code-like."""
     words = unit.text.split()
-    return unit.role in ("sentence", "item") and 3 <= len(words) <= 80
+    if unit.role not in ("sentence", "item") or not 3 <= len(words) <= 80:
+        return False
+    symbols = sum(c in _CODE_CHARS for c in unit.text) / max(len(unit.text), 1)
+    return symbols <= 0.1 and sum(w.isalpha() for w in words) >= 3
 
 
 def _dedupe(units: Sequence[Unit], hits: Sequence[Any]) -> list[Unit]:
@@ -367,7 +391,19 @@ def compose_definition(units: list[Unit], numbers: Sequence[int], hits: Sequence
         return None
     terms = content_terms(subject)
     naming = [u for u in readable if terms and all(t in content_terms(u.text) for t in terms)]
-    best = max(naming or readable, key=lambda u: u.score)
+    # Documentation defines a name in the first sentence of its own section ("## deque: A list-like sequence..."),
+    # often without repeating the name.
+    first_of_section: dict[int, Unit] = {}
+    for unit in readable:
+        heading = str(getattr(hits[unit.passage], "heading", "") or "").split(" › ")[-1]
+        if terms and all(t in content_terms(heading) for t in terms) and (
+                unit.passage not in first_of_section or unit.position < first_of_section[unit.passage].position):
+            first_of_section[unit.passage] = unit
+    section_firsts = [u for u in first_of_section.values()
+                      if int(getattr(hits[u.passage], "start", 1) or 0) == 0 or u.position == 0]
+    pool = naming + [u for u in section_firsts if u not in naming]
+    bonus = {id(u): 0.5 for u in section_firsts}
+    best = max(pool or readable, key=lambda u: u.score + bonus.get(id(u), 0.0))
     chosen = [best]
     following = [u for u in readable if u.passage == best.passage and u.position == best.position + 1]
     if max_sentences > 1 and following and following[0].score >= 0.6 * best.score and following[0].role == best.role:
@@ -382,10 +418,21 @@ def compose_explanation(units: list[Unit], numbers: Sequence[int], hits: Sequenc
     if not readable:
         return None
     best = max(readable, key=lambda u: u.score)
-    near = [u for u in readable if u.passage == best.passage and u is not best and abs(u.position - best.position) <= 3
-            and u.score >= 0.75 * best.score]
-    near.sort(key=lambda u: -u.score)
-    chosen = sorted([best, *near[: max_sentences - 1]], key=lambda u: u.position)
+    own = {u.position: u for u in readable if u.passage == best.passage}
+    chosen = [best]
+    # An explanation goes on in the sentences after its best one (same paragraph), while they stay on topic.
+    # The next sentence of the paragraph always goes with it ("BM25 improves on TF-IDF in two ways." is followed by
+    # the two ways); a further one while it stays on topic or carries on a sequence ("Second, ...").
+    position = best.position + 1
+    while len(chosen) < max_sentences and position in own and not own[position].paragraph_first and (
+            position == best.position + 1 or own[position].score >= best.score - 1.2
+            or _SEQUENCE.match(own[position].text.strip())):
+        chosen.append(own[position])
+        position += 1
+    before = own.get(best.position - 1)
+    if len(chosen) < max_sentences and before is not None and not best.paragraph_first \
+            and before.score >= 0.8 * best.score:
+        chosen.insert(0, before)
     return _finish([_sentence(u, numbers) for u in _dedupe(chosen, hits)], "text")
 
 
@@ -449,25 +496,30 @@ _SEQUENCE = re.compile(r"^(?:first(?:ly)?|second(?:ly)?|third(?:ly)?|fourth|fift
                        r"afterwards|finally|lastly|last|step \d+|\d+\.)\b", re.IGNORECASE)
 
 
-def compose_enumeration(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any], count: int,
+def compose_enumeration(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any], count: int | None,
                         object_terms: Sequence[str]) -> Composition | None:
     """"Transformer models come in three families." followed by one sentence per family: that sentence, then the
     next `count` sentences of its passage as bullets."""
-    word = _COUNT_WORD.get(count, "")
     best = None
     for unit in units:
         if unit.role != "sentence":
             continue
-        lowered = unit.text.lower()
-        if not (word in lowered.split() or str(count) in lowered.split()):
+        lowered = [w.strip(".,;:()") for w in unit.text.lower().split()]
+        said = count
+        if said is None:  # "The Aurora H2 has three operating modes": the sentence says how many
+            said = next((n for n, word in _COUNT_WORD.items() if word in lowered), None)
+            if said is None or not object_terms:
+                continue
+        elif not (_COUNT_WORD.get(said, "") in lowered or str(said) in lowered):
             continue
         terms = content_terms(unit.text)
         if object_terms and not all(t in terms for t in object_terms):
             continue
-        if best is None or unit.score > best.score:
-            best = unit
+        if best is None or unit.score > best[0].score:
+            best = (unit, said)
     if best is None:
         return None
+    best, count = best
     following = [u for u in units if u.passage == best.passage and best.position < u.position <= best.position + count
                  and _readable(u)]
     if len(following) < count:
@@ -486,9 +538,15 @@ def compose_procedure(units: list[Unit], numbers: Sequence[int], hits: Sequence[
     by_passage: dict[int, list[Unit]] = {}
     for unit in readable:
         by_passage.setdefault(unit.passage, []).append(unit)
-    passage = max(by_passage, key=lambda p: max(u.score for u in by_passage[p]) + 0.1 * len(by_passage[p]) ** 0.5)
+    def steps_of(units_: list[Unit]) -> list[Unit]:
+        return [u for u in sorted(units_, key=lambda u: u.position) if _SEQUENCE.match(u.text.strip())
+                or u.role == "item"]
+
+    # The passage that best answers, favouring one that holds steps (a numbered list, "First, ... Then, ...").
+    passage = max(by_passage, key=lambda p: max(u.score for u in by_passage[p])
+                  + (0.6 if len(steps_of(by_passage[p])) >= 2 else 0.0))
     own = sorted(by_passage[passage], key=lambda u: u.position)
-    steps = [u for u in own if _SEQUENCE.match(u.text.strip()) or u.role == "item"]
+    steps = steps_of(own)
     if len(steps) >= 2:
         first = steps[0]
         intro = [u for u in own if u.position == first.position - 1 and u.role == "sentence"]

@@ -172,10 +172,18 @@ _OBJECT = re.compile(
 _COUNT_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 
 
+_OBJECT_BEFORE_VERB = re.compile(r"^(?:what|which) (?P<object>[\w-]+(?: [\w-]+){0,2}?) (?:does|do|did|can|could|"
+                                 r"are|were|is|has|have)\b", _FLAGS)
+
+
 def list_object(question: str) -> str:
-    """What a list question asks for ("decoding strategies" in "List the decoding strategies described in ..."),
-    or ""."""
-    match = _OBJECT.match(_strip_lead_in(question))
+    """What a list question asks for ("decoding strategies" in "List the decoding strategies described in ...",
+    "operating modes" in "What operating modes does the battery have?"), or ""."""
+    q = _strip_lead_in(question)
+    match = _OBJECT.match(q)
+    if match and match.group("object").lower() not in ("are", "is", "the"):
+        return match.group("object").strip()
+    match = _OBJECT_BEFORE_VERB.match(q)
     return match.group("object").strip() if match else ""
 
 
@@ -190,9 +198,13 @@ def count_in(question: str) -> int | None:
 
 
 def subject_of(question: str) -> str:
-    """The term a definition / explanation question is about ("LoRA" for "What is LoRA?"), or ""."""
+    """The term a definition / explanation question is about ("LoRA" for "What is LoRA?", "Counter" for "What is a
+    Counter in the collections module?"), or ""."""
     match = _SUBJECT.match(_strip_lead_in(question))
-    return match.group("term").strip() if match else ""
+    if not match:
+        return ""
+    term = match.group("term").strip()
+    return re.split(r"\s+(?:in|of|from|within|inside|for) (?:the|a|an|this|these|my)\b", term, maxsplit=1)[0].strip()
 
 
 __all__ = ["classify", "comparison_sides", "count_in", "list_object", "subject_of"]

@@ -149,10 +149,9 @@ def compose_for(kind: str, question: str, hits: list[Any], units: list[Unit], nu
     if kind == "list":
         count = count_in(question)
         object_terms = content_terms(list_object(question))
-        if count:
-            enumeration = compose.compose_enumeration(units, numbers, hits, count, object_terms)
-            if enumeration is not None:
-                return enumeration
+        enumeration = compose.compose_enumeration(units, numbers, hits, count, object_terms)
+        if enumeration is not None:
+            return enumeration
         best_path = str(getattr(hits[0], "path", "")) if hits else ""
         sections = compose.section_leads(units, hits, best_path)
         if sections and not _sections_are_items(object_terms, hits, best_path):

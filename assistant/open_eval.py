@@ -69,6 +69,9 @@ class OpenRecord:
     first_ms: float
     total_ms: float
     missed: list[list[str]] = field(default_factory=list)
+    support: float | None = None       # the answerability score the answer passed (None for refusals)
+    gold_cited: bool | None = None     # a cited passage comes from one of the question's source files
+    roles: list[str] = field(default_factory=list)  # the answer sentences' roles (span, sentence, item, cell)
 
 
 def is_open_question_file(path: str | Path) -> bool:
@@ -148,9 +151,16 @@ def score_open(question: OpenQuestion, answer: Any, first_ms: float, total_ms: f
         n_sentences = 0
     words = len(re.sub(r"\[\d+\]", "", text).split())
     useful = bool(question.answerable and not answer.refused and coverage >= 0.5)
+    evidence = list(getattr(answer, "evidence", None) or [])
+    support = float(getattr(evidence[0], "support", 0.0)) if evidence and not answer.refused else None
+    gold_cited = None
+    if question.sources and not answer.refused:
+        cited_paths = [by_number[n].path for n in answer.citations if n in by_number]
+        gold_cited = any(Path(p).name in {Path(g).name for g in question.sources} for p in cited_paths)
     return OpenRecord(question.id, question.folder, question.kind, getattr(answer, "kind", "") or "", question.question,
                       answer.text, question.answerable, question.table, bool(answer.refused), coverage, useful, words,
-                      n_sentences, supported, cited, first_ms, total_ms, missed)
+                      n_sentences, supported, cited, first_ms, total_ms, missed, support, gold_cited,
+                      [getattr(s, "role", "") for s in sentences])
 
 
 def _is_cell(sentence: Any, words: str) -> bool:

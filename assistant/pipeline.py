@@ -335,6 +335,13 @@ class Assistant:
                 yield from self._answer_open(question, read_as, query, kind, hits, timings, start, mode,
                                              named, retrieval_mode, done_preparing)
                 return
+            if mode != "generate" and self.settings.open_answers and kind in ("factoid", "count", "yesno"):
+                cell = self._table_cell(read_as, hits)
+                if cell is not None:
+                    done_preparing()
+                    yield from self._yield_composition(question, query, hits, cell, timings, start, mode, kind,
+                                                       cell.sentences[0].score)
+                    return
             hits = relevant_hits(hits, threshold, self.settings.relative_floor)
             if mode != "generate" and self.reader is not None and route(question, [h.text for h in hits]) == "reader":
                 gate = self.settings.reader_threshold if reader_threshold is None else reader_threshold
@@ -410,6 +417,30 @@ class Assistant:
         yield REFUSAL_TEXT
         yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question, [], mode, kind=kind)
 
+    def _table_cell(self, question: str, hits: Sequence[Any]) -> Any:
+        """A question whose answer is one cell of a table in the passages: the cell, worded with its row and column
+        ("Accuracy for TinyLM-2: 91.2 [n]."), as a one-sentence composition; None when no table cell is clearly
+        named (assistant.tables.answer_cell) with confidence >= Settings.table_min_confidence."""
+        from assistant.compose import Composition
+        from assistant.tables import answer_cell, cell_sentence
+
+        weights = None
+        best = None
+        for number, hit in enumerate(hits, start=1):
+            if "|" not in hit.text:
+                continue
+            if weights is None and hasattr(self.retriever, "term_weights"):
+                weights = self.retriever.term_weights(question)
+            cell = answer_cell(question, hit.text, weights)
+            if cell is not None and cell.confidence >= self.settings.table_min_confidence and (
+                    best is None or cell.confidence > best[1].confidence):
+                best = (number, cell)
+        if best is None:
+            return None
+        number, cell = best
+        sentence = AnswerSentence(cell_sentence(cell), number, cell.start, cell.end, cell.confidence, "cell")
+        return Composition(cite(sentence.text, number), [sentence], "cell", [number])
+
     def _named_document(self, question: str) -> str | None:
         """The indexed document a summary question names, if any (see assistant.open_answers.named_document)."""
         paths = getattr(self.retriever, "paths", None)
@@ -435,10 +466,10 @@ class Assistant:
         reader_scores = {} if kind == "summary" else reader_unit_scores(self.reader, read_as, passages, units)
         timings.reader_ms = (time.perf_counter() - tick) * 1000
         done_preparing()
-        score_units(read_as, units, passages, subject=subject_of(read_as) if kind == "definition" else "",
-                    term_weights=weights, reader_scores=reader_scores)
+        score_units(read_as, units, passages, subject=subject_of(read_as) if kind in ("definition", "explanation")
+                    else "", term_weights=weights, reader_scores=reader_scores)
         numbers = list(range(1, len(passages) + 1))
-        support = max((u.score for u in units if u.role in ("sentence", "item")), default=float("-inf"))
+        support = max((u.base for u in units if u.role in ("sentence", "item")), default=float("-inf"))
         composition = None
         if named or support >= settings.open_min_support:
             composition = compose_for(kind, read_as, passages, units, numbers, named=named)
@@ -452,7 +483,7 @@ class Assistant:
     def _yield_composition(question: str, query: str, passages: Sequence[Any], composition: Any, timings: Timings,
                            start: float, mode: str, kind: str, support: float) -> Iterator[str | Answer]:
         """A composition streamed a sentence (or bullet) at a time, then its Answer."""
-        if composition.layout == "text" and len(composition.sentences) == 1:
+        if composition.layout in ("text", "cell") and len(composition.sentences) == 1:
             composition.text = f"{' '.join(composition.sentences[0].text.split())}"
             composition.text = cite(composition.text, composition.sentences[0].passage)
             composition.numbers = [composition.sentences[0].passage]
@@ -537,7 +568,7 @@ class Assistant:
         units = units_of(hits)
         weights = self.retriever.term_weights(read_as) if hasattr(self.retriever, "term_weights") else None
         score_units(read_as, units, hits, term_weights=weights)
-        support = max((u.score for u in units if u.role in ("sentence", "item")), default=float("-inf"))
+        support = max((u.base for u in units if u.role in ("sentence", "item")), default=float("-inf"))
         if support < threshold:
             return None
         composition = compose_for("explanation", read_as, hits, units, list(range(1, len(hits) + 1)))

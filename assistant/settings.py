@@ -71,7 +71,7 @@ class SettingsError(UserError):
 
 # Open answers (assistant/compose.py): calibrated on benchmarks/open_questions.jsonl (corpus, Python docs, reports)
 # together with the SQuAD dev split; see docs/benchmarks.md.
-DEFAULT_OPEN_MIN_SUPPORT = 1.0
+DEFAULT_OPEN_MIN_SUPPORT = 1.25
 DEFAULT_SENTENCE_FALLBACK = 2.2
 
 
@@ -100,6 +100,7 @@ class Settings:
     open_answers: bool = True           # compose explanations, lists, comparisons, summaries (assistant/compose.py)
     open_min_support: float = DEFAULT_OPEN_MIN_SUPPORT  # best unit score below this: no passage answers; refuse
     sentence_fallback: float = DEFAULT_SENTENCE_FALLBACK  # factoid refused by the reader but a unit scores this: say it
+    table_min_confidence: float = 0.5   # a table cell the question names with this confidence is the answer
     # Retrieval and prompt.
     k: int = 4                          # passages given to the model
     retrieval_mode: str = "hybrid"      # hybrid | dense | lexical
