@@ -9,8 +9,19 @@ How a document is cut, from coarse to fine:
 3. units are packed greedily up to `target_tokens`; the next chunk starts with the last units of the
    previous one, up to `overlap_tokens`.
 
+Tables (Markdown pipe tables, the form every loader writes them in: see retrieval.pipe_tables) are one
+unit: a table that fits the budget is kept whole in one chunk (it may share it with the prose around it); a
+longer one is cut into groups of whole rows, each group a chunk of its own that starts with the table's
+header line and separator line (a single row longer than the budget is cut at words, the only case where a
+row is split). Tables inside code files are not looked for.
+
 No chunk exceeds the encoder window: what gets embedded is "heading path\\n" + text, and that is checked
-with `count_tokens` before a chunk is returned. A chunk's `text` is an exact slice `doc.text[start:end]`.
+with `count_tokens` before a chunk is returned. A chunk's `text` is an exact slice `doc.text[start:end]`,
+with one exception: a chunk that continues a split table (the second and later row groups) has the table's
+header and separator lines, then a newline, then the slice `doc.text[start:end]` of its rows; `start`/`end`
+still span only the rows. `Chunk.repeated_header()` gives that prefix ("" for every other chunk), so that
+`chunk.text == chunk.repeated_header() + doc.text[chunk.start:chunk.end]` always holds. Documents without
+tables are chunked exactly as before tables were recognised (hence no CHUNKER_VERSION change).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from retrieval.loaders import Document
+from retrieval.pipe_tables import PipeTableBlock, find_pipe_tables
 
 HEADING_SEPARATOR = " › "
 CHUNKER_VERSION = 1
@@ -46,7 +58,12 @@ class ChunkerSettings:
 
 @dataclass
 class Chunk:
-    """A passage of a document. `start`/`end` are character offsets into the document text."""
+    """A passage of a document. `start`/`end` are character offsets into the document text.
+
+    `text` is `doc.text[start:end]`, except for a chunk that continues a table split into row groups: its
+    text is the table's header line and separator line, a newline, then `doc.text[start:end]` (its rows).
+    `repeated_header()` is that prefix, or "" for every other chunk.
+    """
 
     text: str
     path: str
@@ -59,6 +76,11 @@ class Chunk:
     def embedding_text(self) -> str:
         """What the encoder and the lexical index see: the heading path, then the text."""
         return embedding_text(self.heading, self.text)
+
+    def repeated_header(self) -> str:
+        """The table header (+ separator + newline) put in front of the slice, or "" when `text` is the slice."""
+        extra = len(self.text) - (self.end - self.start)
+        return self.text[:extra] if extra > 0 else ""
 
 
 def embedding_text(heading: str, text: str) -> str:
@@ -217,6 +239,31 @@ def _units(text: str, start: int, end: int, code: bool) -> list[tuple[int, int, 
     return units
 
 
+@dataclass
+class _TableUnits:
+    """A pipe table among a section's units: `units[head]` is its header + separator, the next `n_rows` its rows."""
+
+    block: PipeTableBlock
+    head: int
+    n_rows: int
+
+
+def _units_with_tables(text: str, start: int, end: int, tables: list[PipeTableBlock]) \
+        -> tuple[list[tuple[int, int, bool]], list[_TableUnits]]:
+    """Like `_units` (prose: sentences), with each table as one header unit followed by one unit per row."""
+    units: list[tuple[int, int, bool]] = []
+    groups: list[_TableUnits] = []
+    pos = start
+    for block in tables:
+        units.extend(_units(text, pos, block.start, False))
+        groups.append(_TableUnits(block, len(units), len(block.rows)))
+        units.append((block.start, block.head_end, True))
+        units.extend((a, b, False) for a, b in block.rows)
+        pos = block.end
+    units.extend(_units(text, pos, end, False))
+    return units, groups
+
+
 def _split_long(text: str, span: tuple[int, int, bool], limit: int, count: CountTokens) \
         -> list[tuple[int, int, bool]]:
     """Cut one over-long unit at word boundaries (and giant words at characters) into pieces <= limit."""
@@ -273,12 +320,21 @@ def chunk_document(doc: Document, count_tokens: CountTokens, settings: ChunkerSe
     heading_names = sorted({s.heading for s in sections if s.heading})
     heading_cost = dict(zip(heading_names, count_tokens([h + "\n" for h in heading_names]))) \
         if heading_names else {}
-    section_units = [_units(text, s.start, s.end, code) for s in sections]
+    section_units: list[list[tuple[int, int, bool]]] = []
+    section_tables: list[list[_TableUnits]] = []
+    for s in sections:
+        tables = [] if code else find_pipe_tables(text, s.start, s.end)
+        if tables:
+            units, groups = _units_with_tables(text, s.start, s.end, tables)
+        else:
+            units, groups = _units(text, s.start, s.end, code), []
+        section_units.append(units)
+        section_tables.append(groups)
     flat = [u for units in section_units for u in units]
     counts = count_tokens([text[a:b] for a, b, _ in flat]) if flat else []
     chunks: list[Chunk] = []
     idx = 0
-    for section, units in zip(sections, section_units):
+    for section, units, groups in zip(sections, section_units, section_tables):
         unit_counts = list(counts[idx: idx + len(units)])
         idx += len(units)
         heading = section.heading
@@ -287,17 +343,91 @@ def chunk_document(doc: Document, count_tokens: CountTokens, settings: ChunkerSe
             heading = _shorten_heading(heading, count_tokens, settings.max_tokens // 4)
             cost = count_tokens([heading + "\n"])[0] if heading else 0
         budget = max(8, min(target, settings.max_tokens - cost))
-        # Split units longer than the budget.
-        sized: list[tuple[int, int, bool, int]] = []
-        for unit, n in zip(units, unit_counts):
-            if n > budget:
-                pieces = _split_long(text, unit, budget, count_tokens)
-                sized.extend((a, b, f, m) for (a, b, f), m in zip(pieces, count_tokens([text[a:b] for a, b, _ in pieces])))
-            else:
-                sized.append((*unit, n))
-        for a, b in _pack(sized, budget, overlap_budget):
+        if groups:
+            spans = _pack_with_tables(text, units, unit_counts, groups, budget, overlap_budget, count_tokens)
+            for prefix, a, b in spans:
+                chunks.append(Chunk(prefix + text[a:b], doc.path, heading, section.page, a, b, len(chunks)))
+            continue
+        for a, b in _pack(_sized(text, units, unit_counts, budget, count_tokens), budget, overlap_budget):
             chunks.append(Chunk(text[a:b], doc.path, heading, section.page, a, b, len(chunks)))
-    return _enforce_window(chunks, count_tokens, settings.max_tokens)
+    return _enforce_window(chunks, count_tokens, settings.max_tokens, tables=not code)
+
+
+def _sized(text: str, units: list[tuple[int, int, bool]], unit_counts: list[int], budget: int,
+           count_tokens: CountTokens) -> list[tuple[int, int, bool, int]]:
+    """(start, end, starts_paragraph, tokens) units, those longer than the budget cut into pieces."""
+    sized: list[tuple[int, int, bool, int]] = []
+    for unit, n in zip(units, unit_counts):
+        if n > budget:
+            pieces = _split_long(text, unit, budget, count_tokens)
+            sized.extend((a, b, f, m) for (a, b, f), m in zip(pieces, count_tokens([text[a:b] for a, b, _ in pieces])))
+        else:
+            sized.append((*unit, n))
+    return sized
+
+
+def _pack_with_tables(text: str, units: list[tuple[int, int, bool]], unit_counts: list[int],
+                      groups: list[_TableUnits], budget: int, overlap: int, count_tokens: CountTokens) \
+        -> list[tuple[str, int, int]]:
+    """(prefix, start, end) chunk spans of a section that holds tables.
+
+    A table that fits the budget is one unit packed with the prose around it; a longer one ends the prose
+    run before it and becomes row-group chunks (see `_table_row_groups`). A table whose header alone takes
+    over half the budget cannot be repeated usefully: its lines are packed like prose.
+    """
+    spans: list[tuple[str, int, int]] = []
+    run: list[tuple[int, int, bool, int]] = []
+
+    def flush() -> None:
+        if run:
+            spans.extend(("", a, b) for a, b in _pack(run, budget, overlap))
+            run.clear()
+
+    by_head = {g.head: g for g in groups}
+    i = 0
+    while i < len(units):
+        group = by_head.get(i)
+        if group is None:
+            run.extend(_sized(text, [units[i]], [unit_counts[i]], budget, count_tokens))
+            i += 1
+            continue
+        stop = i + 1 + group.n_rows
+        head_cost, total = unit_counts[i], sum(unit_counts[i:stop])
+        if total <= budget:
+            run.append((group.block.start, group.block.end, True, total))
+        elif head_cost > budget // 2:
+            run.extend(_sized(text, units[i:stop], unit_counts[i:stop], budget, count_tokens))
+        else:
+            flush()
+            spans.extend(_table_row_groups(text, group.block, units[i + 1:stop], unit_counts[i + 1:stop],
+                                           head_cost, budget, count_tokens))
+        i = stop
+    flush()
+    return spans
+
+
+def _table_row_groups(text: str, block: PipeTableBlock, rows: list[tuple[int, int, bool]], row_counts: list[int],
+                      head_cost: int, budget: int, count_tokens: CountTokens) -> list[tuple[str, int, int]]:
+    """Chunks of whole rows of a table longer than the budget; every one starts with the table header.
+
+    The first chunk is the slice from the header to its last row; the others are the header and separator
+    lines + "\n" (the prefix) and the slice of their rows. Each holds at most `budget` tokens with its header.
+    A row longer than `budget - head_cost` on its own is cut at words into pieces that each get a chunk.
+    """
+    room = budget - head_cost
+    items = _sized(text, rows, row_counts, room, count_tokens)
+    prefix = text[block.start:block.head_end] + "\n"
+    spans: list[tuple[str, int, int]] = []
+    i = 0
+    while i < len(items):
+        j, total = i, 0
+        while j < len(items) and (j == i or total + items[j][3] <= room):
+            total += items[j][3]
+            j += 1
+        a, b = items[i][0], items[j - 1][1]
+        spans.append(("", block.start, b) if not spans else (prefix, a, b))
+        i = j
+    return spans
 
 
 def _pack(units: list[tuple[int, int, bool, int]], budget: int, overlap: int) -> list[tuple[int, int]]:
@@ -336,8 +466,12 @@ def _shorten_heading(heading: str, count_tokens: CountTokens, limit: int) -> str
     return ""
 
 
-def _enforce_window(chunks: list[Chunk], count_tokens: CountTokens, max_tokens: int) -> list[Chunk]:
-    """Last line of defence: re-count what will really be embedded; split anything over the cap."""
+def _enforce_window(chunks: list[Chunk], count_tokens: CountTokens, max_tokens: int, *,
+                    tables: bool = True) -> list[Chunk]:
+    """Last line of defence: re-count what will really be embedded; split anything over the cap.
+
+    With `tables`, a chunk holding a table is halved at a line boundary and keeps the header (see
+    `_split_table_chunk`); other chunks are halved at a space, as always."""
     if not chunks:
         return chunks
     counts = count_tokens([c.embedding_text() for c in chunks])
@@ -348,6 +482,15 @@ def _enforce_window(chunks: list[Chunk], count_tokens: CountTokens, max_tokens: 
         if n <= max_tokens:
             out.append(chunk)
             continue
+        halves = _split_table_chunk(chunk) if tables else None
+        if halves is not None:
+            out.extend(_enforce_window(list(halves), count_tokens, max_tokens, tables=tables))
+            continue
+        if chunk.repeated_header():  # a single table line too long even for halving at rows: drop the header
+            body = chunk.text[len(chunk.repeated_header()):]
+            chunk = Chunk(body, chunk.path, chunk.heading, chunk.page, chunk.start, chunk.end, 0)
+            if not body.strip():
+                continue
         half = len(chunk.text) // 2
         cut = chunk.text.rfind(" ", 0, half) if " " in chunk.text[:half] else half
         cut = max(1, cut)
@@ -357,7 +500,45 @@ def _enforce_window(chunks: list[Chunk], count_tokens: CountTokens, max_tokens: 
         lead = len(rest) - len(rest.lstrip())
         right = Chunk(rest.lstrip(), chunk.path, chunk.heading, chunk.page, chunk.start + cut + lead,
                       chunk.end, 0)
-        out.extend(_enforce_window([c for c in (left, right) if c.text], count_tokens, max_tokens))
+        out.extend(_enforce_window([c for c in (left, right) if c.text], count_tokens, max_tokens, tables=tables))
     for ordinal, chunk in enumerate(out):
         chunk.ordinal = ordinal
     return out
+
+
+def _split_table_chunk(chunk: Chunk) -> tuple[Chunk, Chunk] | None:
+    """Halve an over-long chunk that holds (part of) a table at the line boundary nearest its middle.
+
+    The right half gets the header of the table the cut falls in (when the cut is after that table's
+    separator), so a table's rows are never separated from their header. None when the chunk holds no table,
+    or has no line boundary to cut at.
+    """
+    prefix = chunk.repeated_header()
+    tables = find_pipe_tables(chunk.text)
+    if not prefix and not tables:
+        return None
+    body = chunk.text[len(prefix):]
+    half = len(body) // 2
+    cut = body.rfind("\n", 0, half)
+    if cut <= 0:
+        cut = body.find("\n", half)
+    if cut <= 0:
+        return None
+    left_body = body[:cut].rstrip()
+    rest = body[cut:]
+    lead = len(rest) - len(rest.lstrip())
+    right_body = rest.strip()
+    if not left_body.strip() or not right_body:
+        return None
+    at = len(prefix) + cut + lead  # where the right half starts, in chunk.text
+    right_prefix = ""
+    for block in tables:
+        if block.head_end < at <= block.end:
+            right_prefix = chunk.text[block.start:block.head_end] + "\n"
+            break
+    left = Chunk(prefix + left_body, chunk.path, chunk.heading, chunk.page, chunk.start,
+                 chunk.start + len(left_body), 0)
+    right_start = chunk.start + cut + lead
+    right = Chunk(right_prefix + right_body, chunk.path, chunk.heading, chunk.page, right_start,
+                  right_start + len(right_body), 0)
+    return left, right

@@ -100,7 +100,7 @@ def test_loader_and_chunker_give_a_document_or_a_skip_reason(sample):
         assert isinstance(doc.text, str) and doc.text.strip()
         chunks = chunk_document(doc, encoder.count_tokens, ChunkerSettings.for_encoder(encoder))
         for chunk in chunks:
-            assert doc.text[chunk.start:chunk.end] == chunk.text
+            assert chunk.repeated_header() + doc.text[chunk.start:chunk.end] == chunk.text
 
 
 GOOD = {"good-a.md": "The amber walrus repairs seventeen lanterns.",

@@ -1,0 +1,88 @@
+"""assistant.tables: pipe tables read cell by cell with exact offsets, and a question answered from one cell."""
+
+from __future__ import annotations
+
+from assistant.tables import answer_cell, cell_sentence, find_tables, is_table_text
+from retrieval.chunking import ChunkerSettings, chunk_document
+from retrieval.loaders import Document
+from retrieval.pipe_tables import format_pipe_table
+from retrieval.testing import HashingEncoder
+
+PASSAGE = """Table 2 compares the models on the held-out set.
+
+| Model | Top-1 accuracy (%) | Top-5 accuracy (%) | Parameters |
+|---|---:|---:|---|
+| TinyLM-2 | 91.2 | 98.1 | 120M |
+| TinyLM-2 Large | 93.0 | 99.0 | 350M |
+| BaseNet | 88.4 | 97.5 | 90M |
+
+The large model is the most accurate, at almost three times the size."""
+
+
+def test_find_tables_gives_exact_cell_offsets():
+    [table] = find_tables(PASSAGE)
+    assert PASSAGE[table.start:table.end].startswith("| Model |") and PASSAGE[table.end - 7:table.end] == "| 90M |"
+    assert [c.text for c in table.header] == ["Model", "Top-1 accuracy (%)", "Top-5 accuracy (%)", "Parameters"]
+    assert [[c.text for c in row] for row in table.rows][1] == ["TinyLM-2 Large", "93.0", "99.0", "350M"]
+    for cell in [*table.header, *(c for row in table.rows for c in row)]:
+        assert PASSAGE[cell.start:cell.end] == cell.text and cell.text == cell.text.strip()
+    assert find_tables("No table here | just a pipe.\n\n|---|\n") == []
+    assert find_tables("| a | b |\n|---|---|---|\n| 1 | 2 |") == []  # separator and header disagree
+
+
+def test_answer_cell_picks_the_named_row_and_column():
+    answer = answer_cell("What is the top-1 accuracy of TinyLM-2?", PASSAGE)
+    assert answer is not None
+    assert (answer.value, answer.row_label, answer.column_label) == ("91.2", "TinyLM-2", "Top-1 accuracy (%)")
+    assert PASSAGE[answer.start:answer.end] == "91.2"
+    assert PASSAGE[answer.table_start:answer.table_end] == PASSAGE[PASSAGE.index("| Model"):PASSAGE.index("\n\nThe")]
+    assert 0.5 < answer.confidence <= 1.0
+    assert cell_sentence(answer) == "Top-1 accuracy (%) for TinyLM-2: 91.2"
+    # the longer label, when the question names it
+    large = answer_cell("top-5 accuracy of the TinyLM-2 Large model", PASSAGE)
+    assert (large.value, large.row_label, large.column_label) == ("99.0", "TinyLM-2 Large", "Top-5 accuracy (%)")
+    # plural in the question, singular in the table and back; any case
+    assert answer_cell("how many PARAMETERS has basenet", PASSAGE).value == "90M"
+    plural = "| Model | Parameter |\n|---|---|\n| BaseNets | 90M |\n| TinyLMs | 120M |"
+    assert answer_cell("the parameters of the TinyLM", plural).value == "120M"
+
+
+def test_no_answer_unless_both_a_row_and_a_column_are_named():
+    assert answer_cell("What is in the table?", PASSAGE) is None
+    assert answer_cell("Tell me about TinyLM-2", PASSAGE) is None  # a row, no column
+    assert answer_cell("What is the top-1 accuracy?", PASSAGE) is None  # a column, no row
+    assert answer_cell("What is the accuracy of TinyLM-2?", PASSAGE) is None  # top-1 or top-5: ambiguous
+    assert answer_cell("Which model has a top-1 accuracy of 91.2?", PASSAGE) is None  # asks for a label
+    assert answer_cell("", PASSAGE) is None and answer_cell("accuracy of TinyLM-2", "no table") is None
+
+
+def test_numbers_name_rows_and_term_weights_break_ties():
+    text = "Yearly figures:\n\n| Year | Revenue | Profit |\n|---|---|---|\n| 2020 | 1,000 | 50 |\n| 2021 | 1,200 | 80 |"
+    answer = answer_cell("What was the profit in 2021?", text)
+    assert (answer.value, answer.row_label, answer.column_label) == ("80", "2021", "Profit")
+    assert cell_sentence(answer_cell("revenues in 2020", text)) == "Revenue for 2020: 1,000"
+    assert answer_cell("revenue or profit in 2021", text) is None  # two columns named equally
+    weighted = answer_cell("revenue or profit in 2021", text, {"profit": 3.0, "revenue": 1.0})
+    assert weighted.value == "80"
+
+
+def test_a_continuation_chunk_of_a_split_table_is_still_answerable():
+    rows = [[f"Model-{i}", f"{60 + i / 10:.1f}", f"{i * 10}M"] for i in range(60)]
+    text = "# Scores\n\n" + format_pipe_table(["Model", "Top-1 accuracy (%)", "Parameters"], rows) + "\n"
+    doc = Document("s.md", text, "markdown", "0" * 64, len(text), 0.0)
+    encoder = HashingEncoder()
+    chunks = chunk_document(doc, encoder.count_tokens, ChunkerSettings(target_tokens=80, overlap_tokens=10,
+                                                                        max_tokens=100))
+    [chunk] = [c for c in chunks if "| Model-42 |" in c.text]
+    assert chunk.repeated_header(), "Model-42 is in a continuation chunk"
+    answer = answer_cell("What is the top-1 accuracy of Model-42?", chunk.text)
+    assert answer is not None and answer.value == "64.2" and chunk.text[answer.start:answer.end] == "64.2"
+    assert is_table_text(chunk.text)
+
+
+def test_is_table_text_and_the_sentence_wording():
+    assert is_table_text(PASSAGE)
+    prose = "Some long prose. " * 40 + "\n\n| a | b |\n|---|---|\n| 1 | 2 |"
+    assert not is_table_text(prose) and not is_table_text("") and not is_table_text("plain words")
+    answer = answer_cell("notes of beta", "| Name | Notes |\n|---|---|\n| alpha | x |\n| beta | Done. |")
+    assert cell_sentence(answer) == "Notes for beta: Done"
