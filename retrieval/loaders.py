@@ -1,8 +1,9 @@
 """Turn the files of a folder into plain-text `Document`s, and say why any file was skipped.
 
-Supported: plain text (.txt, .csv, ...), Markdown, reStructuredText, HTML, PDF (text layer, with page
-numbers), DOCX and source code. Text that is not UTF-8 is decoded with the encoding `charset-normalizer`
-detects. A file that cannot be read never stops a scan: it becomes a `Skipped(path, reason)`.
+Supported: plain text (.txt, .log, ...), Markdown, reStructuredText, HTML, PDF (text layer in reading
+order, with page numbers and headings: see `retrieval.pdf`), DOCX, CSV/TSV tables and source code. Text
+that is not UTF-8 is decoded with the encoding `charset-normalizer` detects. A file that cannot be read
+never stops a scan: it becomes a `Skipped(path, reason)`.
 
 Hidden files and folders (names starting with ".", such as .git) are ignored silently. Symbolic links are
 never followed (that is how loops and escapes from the folder are avoided); each one is reported with a
@@ -14,6 +15,11 @@ PDF, DOCX and HTML are parsed in a separate worker process (`ParserWorker`) that
 when a file takes longer than the time limit, so a file that makes its parser hang becomes a skip reason.
 Text that is almost all valid UTF-8 (at least 98% of its bytes, no NUL byte) is read with U+FFFD in place
 of the bad bytes, and the `Document` says so in `note`; binary files stay skipped.
+
+Tables (HTML `<table>`, DOCX tables, CSV/TSV files) become Markdown pipe tables in the text, the form
+described in retrieval.pipe_tables: a header line, a separator line, one line per row, a blank line before
+and after. The header is the `<thead>` / `<th>` row of an HTML table, else (and for DOCX and CSV) the first
+row. A table of one column is not a table: its rows stay lines of text, as does a CSV file that does not parse.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ MIB = 1024 * 1024
 MARKDOWN_EXTENSIONS = {".md", ".markdown", ".mdown", ".mkd"}
 RST_EXTENSIONS = {".rst", ".rest"}
 HTML_EXTENSIONS = {".html", ".htm", ".xhtml"}
-TEXT_EXTENSIONS = {".txt", ".text", ".csv", ".tsv", ".log", ".tex", ".org", ".adoc", ".srt"}
+TEXT_EXTENSIONS = {".txt", ".text", ".log", ".tex", ".org", ".adoc", ".srt"}
+TABLE_EXTENSIONS = {".csv", ".tsv"}  # delimited rows: loaded as one pipe table (kind "table")
 CODE_EXTENSIONS = {
     ".py", ".pyi", ".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".java", ".kt", ".kts", ".scala", ".c", ".h",
     ".cc", ".cpp", ".cxx", ".hpp", ".hh", ".cs", ".go", ".rs", ".rb", ".php", ".pl", ".pm", ".swift", ".m",
@@ -68,12 +75,12 @@ class Document:
     `path` is relative to the indexed folder, with "/" separators. `text` is the plain text that chunks
     point into. `pages` holds (start, end, page_no) character spans for PDFs. `headings` holds
     (offset, level, title) for formats whose structure the loader sees and the text does not show
-    (HTML, DOCX); Markdown and RST headings are found by the chunker in the text itself.
+    (HTML, DOCX, PDF); Markdown and RST headings are found by the chunker in the text itself.
     """
 
     path: str
     text: str
-    kind: str  # "text" | "markdown" | "rst" | "html" | "pdf" | "docx" | "code"
+    kind: str  # "text" | "markdown" | "rst" | "html" | "pdf" | "docx" | "code" | "table" (CSV/TSV)
     sha256: str
     size: int
     mtime: float
@@ -148,6 +155,8 @@ def kind_for(path: str | Path) -> str | None:
         return "docx"
     if name in CODE_FILENAMES or ext in CODE_EXTENSIONS:
         return "code"
+    if ext in TABLE_EXTENSIONS:
+        return "table"
     if ext in TEXT_EXTENSIONS:
         return "text"
     if not ext and name in TEXT_FILENAMES:
@@ -321,13 +330,17 @@ def parse_bytes(kind: str, raw: bytes, limits: LoadLimits | None = None) -> Pars
     pages = headings = None
     note = ""
     if kind == "pdf":
-        text, pages = _pdf_text(raw, limits)
+        text, pages, headings = _pdf_text(raw, limits)
+        headings = headings or None
     elif kind == "docx":
         _check_zip(raw, limits)
         text, headings = _docx_text(raw)
     elif kind == "html":
         html, note = decode_text_with_note(raw)
         text, headings = html_to_text(html)
+    elif kind == "table":
+        text, note = decode_text_with_note(raw)
+        text = _delimited_text(_normalise(text), limits)
     else:
         text, note = decode_text_with_note(raw)
     text = _normalise(text) if kind not in ("pdf", "html", "docx") else text
@@ -420,55 +433,134 @@ def _decode_detected(raw: bytes) -> str:
     return text
 
 
-# ---------------------------------------------------------------- PDF
+# ---------------------------------------------------------------- tables (HTML, DOCX, CSV/TSV)
 
-def _pdf_text(raw: bytes, limits: LoadLimits | None = None) -> tuple[str, list[tuple[int, int, int]]]:
-    """Text layer of each page, pages joined by a blank line; returns the text and the page spans."""
-    limits = limits or LoadLimits()
+MAX_TABLE_COLUMNS = 1_000  # cells past this many in a row are dropped (a crafted file, not a table to read)
+
+
+def table_blocks(header_rows: list[list[str]], body_rows: list[list[str]]) -> list[str]:
+    """Text blocks for one table: a pipe table (`format_pipe_table`), or lines of text when it is no table.
+
+    Several header rows are merged column by column. Rows whose cells are all empty are dropped. A table
+    whose widest row has fewer than two cells, or that has a single row, becomes one "a | b" line per row (its
+    old form); one with nothing in it gives no block.
+    """
+    from retrieval.pipe_tables import clean_cell, format_pipe_table
+
+    header = _merge_header_rows([[clean_cell(c) for c in row[:MAX_TABLE_COLUMNS]] for row in header_rows])
+    body = [cells for cells in ([clean_cell(c) for c in row[:MAX_TABLE_COLUMNS]] for row in body_rows)
+            if any(cells)]
+    if not any(header) and not body:
+        return []
+    if not any(header):  # an empty header row: the first row with text is the header
+        header, body = body[0], body[1:]
+    if max([len(header), *(len(r) for r in body)]) < 2 or not body:  # one column, or one row: no table
+        return [line for line in (" | ".join(c for c in row if c) for row in [header, *body]) if line]
+    return [format_pipe_table(header, body, clean=False)]
+
+
+def _merge_header_rows(rows: list[list[str]]) -> list[str]:
+    """One header from several header rows: per column, the distinct non-empty texts joined by a space."""
+    if len(rows) <= 1:
+        return rows[0] if rows else []
+    width = max(len(r) for r in rows)
+    merged = []
+    for col in range(width):
+        parts: list[str] = []
+        for row in rows:
+            if col < len(row) and row[col] and row[col] not in parts:
+                parts.append(row[col])
+        merged.append(" ".join(parts))
+    return merged
+
+
+_DELIMITERS = ",\t;|"
+_SPACES = re.compile(r"\s+")
+SNIFF_CHARS = 4096  # csv.Sniffer's regexes are quadratic on some inputs: ~0.2 s at worst on this much text
+
+
+def _sniff_delimiter(sample: str) -> tuple[str, "object | None"]:
+    """(delimiter, csv dialect or None) for the first lines of a delimited file; ("", None) when none fits."""
+    import csv
+
+    lines = [line for line in sample.split("\n")[:50] if line.strip()]
+    tabs = {line.count("\t") for line in lines}
+    if len(lines) > 1 and len(tabs) == 1 and min(tabs) > 0:  # as many tabs on every line: TSV (not ",")
+        return "\t", None
     try:
-        from pypdf import PdfReader
+        dialect = csv.Sniffer().sniff(sample, delimiters=_DELIMITERS)
+        if dialect.delimiter in _DELIMITERS:
+            return dialect.delimiter, dialect
+    except csv.Error:
+        pass
+    # The sniffer gives up on ragged or quoted samples: take the delimiter found most often in every line.
+    best, best_n = "", 0
+    for delimiter in _DELIMITERS:
+        counts = [line.count(delimiter) for line in lines]
+        if counts and min(counts) > 0 and min(counts) > best_n:
+            best, best_n = delimiter, min(counts)
+    return best, None
 
-        reader = PdfReader(io.BytesIO(raw), strict=False)
-        if reader.is_encrypted:
-            try:
-                if not reader.decrypt(""):
-                    raise SkipFile("encrypted PDF (needs a password)")
-            except SkipFile:
-                raise
-            except Exception:
-                raise SkipFile("encrypted PDF (needs a password)") from None
-        n_pages = len(reader.pages)
-        if n_pages > limits.max_pdf_pages:
-            raise SkipFile(f"too many pages ({n_pages:,} > limit {limits.max_pdf_pages:,})")
-        page_texts, chars = [], 0
-        for page in reader.pages:
-            try:
-                page_texts.append(_normalise(page.extract_text() or ""))
-            except Exception:
-                page_texts.append("")
-            chars += len(page_texts[-1])
+
+def _delimited_text(text: str, limits: LoadLimits) -> str:
+    """A CSV/TSV file's text as one pipe table (first row = header), or the text unchanged when it does not
+    parse as rows of two or more cells (it is then indexed as plain text). Raises SkipFile when the table's
+    text would pass `limits.max_chars`."""
+    import csv
+
+    sample = text[:SNIFF_CHARS]
+    if len(text) > len(sample) and "\n" in sample:
+        sample = sample[:sample.rindex("\n")]
+    delimiter, dialect = _sniff_delimiter(sample)
+    if not delimiter:
+        return text
+    options: dict = {"delimiter": delimiter, "strict": False}
+    if dialect is not None:
+        options.update(quotechar=getattr(dialect, "quotechar", '"') or '"',
+                       doublequote=bool(getattr(dialect, "doublequote", True)),
+                       skipinitialspace=bool(getattr(dialect, "skipinitialspace", False)))
+    # Rows are cleaned as whole lines (cells joined by NUL, which the csv module never lets into a cell):
+    # one regex pass per row instead of one call per cell keeps a million-row file to seconds.
+    lines: list[str] = []
+    widths: list[int] = []
+    chars = 0
+    try:
+        for row in csv.reader(io.StringIO(text), **options):
+            row = row[:MAX_TABLE_COLUMNS]
+            line = _SPACES.sub(" ", "\0".join(row).replace("|", "/")).strip(" ")
+            line = line.replace(" \0", "\0").replace("\0 ", "\0")
+            if not line.replace("\0", ""):
+                continue
+            lines.append(line)
+            widths.append(len(row))
+            chars += len(line) + 2 * len(row) + 3
             if chars > limits.max_chars:
                 raise SkipFile(f"too much text (over {limits.max_chars:,} characters)")
-    except (SkipFile, MemoryError):
-        raise
-    except Exception as exc:  # pypdf raises many types on damaged files
-        raise SkipFile(f"corrupt PDF ({type(exc).__name__}: {str(exc)[:100]})") from None
-    if not page_texts:
-        raise SkipFile("corrupt PDF (no pages)")
-    parts, pages, pos = [], [], 0
-    for number, page_text in enumerate(page_texts, start=1):
-        page_text = page_text.strip()
-        if not page_text:
-            continue
-        if parts:
-            parts.append("\n\n")
-            pos += 2
-        parts.append(page_text)
-        pages.append((pos, pos + len(page_text), number))
-        pos += len(page_text)
-    if not pages:
-        raise SkipFile("no text layer (scanned PDF? run OCR first)")
-    return "".join(parts), pages
+    except csv.Error:  # a field over the csv module's size limit, a NUL byte: not a table
+        return text
+    width = max(widths, default=0)
+    if width < 2:
+        return text
+    out = []
+    for i, (line, n) in enumerate(zip(lines, widths)):
+        out.append("| " + (line + "\0" * (width - n)).replace("\0", " | ") + " |")
+        if i == 0:
+            out.append("|" + "|".join("---" for _ in range(width)) + "|")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- PDF
+
+def _pdf_text(raw: bytes, limits: LoadLimits | None = None
+              ) -> tuple[str, list[tuple[int, int, int]], list[tuple[int, int, str]]]:
+    """Text of a PDF in reading order (see `retrieval.pdf`): the text, its page spans and its headings."""
+    from retrieval.pdf import PdfSkip, pdf_text
+
+    limits = limits or LoadLimits()
+    try:
+        return pdf_text(raw, limits.max_pdf_pages, limits.max_chars)
+    except PdfSkip as exc:
+        raise SkipFile(str(exc)) from None
 
 
 # ---------------------------------------------------------------- DOCX
@@ -510,12 +602,9 @@ def _docx_text(raw: bytes) -> tuple[str, list[tuple[int, int, str]]]:
                 blocks.append((para.text, _docx_heading_level(para)))
             elif tag == "tbl":
                 table = Table(child, document)
-                for row in table.rows:
-                    cells = []
-                    for cell in row.cells:
-                        if cell.text not in cells:  # merged cells repeat
-                            cells.append(cell.text)
-                    blocks.append((" | ".join(c.strip() for c in cells), 0))
+                # A merged cell appears in every grid column (and row) it spans: alignment is kept.
+                grid = [[cell.text for cell in row.cells] for row in table.rows]
+                blocks.extend((block, 0) for block in table_blocks(grid[:1], grid[1:]))
     except Exception as exc:
         raise SkipFile(f"corrupt DOCX ({type(exc).__name__}: {str(exc)[:100]})") from None
     cleaned = [(text, level) for text, level in ((_normalise(t).strip(), lv) for t, lv in blocks) if text]
@@ -570,6 +659,9 @@ def html_to_text(html: str) -> tuple[str, list[tuple[int, int, str]]]:
                     text = child.get_text(" ", strip=True)
                     if text:
                         blocks.append((re.sub(r"\s+", " ", text), int(name[1])))
+                elif name == "table" and (table := _html_table(child)) is not None:
+                    flush()
+                    blocks.extend((block, 0) for block in table)
                 elif name == "pre":
                     flush()
                     text = child.get_text()
@@ -587,6 +679,75 @@ def html_to_text(html: str) -> tuple[str, list[tuple[int, int, str]]]:
     if title and not any(level for _, level in blocks[:1]):
         blocks.insert(0, (title, 1))
     return _join_blocks(blocks)
+
+
+_LAYOUT_TAGS = ("table", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "ul", "ol")
+MAX_SPAN = 100  # colspan / rowspan values are clamped to this
+
+
+def _html_table(table) -> list[str] | None:
+    """Blocks for a data `<table>`: its caption (if any) and a pipe table (see `table_blocks`).
+
+    None for a layout table (one holding another table, headings, lists or preformatted text, or a single
+    column), which is read like any other block element. The header is the `<thead>` rows, else a first row
+    of `<th>` cells only, else the first row. colspan / rowspan repeat a cell's text in every column / row
+    it spans.
+    """
+    if table.find(_LAYOUT_TAGS) is not None:
+        return None
+    rows, in_head, pending = [], [], {}  # pending: column -> [text, rows left] of a rowspan
+    for tr in table.find_all("tr"):
+        cells, col = [], 0
+        for cell in tr.find_all(("td", "th"), recursive=False):
+            while col in pending:
+                col = _take_pending(pending, col, cells)
+            text = cell.get_text(" ", strip=True)
+            colspan, rowspan = _span(cell.get("colspan")), _span(cell.get("rowspan"))
+            for _ in range(colspan):
+                cells.append(text)
+                if rowspan > 1:
+                    pending[col] = [text, rowspan - 1]
+                col += 1
+            if col >= MAX_TABLE_COLUMNS:
+                break
+        for later in sorted(c for c in pending if c >= col):  # rowspans right of a short row's last cell
+            cells.extend([""] * (later - col))
+            col = _take_pending(pending, later, cells)
+        if not cells:
+            continue
+        is_th = all(c.name == "th" for c in tr.find_all(("td", "th"), recursive=False))
+        rows.append(cells)
+        in_head.append(tr.find_parent("thead") is not None or (is_th and len(rows) == 1))
+    if not rows or max(len(r) for r in rows) < 2:
+        return None
+    n_head = 0
+    if any(in_head):
+        while n_head < len(rows) and in_head[n_head]:
+            n_head += 1
+    n_head = max(n_head, 1)
+    blocks = table_blocks(rows[:n_head], rows[n_head:])
+    if not blocks:
+        return []
+    caption = table.find("caption")
+    caption_text = re.sub(r"\s+", " ", caption.get_text(" ", strip=True)) if caption is not None else ""
+    return [caption_text, *blocks] if caption_text else blocks
+
+
+def _take_pending(pending: dict[int, list], col: int, cells: list[str]) -> int:
+    """Put the text of a rowspan that covers `col` into `cells`; the next column."""
+    entry = pending[col]
+    cells.append(entry[0])
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del pending[col]
+    return col + 1
+
+
+def _span(value: object) -> int:
+    try:
+        return min(max(int(str(value).strip()), 1), MAX_SPAN)
+    except (TypeError, ValueError):
+        return 1
 
 
 def _join_blocks(blocks: list[tuple[str, int]]) -> tuple[str, list[tuple[int, int, str]]]:
@@ -750,7 +911,7 @@ def _worker_loop(memory_limit: int = 0) -> None:
             pass
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a library that prints must not corrupt the replies
-    for module in ("pypdf", "docx", "bs4"):  # imported before the first file's clock starts
+    for module in ("pypdf", "pypdfium2", "retrieval.pdf", "docx", "bs4"):  # imported before the first file's clock starts
         try:
             __import__(module)
         except Exception:  # noqa: BLE001 - the parse itself reports a missing parser

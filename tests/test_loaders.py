@@ -9,7 +9,9 @@ import pytest
 
 from conftest_retrieval import BROKEN, MAX_BYTES, PLANTED, make_mixed_folder
 from retrieval.errors import RetrievalError
-from retrieval.loaders import SkipFile, decode_text, html_to_text, kind_for, load_file, scan_folder
+from retrieval.loaders import (LoadLimits, SkipFile, decode_text, html_to_text, kind_for, load_file, parse_bytes,
+                               scan_folder)
+from retrieval.pipe_tables import find_pipe_tables, split_row
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +132,91 @@ def test_kinds_and_encodings():
     assert decode_text("\ufeffbom".encode("utf-8")) == "bom"
     with pytest.raises(SkipFile, match="binary"):
         decode_text(b"abc\x00def")
+
+
+# ---------------------------------------------------------------- tables
+
+def _cells(text):
+    """[[header cells], [row cells], ...] of every pipe table in `text`."""
+    return [[[text[a:b] for a, b in split_row(text, *span)] for span in (block.header, *block.rows)]
+            for block in find_pipe_tables(text)]
+
+
+def test_html_tables_become_pipe_tables_with_the_text_around_them():
+    html = """<html><body><h1>Results</h1><p>Before the tables.</p>
+    <table><caption>Table 1: scores</caption>
+      <thead><tr><th>Model</th><th colspan="2">Accuracy</th></tr><tr><th></th><th>Top-1</th><th>Top-5</th></tr></thead>
+      <tbody><tr><td rowspan="2">TinyLM-2</td><td>91.2</td><td>98<br>.1</td></tr>
+             <tr><td>90.0</td><td>97.0</td></tr></tbody>
+    </table>
+    <p>Between.</p>
+    <table><tr><th>City</th><th>Note</th></tr><tr><td>Oslo</td><td>cold | dark</td></tr></table>
+    <table><tr><td>name</td><td>size</td></tr><tr><td>a.txt</td><td>3 KB</td></tr></table>
+    <table><tr><td><h2>Layout</h2><p>One column of page layout.</p></td></tr></table>
+    <p>After.</p></body></html>"""
+    text, headings = html_to_text(html)
+    assert [(level, title) for _, level, title in headings] == [(1, "Results"), (2, "Layout")]
+    assert _cells(text) == [
+        [["Model", "Accuracy Top-1", "Accuracy Top-5"], ["TinyLM-2", "91.2", "98 .1"], ["TinyLM-2", "90.0", "97.0"]],
+        [["City", "Note"], ["Oslo", "cold / dark"]],
+        [["name", "size"], ["a.txt", "3 KB"]],
+    ]
+    assert "Before the tables.\n\nTable 1: scores\n\n| Model |" in text
+    assert "|\n\nBetween.\n\n| City |" in text
+    assert "One column of page layout.\n\nAfter." in text and "| One column" not in text
+    for block in find_pipe_tables(text):  # a blank line before and after each table
+        assert text[block.start - 2:block.start] == "\n\n" and text[block.end:block.end + 2] == "\n\n"
+
+
+def test_docx_tables_become_pipe_tables(tmp_path):
+    import docx
+
+    d = docx.Document()
+    d.add_heading("Report", level=1)
+    d.add_paragraph("The table below lists the runs.")
+    table = d.add_table(rows=3, cols=3)
+    for r, row in enumerate([["Model", "Score", "Notes"], ["TinyLM-2", "91.2", "line one\nline two"],
+                             ["TinyLM-2 Large", "93.0", "a | b"]]):
+        for c, value in enumerate(row):
+            table.rows[r].cells[c].text = value
+    merged = d.add_table(rows=2, cols=2)
+    merged.cell(0, 0).merge(merged.cell(0, 1)).text = "Both columns"
+    merged.cell(1, 0).text = "0"
+    merged.cell(1, 1).text = "0"
+    single = d.add_table(rows=2, cols=1)
+    single.cell(0, 0).text = "a lone note"
+    single.cell(1, 0).text = "another note"
+    d.add_paragraph("Closing words.")
+    d.save(str(tmp_path / "r.docx"))
+    doc = load_file(tmp_path / "r.docx", tmp_path, limits=LoadLimits(parse_seconds=None))
+    assert [(level, title) for _, level, title in doc.headings] == [(1, "Report")]
+    assert _cells(doc.text) == [
+        [["Model", "Score", "Notes"], ["TinyLM-2", "91.2", "line one line two"], ["TinyLM-2 Large", "93.0", "a / b"]],
+        [["Both columns", "Both columns"], ["0", "0"]],  # merged cells repeat; equal cells are both kept
+    ]
+    assert "runs.\n\n| Model | Score | Notes |\n|---|---|---|\n| TinyLM-2 | 91.2 |" in doc.text
+    assert "a lone note\n\nanother note\n\nClosing words." in doc.text  # one column: lines of text
+
+
+def test_csv_and_tsv_files_are_tables(tmp_path):
+    assert kind_for("a.csv") == "table" and kind_for("B.TSV") == "table" and kind_for("a.txt") == "text"
+    (tmp_path / "scores.csv").write_text(
+        'model;score;note\nTinyLM-2;91.2;"quoted; with\nnewline"\n\nTinyLM-2 Large;93.0;x|y\nshort;1\n')
+    doc = load_file(tmp_path / "scores.csv", tmp_path)
+    assert doc.kind == "table"
+    assert _cells(doc.text) == [[["model", "score", "note"], ["TinyLM-2", "91.2", "quoted; with newline"],
+                                 ["TinyLM-2 Large", "93.0", "x/y"], ["short", "1", ""]]]
+    assert doc.text.startswith("| model | score | note |\n|---|---|---|\n")
+    (tmp_path / "t.tsv").write_text("a b\tc, d\n1, 2\t3\n")
+    assert _cells(load_file(tmp_path / "t.tsv", tmp_path).text) == [[["a b", "c, d"], ["1, 2", "3"]]]
+
+
+def test_a_csv_that_is_no_table_is_text_and_a_huge_one_is_skipped(tmp_path):
+    text, _, _, _ = parse_bytes("table", b"just one column\nof words\n")
+    assert text == "just one column\nof words\n" and find_pipe_tables(text) == []
+    big = ("id,value\n" + "".join(f"{i},{'v' * 20}\n" for i in range(2000))).encode()
+    assert len(parse_bytes("table", big)[0]) > len(big)
+    with pytest.raises(SkipFile, match="too much text"):
+        parse_bytes("table", big, LoadLimits(max_chars=len(big)))
+    field = b"a,b\n1," + b"x" * 200_000 + b"\n"  # a field over the csv module's limit: plain text, no crash
+    assert parse_bytes("table", field)[0].startswith("a,b\n1,x")
