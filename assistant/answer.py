@@ -32,7 +32,8 @@ class Source:
 
     @property
     def location(self) -> str:
-        """`file › heading` or `file, page n`, as shown to the user and in the prompt label."""
+        """`file › heading` or `file.pdf, p. 3`, as the UI, the CLI and the HTTP server show a source (the
+        generator's prompt labels a passage by `assistant.packing.prompt_label` instead)."""
         return passage_label(self.path, self.heading, self.page)
 
 
@@ -68,7 +69,7 @@ class AnswerSentence:
     end: int
     score: float = 0.0        # how relevant the supporting sentence was to the question
     role: str = "sentence"    # "sentence" | "item" (a bullet) | "cell" (a table cell) | "generated" (checked)
-    group: str = ""           # comparison: the side it describes ("BPE"); empty otherwise
+    group: str = ""           # comparison: the side it describes ("BPE"); bullets: the section title shown first
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,13 +106,19 @@ class Answer:
 
 
 def passage_label(path: str, heading: str | None, page: int | None) -> str:
-    """Short label saying where a passage comes from: `file.md › Heading` / `file.pdf, page 3`."""
+    """Short label saying where a passage comes from: `file.md › Heading` / `file.pdf, p. 3` (both when a
+    paged source has a heading: `file.pdf › Heading, p. 3`)."""
     label = str(path)
     if heading:
         label += f" › {heading}"
     if page:
-        label += f", page {page}"
+        label += f", {page_label(page)}"
     return label
+
+
+def page_label(page: int) -> str:
+    """How a citation names a page: `p. 3`."""
+    return f"p. {int(page)}"
 
 
 def _snippet(text: str, limit: int = 280) -> str:

@@ -40,7 +40,7 @@ _HEADING_LINE = re.compile(r"^[ \t]*#{1,6}[ \t]+\S")
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)")
 _TABLE_LINE = re.compile(r"^[ \t]*\|.*\|[ \t]*$")
 _CODE_LINE = re.compile(r"^[ \t]*(?:>>>|\.\.\.(?:\s|$)|\$ |[\w.]+\(.*\)\s*(?:-->|->)\s*\S)")
-_CODE_CHARS = frozenset("()[]{}=<>_`*#|\\$")
+_CODE_CHARS = frozenset("()[]{}=<>`*#|\\$")
 _ABBREVIATIONS = re.compile(
     r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|Mr|Mrs|Ms|Dr|Prof|St|No|Fig|Eq|approx|Sec|Ch|Vol|resp))\.$")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s+(?:[\"'(\[]?[A-Z0-9`*]))")
@@ -324,7 +324,8 @@ def _render(sentences: list[AnswerSentence], layout: str, intro: str = "", order
                 lines.append(_with_marker(s.text, s.passage))
                 continue
             number += 1
-            lines.append((f"{number}. " if ordered else "- ") + _with_marker(s.text, s.passage))
+            label = f"{s.group}: " if s.group else ""  # a section's title before its sentence (not a claim)
+            lines.append((f"{number}. " if ordered else "- ") + label + _with_marker(s.text, s.passage))
         return "\n".join(lines)
     if layout == "sides":
         paragraphs, current, body = [], None, []
@@ -354,7 +355,7 @@ def _readable(unit: Unit) -> bool:
     if unit.role not in ("sentence", "item") or not 3 <= len(words) <= 80:
         return False
     symbols = sum(c in _CODE_CHARS for c in unit.text) / max(len(unit.text), 1)
-    return symbols <= 0.1 and sum(w.isalpha() for w in words) >= 3
+    return symbols <= 0.12 and sum(w.isalpha() for w in words) >= 3
 
 
 def _dedupe(units: Sequence[Unit], hits: Sequence[Any]) -> list[Unit]:
@@ -395,14 +396,13 @@ def compose_definition(units: list[Unit], numbers: Sequence[int], hits: Sequence
     # often without repeating the name.
     first_of_section: dict[int, Unit] = {}
     for unit in readable:
-        heading = str(getattr(hits[unit.passage], "heading", "") or "").split(" › ")[-1]
-        if terms and all(t in content_terms(heading) for t in terms) and (
+        heading = content_terms(str(getattr(hits[unit.passage], "heading", "") or "").split(" › ")[-1])
+        if terms and all(t in heading for t in terms) and len(heading) <= len(terms) + 1 and (
                 unit.passage not in first_of_section or unit.position < first_of_section[unit.passage].position):
             first_of_section[unit.passage] = unit
-    section_firsts = [u for u in first_of_section.values()
-                      if int(getattr(hits[u.passage], "start", 1) or 0) == 0 or u.position == 0]
+    section_firsts = [u for u in first_of_section.values() if u.role == "sentence"]
     pool = naming + [u for u in section_firsts if u not in naming]
-    bonus = {id(u): 0.5 for u in section_firsts}
+    bonus = {id(u): 2.0 for u in section_firsts}  # the section named after the subject opens with its definition
     best = max(pool or readable, key=lambda u: u.score + bonus.get(id(u), 0.0))
     chosen = [best]
     following = [u for u in readable if u.passage == best.passage and u.position == best.position + 1]
@@ -412,7 +412,7 @@ def compose_definition(units: list[Unit], numbers: Sequence[int], hits: Sequence
 
 
 def compose_explanation(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any],
-                        max_sentences: int = 3) -> Composition | None:
+                        max_sentences: int = 4) -> Composition | None:
     """The best unit, plus the best-scoring units near it in the same passage, in reading order."""
     readable = [u for u in units if _readable(u)]
     if not readable:
@@ -433,6 +433,12 @@ def compose_explanation(units: list[Unit], numbers: Sequence[int], hits: Sequenc
     if len(chosen) < max_sentences and before is not None and not best.paragraph_first \
             and before.score >= 0.8 * best.score:
         chosen.insert(0, before)
+    if max_sentences > 1:  # a second reason elsewhere (another paragraph or passage) that scores nearly as well
+        others = [u for u in readable if u not in chosen and not (u.passage == best.passage
+                  and abs(u.position - best.position) <= len(chosen))]
+        second = max(others, key=lambda u: u.score, default=None)
+        if second is not None and second.score >= 0.85 * best.score:
+            chosen.append(second)
     return _finish([_sentence(u, numbers) for u in _dedupe(chosen, hits)], "text")
 
 
@@ -478,10 +484,9 @@ def compose_list(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any],
             keep = sorted(sorted(range(len(sections)), key=lambda i: -sections[i][1].score)[:count])
             sections = [sections[i] for i in keep]
         for title, unit in sections[:max_items]:
-            body = _clean(unit.text)
             label = title.strip()
-            text = body if label.lower() in body.lower()[: len(label) + 20] else f"{label}: {body}"
-            chosen.append(_sentence(unit, numbers, "item", text=text))
+            group = "" if label.lower() in _clean(unit.text).lower()[: len(label) + 20] else label
+            chosen.append(_sentence(unit, numbers, "item", group=group))
         return _finish(chosen, "bullets", ordered=ordered)
     ranked = sorted(readable, key=lambda u: -u.score)
     top = ranked[0].score
@@ -529,12 +534,14 @@ def compose_enumeration(units: list[Unit], numbers: Sequence[int], hits: Sequenc
 
 
 def compose_procedure(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any],
-                      max_steps: int = 8) -> Composition | None:
+                      max_steps: int = 8, headings: dict[int, float] | None = None,
+                      heading_weight: float = 1.0) -> Composition | None:
     """The steps of the passage that best answers the question, in reading order: its sentences that open with a
     sequence word (First, Then, Finally, ...) or its list items; else its sentences from the best paragraph on."""
     readable = [u for u in units if _readable(u)]
     if not readable:
         return None
+    headings = headings or {}
     by_passage: dict[int, list[Unit]] = {}
     for unit in readable:
         by_passage.setdefault(unit.passage, []).append(unit)
@@ -543,7 +550,11 @@ def compose_procedure(units: list[Unit], numbers: Sequence[int], hits: Sequence[
                 or u.role == "item"]
 
     # The passage that best answers, favouring one that holds steps (a numbered list, "First, ... Then, ...").
-    passage = max(by_passage, key=lambda p: max(u.score for u in by_passage[p])
+    def top2(p: int) -> float:  # a passage that describes the process in several good sentences beats one line
+        best = sorted((u.score for u in by_passage[p]), reverse=True)[:2]
+        return sum(best) / 2 if len(best) == 2 else best[0] - 0.3
+
+    passage = max(by_passage, key=lambda p: top2(p) + heading_weight * headings.get(p, 0.0)
                   + (0.6 if len(steps_of(by_passage[p])) >= 2 else 0.0))
     own = sorted(by_passage[passage], key=lambda u: u.position)
     steps = steps_of(own)
@@ -552,10 +563,15 @@ def compose_procedure(units: list[Unit], numbers: Sequence[int], hits: Sequence[
         intro = [u for u in own if u.position == first.position - 1 and u.role == "sentence"]
         chosen = [_sentence(u, numbers) for u in intro] + [_sentence(u, numbers, "item") for u in steps[:max_steps]]
         return _finish(chosen, "bullets", ordered=True)
-    best = max(own, key=lambda u: u.score)
-    paragraph_start = max((u.position for u in own if u.paragraph_first and u.position <= best.position),
-                          default=own[0].position)
-    chosen_units = [u for u in own if u.position >= paragraph_start][:5]
+    # No marked steps: the paragraph that best describes the process (its units' mean score; the passage's first
+    # paragraph, where a section says what it is about, is favoured), its sentences in order.
+    paragraphs: list[list[Unit]] = []
+    for unit in own:
+        if unit.paragraph_first or not paragraphs:
+            paragraphs.append([])
+        paragraphs[-1].append(unit)
+    chosen_units = max(paragraphs, key=lambda p: sum(u.score for u in p) / len(p)
+                       + (0.25 if p is paragraphs[0] else 0.0))[:5]
     return _finish([_sentence(u, numbers, "item") for u in chosen_units], "bullets", ordered=True)
 
 
@@ -644,6 +660,38 @@ def compose_summary(units: list[Unit], numbers: Sequence[int], hits: Sequence[An
     return _finish([_sentence(u, numbers) for u in _reading_order(chosen, hits)], "text")
 
 
+def compose_document_summary(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any], path: str,
+                             max_sections: int = 7) -> Composition | None:
+    """A summary of one document: a bullet per section (its title and its most central sentence), in reading
+    order; the most central sections when there are more than `max_sections`. A document without sections gets
+    its most central sentences (compose_summary)."""
+    readable = [u for u in _dedupe([u for u in units if _readable(u) and u.role == "sentence"], hits)]
+    if not readable:
+        return None
+    central = dict(zip(map(id, readable), centrality(readable)))
+    sections: dict[str, list[Unit]] = {}
+    for unit in _reading_order(readable, hits):
+        heading = str(getattr(hits[unit.passage], "heading", "") or "")
+        if heading.count(" › ") >= 1:
+            sections.setdefault(heading, []).append(unit)
+    if len(sections) < 3:
+        return compose_summary(units, numbers, hits)
+    picks = []
+    for heading, members in sections.items():
+        lead = max(members[:3], key=lambda u: central[id(u)] + (0.1 if u is members[0] else 0.0))
+        picks.append((heading, lead, central[id(lead)]))
+    if len(picks) > max_sections:
+        keep = {id(lead) for _, lead, _ in sorted(picks, key=lambda p: -p[2])[:max_sections]}
+        picks = [p for p in picks if id(p[1]) in keep]
+    chosen = []
+    for heading, lead, _ in picks:
+        title = heading.split(" › ")[-1].strip()
+        body = _clean(lead.text)
+        group = "" if title.lower() in body.lower()[: len(title) + 20] else title
+        chosen.append(_sentence(lead, numbers, "item", group=group))
+    return _finish(chosen, "bullets")
+
+
 def section_leads(units: list[Unit], hits: Sequence[Any], path: str) -> list[tuple[str, Unit]]:
     """(section title, its first readable unit) for each section of document `path` among the passages, in reading
     order: a list question about a document whose sections are the items ("the decoding strategies")."""
@@ -723,6 +771,6 @@ def check_sentences(generated: str, evidence: Sequence[AnswerSentence], passages
 
 
 __all__ = ["Composition", "Unit", "UnitWeights", "centrality", "check_sentences", "compose_comparison",
-           "compose_definition", "compose_enumeration", "compose_explanation", "compose_list", "compose_procedure", "compose_summary", "compose_yesno",
+           "compose_definition", "compose_document_summary", "compose_enumeration", "compose_explanation", "compose_list", "compose_procedure", "compose_summary", "compose_yesno",
            "content_terms", "coverage_of", "item_body", "passage_units", "score_units", "section_leads",
            "split_generated", "supported_by", "comparison_sides", "subject_of"]

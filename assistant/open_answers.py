@@ -145,7 +145,12 @@ def compose_for(kind: str, question: str, hits: list[Any], units: list[Unit], nu
     if kind == "yesno":
         return compose.compose_yesno(units, numbers, hits)
     if kind == "procedure":
-        return compose.compose_procedure(units, numbers, hits)
+        q_terms = content_terms(question)
+        headings = {}
+        for i, hit in enumerate(hits):
+            words = set(content_terms(str(getattr(hit, "heading", "") or "").split(" › ")[-1]))
+            headings[i] = sum(t in words for t in q_terms) / max(len(q_terms), 1)
+        return compose.compose_procedure(units, numbers, hits, headings=headings)
     if kind == "list":
         count = count_in(question)
         object_terms = content_terms(list_object(question))
@@ -163,7 +168,9 @@ def compose_for(kind: str, question: str, hits: list[Any], units: list[Unit], nu
             return compose.compose_comparison([(side, units) for side in sides], numbers, hits)
         return compose.compose_explanation(units, numbers, hits)
     if kind == "summary":
-        return compose.compose_summary(units, numbers, hits, topic_weight=0.0 if named else 0.6)
+        if named:
+            return compose.compose_document_summary(units, numbers, hits, named)
+        return compose.compose_summary(units, numbers, hits, topic_weight=0.6)
     return compose.compose_explanation(units, numbers, hits)
 
 
