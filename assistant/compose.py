@@ -421,11 +421,11 @@ def compose_explanation(units: list[Unit], numbers: Sequence[int], hits: Sequenc
     own = {u.position: u for u in readable if u.passage == best.passage}
     chosen = [best]
     # An explanation goes on in the sentences after its best one (same paragraph), while they stay on topic.
-    # The next sentence of the paragraph always goes with it ("BM25 improves on TF-IDF in two ways." is followed by
-    # the two ways); a further one while it stays on topic or carries on a sequence ("Second, ...").
+    # The next two sentences of the paragraph go with it ("BM25 improves on TF-IDF in two ways." is followed by
+    # the two ways); further ones while they stay on topic or carry on a sequence ("Third, ...").
     position = best.position + 1
     while len(chosen) < max_sentences and position in own and not own[position].paragraph_first and (
-            position == best.position + 1 or own[position].score >= best.score - 1.2
+            position <= best.position + 2 or own[position].score >= best.score - 1.2
             or _SEQUENCE.match(own[position].text.strip())):
         chosen.append(own[position])
         position += 1
@@ -571,8 +571,29 @@ def compose_procedure(units: list[Unit], numbers: Sequence[int], hits: Sequence[
             paragraphs.append([])
         paragraphs[-1].append(unit)
     chosen_units = max(paragraphs, key=lambda p: sum(u.score for u in p) / len(p)
-                       + (0.25 if p is paragraphs[0] else 0.0))[:5]
+                       + (0.5 if p is paragraphs[0] else 0.0))[:5]
     return _finish([_sentence(u, numbers, "item") for u in chosen_units], "bullets", ordered=True)
+
+
+def compose_section_items(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any],
+                          object_terms: Sequence[str], max_items: int = 6) -> Composition | None:
+    """A list whose object names a section ("What are the limitations of ..." and a section "Limitations"): that
+    section's list items, or its sentences, as bullets in reading order."""
+    if not object_terms:
+        return None
+    matching = [i for i, hit in enumerate(hits)
+                if all(t in content_terms(str(getattr(hit, "heading", "") or "").split(" › ")[-1]) for t in object_terms)]
+    if not matching:
+        return None
+    heading = str(getattr(hits[matching[0]], "heading", ""))
+    members = [u for u in units if _readable(u) and str(getattr(hits[u.passage], "heading", "")) == heading
+               and str(getattr(hits[u.passage], "path", "")) == str(getattr(hits[matching[0]], "path", ""))]
+    members = _reading_order(_dedupe(members, hits), hits)
+    items = [u for u in members if u.role == "item"]
+    chosen = (items if len(items) >= 2 else members)[:max_items]
+    if len(chosen) < 2:
+        return None
+    return _finish([_sentence(u, numbers, "item") for u in chosen], "bullets")
 
 
 def compose_comparison(side_units: list[tuple[str, list[Unit]]], numbers: Sequence[int], hits: Sequence[Any],
@@ -771,6 +792,6 @@ def check_sentences(generated: str, evidence: Sequence[AnswerSentence], passages
 
 
 __all__ = ["Composition", "Unit", "UnitWeights", "centrality", "check_sentences", "compose_comparison",
-           "compose_definition", "compose_document_summary", "compose_enumeration", "compose_explanation", "compose_list", "compose_procedure", "compose_summary", "compose_yesno",
+           "compose_definition", "compose_document_summary", "compose_enumeration", "compose_explanation", "compose_list", "compose_procedure", "compose_section_items", "compose_summary", "compose_yesno",
            "content_terms", "coverage_of", "item_body", "passage_units", "score_units", "section_leads",
            "split_generated", "supported_by", "comparison_sides", "subject_of"]

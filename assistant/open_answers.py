@@ -46,9 +46,15 @@ def _doc_words(path: str) -> set[str]:
     return set(content_terms(re.sub(r"[-_.]+", " ", stem)))
 
 
+_GENERIC = frozenset(content_terms("document file report paper manual page text notes doc docs documentation "
+                                   "study guide article chapter module"))
+
+
 def named_document(question: str, paths: Sequence[str], titles: dict[str, str] | None = None) -> str | None:
     """The indexed document a question names ("the document about positional encoding", "summarize
-    peft-lora.md"), or None. Matches the file name, then the file's stem words, then its title."""
+    peft-lora.md", "the quarterly operations report"), or None. Matches the file name; then a file whose stem
+    words are all in the question; then a document title (`titles`: path -> title) holding every word the
+    question uses to name it (at least two, words such as "document" or "report" aside)."""
     lowered = question.lower()
     for path in paths:
         name = PurePosixPath(path).name.lower()
@@ -57,13 +63,20 @@ def named_document(question: str, paths: Sequence[str], titles: dict[str, str] |
     q_terms = set(content_terms(question))
     best, best_share = None, 0.0
     for path in paths:
-        words = _doc_words(path) | set(content_terms((titles or {}).get(path, "")))
+        words = _doc_words(path)
         if not words:
             continue
-        share = len(words & q_terms) / len(_doc_words(path) or words)
+        share = len(words & q_terms) / len(words)
         if share > best_share:
             best, best_share = path, share
-    return best if best_share >= 0.99 else None
+    if best_share >= 0.99:
+        return best
+    naming = q_terms - _GENERIC
+    for path, title in (titles or {}).items():
+        title_terms = set(content_terms(title))
+        if len(naming) >= 1 and len(naming | (q_terms & _GENERIC)) >= 2 and naming <= title_terms:
+            return path
+    return None
 
 
 def _merge(*groups: Sequence[Any]) -> list[Any]:
@@ -94,14 +107,22 @@ def gather(retriever: Any, kind: str, question: str, query: str, hits: list[Any]
             return merged[:max_passages]
     if kind in WIDE_KINDS and hits and hasattr(retriever, "document_chunks"):
         best_path = hits[0].path
-        same = [h for h in hits if h.path == best_path]
-        if len(same) >= 1:
-            chunks = retriever.document_chunks(best_path, query)
-            # The best document's chunks in order, starting a little before its best hit.
-            first = min((i for i, c in enumerate(chunks) if c.chunk_id in {h.chunk_id for h in same}), default=0)
-            window = chunks[max(0, first - 1): first - 1 + max_passages] if first else chunks[:max_passages]
-            ordered = [h for h in hits if h.chunk_id == window[0].chunk_id] if window else []
-            return _merge(ordered, window, hits)[:max_passages]
+        chunks = retriever.document_chunks(best_path, query)
+        if chunks:
+            # The best document's chunks: those whose section heading the question names first, then those nearest
+            # its best hit; read in document order.
+            hit_ids = {h.chunk_id for h in hits if h.path == best_path}
+            first = min((i for i, c in enumerate(chunks) if c.chunk_id in hit_ids), default=0)
+            q_terms = set(content_terms(question)) - _GENERIC
+
+            def rank(item: tuple[int, Any]) -> tuple:
+                i, chunk = item
+                heading = set(content_terms(str(getattr(chunk, "heading", "") or "").split(" › ")[-1]))
+                return (-len(q_terms & heading), chunk.chunk_id not in hit_ids, abs(i - first))
+            keep = sorted(i for i, _ in sorted(enumerate(chunks), key=rank)[:max_passages])
+            window = [chunks[i] for i in keep]
+            lead = [h for h in hits if window and h.chunk_id == window[0].chunk_id]
+            return _merge(lead, window, hits)[:max_passages]
     return list(hits[:max_passages])
 
 
@@ -161,6 +182,10 @@ def compose_for(kind: str, question: str, hits: list[Any], units: list[Unit], nu
         sections = compose.section_leads(units, hits, best_path)
         if sections and not _sections_are_items(object_terms, hits, best_path):
             sections = None
+        if not sections:
+            named_section = compose.compose_section_items(units, numbers, hits, object_terms)
+            if named_section is not None:  # "the limitations of ..." and a section titled "Limitations"
+                return named_section
         return compose.compose_list(units, numbers, hits, sections=sections, count=count)
     if kind == "comparison":
         sides = comparison_sides(question) or ()

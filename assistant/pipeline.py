@@ -325,7 +325,7 @@ class Assistant:
                 raise SettingsError(f"answer_mode must be one of {ANSWER_MODES}, not {mode!r}")
             read_as = query if turns and is_followup(question) else question
             kind = classify(read_as)
-            named = self._named_document(read_as) if kind == "summary" else None
+            named = self._named_document(read_as, hits) if kind == "summary" else None
             best = max((_dense(h) for h in hits), default=float("-inf"))
             if not named and (not hits or best < threshold):
                 done_preparing()
@@ -441,13 +441,17 @@ class Assistant:
         sentence = AnswerSentence(cell_sentence(cell), number, cell.start, cell.end, cell.confidence, "cell")
         return Composition(cite(sentence.text, number), [sentence], "cell", [number])
 
-    def _named_document(self, question: str) -> str | None:
-        """The indexed document a summary question names, if any (see assistant.open_answers.named_document)."""
+    def _named_document(self, question: str, hits: Sequence[Any] = ()) -> str | None:
+        """The indexed document a summary question names, if any (see assistant.open_answers.named_document): by
+        its file name, or by the title (top heading) of a retrieved document."""
         paths = getattr(self.retriever, "paths", None)
         if paths is None:
             return None
+        titles: dict[str, str] = {}
+        for hit in hits:
+            titles.setdefault(str(hit.path), str(getattr(hit, "heading", "") or "").split(" › ")[0])
         with self._index_lock:
-            return named_document(question, paths())
+            return named_document(question, paths(), titles)
 
     def _answer_open(self, question: str, read_as: str, query: str, kind: str, hits: list[Any], timings: Timings,
                      start: float, mode: str, named: str | None, retrieval_mode: str | None,
