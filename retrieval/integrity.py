@@ -187,16 +187,22 @@ class RepairReport:
         return "\n".join(lines + [self.sync.summary()])
 
 
-def salvage_contents(db: Path, dim: int) -> dict[tuple[str, str], tuple[list, np.ndarray]]:
+def salvage_contents(db: Path, dim: int) -> dict[tuple[str, str, int, str], tuple[list, np.ndarray]]:
     """Every content of a (possibly damaged) index database whose chunks and vectors are all readable:
-    {(sha256, kind): (chunks as objects with text/heading/page/start/end/ordinal, vectors [n, dim])}."""
-    out: dict[tuple[str, str], tuple[list, np.ndarray]] = {}
+    {(sha256, kind, parser version, incomplete): (chunks as objects with text/heading/page/start/end/ordinal,
+    vectors [n, dim])}. A database from before parser versions (format 2) gives version 1 and ""."""
+    out: dict[tuple[str, str, int, str], tuple[list, np.ndarray]] = {}
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30.0)
     except sqlite3.Error:
         return out
     try:
-        for content_id, sha, kind, n_chunks in _readable_rows(conn, "contents", "id, sha256, kind, n_chunks"):
+        try:
+            versioned = "parser_version" in {r[1] for r in conn.execute("PRAGMA table_info(contents)")}
+        except sqlite3.DatabaseError:
+            versioned = False
+        columns = "id, sha256, kind, n_chunks" + (", parser_version, incomplete" if versioned else ", 1, ''")
+        for content_id, sha, kind, n_chunks, version, incomplete in _readable_rows(conn, "contents", columns):
             try:
                 rows = conn.execute(
                     "SELECT ordinal, text, heading, page, start_char, end_char, vector FROM chunks"
@@ -212,7 +218,7 @@ def salvage_contents(db: Path, dim: int) -> dict[tuple[str, str], tuple[list, np
                 continue
             chunks = [SimpleNamespace(ordinal=r[0], text=r[1], heading=r[2], page=r[3], start=r[4], end=r[5])
                       for r in rows]
-            out[(sha, kind)] = (chunks, vectors)
+            out[(sha, kind, int(version), str(incomplete))] = (chunks, vectors)
     except sqlite3.DatabaseError:
         pass
     finally:
@@ -282,8 +288,8 @@ def repair_index(folder: str | Path, index_path: str | Path, encoder, *, chunker
         store = IndexStore.create(fresh, settings)
         try:
             with store.writer() as writer:
-                for (sha, kind), (chunks, vectors) in salvage.items():
-                    writer.stage_content(sha, kind, chunks, vectors)
+                for (sha, kind, version, incomplete), (chunks, vectors) in salvage.items():
+                    writer.stage_content(sha, kind, chunks, vectors, version, incomplete)
                 writer.flush()  # staged, not live: the sync below claims what the folder still has
         finally:
             store.close()
@@ -291,7 +297,7 @@ def repair_index(folder: str | Path, index_path: str | Path, encoder, *, chunker
                              faiss_kind=settings.faiss, progress=progress, **sync_kw)
         store = IndexStore.open(fresh)
         try:
-            live = {(row.sha256, row.kind) for row in store.documents().values()}
+            live = {(row.sha256, row.kind, row.parser_version, row.incomplete) for row in store.documents().values()}
         finally:
             store.close()
         swap_in(fresh, index_path, aside=".damaged")

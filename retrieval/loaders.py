@@ -1,7 +1,8 @@
 """Turn the files of a folder into plain-text `Document`s, and say why any file was skipped.
 
 Supported: plain text (.txt, .log, ...), Markdown, reStructuredText, HTML, PDF (text layer in reading
-order, with page numbers and headings: see `retrieval.pdf`), DOCX, CSV/TSV tables and source code. Text
+order, with page numbers and headings: see `retrieval.pdf`), DOCX, CSV/TSV tables, source code, and (see
+`retrieval.formats`) PPTX (slides as pages), XLSX/XLSM (sheets as tables), EPUB, ODT, EML and MBOX. Text
 that is not UTF-8 is decoded with the encoding `charset-normalizer` detects. A file that cannot be read
 never stops a scan: it becomes a `Skipped(path, reason)`.
 
@@ -64,6 +65,22 @@ TEXT_FILENAMES = {"readme", "license", "licence", "copying", "authors", "changel
 
 PDF_EXTENSIONS = {".pdf"}
 DOCX_EXTENSIONS = {".docx"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}  # kind "image": OCR (retrieval.ocr)
+# The version of each kind's extraction, stored with its chunks in the index: bump a kind's number when its
+# text changes for the same bytes, and the next sync re-reads that kind's files (retrieval.sync). Kinds not
+# listed are at 1, the version of every kind before versions were recorded.
+PARSER_VERSIONS = {"pdf": 2, "html": 2, "docx": 2}
+
+
+def parser_version(kind: str) -> int:
+    """The current extraction version of a loader kind (see PARSER_VERSIONS)."""
+    return PARSER_VERSIONS.get(kind, 1)
+
+
+# Parsed by retrieval.formats (in the parser worker): extension -> kind.
+FORMAT_EXTENSIONS = {".pptx": "pptx", ".xlsx": "xlsx", ".xlsm": "xlsx", ".epub": "epub", ".odt": "odt",
+                     ".eml": "email", ".mbox": "email"}
+FORMAT_KINDS = ("pptx", "xlsx", "epub", "odt", "email")
 
 logging.getLogger("pypdf").setLevel(logging.ERROR)
 
@@ -80,13 +97,15 @@ class Document:
 
     path: str
     text: str
-    kind: str  # "text" | "markdown" | "rst" | "html" | "pdf" | "docx" | "code" | "table" (CSV/TSV)
+    kind: str  # "text" | "markdown" | "rst" | "html" | "pdf" | "docx" | "code" | "table" (CSV/TSV) | FORMAT_KINDS
     sha256: str
     size: int
     mtime: float
     pages: list[tuple[int, int, int]] | None = None
     headings: list[tuple[int, int, str]] | None = None
     note: str = ""  # something the user should know, e.g. "read as UTF-8 with 3 invalid bytes replaced"
+    parser_version: int = 1  # PARSER_VERSIONS of its kind when it was read
+    incomplete: str = ""  # "ocr": pages were not read for want of tesseract (re-read once it is installed)
 
 
 @dataclass
@@ -153,6 +172,10 @@ def kind_for(path: str | Path) -> str | None:
         return "pdf"
     if ext in DOCX_EXTENSIONS:
         return "docx"
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    if ext in FORMAT_EXTENSIONS:
+        return FORMAT_EXTENSIONS[ext]
     if name in CODE_FILENAMES or ext in CODE_EXTENSIONS:
         return "code"
     if ext in TABLE_EXTENSIONS:
@@ -316,10 +339,13 @@ def load_file(entry: FileEntry | str | Path, root: str | Path | None = None,
         text, pages, headings, note = (worker or shared_worker()).parse(kind, raw, limits)
     else:
         text, pages, headings, note = parse_bytes(kind, raw, limits)
-    return Document(entry.path, text, kind, sha, len(raw), entry.mtime_ns / 1e9, pages, headings, note)
+    from retrieval.ocr import needs_ocr
+
+    return Document(entry.path, text, kind, sha, len(raw), entry.mtime_ns / 1e9, pages, headings, note,
+                    parser_version(kind), "ocr" if needs_ocr(note) else "")
 
 
-_WORKER_KINDS = ("pdf", "docx", "html")
+_WORKER_KINDS = ("pdf", "docx", "html", "image", *FORMAT_KINDS)
 
 Parsed = tuple[str, "list[tuple[int, int, int]] | None", "list[tuple[int, int, str]] | None", str]
 
@@ -330,8 +356,14 @@ def parse_bytes(kind: str, raw: bytes, limits: LoadLimits | None = None) -> Pars
     pages = headings = None
     note = ""
     if kind == "pdf":
-        text, pages, headings = _pdf_text(raw, limits)
+        text, pages, headings, note = _pdf_text(raw, limits)
         headings = headings or None
+    elif kind == "image":
+        text, pages, note = _image_text(raw, limits)
+    elif kind in FORMAT_KINDS:
+        from retrieval.formats import parse_format
+
+        text, pages, headings, note = parse_format(kind, raw, limits)
     elif kind == "docx":
         _check_zip(raw, limits)
         text, headings = _docx_text(raw)
@@ -343,7 +375,7 @@ def parse_bytes(kind: str, raw: bytes, limits: LoadLimits | None = None) -> Pars
         text = _delimited_text(_normalise(text), limits)
     else:
         text, note = decode_text_with_note(raw)
-    text = _normalise(text) if kind not in ("pdf", "html", "docx") else text
+    text = _normalise(text) if kind not in ("pdf", "html", "docx", "image", *FORMAT_KINDS) else text
     if len(text) > limits.max_chars:
         raise SkipFile(f"too much text ({len(text):,} characters > limit {limits.max_chars:,})")
     if not text.strip():
@@ -552,30 +584,42 @@ def _delimited_text(text: str, limits: LoadLimits) -> str:
 # ---------------------------------------------------------------- PDF
 
 def _pdf_text(raw: bytes, limits: LoadLimits | None = None
-              ) -> tuple[str, list[tuple[int, int, int]], list[tuple[int, int, str]]]:
-    """Text of a PDF in reading order (see `retrieval.pdf`): the text, its page spans and its headings."""
-    from retrieval.pdf import PdfSkip, pdf_text
+              ) -> tuple[str, list[tuple[int, int, int]], list[tuple[int, int, str]], str]:
+    """Text of a PDF in reading order (see `retrieval.pdf`), pages without a text layer read by OCR
+    (`retrieval.ocr`): the text, its page spans, its headings and a note (which pages were OCR'd)."""
+    from retrieval.ocr import OcrSkip, pdf_text_with_ocr
+    from retrieval.pdf import PdfSkip
 
     limits = limits or LoadLimits()
     try:
-        return pdf_text(raw, limits.max_pdf_pages, limits.max_chars)
-    except PdfSkip as exc:
+        return pdf_text_with_ocr(raw, limits.max_pdf_pages, limits.max_chars, limits.parse_seconds)
+    except (PdfSkip, OcrSkip) as exc:
+        raise SkipFile(str(exc)) from None
+
+
+def _image_text(raw: bytes, limits: LoadLimits) -> tuple[str, list[tuple[int, int, int]], str]:
+    """OCR text of an image file (`retrieval.ocr`): the text, its page spans (one per frame) and a note."""
+    from retrieval.ocr import OcrSkip, image_text
+
+    try:
+        return image_text(raw, limits.parse_seconds, limits.max_pdf_pages)
+    except OcrSkip as exc:
         raise SkipFile(str(exc)) from None
 
 
 # ---------------------------------------------------------------- DOCX
 
-def _check_zip(raw: bytes, limits: LoadLimits) -> None:
+def _check_zip(raw: bytes, limits: LoadLimits, label: str = "DOCX") -> None:
     """Refuse a ZIP archive (DOCX) that would unpack to too much, before any part is unpacked.
 
     Python's zipfile never unpacks more than a part's declared size, so the declared sizes bound the work."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise SkipFile(f"corrupt DOCX (not a ZIP archive: {str(exc)[:80]})") from None
+    except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError) as exc:
+        raise SkipFile(f"corrupt {label} (not a ZIP archive: {str(exc)[:80]})") from None
     parts = archive.infolist()
     if len(parts) > limits.max_zip_parts:
-        raise SkipFile(f"too many parts in the DOCX archive ({len(parts):,} > limit {limits.max_zip_parts:,})")
+        raise SkipFile(f"too many parts in the {label} archive ({len(parts):,} > limit {limits.max_zip_parts:,})")
     total = sum(p.file_size for p in parts)
     if total > limits.max_unpacked_bytes:
         raise SkipFile(f"unpacks to too much ({size_vs_limit(total, limits.max_unpacked_bytes)}; a ZIP bomb?)")
@@ -774,7 +818,7 @@ _HEADER = struct.Struct("<Q")
 
 
 class ParserWorker:
-    """A child process that parses files (PDF, DOCX, HTML) one at a time.
+    """A child process that parses files (PDF, DOCX, HTML and the `FORMAT_KINDS`) one at a time.
 
     `parse` waits at most `limits.parse_seconds`; a parse that takes longer gets the worker killed (it is
     restarted for the next file) and becomes `SkipFile("parsing took longer than ...")`. A worker that dies
@@ -911,7 +955,8 @@ def _worker_loop(memory_limit: int = 0) -> None:
             pass
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a library that prints must not corrupt the replies
-    for module in ("pypdf", "pypdfium2", "retrieval.pdf", "docx", "bs4"):  # imported before the first file's clock starts
+    # imported before the first file's clock starts
+    for module in ("pypdf", "pypdfium2", "retrieval.pdf", "docx", "bs4", "retrieval.formats", "pptx", "openpyxl"):
         try:
             __import__(module)
         except Exception:  # noqa: BLE001 - the parse itself reports a missing parser

@@ -804,19 +804,28 @@ def _heading_levels(pages: list[list[Block]]) -> dict[tuple[float, bool] | None,
 
 def pdf_text(raw: bytes, max_pages: int, max_chars: int) -> tuple[str, Pages, Headings]:
     """(text, page spans, headings) of a PDF's bytes; raises `PdfSkip` with a reason."""
+    text, pages, headings, _ = pdf_pages(raw, max_pages, max_chars)
+    if not pages:
+        raise PdfSkip("no text layer (scanned PDF? run OCR first)")
+    return text, pages, headings
+
+
+def pdf_pages(raw: bytes, max_pages: int, max_chars: int) -> tuple[str, Pages, Headings, list[int]]:
+    """Like `pdf_text`, plus the numbers (1-based) of the pages without a text layer, which
+    `retrieval.ocr` reads by OCR; no exception when no page has text. Without pypdfium2 (pypdf's fallback)
+    the list is empty and a PDF without text raises `PdfSkip`."""
     try:
         import pypdfium2  # noqa: F401
     except ImportError:
         text, pages = pypdf_text(raw, max_pages, max_chars)
-        return text, pages, []
+        return text, pages, [], []
     with _PDFIUM_LOCK:
         page_words, heights = _pdfium_words(raw, max_pages, max_chars)
     if not page_words:
         raise PdfSkip("corrupt PDF (no pages)")
     text, pages, headings = layout_document(page_words, heights)
-    if not pages:
-        raise PdfSkip("no text layer (scanned PDF? run OCR first)")
-    return text, pages, headings
+    blank = [number for number, words in enumerate(page_words, start=1) if not words]
+    return text, pages, headings, blank
 
 
 def _pdfium_words(raw: bytes, max_pages: int, max_chars: int) -> tuple[list[list[Word]], list[float]]:

@@ -188,7 +188,10 @@ class RayCluster:
             max_task_retries=WORKER_RETRIES)
         batches = [to_read[i:i + self.files_per_task] for i in range(0, len(to_read), self.files_per_task)]
         n_workers = min(self._worker_count(ray), len(batches))
-        known = frozenset(writer.conn.execute("SELECT sha256, kind FROM contents").fetchall())
+        from retrieval.loaders import parser_version
+
+        known = frozenset((sha, kind) for sha, kind, version in writer.conn.execute(  # read by today's parsers
+            "SELECT sha256, kind, parser_version FROM contents WHERE incomplete=''") if version == parser_version(kind))
         known_ref = ray.put(known)
         actors = [worker_class.remote(encoder_recipe(encoder), chunker.to_dict(), max_file_bytes, self.batch_size)
                   for _ in range(n_workers)]

@@ -28,6 +28,13 @@ and a commit deletes the ones nobody claimed.
 
 Format 1 (one `vectors-<gen>.faiss` + `bm25-<gen>/` rewritten by every commit) is migrated in place on
 open: its files become the base of format 2, nothing is embedded again.
+
+Format 3 records with each content the parser that made its text: `parser_version` (the loader kind's
+`retrieval.loaders.PARSER_VERSIONS` entry) and `incomplete` ("ocr" when pages were left unread for want of
+tesseract); both are part of the content's key, so a file re-read by a newer parser gets new chunks instead of
+the old ones found by its hash. A format 1 or 2 index is migrated on open (the contents table is rebuilt with
+the two columns; its rows get version 1 and ""), nothing is embedded again; `retrieval.sync` then re-reads
+only the files of the kinds whose parser has changed since.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from retrieval.errors import IndexLockedError, IndexMismatchError, IndexNotFound
 from retrieval.integrity import check_sqlite, warn_rebuilt
 from retrieval.segments import IVF_KINDS
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 COMPACT_BELOW = 20_000      # indexes with fewer live chunks are rewritten whole by every commit
 DELTA_MIN = 2_000           # deltas may hold max(DELTA_MIN, DELTA_FRACTION * base) chunks before a compaction
 DELTA_FRACTION = 0.02
@@ -266,13 +273,17 @@ class DocumentRow:
     size: int
     mtime_ns: int
     kind: str
+    parser_version: int = 1  # of its content (see FORMAT_VERSION 3)
+    incomplete: str = ""
 
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS contents(
     id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL, kind TEXT NOT NULL,
-    n_chunks INTEGER NOT NULL, chars INTEGER NOT NULL, UNIQUE(sha256, kind));
+    n_chunks INTEGER NOT NULL, chars INTEGER NOT NULL,
+    parser_version INTEGER NOT NULL DEFAULT 1, incomplete TEXT NOT NULL DEFAULT '',
+    UNIQUE(sha256, kind, parser_version, incomplete));
 CREATE TABLE IF NOT EXISTS documents(
     path TEXT PRIMARY KEY, content_id INTEGER NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, kind TEXT NOT NULL);
@@ -540,7 +551,9 @@ class IndexStore:
     def documents(self) -> dict[str, DocumentRow]:
         with self._db_lock:
             rows = self._conn.execute(
-                "SELECT path, content_id, sha256, size, mtime_ns, kind FROM documents").fetchall()
+                "SELECT d.path, d.content_id, d.sha256, d.size, d.mtime_ns, d.kind,"
+                " coalesce(c.parser_version, 1), coalesce(c.incomplete, '')"
+                " FROM documents d LEFT JOIN contents c ON c.id = d.content_id").fetchall()
         return {r[0]: DocumentRow(*r) for r in rows}
 
     def chunk_counts(self) -> dict[str, int]:
@@ -764,11 +777,13 @@ def _generation_of(name: str) -> int | None:
 
 
 def _migrate(path: Path, settings: IndexSettings) -> IndexSettings:
-    """Format 1 -> 2 in place: the generation's FAISS file and BM25 folder become the base; nothing is
-    embedded again. Idempotent (a migration killed half-way is simply done again)."""
+    """Format 1 -> 2 in place: the generation's FAISS file and BM25 folder become the base; 2 -> 3: the
+    contents get their parser version (`_add_parser_columns`); nothing is embedded again. Idempotent (a
+    migration killed half-way is simply done again)."""
     conn = _connect(path / SQLITE_NAME)
     try:
         conn.executescript(_SCHEMA)  # adds the new tables (IF NOT EXISTS)
+        _add_parser_columns(conn)
         conn.execute("BEGIN IMMEDIATE")
         if conn.execute("SELECT 1 FROM meta WHERE key='manifest'").fetchone() is None:
             generation = int((conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone() or [0])[0])
@@ -784,11 +799,42 @@ def _migrate(path: Path, settings: IndexSettings) -> IndexSettings:
     finally:
         conn.close()
     # Format 1 had no "auto": flat was simply the default, so it becomes auto (flat below the IVF size).
-    if settings.faiss == "flat":
+    if settings.format_version < 2 and settings.faiss == "flat":
         settings.faiss = "auto"
     settings.format_version = FORMAT_VERSION
     atomic_write_bytes(path / SETTINGS_NAME, json.dumps(settings.to_dict(), indent=2).encode())
     return settings
+
+
+def _add_parser_columns(conn: sqlite3.Connection) -> None:
+    """Format 2 -> 3: rebuild `contents` with `parser_version` (1 for every old row: what the release before
+    versions parsed) and `incomplete` (""), both in its unique key; ids (and so chunks) are kept. One
+    transaction; nothing happens when the columns are there already."""
+    def has_columns() -> bool:
+        return "parser_version" in {r[1] for r in conn.execute("PRAGMA table_info(contents)")}
+
+    if has_columns():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not has_columns():  # (another process may have migrated it meanwhile)
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='contents'").fetchone()
+            conn.execute("DROP TABLE IF EXISTS contents_v3")
+            conn.execute("CREATE TABLE contents_v3("
+                         "id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL, kind TEXT NOT NULL,"
+                         " n_chunks INTEGER NOT NULL, chars INTEGER NOT NULL,"
+                         " parser_version INTEGER NOT NULL DEFAULT 1, incomplete TEXT NOT NULL DEFAULT '',"
+                         " UNIQUE(sha256, kind, parser_version, incomplete))")
+            conn.execute("INSERT INTO contents_v3(id, sha256, kind, n_chunks, chars)"
+                         " SELECT id, sha256, kind, n_chunks, chars FROM contents")
+            conn.execute("DROP TABLE contents")
+            conn.execute("ALTER TABLE contents_v3 RENAME TO contents")
+            if seq is not None:  # ids of deleted contents are not handed out again
+                conn.execute("UPDATE sqlite_sequence SET seq=max(seq, ?) WHERE name='contents'", (seq[0],))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 @dataclass
@@ -809,23 +855,27 @@ class IndexWriter:
 
     # ---- contents
 
-    def find_content(self, sha256: str, kind: str) -> int | None:
-        """The id of stored chunks for these bytes (live, or staged by an earlier interrupted run)."""
-        row = self.conn.execute("SELECT id FROM contents WHERE sha256=? AND kind=?", (sha256, kind)).fetchone()
+    def find_content(self, sha256: str, kind: str, parser_version: int = 1, incomplete: str = "") -> int | None:
+        """The id of stored chunks for these bytes read by this parser version (live, or staged by an earlier
+        interrupted run)."""
+        row = self.conn.execute(
+            "SELECT id FROM contents WHERE sha256=? AND kind=? AND parser_version=? AND incomplete=?",
+            (sha256, kind, parser_version, incomplete)).fetchone()
         return row[0] if row else None
 
-    def stage_content(self, sha256: str, kind: str, chunks: Sequence, vectors: np.ndarray) -> int:
-        """Store chunks + vectors for a file's bytes. Survives a crash (flushed every ~2 s) but is not
-        searchable until a document points to it and `commit()` runs."""
+    def stage_content(self, sha256: str, kind: str, chunks: Sequence, vectors: np.ndarray,
+                      parser_version: int = 1, incomplete: str = "") -> int:
+        """Store chunks + vectors for a file's bytes (as read by `parser_version` of its kind's parser). Survives
+        a crash (flushed every ~2 s) but is not searchable until a document points to it and `commit()` runs."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # [n_chunks, dim]
         if len(chunks) != len(vectors) or (len(vectors) and vectors.shape[1] != self.store.settings.dim):
             raise ValueError(f"{len(chunks)} chunks but vectors of shape {vectors.shape}")
-        existing = self.find_content(sha256, kind)
+        existing = self.find_content(sha256, kind, parser_version, incomplete)
         if existing is not None:
             return existing
         cur = self.conn.execute(
-            "INSERT INTO contents(sha256, kind, n_chunks, chars) VALUES (?,?,?,?)",
-            (sha256, kind, len(chunks), sum(len(c.text) for c in chunks)))
+            "INSERT INTO contents(sha256, kind, n_chunks, chars, parser_version, incomplete) VALUES (?,?,?,?,?,?)",
+            (sha256, kind, len(chunks), sum(len(c.text) for c in chunks), parser_version, incomplete))
         content_id = cur.lastrowid
         self.conn.executemany(
             "INSERT INTO chunks(content_id, ordinal, text, heading, page, start_char, end_char, vector)"

@@ -3,6 +3,10 @@
 - A file whose size and mtime did not change is not even read. Otherwise its bytes are hashed: the same
   bytes as before (a `touch`) cost nothing, and bytes already stored under another path (a rename, a
   copy) reuse the stored chunks and vectors.
+- A file read by an older parser than its kind's current one (`retrieval.loaders.PARSER_VERSIONS`, stored with
+  its chunks), or one whose scanned pages were not read because tesseract was missing (and now it is there),
+  is read again even when unchanged (listed in `SyncReport.reparsed` and `updated`); if the new text is the
+  same, its chunks are re-embedded all the same (the store reuses vectors per file content, not per chunk).
 - New content is chunked and embedded in batches; each file's vectors are written to SQLite as soon as
   they exist, so a run that is killed loses at most a couple of seconds of work: the next run finds
   those vectors by content hash and goes on from there. Searches see nothing of a run until it commits.
@@ -37,7 +41,8 @@ from retrieval.chunking import Chunk, ChunkerSettings, chunk_document
 from retrieval.errors import IndexLockedError, RetrievalError
 from retrieval.integrity import disk_full_guard
 from retrieval.loaders import (DEFAULT_MAX_FILE_BYTES, Document, FileEntry, LoadLimits, SkipFile, kind_for,
-                               load_file, scan_folder, size_vs_limit)
+                               load_file, parser_version, scan_folder, size_vs_limit)
+from retrieval.ocr import ocr_available
 from retrieval.uploads import upload_target
 from retrieval.store import (SETTINGS_NAME, DocumentRow, IndexSettings, IndexStore, WriterLock,
                              atomic_write_bytes, default_index_path)
@@ -72,6 +77,7 @@ class SyncReport:
     total_chunks: int = 0
     resumed: list[str] = field(default_factory=list)  # files an interrupted earlier run had already embedded
     excluded: list[str] = field(default_factory=list)  # files left out because they are in excluded.json
+    reparsed: list[str] = field(default_factory=list)  # unchanged files read again: newer parser, or OCR now there
 
     @property
     def changed(self) -> bool:
@@ -93,6 +99,9 @@ class SyncReport:
                          "already embedded")
         if self.excluded:
             lines.append(f"{len(self.excluded)} files excluded by hand (see `assistant index --status`)")
+        if self.reparsed:
+            lines.append(f"read {len(self.reparsed)} unchanged files again: their parser was upgraded, or the OCR "
+                         "they needed is now installed")
         for new, old in self.renamed:
             lines.append(f"  renamed: {old} -> {new} (vectors reused)")
         for new, old in self.duplicates:
@@ -423,6 +432,9 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
         def attach(entry: FileEntry, doc_sha: str, kind: str, content_id: int) -> None:
             writer.set_document(DocumentRow(entry.path, content_id, doc_sha, entry.size, entry.mtime_ns, kind))
 
+        def key_of(doc: Document) -> tuple[str, str, int, str]:
+            return (doc.sha256, doc.kind, doc.parser_version, doc.incomplete)
+
         def classify(item: LoadedFile) -> _Pending | None:
             """Record what a loaded file is; return it when its chunks must be staged."""
             entry, doc = item.entry, item.doc
@@ -434,11 +446,11 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 return None
             if doc.note:
                 report.notes.append((entry.path, doc.note))
-            if old is not None and old.sha256 == doc.sha256 and old.kind == doc.kind:
+            if old is not None and (old.sha256, old.kind, old.parser_version, old.incomplete) == key_of(doc):
                 attach(entry, doc.sha256, doc.kind, old.content_id)  # touched, not changed
                 report.unchanged.append(entry.path)
                 return None
-            content_id = writer.find_content(doc.sha256, doc.kind)
+            content_id = writer.find_content(*key_of(doc))
             if content_id is not None:
                 _classify_reuse(report, entry.path, old, content_id, paths_by_content, missing)
                 attach(entry, doc.sha256, doc.kind, content_id)
@@ -456,7 +468,7 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
             key_groups: list[_Pending] = []
             texts: list[str] = []
             for p in group:
-                key = (p.doc.sha256, p.doc.kind)
+                key = key_of(p.doc)
                 if key in staged_now:  # the same bytes twice in this run
                     continue
                 staged_now[key] = -1
@@ -471,13 +483,13 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 k = len(p.chunks)
                 if p.vectors is None:
                     p.vectors, row = vectors[row:row + k], row + k
-                staged_now[(p.doc.sha256, p.doc.kind)] = writer.stage_content(
-                    p.doc.sha256, p.doc.kind, p.chunks, p.vectors)
+                staged_now[key_of(p.doc)] = writer.stage_content(
+                    p.doc.sha256, p.doc.kind, p.chunks, p.vectors, p.doc.parser_version, p.doc.incomplete)
                 report.chunks_embedded += k
                 report.files_embedded += 1
             embedded_here = {id(p) for p in key_groups}
             for p in group:
-                content_id = staged_now[(p.doc.sha256, p.doc.kind)]
+                content_id = staged_now[key_of(p.doc)]
                 old = known.get(p.entry.path)
                 if id(p) in embedded_here:
                     (report.updated if old is not None else report.added).append(p.entry.path)
@@ -487,12 +499,19 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 attach(p.entry, p.doc.sha256, p.doc.kind, content_id)
 
         to_read: list[FileEntry] = []
+        can_ocr: bool | None = None  # asked once, and only when some file waits for OCR
         for entry in entries:
             old = known.get(entry.path)
             if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.kind == entry.kind:
-                report.unchanged.append(entry.path)
-            else:
-                to_read.append(entry)
+                stale = old.parser_version < parser_version(old.kind)
+                if not stale and old.incomplete == "ocr":
+                    can_ocr = ocr_available() if can_ocr is None else can_ocr
+                    stale = can_ocr
+                if not stale:
+                    report.unchanged.append(entry.path)
+                    continue
+                report.reparsed.append(entry.path)
+            to_read.append(entry)
         if cluster is not None:
             cluster.process(to_read, classify, stage, writer, report, progress=progress, on_progress=on_progress,
                             max_file_bytes=max_file_bytes, chunker=chunker, encoder=encoder)
@@ -508,7 +527,8 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
         writer.commit(force_rebuild=force_rebuild)
     stats = store.stats()
     report.total_files, report.total_chunks = stats["files"], stats["chunks"]
-    for name in ("added", "updated", "removed", "unchanged", "skipped", "renamed", "duplicates", "notes", "resumed"):
+    for name in ("added", "updated", "removed", "unchanged", "skipped", "renamed", "duplicates", "notes", "resumed",
+                 "reparsed"):
         getattr(report, name).sort()
     report.seconds = time.perf_counter() - started
     return report
@@ -520,7 +540,7 @@ def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *,
     """The embedded path: read and chunk every changed file, then embed grouped across files (so small
     files still fill batches), staging file by file."""
     def known(sha: str, kind: str) -> bool:
-        return writer.find_content(sha, kind) is not None
+        return writer.find_content(sha, kind, parser_version(kind)) is not None
 
     to_embed: list[_Pending] = []
     read_bar = _bar(len(to_read), "reading", "file", progress and len(to_read) > 20)

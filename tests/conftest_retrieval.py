@@ -31,7 +31,7 @@ BROKEN = {
     "binary.txt": "binary",
     "empty.txt": "empty",
     "huge.txt": "too large",
-    "image.png": "unsupported file type .png",
+    "image.png": "corrupt image",
     "loop": "symlink loop",
 }
 

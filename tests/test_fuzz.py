@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import random
 import tempfile
 from pathlib import Path
 
@@ -49,7 +50,16 @@ def seeds() -> dict[str, bytes]:
     c.drawString(72, 800, "Emerald flamingos audit the pretzel factory.")
     c.showPage()
     c.save()
+    formats = {}
+    state = random.getstate()  # e-mail MIME boundaries use the global random: hypothesis must not see it
+    with tempfile.TemporaryDirectory() as tmp:
+        from test_formats import BUILDERS  # PPTX, XLSX, EPUB, ODT, EML, MBOX
+
+        for name, build in BUILDERS.items():
+            formats[Path(name).suffix] = build(Path(tmp) / name).read_bytes()
+    random.setstate(state)
     return {
+        **formats,
         ".txt": "Plain notes. Grüße, café, 漢字.\n\nSecond paragraph.\n".encode(),
         ".md": b"# Title\n\nSome *text* with <b>html</b>.\n\n## Sub\n\n```\ncode\n```\n",
         ".rst": b"Title\n=====\n\nParagraph.\n\nSection\n-------\n\nMore.\n",

@@ -127,7 +127,7 @@ def test_missing_folder_is_a_user_error(tmp_path):
 
 def test_kinds_and_encodings():
     assert kind_for("a/B.MD") == "markdown" and kind_for("x.go") == "code" and kind_for("Makefile") == "code"
-    assert kind_for("README") == "text" and kind_for("photo.jpg") is None
+    assert kind_for("README") == "text" and kind_for("photo.jpg") == "image" and kind_for("song.mp3") is None
     assert decode_text("żółw".encode("utf-16")) == "żółw"
     assert decode_text("\ufeffbom".encode("utf-8")) == "bom"
     with pytest.raises(SkipFile, match="binary"):
