@@ -7,6 +7,7 @@
     library.restore("notes/old.md")    # off the exclusion list; the next re-sync indexes it again
     library.resync(on_progress)        # the folder's index brought up to date (retrieval.sync.sync_folder)
     library.resolve_file(path)         # the file behind a source, only if it lies inside the folder or uploads
+    library.page_view("a.pdf", 2, passage, marks)  # page 2's whole text, a source's marked words placed in it
     library.example_questions()        # a few questions built from the indexed documents' headings
 
 UI-free (the Gradio page and the HTTP server can both use it); it changes the index only through
@@ -45,6 +46,19 @@ def _uploads_prefix() -> str:
     from retrieval.sync import UPLOADS_PREFIX
 
     return UPLOADS_PREFIX
+
+
+@dataclass
+class PageView:
+    """One page of a paged document as the index holds it, with marked words placed in it.
+
+    `marks` are (start, end, sentence) offsets into `text`; sentence is the composed answer's sentence the
+    words support, or None for an evidence highlight."""
+
+    path: str
+    page: int
+    text: str
+    marks: list[tuple[int, int, int | None]]
 
 
 class Library:
@@ -167,6 +181,22 @@ class Library:
         folder = getattr(self.assistant, "folder", None)
         return self._inside(Path(folder), path) if folder is not None else None
 
+    def page_view(self, path: str, page: int, passage: str = "",
+                  marks: list[tuple[int, int, int | None]] | None = None) -> PageView | None:
+        """Page `page` of an indexed file, with `marks` (offsets into `passage`, the text of one of its chunks as
+        a source showed it) placed in the page's text (see `place_marks`). None unless the file is one
+        `resolve_file` would open (indexed, inside the folder or the uploads) and the index has that page."""
+        if page is None or int(page) < 1 or self.resolve_file(path) is None:
+            return None
+        retriever = getattr(self.assistant, "retriever", None)
+        if retriever is None or not hasattr(retriever, "page_text"):
+            return None
+        with self.assistant._index_lock:
+            text, spans = retriever.page_text(path, int(page))
+        if not text:
+            return None
+        return PageView(path, int(page), text, place_marks(text, spans, passage, marks or []))
+
     @staticmethod
     def _inside(base: Path, relative: str) -> Path | None:
         try:
@@ -198,6 +228,48 @@ class Library:
             step = len(picks) / n
             picks = [picks[int(i * step)] for i in range(n)]
         return list(dict.fromkeys(picks))[:n]
+
+
+def passage_offset(page_text: str, spans: list[tuple[int, int, int]], passage: str) -> int | None:
+    """Where character 0 of `passage` (a chunk's text) stands in `page_text`, from the chunk spans that
+    `Retriever.page_text` gives: the chunk whose slice is the passage, or whose slice ends it (a table chunk
+    with its repeated header in front: the offset is then before the slice, and the header's characters have
+    no place in the page), else wherever the passage occurs in the page. None when it is not there (a passage
+    cut to fit the prompt, or an index changed since the answer)."""
+    if not passage:
+        return None
+    for _, start, end in spans:
+        if page_text[start:end] == passage:
+            return start
+    for _, start, end in spans:
+        body = page_text[start:end]
+        if body and len(passage) > len(body) and passage.endswith(body):
+            return start - (len(passage) - len(body))
+    found = page_text.find(passage)
+    return found if found >= 0 else None
+
+
+def place_marks(page_text: str, spans: list[tuple[int, int, int]], passage: str,
+                marks: list[tuple[int, int, int | None]]) -> list[tuple[int, int, int | None]]:
+    """Marks on a passage (start, end, sentence) moved into the page's text: by the passage's position in the
+    page where the words there are the same; otherwise the marked words are looked for in the page (any
+    whitespace between them), from the passage's position on. A mark whose words are not in the page is left
+    out."""
+    offset = passage_offset(page_text, spans, passage)
+    placed: list[tuple[int, int, int | None]] = []
+    for start, end, sentence in marks:
+        start, end = max(0, int(start)), min(len(passage), int(end))
+        words = passage[start:end]
+        if not words.strip():
+            continue
+        if offset is not None and 0 <= offset + start and page_text[offset + start:offset + end] == words:
+            placed.append((offset + start, offset + end, sentence))
+            continue
+        pattern = re.compile(r"\s+".join(re.escape(w) for w in words.split()))
+        found = pattern.search(page_text, max(0, offset or 0)) or pattern.search(page_text)
+        if found:
+            placed.append((found.start(), found.end(), sentence))
+    return placed
 
 
 _GENERIC = {"summary", "introduction", "overview", "conclusion", "conclusions", "references", "contents",

@@ -12,7 +12,9 @@ theme for `launch`/`mount_gradio_app` if wanted). The UI only talks to `assistan
   piece of text from a document or the model is escaped there, so a document holding `<script>` or
   `<img onerror=...>` shows as text. Its buttons (citation chips, copy, regenerate, example questions, open
   file) are handled by the page script: chips open a source in place, with the cited sentence's supporting
-  words highlighted; the others send a `select` event with {index: action, value: argument}.
+  words highlighted; "Open page N" (a paged source) asks the chat view's server function `open_page` for the
+  page's whole text, shown under the source with the same words marked; the others send a `select` event
+  with {index: action, value: argument}.
 - Enter sends, Shift+Enter adds a new line (the page script takes the key before Gradio's own handler).
 
 Stable element ids (used by the browser tests): #chatbot, #question, #send, #stop, #new-chat, #chats,
@@ -39,7 +41,7 @@ from assistant.library import Library
 from assistant.pipeline import Assistant
 from assistant.settings import RETRIEVAL_MODES
 from assistant.ui_render import (CSS, PAGE_JS, esc, format_models, format_status, render_chat, render_library,
-                                 render_upload_report, turn_from_answer)
+                                 render_page, render_upload_report, turn_from_answer)
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -224,6 +226,20 @@ class ChatApp:
         shutil.copyfile(found, target)
         return str(target)
 
+    def open_page(self, request: Any) -> str:
+        """The page panel (HTML) for the page JS's "Open page N": `request` is {path, page, passage, marks}, with
+        `passage` the source's text as shown and `marks` its marked words ([start, end, sentence or None],
+        offsets into `passage`). Only pages of files that "Open file" would open are shown."""
+        path, page, passage, marks = _page_request(request)
+        if not path or page is None:
+            return render_page(None, path or "?", page or 0)
+        try:
+            view = self.library.page_view(path, page, passage, marks)
+        except Exception:  # a page that cannot be read must not break the page
+            log.exception("opening page %s of %s failed", page, path)
+            view = None
+        return render_page(view, path, page)
+
     # ------------------------------------------------------------------ library
     def library_view(self, contains: str = "") -> str:
         try:
@@ -289,6 +305,36 @@ class ChatApp:
         return render_upload_report(report), self.status()
 
 
+MAX_PASSAGE_CHARS = 100_000
+MAX_MARKS = 200
+
+
+def _page_request(request: Any) -> tuple[str, int | None, str, list[tuple[int, int, int | None]]]:
+    """(path, page, passage, marks) from what the page JS sent, checked: anything malformed is dropped (a
+    page that is not a positive int is None)."""
+    if not isinstance(request, dict):
+        return "", None, "", []
+    path = request.get("path")
+    path = path if isinstance(path, str) else ""
+    try:
+        page: int | None = int(request.get("page"))
+    except (TypeError, ValueError):
+        page = None
+    if page is not None and page < 1:
+        page = None
+    passage = request.get("passage")
+    passage = passage[:MAX_PASSAGE_CHARS] if isinstance(passage, str) else ""
+    marks: list[tuple[int, int, int | None]] = []
+    raw = request.get("marks")
+    for item in raw[:MAX_MARKS] if isinstance(raw, list) else []:
+        try:
+            start, end, sentence = item
+            marks.append((int(start), int(end), None if sentence is None else int(sentence)))
+        except (TypeError, ValueError):
+            continue
+    return path, page, passage, marks
+
+
 def _file_path(item: Any) -> str:
     if isinstance(item, (str, Path)):
         return str(item)
@@ -304,6 +350,11 @@ def build_app(assistant: Assistant, conversations: ConversationStore | None = No
 
     app = ChatApp(assistant, conversations)
     s = assistant.settings
+
+    def open_page(request: dict) -> str:
+        """The page JS's "Open page N" (see `ChatApp.open_page`)."""
+        return app.open_page(request)
+
     folder = f" about <code>{esc(assistant.folder.name)}</code>" if assistant.folder else ""
     generator_id = getattr(assistant.generator, "identity", "") or ""
 
@@ -330,7 +381,7 @@ def build_app(assistant: Assistant, conversations: ConversationStore | None = No
                     with gr.Column(scale=4, min_width=300):
                         chat_view = gr.HTML(app.render([]), elem_id="chatbot", js_on_load=PAGE_JS,
                                             autoscroll=True, padding=False, apply_default_css=False,
-                                            min_height=420, max_height="68vh")
+                                            min_height=420, max_height="68vh", server_functions=[open_page])
                         source_file = gr.File(label="Source file", elem_id="source-file", visible=False,
                                               interactive=False)
                         message = gr.Markdown("", elem_id="message")

@@ -20,12 +20,13 @@ when the chip names a sentence, shows only that sentence's marks highlighted.
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 from typing import Any
 
-from assistant.answer import LAYOUTS, Answer, Source
-from assistant.library import LibraryEntry
+from assistant.answer import LAYOUTS, Answer, Source, page_label
+from assistant.library import LibraryEntry, PageView
 
 # ---------------------------------------------------------------------- theme
 CSS = """
@@ -73,9 +74,9 @@ CSS = """
 .a .note { color: var(--muted); font-style: italic; margin-top: 6px; }
 .a .timing { color: var(--muted); font-size: 0.75rem; }
 .actions { display: flex; gap: 6px; align-items: center; margin-top: 6px; flex-wrap: wrap; }
-.actions button, .open-file { border: 1px solid var(--line); background: white; border-radius: 6px;
+.actions button, .open-file, .open-page { border: 1px solid var(--line); background: white; border-radius: 6px;
   padding: 2px 8px; font-size: 0.78rem; cursor: pointer; color: #1d2733; }
-.actions button:hover, .open-file:hover { background: var(--accent-soft); }
+.actions button:hover, .open-file:hover, .open-page:hover { background: var(--accent-soft); }
 #chatbot button, #library button { font-family: inherit; line-height: 1.4; min-width: 0; box-shadow: none; }
 .cite { display: inline-block !important; border: none !important; background: var(--accent) !important;
   color: white !important; border-radius: 8px !important; padding: 0 6px !important; margin: 0 2px !important;
@@ -98,6 +99,14 @@ details.source.flash { outline: 2px solid var(--accent); }
 .passage mark { background: var(--mark); padding: 0 1px; }
 details.source[data-focus] .passage mark:not(.on) { background: transparent; padding: 0; }
 .passage mark.on { box-shadow: 0 0 0 1px #e0c54a; }
+.page-view { margin: 0 8px 8px; border-top: 1px dashed var(--line); padding-top: 6px; }
+.page-head { color: var(--muted); font-size: 0.75rem; text-transform: uppercase; letter-spacing: .04em; }
+.page-text { white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.45; max-height: 50vh; overflow-y: auto;
+  background: white; border: 1px solid var(--line); border-radius: 6px; padding: 6px 8px; margin-top: 4px; }
+.page-text mark { background: var(--mark); padding: 0 1px; }
+details.source[data-focus] .page-text mark:not(.on) { background: transparent; padding: 0; }
+.page-text mark.on { box-shadow: 0 0 0 1px #e0c54a; }
+.page-missing { color: var(--danger); }
 .source-meta { display: flex; gap: 8px; align-items: center; flex-wrap: wrap; padding: 0 8px 6px;
   color: var(--muted); font-size: 0.78rem; }
 details.scores > summary { cursor: pointer; }
@@ -148,7 +157,7 @@ if (!window.__assistantPage) {
 // A chip naming a sentence (data-s) shows only that sentence's supporting words highlighted in its source;
 // a chip without one (an answer saved before composed answers) shows every mark.
 function focusSentence(src, sentence) {
-  const marks = src.querySelectorAll('.passage mark');
+  const marks = src.querySelectorAll('.passage mark, .page-text mark');
   let first = null;
   if (sentence === undefined || sentence === '') {
     delete src.dataset.focus;
@@ -178,6 +187,12 @@ element.addEventListener('click', (e) => {
     }
     return;
   }
+  const pageButton = e.target.closest('.open-page');
+  if (pageButton) {
+    e.preventDefault();
+    openPage(pageButton);
+    return;
+  }
   const copy = e.target.closest('.copy');
   if (copy) {
     const text = copy.dataset.text || '';
@@ -193,6 +208,39 @@ element.addEventListener('click', (e) => {
     trigger('select', {index: action.dataset.action, value: action.dataset.arg || ''});
   }
 });
+// "Open page N": the page's whole text from the server (`server.open_page`, HTML the server escaped), shown
+// under the source with the source's marked words marked; a second click hides it.
+async function openPage(button) {
+  const src = button.closest('details.source');
+  const panel = src && src.querySelector('.page-view');
+  if (!panel) return;
+  const label = 'page ' + button.dataset.page;
+  if (panel.dataset.open === '1') {
+    panel.dataset.open = '';
+    panel.hidden = true;
+    button.textContent = 'Open ' + label;
+    return;
+  }
+  if (typeof server === 'undefined' || !server || typeof server.open_page !== 'function') return;
+  let marks = [];
+  try { marks = JSON.parse(button.dataset.marks || '[]'); } catch (err) { marks = []; }
+  const passage = src.querySelector('.passage');
+  panel.dataset.open = '1';
+  panel.hidden = false;
+  panel.textContent = 'Opening ' + label + '…';
+  button.textContent = 'Hide ' + label;
+  let html = null;
+  try {
+    html = await server.open_page({path: button.dataset.path || '', page: Number(button.dataset.page),
+                                   passage: passage ? passage.textContent : '', marks: marks});
+  } catch (err) { html = null; }
+  if (panel.dataset.open !== '1') return;
+  if (typeof html === 'string') panel.innerHTML = html;
+  else panel.textContent = 'The page could not be opened.';
+  focusSentence(src, src.dataset.focus);
+  const mark = panel.querySelector('mark.on') || panel.querySelector('mark');
+  if (mark) mark.scrollIntoView({block: 'nearest'});
+}
 function fallbackCopy(text) {
   const area = document.createElement('textarea');
   area.value = text; document.body.appendChild(area); area.select();
@@ -393,13 +441,37 @@ def render_passage(text: str, highlights: list | None = None, sentence_spans: li
 
 
 def source_label(view: dict) -> str:
-    """`file › heading, page n` for a stored source view."""
+    """`file › heading, p. n` for a stored source view."""
     label = str(view.get("path", ""))
     if view.get("heading"):
         label += f" › {view['heading']}"
-    if view.get("page"):
-        label += f", page {view['page']}"
+    page = view_page(view)
+    if page:
+        label += f", {page_label(page)}"
     return label
+
+
+def view_page(view: dict) -> int | None:
+    """The page of a stored source view as a positive int, or None (no page, or a damaged save)."""
+    try:
+        page = int(view.get("page") or 0)
+    except (TypeError, ValueError):
+        return None
+    return page if page > 0 else None
+
+
+def _page_marks(view: dict, sentence_spans: list | None) -> list[list[int | None]]:
+    """The marks a source shows, as [start, end, sentence] (sentence None for an evidence highlight), for the
+    page panel to place in the page's text."""
+    if sentence_spans:
+        return [[int(s), int(e), int(k)] for s, e, k in sentence_spans]
+    out: list[list[int | None]] = []
+    for item in view.get("highlights") or []:
+        try:
+            out.append([int(item[0]), int(item[1]), None])
+        except (TypeError, ValueError, IndexError):
+            continue
+    return out
 
 
 def render_source(turn: int, view: dict, sentence_spans: list | None = None) -> str:
@@ -417,7 +489,15 @@ def render_source(turn: int, view: dict, sentence_spans: list | None = None) -> 
     if view.get("openable"):
         opener = (f'<button class="open-file" data-action="open" data-arg="{esc(view["path"])}">'
                   "Open file</button>")
-    page = f" · page {esc(view['page'])}" if view.get("page") else ""
+    page_no = view_page(view)
+    page = f" · {page_label(page_no)}" if page_no else ""
+    page_button = panel = ""
+    if page_no and view.get("openable"):
+        marks = json.dumps(_page_marks(view, sentence_spans), separators=(",", ":"))
+        page_button = (f'<button class="open-page" data-path="{esc(view["path"])}" data-page="{page_no}" '
+                       f'data-marks="{esc(marks)}" title="show the whole page">Open page {page_no}</button>')
+        panel = '<div class="page-view" hidden></div>'
+
     heading = f" · {esc(view['heading'])}" if view.get("heading") else ""
     text = view.get("text") or view.get("snippet", "")
     passage = (render_passage(text, None, sentence_spans) if sentence_spans
@@ -426,10 +506,22 @@ def render_source(turn: int, view: dict, sentence_spans: list | None = None) -> 
         f'<details class="source{" cited" if cited else ""}" id="src-{turn}-{n}" data-n="{n}">'
         f'<summary><span class="num">[{n}]</span> {esc(source_label(view))} {badge}</summary>'
         f'<div class="passage">{passage}</div>'
-        f'<div class="source-meta"><span>{esc(view.get("path", ""))}{heading}{page}</span>{opener}'
+        f'<div class="source-meta"><span>{esc(view.get("path", ""))}{heading}{page}</span>{opener}{page_button}'
         f'<details class="scores"><summary>details</summary>{" · ".join(scores)}</details></div>'
-        "</details>"
+        f"{panel}</details>"
     )
+
+
+def render_page(view: PageView | None, path: str, page: int) -> str:
+    """The page panel of a source: page `page` of `path` with the source's marked words marked in it (each
+    mark tagged with its sentence, as in the passage), or a message when the page cannot be shown."""
+    if view is None:
+        return (f'<div class="page-missing">⚠ Page {int(page)} of {esc(path)} cannot be shown: pages are shown only '
+                "for indexed files inside the documents folder or the uploads, and only pages the index holds.</div>")
+    highlights = [(s, e) for s, e, k in view.marks if k is None]
+    sentence_spans = [(s, e, k) for s, e, k in view.marks if k is not None]
+    return (f'<div class="page-head">{esc(view.path)}, {page_label(view.page)}</div>'
+            f'<div class="page-text">{render_passage(view.text, highlights, sentence_spans)}</div>')
 
 
 def turn_sentences(turn: dict) -> list[dict]:

@@ -191,6 +191,56 @@ class Retriever:
         return hits
 
 
+    def page_text(self, path: str, page: int) -> tuple[str, list[tuple[int, int, int]]]:
+        """The whole text of page `page` of one paged document (a PDF), as the index holds it, and where each
+        of its chunks stands in that text.
+
+        The page's chunks are joined in reading order; text two neighbouring chunks share (their overlap) is
+        given once. Returns (text, spans): spans lists (chunk id, start, end) per chunk, in reading order,
+        with `text[start:end]` the chunk's own slice of the document (a chunk continuing a split table has
+        its repeated header line in front of that slice in `Hit.text`; the header is not part of the page).
+        ("", []) when the document is not indexed or has no such page (a Markdown file has no pages)."""
+        self.refresh()
+        store = self.store
+        ids = store.chunk_ids_for_paths(lambda p: p == path)
+        rows = [r for r in store.chunk_rows(ids).values() if r.page is not None and int(r.page) == int(page)]
+        return join_chunk_slices([(r.id, r.text, r.start, r.end) for r in rows])
+
+
+def join_chunk_slices(chunks: Iterable[tuple[int, str, int, int]]) -> tuple[str, list[tuple[int, int, int]]]:
+    """One text from chunks that are slices of one document: (chunk id, text, start, end) each, `start`/`end`
+    the slice's offsets in the document (`text` may carry a repeated table header in front of the slice).
+
+    Chunks are put in document order; where one overlaps the text so far only its new part is added; where
+    chunks leave a gap (the whitespace between them is not stored) a space stands for a one-character gap and
+    a blank line for a longer one. Returns (text, [(chunk id, start, end)]) with `text[start:end]` each chunk's
+    slice, in document order."""
+    pieces: list[str] = []
+    spans: list[tuple[int, int, int]] = []
+    length = 0           # characters joined so far
+    doc_end: int | None = None  # the document offset the joined text has reached
+    ordered = sorted(chunks, key=lambda c: (c[2], -c[3], c[0]))
+    for chunk_id, text, start, end in ordered:
+        size = max(0, min(end - start, len(text)))
+        body = text[len(text) - size:] if size else ""
+        end = start + size
+        if doc_end is None or start >= doc_end:
+            gap = 0 if doc_end is None else start - doc_end
+            joint = "" if gap == 0 else (" " if gap == 1 else "\n\n")
+            pieces += [joint, body]
+            at = length + len(joint)
+            length = at + size
+            doc_end = end
+        else:  # it overlaps the text so far, which is contiguous from the last chunk that opened a piece
+            at = length - (doc_end - start)
+            if end > doc_end:
+                pieces.append(body[doc_end - start:])
+                length += end - doc_end
+                doc_end = end
+        spans.append((int(chunk_id), at, at + size))
+    return "".join(pieces), spans
+
+
 def _mmr(pool: list[tuple[int, float]], rows: dict, query_vec: np.ndarray, k: int, lam: float) \
         -> list[tuple[int, float]]:
     """Maximal marginal relevance over the candidate pool, using the chunks' stored vectors."""

@@ -26,11 +26,11 @@ sync_api = require_browser()
 
 
 class FakeServer:
-    """`tests/ui_fake_server.py FOLDER INDEX PORT` in a subprocess; restartable on the same port (the
-    browser's saved owner id is per origin, so a restart must keep the port)."""
+    """`tests/ui_fake_server.py FOLDER INDEX PORT [STYLE]` in a subprocess; restartable on the same port (the
+    browser's saved owner id is per origin, so a restart must keep the port). `style`: "" or "composed"."""
 
-    def __init__(self, folder: Path, index: Path, log: Path) -> None:
-        self.folder, self.index, self.log = folder, index, log
+    def __init__(self, folder: Path, index: Path, log: Path, style: str = "") -> None:
+        self.folder, self.index, self.log, self.style = folder, index, log, style
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen | None = None
@@ -39,7 +39,8 @@ class FakeServer:
         env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "ui_fake_server.py"), str(self.folder),
-                                          str(self.index), str(self.port)], cwd=REPO, env=env, stdout=log,
+                                          str(self.index), str(self.port), *([self.style] if self.style else [])],
+                                         cwd=REPO, env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while True:

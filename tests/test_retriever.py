@@ -135,3 +135,72 @@ def test_real_encoder_finds_planted_sentences_by_paraphrase(tmp_path, real_encod
             hits = retriever.search(query, k=3, mode=mode)
             assert hits[0].path == path, (query, mode)
             assert hits[0].dense_score > 0.2 and hits[-1].dense_score < hits[0].dense_score
+
+
+# ---------------------------------------------------------------------- a page's whole text
+PAGE_ONE = "The harbour opens at six.\nBoats leave for the island."
+PAGE_TWO = ("The lighthouse keeper counts seventeen gulls at dawn.\nShe writes every count in a blue ledger.\n"
+            "The ledger holds forty years of gulls.\nOn stormy days she counts none at all.\n\n"
+            "A second paragraph closes page two.")
+
+
+def _paged_index(root, chunker=None):
+    """A folder with a 2-page PDF and a Markdown file, indexed; (retriever, the PDF's bytes)."""
+    from conftest_retrieval import _pdf
+
+    docs = root / "docs"
+    docs.mkdir()
+    _pdf(docs / "keeper.pdf", [PAGE_ONE, PAGE_TWO])
+    (docs / "notes.md").write_text("# Notes\n\nThe keeper's notes have no pages at all.\n")
+    encoder = HashingEncoder()
+    sync_folder(docs, root / "index", encoder, progress=False, chunker=chunker)
+    return Retriever(root / "index", encoder), (docs / "keeper.pdf").read_bytes()
+
+
+def _loader_page(raw: bytes, page: int) -> str:
+    """What the PDF loader reads as page `page` (its text between the page's bounds, trimmed)."""
+    from retrieval.loaders import parse_bytes
+
+    text, pages, _, _ = parse_bytes("pdf", raw)
+    start, end = next((s, e) for s, e, n in pages if n == page)
+    return text[start:end].strip()
+
+
+def test_page_text_is_the_whole_page_and_places_each_chunk(tmp_path):
+    retriever, raw = _paged_index(tmp_path)
+    text, spans = retriever.page_text("keeper.pdf", 2)
+    assert text == _loader_page(raw, 2) and "seventeen gulls" in text and "harbour" not in text
+    chunks = {h.chunk_id: h for h in retriever.document_chunks("keeper.pdf")}
+    assert spans and all(chunks[cid].page == 2 and text[a:b] == chunks[cid].text for cid, a, b in spans)
+    assert retriever.page_text("keeper.pdf", 1)[0] == _loader_page(raw, 1)
+    assert retriever.page_text("keeper.pdf", 3) == ("", [])       # no such page
+    assert retriever.page_text("notes.md", 1) == ("", [])         # Markdown has no pages
+    assert retriever.page_text("missing.pdf", 1) == ("", [])
+
+
+def test_page_text_of_a_page_cut_into_overlapping_chunks_gives_the_overlap_once(tmp_path):
+    from retrieval.chunking import ChunkerSettings
+
+    retriever, raw = _paged_index(tmp_path, ChunkerSettings(target_tokens=24, overlap_tokens=12))
+    chunks = [h for h in retriever.document_chunks("keeper.pdf") if h.page == 2]
+    assert len(chunks) >= 3 and any(b.start < a.end for a, b in zip(chunks, chunks[1:]))  # they overlap
+    text, spans = retriever.page_text("keeper.pdf", 2)
+    assert text == _loader_page(raw, 2)
+    by_id = {h.chunk_id: h for h in chunks}
+    assert [cid for cid, _, _ in spans] == [h.chunk_id for h in chunks]          # reading order
+    assert all(text[a:b] == by_id[cid].text for cid, a, b in spans)
+
+
+def test_joining_chunk_slices_fills_gaps_and_drops_table_headers():
+    from retrieval.retriever import join_chunk_slices
+
+    doc = "Alpha beta gamma. Delta epsilon.\n\nZeta eta theta."
+    pieces = [(7, doc[0:17], 0, 17), (8, doc[11:32], 11, 32), (9, doc[34:], 34, len(doc)), (10, doc[6:10], 6, 10)]
+    text, spans = join_chunk_slices(reversed(pieces))   # any order in, document order out
+    assert text == doc
+    assert spans == [(7, 0, 17), (10, 6, 10), (8, 11, 32), (9, 34, len(doc))]
+    text, spans = join_chunk_slices([(1, "one two", 0, 7), (2, "three", 8, 13)])   # a one-character gap
+    assert text == "one two three" and spans[1] == (2, 8, 13)
+    header = "| a | b |\n|---|---|\n"
+    text, spans = join_chunk_slices([(1, "| a | b |\n|---|---|\n| 1 | 2 |", 0, 29), (2, header + "| 3 | 4 |", 30, 39)])
+    assert text == "| a | b |\n|---|---|\n| 1 | 2 | | 3 | 4 |" and spans[1] == (2, 30, 39)

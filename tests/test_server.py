@@ -67,7 +67,11 @@ def test_chat_assistant_carries_sources_and_citations(client) -> None:
         {"role": "user", "content": "What does LoRA train?"}], max_tokens=12)
     extra = reply.model_extra
     assert reply.choices[0].message.content is not None
-    assert extra["sources"] and {"number", "path", "snippet", "cited"} <= set(extra["sources"][0])
+    assert extra["sources"] and {"number", "path", "page", "location", "snippet", "cited"} <= set(extra["sources"][0])
+    from assistant.answer import passage_label
+
+    for source in extra["sources"]:   # "file.pdf, p. 3" for a paged source; these Markdown files have no pages
+        assert source["location"] == passage_label(source["path"], source["heading"], source["page"])
     assert isinstance(extra["citations"], list)
     assert reply.usage.prompt_tokens > 0
     chunks = list(client.chat.completions.create(model="assistant", stream=True, max_tokens=12, messages=[

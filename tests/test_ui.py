@@ -3,6 +3,7 @@ on stand-in models."""
 
 from __future__ import annotations
 
+import html
 import threading
 from types import SimpleNamespace
 
@@ -330,3 +331,103 @@ def test_a_composed_answer_streams_and_is_saved_with_its_sentences(tmp_path):
     assert lora[first["start"]:first["end"]].startswith("LoRA freezes") and second["start"] > first["end"]
     page = app.render(saved)
     assert page.count('data-s="0"') == 2 and page.count('data-s="1"') == 2   # chip + mark for each sentence
+
+
+# ---------------------------------------------------------------------- pages in citations
+def test_a_paged_source_is_cited_with_its_page_everywhere():
+    from assistant.answer import passage_label
+    from assistant.commands.common import format_source
+    from assistant.ui_render import source_label
+
+    assert passage_label("report.pdf", None, 3) == "report.pdf, p. 3"
+    assert passage_label("report.pdf", "Results", 3) == "report.pdf › Results, p. 3"
+    assert passage_label("notes.md", "Setup", None) == "notes.md › Setup"
+    source = Source(2, "report.pdf", None, 3, "Gulls.", 0.5, 0.6, True, "Gulls.")
+    assert source.location == "report.pdf, p. 3"
+    assert format_source(source).startswith("  [2] report.pdf, p. 3  (score")
+    view = turn_from_answer("q", Answer("Gulls [2].", [2], [source], False, Timings(), "q"))["sources"][0]
+    assert source_label(view) == "report.pdf, p. 3"
+    page = render_chat([turn_from_answer("q", Answer("Gulls [2].", [2], [source], False, Timings(), "q"))])
+    assert "report.pdf, p. 3" in page and " · p. 3" in page and "page 3" not in page
+    assert "Open page" not in page                  # not openable: no page button either
+    assert source_label({"path": "a.pdf", "page": "x"}) == "a.pdf"   # a damaged save shows no page
+
+
+def test_an_openable_paged_source_has_an_open_page_button_carrying_its_marks():
+    import json
+
+    from assistant.ui_render import render_source
+
+    view = {"number": 1, "path": 'a"<b>.pdf', "heading": None, "page": 2, "text": "One two three four.",
+            "highlights": [[4, 7]], "openable": True, "cited": True, "score": 0.1}
+    html_page = render_source(0, view)
+    assert '<button class="open-page" data-path="a&quot;&lt;b&gt;.pdf" data-page="2"' in html_page
+    assert ">Open page 2</button>" in html_page and '<div class="page-view" hidden></div>' in html_page
+    marks = html_page.split('data-marks="', 1)[1].split('"', 1)[0]
+    assert json.loads(html.unescape(marks)) == [[4, 7, None]]
+    marks = render_source(0, view, [(0, 3, 0), (8, 13, 1)]).split('data-marks="', 1)[1].split('"', 1)[0]
+    assert json.loads(html.unescape(marks)) == [[0, 3, 0], [8, 13, 1]]   # a composed answer's sentences
+    assert "open-page" not in render_source(0, {**view, "page": None})
+    assert "open-page" not in render_source(0, {**view, "openable": False})
+
+
+PAGE_TWO = ("The lighthouse keeper counts seventeen gulls at dawn.\nShe writes every count in a blue ledger.\n"
+            "The ledger holds forty years of <b>gulls</b>.\nOn stormy days she counts none at all.")
+
+
+@pytest.fixture
+def paged_app(tmp_path):
+    """A ChatApp over a real index of a folder with a 2-page PDF (page 2 cut into several chunks)."""
+    from conftest_retrieval import _pdf
+    from retrieval.chunking import ChunkerSettings
+    from retrieval.retriever import Retriever
+    from retrieval.sync import sync_folder
+    from retrieval.testing import HashingEncoder
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    _pdf(docs / "keeper.pdf", ["The harbour opens at six.", PAGE_TWO])
+    (docs / "notes.md").write_text("# Notes\n\nNo pages here.\n")
+    encoder = HashingEncoder()
+    sync_folder(docs, tmp_path / "index", encoder, progress=False,
+                chunker=ChunkerSettings(target_tokens=24, overlap_tokens=12))
+    assistant = Assistant(Retriever(tmp_path / "index", encoder), FakeGenerator("x"), Settings(), encoder=encoder,
+                          index_path=tmp_path / "index", folder=docs)
+    return ChatApp(assistant, ConversationStore(tmp_path / "chats.sqlite3"))
+
+
+def test_open_page_shows_the_whole_page_with_the_cited_words_marked(paged_app):
+    chunks = [h for h in paged_app.assistant.retriever.document_chunks("keeper.pdf") if h.page == 2]
+    later = next(h for h in chunks if "blue ledger" in h.text and not h.text.startswith("The lighthouse"))
+    start = later.text.index("blue ledger")
+    panel = paged_app.open_page({"path": "keeper.pdf", "page": 2, "passage": later.text,
+                                 "marks": [[start, start + len("blue ledger"), 0], [0, 3, None]]})
+    assert panel.startswith('<div class="page-head">keeper.pdf, p. 2</div><div class="page-text">')
+    assert 'The lighthouse keeper counts' in panel and "harbour" not in panel       # page 2, all of it
+    assert '<mark data-s="0">blue ledger</mark>' in panel and panel.count("blue ledger") == 1
+    assert panel.count("<mark") == 2 and "&lt;b&gt;gulls&lt;/b&gt;" in panel and "<b>" not in panel
+    view = paged_app.library.page_view("keeper.pdf", 2, later.text, [(start, start + 11, 0)])
+    assert view.text[view.marks[0][0]:view.marks[0][1]] == "blue ledger"
+    assert view.marks[0][0] > start                              # placed by the chunk's position in the page
+    spaced = later.text.replace(" ", "  ")                       # its whitespace changed: not in the page as is
+    at = spaced.index("blue  ledger")
+    moved = paged_app.library.page_view("keeper.pdf", 2, spaced, [(at, at + 12, None)]).marks
+    assert moved == [(view.marks[0][0], view.marks[0][1], None)]  # the same words found in the page
+
+
+def test_open_page_refuses_what_open_file_refuses_and_malformed_requests(paged_app):
+    for request in ({"path": "../docs/keeper.pdf", "page": 2}, {"path": "/etc/passwd", "page": 1},
+                    {"path": "keeper.pdf", "page": 9}, {"path": "notes.md", "page": 1},
+                    {"path": "keeper.pdf", "page": "two"}, {"path": "keeper.pdf", "page": 0}, "keeper.pdf", None,
+                    {"path": '<img src=x onerror="alert(1)">.pdf', "page": 1}):
+        panel = paged_app.open_page(request)
+        assert panel.startswith('<div class="page-missing">') and "<img" not in panel, request
+    panel = paged_app.open_page({"path": "keeper.pdf", "page": 1, "passage": 5, "marks": [["a", 2, 0], 7, None]})
+    assert "The harbour opens at six." in panel and "<mark" not in panel      # bad marks are dropped
+
+
+def test_the_chat_view_serves_open_page_to_the_page_script():
+    app_blocks = build_app(Assistant(FakeRetriever(CORPUS), FakeGenerator("x"), Settings()))
+    chat_view = next(b for b in app_blocks.blocks.values() if getattr(b, "elem_id", None) == "chatbot")
+    assert [f.__name__ for f in chat_view.server_fns] == ["open_page"]
+    assert chat_view.open_page({"path": "lora.md", "page": 1}).startswith('<div class="page-missing">')

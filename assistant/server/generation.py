@@ -149,7 +149,8 @@ def engine_choice(engine: Any, prompt: Any, params: Any) -> Callable[[threading.
 
 def assistant_choice(assistant: Any, question: str, history: list[dict], options: dict[str, Any]
                      ) -> Callable[[threading.Event], Iterator[Any]]:
-    """A choice that answers from the documents: deltas, then Final with sources and citations, the evidence,
+    """A choice that answers from the documents: deltas, then Final with sources (each with its page, None
+    for an unpaged file, and its `location`: "file.pdf, p. 3") and citations, the evidence,
     and for a composed answer its sentences (each with the passage and offsets of its supporting words), the
     question's kind and the layout (extra fields of the response and of its last chunk)."""
     from dataclasses import asdict
@@ -161,7 +162,7 @@ def assistant_choice(assistant: Any, question: str, history: list[dict], options
         def run() -> Iterator[Any]:
             for item in assistant.stream(question, history, cancel=cancel, **options):
                 if isinstance(item, Answer):
-                    sources = [asdict(s) for s in item.sources]
+                    sources = [{**asdict(s), "location": s.location} for s in item.sources]  # page: p. N
                     yield Final(finish_reason(item.finish_reason), item.timings.prompt_tokens,
                                 item.timings.generated_tokens, item.text,
                                 {"sources": sources, "citations": list(item.citations), "refused": item.refused,
