@@ -480,8 +480,37 @@ class Assistant:
         if composition is None or not composition.sentences:
             yield from self._refuse(question, query, passages or hits, timings, start, mode, kind=kind)
             return
+        if settings.open_rewrite and mode == "guided" and self.generator is not None:
+            composition = self._reword(question, passages, composition, timings)
         yield from self._yield_composition(question, query, passages, composition, timings, start, mode, kind,
                                            support)
+
+    def _reword(self, question: str, passages: Sequence[Any], composition: Any, timings: Timings) -> Any:
+        """The generator rewords a composed answer from its own sentences (Settings.open_rewrite); every sentence it
+        writes is checked against them (assistant.compose.check_sentences): a supported one is kept and cited to its
+        evidence, one that states what no evidence says is replaced by the evidence sentence."""
+        from assistant.compose import Composition, check_sentences
+
+        evidence = composition.sentences
+        numbered = [PromptPassage(" ".join(s.text for s in evidence if s.passage == n),
+                                  prompt_label(passages[n - 1].path, getattr(passages[n - 1], "heading", None)))
+                    for n in composition.numbers]
+        prompt = self.generator.render_chat(build_messages(question, numbered, []), add_generation_prompt=True)
+        params = self._sampling_params({"max_new_tokens": GUIDED_MAX_NEW_TOKENS * 2})
+        with self._model_lock if self.engine is None else contextlib.nullcontext():
+            written = "".join((self.engine or self.generator).stream(prompt, params))
+        timings.prompt_tokens = self.generator.count_tokens(prompt)
+        if is_refusal(written):
+            return composition
+        sentences, replaced = check_sentences(written, evidence, [p.text for p in passages],
+                                              list(range(1, len(passages) + 1)))
+        log.info("reworded answer: %d sentences, %d replaced by their evidence", len(sentences), replaced)
+        numbers: list[int] = []
+        for s in sentences:
+            if s.passage not in numbers:
+                numbers.append(s.passage)
+        text = " ".join(cite(s.text, s.passage) for s in sentences)
+        return Composition(text, sentences, "text", numbers)
 
     @staticmethod
     def _yield_composition(question: str, query: str, passages: Sequence[Any], composition: Any, timings: Timings,

@@ -101,6 +101,7 @@ class Settings:
     open_min_support: float = DEFAULT_OPEN_MIN_SUPPORT  # best unit score below this: no passage answers; refuse
     sentence_fallback: float = DEFAULT_SENTENCE_FALLBACK  # factoid refused by the reader but a unit scores this: say it
     table_min_confidence: float = 0.5   # a table cell the question names with this confidence is the answer
+    open_rewrite: bool = False          # guided: the generator rewords composed answers, each sentence checked
     # Retrieval and prompt.
     k: int = 4                          # passages given to the model
     retrieval_mode: str = "hybrid"      # hybrid | dense | lexical
