@@ -331,6 +331,12 @@ def add_arguments(parser: Any, *, source: bool = True, model: bool = True, sampl
         group.add_argument("--reader-threshold", type=float, metavar="SCORE",
                            help="refuse when the evidence's support (reader score + overlap) is below this (default: "
                                 f"{DEFAULT_READER_THRESHOLD})")
+        group.add_argument("--no-open-answers", dest="open_answers", action="store_const", const=False,
+                           help="explanations, lists, comparisons and summaries go to the generator instead of "
+                                "being composed of cited sentences")
+        group.add_argument("--open-rewrite", dest="open_rewrite", action="store_const", const=True,
+                           help="the generator rewords composed answers; each sentence it writes is checked against "
+                                "the evidence (off by default)")
         group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
         group.add_argument("--quantize", choices=["auto", "none", "int8", "int4"],
                            help="weight-only quantised generator (default auto: int4 on CPU for a Q4 GGUF)")
