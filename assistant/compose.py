@@ -217,7 +217,8 @@ class UnitWeights:
     reader: float = 0.25         # the reader's best span logit inside the unit (clipped to [-4, 6])
     rank: float = 0.15           # earlier-ranked passages first: rank_weight / (1 + passage index)
     subject_start: float = 0.5   # a definition's subject opens the unit
-    subject_heading: float = 0.5  # ... and names the unit's section
+    subject_heading: float = 0.3  # ... the unit's heading path names it
+    subject_section: float = 1.0  # ... the unit's own section is named after it
     first: float = 0.1           # first sentence of a paragraph
     code_penalty: float = 1.5    # code lines and table lines read badly as answer sentences
 
@@ -263,8 +264,11 @@ def score_units(question: str, units: Sequence[Unit], hits: Sequence[Any], *, su
             head = content_terms(unit.text)[: len(subject_terms) + 2]
             if all(t in head for t in subject_terms):
                 score += w.subject_start
-            heading_terms = content_terms(getattr(hit, "heading", "") or "")
-            if all(t in heading_terms for t in subject_terms):
+            heading = str(getattr(hit, "heading", "") or "")
+            own = content_terms(heading.split(" › ")[-1])
+            if all(t in own for t in subject_terms) and len(own) <= len(subject_terms) + 1:
+                score += w.subject_section  # the section is named after the subject ("functools.reduce")
+            elif all(t in content_terms(heading) for t in subject_terms):
                 score += w.subject_heading
         symbols = sum(c in _CODE_CHARS for c in unit.text) / max(len(unit.text), 1)
         if symbols > 0.06:

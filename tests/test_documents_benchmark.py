@@ -1,0 +1,30 @@
+"""benchmarks/documents.py: its question file and folder are consistent, and its comparison helpers count right."""
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import documents  # noqa: E402
+
+
+def test_question_file_and_folder_agree():
+    rows = [json.loads(line) for line in documents.QUESTIONS.read_text().splitlines() if line.strip()]
+    assert len(rows) >= 40 and sum(r["table"] for r in rows) >= 10
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        for source in r["sources"]:
+            assert (documents.FOLDER / source).is_file(), source
+    for pdf, (ref, _) in documents.REFERENCES.items():
+        assert (documents.FOLDER / pdf).is_file() and (documents.FOLDER / "reference" / ref).is_file()
+    assert all(p.stat().st_size < 4 << 20 for p in documents.FOLDER.rglob("*") if p.is_file())
+
+
+def test_hyphens_and_running_lines():
+    assert documents.hyphens_joined("a repre-\nsentation and well-\nknown", "a representation and well-known") == 1
+    old = {"text": "Header A\nbody one\n1\n\nHeader A\nbody two\n2",
+           "spans": [[0, 19, 1], [21, 40, 2]]}
+    new = {"text": "body one\n\nbody two", "spans": [[0, 8, 1], [10, 18, 2]]}
+    assert documents.running_lines_removed(old, new) == 4
