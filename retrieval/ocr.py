@@ -280,25 +280,13 @@ def _image_text(raw: bytes, parse_seconds: float | None, max_pages: int) -> tupl
         dpi = frame.info.get("dpi")
         dpi_value = int(round(float(dpi[0]))) if dpi and 30 <= float(dpi[0]) <= 2400 else None
         texts.append(ocr_image(frame, deadline, dpi_value, number - 1, frames, vocabulary))
-    text, pages = _join_pages([(n, t) for n, t in enumerate(texts, start=1) if t.strip()])
+    from retrieval.pdf import join_pages
+
+    text, pages = join_pages([(n, t) for n, t in enumerate(texts, start=1) if t.strip()])
     if not pages:
         raise OcrSkip("no text found by OCR")
     return text, pages, "text read by OCR (tesseract): it may hold recognition errors"
 
-
-def _join_pages(page_texts: Sequence[tuple[int, str]]) -> tuple[str, Pages]:
-    parts, pages, pos = [], [], 0
-    for number, text in page_texts:
-        if parts:
-            parts.append("\n\n")
-            pos += 2
-        parts.append(text)
-        pages.append((pos, pos + len(text), number))
-        pos += len(text)
-    return "".join(parts), pages
-
-
-# ---------------------------------------------------------------- PDFs
 
 def pdf_text_with_ocr(raw: bytes, max_pages: int, max_chars: int, parse_seconds: float | None
                       ) -> tuple[str, Pages, Headings, str]:

@@ -907,17 +907,22 @@ def pypdf_text(raw: bytes, max_pages: int, max_chars: int) -> tuple[str, Pages]:
         raise PdfSkip(f"corrupt PDF ({type(exc).__name__}: {str(exc)[:100]})") from None
     if not page_texts:
         raise PdfSkip("corrupt PDF (no pages)")
-    parts, pages, pos = [], [], 0
-    for number, page_text in enumerate(page_texts, start=1):
-        page_text = page_text.strip()
-        if not page_text:
-            continue
+    text, pages = join_pages([(number, t.strip()) for number, t in enumerate(page_texts, start=1) if t.strip()])
+    if not pages:
+        raise PdfSkip("no text layer (scanned PDF? run OCR first)")
+    return text, pages
+
+
+def join_pages(page_texts: Sequence[tuple[int, str]]) -> tuple[str, list[tuple[int, int, int]]]:
+    """(page number, text) pairs joined by a blank line -> (text, [(start, end, page number)])."""
+    parts: list[str] = []
+    pages: list[tuple[int, int, int]] = []
+    pos = 0
+    for number, page_text in page_texts:
         if parts:
             parts.append("\n\n")
             pos += 2
         parts.append(page_text)
         pages.append((pos, pos + len(page_text), number))
         pos += len(page_text)
-    if not pages:
-        raise PdfSkip("no text layer (scanned PDF? run OCR first)")
     return "".join(parts), pages

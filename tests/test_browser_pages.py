@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser_support import CHROMIUM, CHROMIUM_ARGS, require_browser
+from browser_support import launch_chromium, require_browser
 
 pytestmark = [pytest.mark.browser]
 sync_api = require_browser()
@@ -40,10 +40,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    yield from launch_chromium(sync_api)
 
 
 @pytest.fixture
