@@ -451,8 +451,9 @@ def compose_yesno(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any]
     return compose_explanation(units, numbers, hits, max_sentences=1)
 
 
-def _list_items(units: list[Unit], min_items: int = 2) -> list[list[Unit]]:
-    """Runs of consecutive list items inside each passage."""
+def _list_items(units: list[Unit], min_items: int = 2, hits: Sequence[Any] | None = None) -> list[list[Unit]]:
+    """Runs of consecutive list items inside each passage; with `hits`, a run that ends its passage continues in
+    the next chunk of the same section (a long list split over chunks), repeated items said once."""
     runs: list[list[Unit]] = []
     for unit in units:
         if unit.role != "item":
@@ -461,11 +462,29 @@ def _list_items(units: list[Unit], min_items: int = 2) -> list[list[Unit]]:
             runs[-1].append(unit)
         else:
             runs.append([unit])
+    if hits is not None:
+        last_position = {}
+        for unit in units:
+            last_position[unit.passage] = max(last_position.get(unit.passage, 0), unit.position)
+
+        def section(run: list[Unit]) -> tuple[str, str]:
+            hit = hits[run[0].passage]
+            return str(getattr(hit, "path", "")), str(getattr(hit, "heading", "") or "")
+        merged: list[list[Unit]] = []
+        for run in sorted(runs, key=lambda r: (section(r), int(getattr(hits[r[0].passage], "start", 0) or 0))):
+            prev = merged[-1] if merged else None
+            if prev and section(prev) == section(run) and prev[-1].position == last_position[prev[-1].passage] \
+                    and run[0].position == 0 and prev[-1].passage != run[0].passage:
+                seen = {" ".join(u.text.split()) for u in prev}
+                prev.extend(u for u in run if " ".join(u.text.split()) not in seen)
+            else:
+                merged.append(list(run))
+        runs = merged
     return [r for r in runs if len(r) >= min_items]
 
 
 def compose_list(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any], *, ordered: bool = False,
-                 sections: list[tuple[str, Unit]] | None = None, max_items: int = 8,
+                 sections: list[tuple[str, Unit]] | None = None, max_items: int = 10,
                  count: int | None = None) -> Composition | None:
     """Bullets: the best run of list items; else one bullet per section of the best document (its heading and
     first sentence); else the best sentences from different passages."""
@@ -473,7 +492,7 @@ def compose_list(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any],
     if not readable:
         return None
     best_unit = max(readable, key=lambda u: u.score)
-    runs = _list_items(units)
+    runs = _list_items(units, hits=hits)
     if runs:
         run = max(runs, key=lambda r: (sum(u.score for u in r) / len(r)) + 0.1 * min(len(r), 6))
         run_score = sum(u.score for u in run) / len(run)
@@ -492,11 +511,12 @@ def compose_list(units: list[Unit], numbers: Sequence[int], hits: Sequence[Any],
             group = "" if label.lower() in _clean(unit.text).lower()[: len(label) + 20] else label
             chosen.append(_sentence(unit, numbers, "item", group=group))
         return _finish(chosen, "bullets", ordered=ordered)
+    # No list in the text: the best sentences of the best document, one point each, in reading order.
     ranked = sorted(readable, key=lambda u: -u.score)
-    top = ranked[0].score
-    chosen_units = [u for u in _dedupe(ranked, hits) if u.score >= 0.7 * top][: min(max_items, 5)]
-    if ordered:
-        chosen_units = _reading_order(chosen_units, hits)
+    top = ranked[0]
+    same_doc = [u for u in ranked if str(getattr(hits[u.passage], "path", "")) == str(getattr(hits[top.passage], "path", ""))]
+    chosen_units = [u for u in _dedupe(same_doc, hits) if u.score >= 0.55 * top.score][: min(max_items, 6)]
+    chosen_units = _reading_order(chosen_units, hits)
     return _finish([_sentence(u, numbers, "item") for u in chosen_units], "bullets", ordered=ordered)
 
 

@@ -118,11 +118,14 @@ def gather(retriever: Any, kind: str, question: str, query: str, hits: list[Any]
             def rank(item: tuple[int, Any]) -> tuple:
                 i, chunk = item
                 heading = set(content_terms(str(getattr(chunk, "heading", "") or "").split(" › ")[-1]))
-                return (-len(q_terms & heading), chunk.chunk_id not in hit_ids, abs(i - first))
+                return (-sum(_names(t, heading) for t in q_terms), chunk.chunk_id not in hit_ids, abs(i - first))
             keep = sorted(i for i, _ in sorted(enumerate(chunks), key=rank)[:max_passages])
             window = [chunks[i] for i in keep]
             lead = [h for h in hits if window and h.chunk_id == window[0].chunk_id]
             return _merge(lead, window, hits)[:max_passages]
+    if kind == "explanation" and len(hits) >= k:  # an explanation may sit just below the top k: read two more
+        more = retriever.search(query, k=k + 2, mode=mode or "hybrid")
+        return _merge(hits, more)[:max_passages]
     return list(hits[:max_passages])
 
 
@@ -169,9 +172,15 @@ def compose_for(kind: str, question: str, hits: list[Any], units: list[Unit], nu
         q_terms = content_terms(question)
         headings = {}
         for i, hit in enumerate(hits):
-            words = set(content_terms(str(getattr(hit, "heading", "") or "").split(" › ")[-1]))
-            headings[i] = sum(t in words for t in q_terms) / max(len(q_terms), 1)
-        return compose.compose_procedure(units, numbers, hits, headings=headings)
+            path = str(getattr(hit, "heading", "") or "").split(" › ")
+            if len(path) < 2:  # the document's title alone names no section
+                headings[i] = 0.0
+                continue
+            words = set(content_terms(path[-1]))
+            # The words the question shares with the document's title say which document, not which section.
+            terms = [t for t in q_terms if t not in set(content_terms(path[0]))] or q_terms
+            headings[i] = sum(_names(t, words) for t in terms) / len(terms)
+        return compose.compose_procedure(units, numbers, hits, headings=headings, heading_weight=2.0)
     if kind == "list":
         count = count_in(question)
         object_terms = content_terms(list_object(question))
@@ -197,6 +206,12 @@ def compose_for(kind: str, question: str, hits: list[Any], units: list[Unit], nu
             return compose.compose_document_summary(units, numbers, hits, named)
         return compose.compose_summary(units, numbers, hits, topic_weight=0.6)
     return compose.compose_explanation(units, numbers, hits)
+
+
+def _names(term: str, words: set[str]) -> bool:
+    """A question term names a heading word: the same stem, or, for long words, the same first five letters
+    ("maintained" and "Maintenance", "installing" and "Installation")."""
+    return term in words or (len(term) >= 6 and any(len(w) >= 6 and w[:5] == term[:5] for w in words))
 
 
 def _sections_are_items(object_terms: Sequence[str], hits: Sequence[Any], path: str) -> bool:

@@ -336,10 +336,11 @@ class Assistant:
                                              named, retrieval_mode, done_preparing)
                 return
             if mode != "generate" and self.settings.open_answers and kind in ("factoid", "count", "yesno"):
-                cell = self._table_cell(read_as, hits)
-                if cell is not None:
+                found = self._table_cell(read_as, hits, retrieval_mode)
+                if found is not None:
+                    cell, passages = found
                     done_preparing()
-                    yield from self._yield_composition(question, query, hits, cell, timings, start, mode, kind,
+                    yield from self._yield_composition(question, query, passages, cell, timings, start, mode, kind,
                                                        cell.sentences[0].score)
                     return
             hits = relevant_hits(hits, threshold, self.settings.relative_floor)
@@ -417,15 +418,22 @@ class Assistant:
         yield REFUSAL_TEXT
         yield Answer(REFUSAL_TEXT, [], sources, True, timings, query, "refused", question, [], mode, kind=kind)
 
-    def _table_cell(self, question: str, hits: Sequence[Any]) -> Any:
-        """A question whose answer is one cell of a table in the passages: the cell, worded with its row and column
-        ("Accuracy for TinyLM-2: 91.2 [n]."), as a one-sentence composition; None when no table cell is clearly
-        named (assistant.tables.answer_cell) with confidence >= Settings.table_min_confidence."""
+    def _table_cell(self, question: str, hits: Sequence[Any], mode: str | None = None) -> Any:
+        """A question whose answer is one cell of a table in the passages: (the cell, worded with its row and column
+        ("Accuracy for TinyLM-2: 91.2 [n].") as a one-sentence composition, the passages it numbers); None when no
+        table cell is clearly named (assistant.tables.answer_cell) with confidence >= Settings.table_min_confidence.
+        Table passages just below the top k are read too."""
         from assistant.compose import Composition
         from assistant.tables import answer_cell, cell_sentence
 
         weights = None
         best = None
+        # A table can rank just below the top k for a question that names its row and column only: look further.
+        look_further = bool(getattr(self.retriever, "has_tables", lambda: False)())
+        extra = [h for h in self.retrieve(question, k=2 * max(len(hits), 4), mode=mode)[0]
+                 if "|" in h.text and h.chunk_id not in {getattr(x, "chunk_id", None) for x in hits}] \
+            if look_further else []
+        hits = [*hits, *extra]
         for number, hit in enumerate(hits, start=1):
             if "|" not in hit.text:
                 continue
@@ -439,7 +447,7 @@ class Assistant:
             return None
         number, cell = best
         sentence = AnswerSentence(cell_sentence(cell), number, cell.start, cell.end, cell.confidence, "cell")
-        return Composition(cite(sentence.text, number), [sentence], "cell", [number])
+        return Composition(cite(sentence.text, number), [sentence], "cell", [number]), hits
 
     def _named_document(self, question: str, hits: Sequence[Any] = ()) -> str | None:
         """The indexed document a summary question names, if any (see assistant.open_answers.named_document): by

@@ -72,7 +72,7 @@ class SettingsError(UserError):
 # Open answers (assistant/compose.py): calibrated on benchmarks/open_questions.jsonl (corpus, Python docs, reports)
 # together with the SQuAD dev split; see docs/benchmarks.md.
 DEFAULT_OPEN_MIN_SUPPORT = 1.25
-DEFAULT_SENTENCE_FALLBACK = 2.2
+DEFAULT_SENTENCE_FALLBACK = 0.0  # off: on the open set it answered 1 unanswerable and no answerable
 
 
 @dataclass

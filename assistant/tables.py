@@ -74,12 +74,24 @@ class CellAnswer:
     column: int
 
 
+_NUMERIC = re.compile(r"^[\s\d.,%+\-–]*$")
+
+
 def find_tables(text: str) -> list[Table]:
-    """Every pipe table in `text`, in order, with exact cell offsets."""
+    """Every pipe table in `text`, in order, with exact cell offsets.
+
+    A header that wraps over several lines (PDF tables often read as "| Energy |" then "| (kWh/kg |" then
+    "| powder) |") gives body rows whose first cell is empty and that hold no numbers: those rows are folded into
+    the header cells' text (whose offsets stay those of the first header line)."""
     tables = []
     for block in find_pipe_tables(text):
         header = [Cell(text[a:b], a, b) for a, b in split_row(text, *block.header)]
         rows = [[Cell(text[a:b], a, b) for a, b in split_row(text, *span)] for span in block.rows]
+        while rows and not rows[0][0].text.strip() and any(c.text.strip() for c in rows[0]) and all(
+                not c.text.strip() or not _NUMERIC.match(c.text) for c in rows[0]):
+            extra, rows = rows[0], rows[1:]
+            header = [Cell(" ".join(t for t in (cell.text.strip(), extra[i].text.strip() if i < len(extra) else "")
+                                    if t), cell.start, cell.end) for i, cell in enumerate(header)]
         tables.append(Table(header, rows, block.start, block.end))
     return tables
 

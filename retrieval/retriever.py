@@ -169,6 +169,11 @@ class Retriever:
                             float(np.dot(query_vec, row.vector)), lex, len(hits) + 1, tuple(paths[1:])))
         return hits
 
+    def has_tables(self) -> bool:
+        """Whether the index holds any table (see IndexStore.has_tables)."""
+        self.refresh()
+        return self.store.has_tables()
+
     def paths(self) -> list[str]:
         """Every indexed document's path (relative to the folder), sorted."""
         self.refresh()

@@ -423,6 +423,19 @@ class IndexStore:
     def manifest(self) -> dict:
         return self._snapshot()[1]
 
+    def has_tables(self) -> bool:
+        """Whether any live chunk holds a pipe table (a "|---" separator line); cached per index generation."""
+        generation = self._read_generation()
+        cached = getattr(self, "_tables_cache", None)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        with self._db_lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM chunks WHERE content_id IN (SELECT content_id FROM documents) AND text LIKE '%|---%'"
+                " LIMIT 1").fetchone()
+        self._tables_cache = (generation, row is not None)
+        return row is not None
+
     def changed_on_disk(self) -> bool:
         """True when another process committed a new generation since we loaded."""
         return self._read_generation() != self.generation
