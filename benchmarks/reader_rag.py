@@ -121,7 +121,29 @@ def score(items, answers, k: int) -> dict:
         "ttft_median_ms": statistics.median(ttft) if ttft else None,
         "total_median_ms": statistics.median(total) if total else None,
         "fallbacks": sum(getattr(a, "fallback", False) for a in answers),
+        "by_kind": by_kind(items, answers),
     }
+
+
+def by_kind(items, answers) -> dict:
+    """Per question kind (assistant.kinds, as the pipeline routed it): answerable / unanswerable counts, accuracy,
+    refusal accuracy and false refusals."""
+    from assistant.kinds import classify
+    from assistant.training_data import answer_in
+
+    out: dict = {}
+    for q, a in zip(items, answers):
+        kind = getattr(a, "kind", "") or classify(q["question"])
+        row = out.setdefault(kind, {"answerable": 0, "unanswerable": 0, "correct": 0, "refused_unanswerable": 0,
+                                    "refused_answerable": 0})
+        if q["gold_file"]:
+            row["answerable"] += 1
+            row["correct"] += int(not a.refused and answer_in(q["answer"], a.text))
+            row["refused_answerable"] += int(a.refused)
+        else:
+            row["unanswerable"] += 1
+            row["refused_unanswerable"] += int(a.refused)
+    return out
 
 
 def answerability_features(bot, items, k: int) -> list[dict]:
