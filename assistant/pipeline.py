@@ -57,6 +57,8 @@ NO_RETRIEVAL_SYSTEM_PROMPT = "Answer the question in one or two short sentences.
 # Guided mode: the generator sees the evidence's passage cut to about this many words around the evidence
 # (the length the adapter was trained on), and writes at most this many tokens.
 GUIDED_PASSAGE_WORDS = 100
+# Open kinds whose answer is a sentence or two: the reader's verdict counts in their answerability.
+SENTENCE_KINDS = ("definition", "explanation", "yesno")
 GUIDED_MAX_NEW_TOKENS = 64
 
 
@@ -482,6 +484,10 @@ class Assistant:
                     else "", term_weights=weights, reader_scores=reader_scores)
         numbers = list(range(1, len(passages) + 1))
         support = max((u.base for u in units if u.role in ("sentence", "item")), default=float("-inf"))
+        readable = [u.reader for u in units if u.role in ("sentence", "item") and u.reader is not None]
+        if kind in SENTENCE_KINDS and readable and max(readable) < settings.open_reader_floor \
+                and support < settings.open_strong_support:
+            support = float("-inf")  # the reader finds no answer in any sentence and the terms are not decisive
         composition = None
         if named or support >= settings.open_min_support:
             composition = compose_for(kind, read_as, passages, units, numbers, named=named)

@@ -72,6 +72,9 @@ class SettingsError(UserError):
 # Open answers (assistant/compose.py): calibrated on benchmarks/open_questions.jsonl (corpus, Python docs, reports)
 # together with the SQuAD dev split; see docs/benchmarks.md.
 DEFAULT_OPEN_MIN_SUPPORT = 1.25
+# open_reader_floor / open_strong_support: SQuAD dev and the open set together (docs/benchmarks.md): of 12 dev
+# unanswerable definition/explanation/yes-no questions the reader gives 7 a negative best span, all below 1.8;
+# every answerable dev one has a best span >= 6.7; the open set's 4 answerable ones below 0 score 1.84-3.49.
 DEFAULT_SENTENCE_FALLBACK = 0.0  # off: on the open set it answered 1 unanswerable and no answerable
 
 
@@ -99,6 +102,8 @@ class Settings:
     reader_cosine_weight: float = DEFAULT_READER_COSINE_WEIGHT  # weight of the best retrieval cosine
     open_answers: bool = True           # compose explanations, lists, comparisons, summaries (assistant/compose.py)
     open_min_support: float = DEFAULT_OPEN_MIN_SUPPORT  # best unit score below this: no passage answers; refuse
+    open_reader_floor: float = 0.0      # definitions / explanations / yes-no: the reader's best span inside a sentence
+    open_strong_support: float = 1.8    # ... below the floor refuses unless the best unit scores at least this
     sentence_fallback: float = DEFAULT_SENTENCE_FALLBACK  # factoid refused by the reader but a unit scores this: say it
     table_min_confidence: float = 0.5   # a table cell the question names with this confidence is the answer
     open_rewrite: bool = False          # guided: the generator rewords composed answers, each sentence checked

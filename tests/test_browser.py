@@ -229,11 +229,12 @@ def test_two_tabs_asking_at_once_get_their_own_answers(server, browser):
 
 
 def test_screenshots_of_the_chat_and_the_library(server, browser):
-    """The README's pictures: an answer with a source opened from its [n] chip, and the library."""
+    """The README's pictures: a composed answer with a source opened from its [n] chip (that sentence's words
+    highlighted), and the library."""
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     page.goto(server, wait_until="domcontentloaded")
     page.wait_for_selector("#question textarea", timeout=60_000)
-    ask_and_watch(page, "What does LoRA train instead of the full weight matrices?")
+    ask_and_watch(page, "What does LoRA change in a pretrained model?")
     chips = page.locator("#chatbot .cite")
     if chips.count():
         chips.first.click()

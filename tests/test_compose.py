@@ -296,3 +296,18 @@ def test_with_rewording_on_every_generated_sentence_is_checked_and_an_invented_o
     assert any(s.role == "generated" for s in answer.sentences)  # the supported ones are kept as written
     assert any("Decoder-only models generate text one token at a time" in t for t in texts)  # evidence instead
     assert_sentences_cite_their_words(answer)
+
+
+def test_a_sentence_answer_the_reader_finds_no_span_for_needs_strong_term_support():
+    """Definitions, explanations and yes/no: when the reader's best span in every sentence is below the floor
+    (it reads "no answer"), only a unit with strong term support is said; otherwise the question is refused."""
+    class NoAnswerReader(FakeReader):
+        def read_units(self, question, passages, bounds):
+            return [], [[-5.0] * len(b) for b in bounds]
+
+    retriever = DocRetriever(DOCS, dense_floor=0.4)
+    bot = Assistant(retriever, FakeGenerator("unused [1]."), Settings(open_min_support=0.0, open_strong_support=99.0),
+                    reader=NoAnswerReader([]))
+    assert bot.ask("Why does greedy decoding repeat itself?").refused
+    bot.settings = bot.settings.replace(open_strong_support=0.0)
+    assert not bot.ask("Why does greedy decoding repeat itself?").refused
