@@ -202,7 +202,7 @@ def answer_cell(question: str, text: str, term_weights: dict[str, float] | None 
                 if row_m.score > 0:
                     candidates.append((col_m.score + row_m.score, t_index, r_index, col, col_m, row_m, table))
     if not candidates:
-        return None
+        return _answer_pair(question_words, available, weight, text)
     candidates.sort(key=lambda c: -c[0])
     best = candidates[0]
     total, _, r_index, col, col_m, row_m, table = best
@@ -228,6 +228,39 @@ def answer_cell(question: str, text: str, term_weights: dict[str, float] | None 
                       table.end, round(min(max(confidence, 0.0), 1.0), 4), r_index, col)
 
 
+def _answer_pair(question_words: list[str], available: Counter, weight: dict[str, float],
+                 text: str) -> CellAnswer | None:
+    """A two-column table is a mapping from a label to its value ("| null_terminated | array of pointers |"),
+    and its header is often just its first pair (PDF tables read without a header line). When the question names
+    no column, a row whose label it names exactly (all the label's words, no rival label as good) answers with
+    its value; the header row counts as a row. Confidence is lower than a named row and column."""
+    best: tuple[float, Table, Cell, Cell] | None = None
+    rival = 0.0
+    for table in find_tables(text):
+        pairs = [r for r in [table.header, *table.rows] if len(r) == 2 and r[0].text.strip() and r[1].text.strip()]
+        if len(pairs) < 2 or any(len(r) != 2 for r in [table.header, *table.rows]):
+            continue
+        for label, value in pairs:
+            match = _match(_words(label.text), available, weight)
+            if match.score <= 0 or match.precision < 0.999:
+                continue
+            if best is None or match.score > best[0]:
+                rival = best[0] if best else rival
+                best = (match.score, table, label, value)
+            else:
+                rival = max(rival, match.score)
+    if best is None or rival >= best[0] - 1e-9:
+        return None
+    score, table, label, value = best
+    if _restates(value.text.strip(), available - Counter(_words(label.text))):
+        return None
+    asked = sum(weight.get(w, 1.0) * n for w, n in available.items())
+    coverage = min(1.0, score / asked) if asked > 0 else 0.0
+    confidence = round(0.5 + 0.2 * coverage, 4)
+    return CellAnswer(value.text.strip(), label.text.strip(), "", value.start, value.end, table.start,
+                      table.end, confidence, -1, 1)
+
+
 def _restates(value: str, unused: Counter) -> bool:
     """Whether every word of the value is a question word that named neither the row nor the column."""
     words = Counter(_words(value))
@@ -239,4 +272,6 @@ def cell_sentence(cell: CellAnswer) -> str:
     value = cell.value.strip()
     if value.endswith(".") and not value.endswith(".."):
         value = value[:-1].rstrip()
+    if not cell.column_label:  # a label -> value pair
+        return f"{cell.row_label}: {value}"
     return f"{cell.column_label} for {cell.row_label}: {value}"

@@ -86,3 +86,19 @@ def test_is_table_text_and_the_sentence_wording():
     assert not is_table_text(prose) and not is_table_text("") and not is_table_text("plain words")
     answer = answer_cell("notes of beta", "| Name | Notes |\n|---|---|\n| alpha | x |\n| beta | Done. |")
     assert cell_sentence(answer) == "Notes for beta: Done"
+
+
+def test_a_two_column_table_answers_a_label_it_names_without_a_column():
+    """A label -> value table whose header is only its first pair (as PDF tables often read): the row the
+    question names exactly gives its value; an unnamed or ambiguous label gives nothing."""
+    from assistant.tables import answer_cell, cell_sentence
+
+    text = ("| managed | array type with bigarray attribute |\n|---|---|\n| ml2c | typedef |\n"
+            "| object | interface |\n| propget | function declaration |\n")
+    cell = answer_cell("Where can propget appear?", text)
+    assert cell is not None and cell.value == "function declaration"
+    assert text[cell.start:cell.end] == "function declaration"
+    assert cell_sentence(cell) == "propget: function declaration"
+    header_pair = answer_cell("Where can managed appear?", text)
+    assert header_pair is not None and header_pair.value == "array type with bigarray attribute"
+    assert answer_cell("Where can anything appear?", text) is None
