@@ -414,7 +414,8 @@ def build_app(assistant: Assistant, conversations: ConversationStore | None = No
                 library_message = gr.Markdown("", elem_id="library-message")
                 library = gr.HTML(app.library_view(), elem_id="library", js_on_load=PAGE_JS, padding=False,
                                   apply_default_css=False)
-                upload = gr.File(label="Add documents (.md, .txt, .pdf, .docx, .html, code)", file_count="multiple",
+                upload = gr.File(label="Add documents (.md, .txt, .pdf, .docx, .pptx, .xlsx, .csv, .epub, .odt, "
+                                       ".eml, .html, images, code)", file_count="multiple",
                                  elem_id="upload")
                 upload_status = gr.HTML("", elem_id="upload-status", padding=False)
 
