@@ -32,6 +32,7 @@ from typing import Any
 
 from assistant.answer import AnswerSentence
 from assistant.kinds import comparison_sides, subject_of
+from retrieval.chunking import HEADING_SEPARATOR
 
 # ---------------------------------------------------------------------------------------------------- units
 
@@ -207,6 +208,17 @@ def _stem(word: str) -> str:
     return word
 
 
+def heading_of(hit: Any) -> str:
+    """A passage's heading path ("Document › Section"), or ""."""
+    return str(getattr(hit, "heading", "") or "")
+
+
+def section_terms(hit: Any, part: int = -1) -> list[str]:
+    """The content terms of one part of a passage's heading path: its own section's title (part -1, the default)
+    or its document's title (part 0)."""
+    return content_terms(heading_of(hit).split(HEADING_SEPARATOR)[part])
+
+
 @dataclass
 class UnitWeights:
     """How a unit's score is made (see the module docstring)."""
@@ -251,25 +263,26 @@ def score_units(question: str, units: Sequence[Unit], hits: Sequence[Any], *, su
     w = weights or UnitWeights()
     q_weights = _idf_weights(question, term_weights)
     subject_terms = content_terms(subject)
-    heading_cov: dict[int, float] = {}
+    passage_part: dict[int, float] = {}  # what a unit's passage adds to its score: the same for all its units
     for unit in units:
-        hit = hits[unit.passage]
-        if unit.passage not in heading_cov:
-            heading_cov[unit.passage] = coverage_of(q_weights, getattr(hit, "heading", "") or "")
+        if unit.passage not in passage_part:
+            hit = hits[unit.passage]
+            heading = heading_of(hit)
+            cosine = float(getattr(hit, "dense_score", None) or getattr(hit, "score", 0.0) or 0.0)
+            part = w.heading * coverage_of(q_weights, heading) + w.cosine * cosine + w.rank / (1 + unit.passage)
+            if subject_terms:
+                own = section_terms(hit)
+                if all(t in own for t in subject_terms) and len(own) <= len(subject_terms) + 1:
+                    part += w.subject_section  # the section is named after the subject ("functools.reduce")
+                elif all(t in content_terms(heading) for t in subject_terms):
+                    part += w.subject_heading
+            passage_part[unit.passage] = part
         unit.coverage = coverage_of(q_weights, unit.text)
-        cosine = float(getattr(hit, "dense_score", None) or getattr(hit, "score", 0.0) or 0.0)
-        score = w.coverage * unit.coverage + w.heading * heading_cov[unit.passage] + w.cosine * cosine
-        score += w.rank / (1 + unit.passage)
+        score = w.coverage * unit.coverage + passage_part[unit.passage]
         if subject_terms:
             head = content_terms(unit.text)[: len(subject_terms) + 2]
             if all(t in head for t in subject_terms):
                 score += w.subject_start
-            heading = str(getattr(hit, "heading", "") or "")
-            own = content_terms(heading.split(" › ")[-1])
-            if all(t in own for t in subject_terms) and len(own) <= len(subject_terms) + 1:
-                score += w.subject_section  # the section is named after the subject ("functools.reduce")
-            elif all(t in content_terms(heading) for t in subject_terms):
-                score += w.subject_heading
         symbols = sum(c in _CODE_CHARS for c in unit.text) / max(len(unit.text), 1)
         if symbols > 0.06:
             score -= w.code_penalty * min(1.0, (symbols - 0.06) * 10)
@@ -345,12 +358,23 @@ def _render(sentences: list[AnswerSentence], layout: str, intro: str = "", order
     return " ".join(_with_marker(s.text, s.passage) for s in sentences)
 
 
-def _finish(sentences: list[AnswerSentence], layout: str, intro: str = "", ordered: bool = False) -> Composition:
+def cited_numbers(sentences: Sequence[AnswerSentence]) -> list[int]:
+    """The [n] the sentences cite, each once, in order of first citation."""
     numbers: list[int] = []
     for s in sentences:
         if s.passage not in numbers:
             numbers.append(s.passage)
-    return Composition(_render(sentences, layout, intro, ordered), sentences, layout, numbers)
+    return numbers
+
+
+def best_support(units: Sequence[Unit]) -> float:
+    """The answerability of a set of scored units: the best base score (without the reader's share) of a sentence
+    or list item; -inf when there is none."""
+    return max((u.base for u in units if u.role in ("sentence", "item")), default=float("-inf"))
+
+
+def _finish(sentences: list[AnswerSentence], layout: str, intro: str = "", ordered: bool = False) -> Composition:
+    return Composition(_render(sentences, layout, intro, ordered), sentences, layout, cited_numbers(sentences))
 
 
 def _readable(unit: Unit) -> bool:
@@ -400,7 +424,7 @@ def compose_definition(units: list[Unit], numbers: Sequence[int], hits: Sequence
     # often without repeating the name.
     first_of_section: dict[int, Unit] = {}
     for unit in readable:
-        heading = content_terms(str(getattr(hits[unit.passage], "heading", "") or "").split(" › ")[-1])
+        heading = section_terms(hits[unit.passage])
         if terms and all(t in heading for t in terms) and len(heading) <= len(terms) + 1 and (
                 unit.passage not in first_of_section or unit.position < first_of_section[unit.passage].position):
             first_of_section[unit.passage] = unit
@@ -469,7 +493,7 @@ def _list_items(units: list[Unit], min_items: int = 2, hits: Sequence[Any] | Non
 
         def section(run: list[Unit]) -> tuple[str, str]:
             hit = hits[run[0].passage]
-            return str(getattr(hit, "path", "")), str(getattr(hit, "heading", "") or "")
+            return str(getattr(hit, "path", "")), heading_of(hit)
         merged: list[list[Unit]] = []
         for run in sorted(runs, key=lambda r: (section(r), int(getattr(hits[r[0].passage], "start", 0) or 0))):
             prev = merged[-1] if merged else None
@@ -606,7 +630,7 @@ def compose_section_items(units: list[Unit], numbers: Sequence[int], hits: Seque
     if not object_terms:
         return None
     matching = [i for i, hit in enumerate(hits)
-                if all(t in content_terms(str(getattr(hit, "heading", "") or "").split(" › ")[-1]) for t in object_terms)]
+                if all(t in section_terms(hit) for t in object_terms)]
     if not matching:
         return None
     heading = str(getattr(hits[matching[0]], "heading", ""))
@@ -716,8 +740,8 @@ def compose_document_summary(units: list[Unit], numbers: Sequence[int], hits: Se
     central = dict(zip(map(id, readable), centrality(readable)))
     sections: dict[str, list[Unit]] = {}
     for unit in _reading_order(readable, hits):
-        heading = str(getattr(hits[unit.passage], "heading", "") or "")
-        if heading.count(" › ") >= 1:
+        heading = heading_of(hits[unit.passage])
+        if HEADING_SEPARATOR in heading:
             sections.setdefault(heading, []).append(unit)
     if len(sections) < 3:
         return compose_summary(units, numbers, hits)
@@ -730,7 +754,7 @@ def compose_document_summary(units: list[Unit], numbers: Sequence[int], hits: Se
         picks = [p for p in picks if id(p[1]) in keep]
     chosen = []
     for heading, lead, _ in picks:
-        title = heading.split(" › ")[-1].strip()
+        title = heading.split(HEADING_SEPARATOR)[-1].strip()
         body = _clean(lead.text)
         group = "" if title.lower() in body.lower()[: len(title) + 20] else title
         chosen.append(_sentence(lead, numbers, "item", group=group))
@@ -743,11 +767,11 @@ def section_leads(units: list[Unit], hits: Sequence[Any], path: str) -> list[tup
     out: list[tuple[str, Unit]] = []
     seen: set[str] = set()
     for unit in _reading_order([u for u in units if str(getattr(hits[u.passage], "path", "")) == path], hits):
-        heading = str(getattr(hits[unit.passage], "heading", "") or "")
+        heading = heading_of(hits[unit.passage])
         if not heading or not _readable(unit) or unit.role != "sentence":
             continue
-        title = heading.split(" › ")[-1]
-        if heading.count(" › ") == 0 or title in seen:
+        title = heading.split(HEADING_SEPARATOR)[-1]
+        if HEADING_SEPARATOR not in heading or title in seen:
             continue
         seen.add(title)
         out.append((title, unit))
@@ -815,7 +839,7 @@ def check_sentences(generated: str, evidence: Sequence[AnswerSentence], passages
     return out, replaced
 
 
-__all__ = ["Composition", "Unit", "UnitWeights", "centrality", "check_sentences", "compose_comparison",
+__all__ = ["Composition", "Unit", "UnitWeights", "best_support", "centrality", "check_sentences", "cited_numbers", "compose_comparison",
            "compose_definition", "compose_document_summary", "compose_enumeration", "compose_explanation", "compose_list", "compose_procedure", "compose_section_items", "compose_summary", "compose_yesno",
            "content_terms", "coverage_of", "item_body", "passage_units", "score_units", "section_leads",
            "split_generated", "supported_by", "comparison_sides", "subject_of"]

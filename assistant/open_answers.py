@@ -20,8 +20,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from assistant import compose
-from assistant.compose import Composition, Unit, content_terms
+from assistant.compose import Composition, Unit, content_terms, heading_of, section_terms
 from assistant.kinds import comparison_sides, count_in, list_object, subject_of
+from retrieval.chunking import HEADING_SEPARATOR
 
 OPEN_KINDS = ("definition", "explanation", "yesno", "list", "procedure", "comparison", "summary")
 WIDE_KINDS = ("list", "procedure", "summary")
@@ -117,7 +118,7 @@ def gather(retriever: Any, kind: str, question: str, query: str, hits: list[Any]
 
             def rank(item: tuple[int, Any]) -> tuple:
                 i, chunk = item
-                heading = set(content_terms(str(getattr(chunk, "heading", "") or "").split(" › ")[-1]))
+                heading = set(section_terms(chunk))
                 return (-sum(_names(t, heading) for t in q_terms), chunk.chunk_id not in hit_ids, abs(i - first))
             keep = sorted(i for i, _ in sorted(enumerate(chunks), key=rank)[:max_passages])
             window = [chunks[i] for i in keep]
@@ -172,7 +173,7 @@ def compose_for(kind: str, question: str, hits: list[Any], units: list[Unit], nu
         q_terms = content_terms(question)
         headings = {}
         for i, hit in enumerate(hits):
-            path = str(getattr(hit, "heading", "") or "").split(" › ")
+            path = heading_of(hit).split(HEADING_SEPARATOR)
             if len(path) < 2:  # the document's title alone names no section
                 headings[i] = 0.0
                 continue
@@ -222,7 +223,7 @@ def _sections_are_items(object_terms: Sequence[str], hits: Sequence[Any], path: 
     words = set(_doc_words(path))
     for hit in hits:
         if str(getattr(hit, "path", "")) == path:
-            words |= set(content_terms(str(getattr(hit, "heading", "") or "").split(" › ")[0]))
+            words |= set(section_terms(hit, 0))
     return all(t in words for t in object_terms)
 
 

@@ -35,7 +35,7 @@ from assistant.answer import Answer, AnswerSentence, QuestionError, Timings, _so
 from assistant.citations import CitationFilter, clean_citations
 from assistant.evidence import (ANSWER_MODES, Evidence, evidence_from_spans, extractive_answer, route, states_evidence,
                                strip_citations, wants_sentence)
-from assistant.compose import score_units
+from assistant.compose import best_support, cited_numbers, heading_of, score_units
 from assistant.followup import is_followup, standalone_query
 from assistant.kinds import classify, subject_of
 from assistant.open_answers import OPEN_KINDS, compose_for, gather, named_document, reader_unit_scores, units_of
@@ -44,6 +44,7 @@ from assistant.prompts import REFUSAL_TEXT, PromptPassage, build_messages, is_re
 from assistant.training_data import clip_passage
 from assistant.settings import Settings, SettingsError
 from model.errors import UserError
+from retrieval.chunking import HEADING_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -432,9 +433,9 @@ class Assistant:
         best = None
         # A table can rank just below the top k for a question that names its row and column only: look further.
         look_further = bool(getattr(self.retriever, "has_tables", lambda: False)())
+        seen = {getattr(x, "chunk_id", None) for x in hits}
         extra = [h for h in self.retrieve(question, k=2 * max(len(hits), 4), mode=mode)[0]
-                 if "|" in h.text and h.chunk_id not in {getattr(x, "chunk_id", None) for x in hits}] \
-            if look_further else []
+                 if "|" in h.text and h.chunk_id not in seen] if look_further else []
         hits = [*hits, *extra]
         for number, hit in enumerate(hits, start=1):
             if "|" not in hit.text:
@@ -459,7 +460,7 @@ class Assistant:
             return None
         titles: dict[str, str] = {}
         for hit in hits:
-            titles.setdefault(str(hit.path), str(getattr(hit, "heading", "") or "").split(" › ")[0])
+            titles.setdefault(str(hit.path), heading_of(hit).split(HEADING_SEPARATOR)[0])
         with self._index_lock:
             return named_document(question, paths(), titles)
 
@@ -483,7 +484,7 @@ class Assistant:
         score_units(read_as, units, passages, subject=subject_of(read_as) if kind in ("definition", "explanation")
                     else "", term_weights=weights, reader_scores=reader_scores)
         numbers = list(range(1, len(passages) + 1))
-        support = max((u.base for u in units if u.role in ("sentence", "item")), default=float("-inf"))
+        support = best_support(units)
         readable = [u.reader for u in units if u.role in ("sentence", "item") and u.reader is not None]
         if kind in SENTENCE_KINDS and readable and max(readable) < settings.open_reader_floor \
                 and support < settings.open_strong_support:
@@ -519,20 +520,15 @@ class Assistant:
         sentences, replaced = check_sentences(written, evidence, [p.text for p in passages],
                                               list(range(1, len(passages) + 1)))
         log.info("reworded answer: %d sentences, %d replaced by their evidence", len(sentences), replaced)
-        numbers: list[int] = []
-        for s in sentences:
-            if s.passage not in numbers:
-                numbers.append(s.passage)
         text = " ".join(cite(s.text, s.passage) for s in sentences)
-        return Composition(text, sentences, "text", numbers)
+        return Composition(text, sentences, "text", cited_numbers(sentences))
 
     @staticmethod
     def _yield_composition(question: str, query: str, passages: Sequence[Any], composition: Any, timings: Timings,
                            start: float, mode: str, kind: str, support: float) -> Iterator[str | Answer]:
         """A composition streamed a sentence (or bullet) at a time, then its Answer."""
         if composition.layout in ("text", "cell") and len(composition.sentences) == 1:
-            composition.text = f"{' '.join(composition.sentences[0].text.split())}"
-            composition.text = cite(composition.text, composition.sentences[0].passage)
+            composition.text = cite(" ".join(composition.sentences[0].text.split()), composition.sentences[0].passage)
             composition.numbers = [composition.sentences[0].passage]
         for i, piece in enumerate(_stream_pieces(composition.text)):
             if i == 0:
@@ -615,7 +611,7 @@ class Assistant:
         units = units_of(hits)
         weights = self.retriever.term_weights(read_as) if hasattr(self.retriever, "term_weights") else None
         score_units(read_as, units, hits, term_weights=weights)
-        support = max((u.base for u in units if u.role in ("sentence", "item")), default=float("-inf"))
+        support = best_support(units)
         if support < threshold:
             return None
         composition = compose_for("explanation", read_as, hits, units, list(range(1, len(hits) + 1)))
