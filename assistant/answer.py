@@ -48,6 +48,26 @@ class Timings:
     total_ms: float = 0.0
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    prefill_ms: float = 0.0       # the generator's prompt pass (to its first token)
+    decode_ms: float = 0.0        # the generator's other tokens
+    check_ms: float = 0.0         # checking written text against the evidence
+
+
+class Draft(str):
+    """A stream item that is appended like any text delta, and that a later `Revision` may reword.
+
+    Guided answers show the reader's evidence (the quoted words and their [n]) as soon as the reader has found
+    it, while the generator writes a fuller sentence around it; `Assistant.stream(..., drafts=True)` only."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A stream item: replace the answer text shown so far (a `Draft`) by `text`.
+
+    Sent only after a draft, and only with the checked wording: it states the same evidence the draft quoted
+    (`assistant.evidence.states_evidence`), so a revision rewords a claim and never withdraws one."""
+
+    text: str
 
 
 QUESTION_KINDS = ("factoid", "definition", "explanation", "list", "comparison", "summary", "procedure", "yesno",

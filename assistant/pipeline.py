@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from assistant.answer import Answer, AnswerSentence, QuestionError, Timings, _source
+from assistant.answer import Answer, AnswerSentence, Draft, QuestionError, Revision, Timings, _source
 from assistant.citations import CitationFilter, clean_citations
 from assistant.evidence import (ANSWER_MODES, Evidence, evidence_from_spans, extractive_answer, route, states_evidence,
                                strip_citations, wants_sentence)
@@ -293,8 +293,9 @@ class Assistant:
         refusal_threshold: float | None = None,
         answer_mode: str | None = None,
         reader_threshold: float | None = None,
+        drafts: bool = False,
         **sampling: Any,
-    ) -> Iterator[str | Answer]:
+    ) -> Iterator[str | Revision | Answer]:
         """Yield the answer's text deltas as they are generated, then the final Answer.
 
         `answer_mode`: guided (default) | extract | generate (see assistant/evidence.py); without a reader,
@@ -302,6 +303,9 @@ class Assistant:
         `sampling`: any SamplingParams field (temperature, top_k, top_p, min_p, repetition_penalty,
         max_new_tokens, seed, num_beams, stop, ...); unset ones come from the settings.
         `cancel`: set it to stop generation; the Answer then has finish_reason "cancelled".
+        `drafts`: guided answers first yield the reader's evidence as a `Draft` (quoted words + [n], shown within
+        a few hundred ms) and, when the generator's fuller sentence passes the check, a `Revision` with it;
+        without drafts (the default: append-only streams such as the OpenAI server's) the checked text comes whole.
         """
         start = time.perf_counter()
         question = self.check_question(question)
@@ -311,12 +315,12 @@ class Assistant:
         timings = Timings()
         with self._preparing.turn() as done_preparing:
             yield from self._stream(question, turns, params, threshold, timings, start, cancel, k, retrieval_mode,
-                                    use_retrieval, answer_mode, reader_threshold, done_preparing)
+                                    use_retrieval, answer_mode, reader_threshold, done_preparing, drafts)
 
     def _stream(self, question: str, turns: list[dict], params: Any, threshold: float, timings: Timings,
                 start: float, cancel: threading.Event | None, k: int | None, retrieval_mode: str | None,
                 use_retrieval: bool, answer_mode: str | None, reader_threshold: float | None,
-                done_preparing: Callable[[], None]) -> Iterator[str | Answer]:
+                done_preparing: Callable[[], None], drafts: bool = False) -> Iterator[str | Revision | Answer]:
         """`stream` after its checks, in this question's preparation turn (`done_preparing` ends it)."""
         if use_retrieval:
             if self.retriever is None:
@@ -351,7 +355,7 @@ class Assistant:
                 gate = self.settings.reader_threshold if reader_threshold is None else reader_threshold
                 yield from self._answer_from_evidence(question, query, hits, turns, params, mode, gate, timings,
                                                       start, cancel, best_cosine=best, done_preparing=done_preparing,
-                                                      kind=kind)
+                                                      kind=kind, drafts=drafts)
                 return
             packed = pack_prompt(
                 self.generator, question, hits, turns, params.max_new_tokens, self.settings.max_context_tokens
@@ -395,6 +399,8 @@ class Assistant:
         if result is not None:
             timings.generated_tokens = len(getattr(result, "token_ids", ()) or ())
             timings.tokens_per_s = getattr(result, "decode_tokens_per_s", None)
+            timings.prefill_ms = float(getattr(result, "prefill_ms", 0.0) or 0.0)
+            timings.decode_ms = float(getattr(result, "decode_ms", 0.0) or 0.0)
             finish = getattr(result, "finish_reason", "stop") or "stop"
         else:
             finish = "cancelled" if cancel is not None and cancel.is_set() else "stop"
@@ -545,9 +551,10 @@ class Assistant:
                               mode: str, gate: float, timings: Timings, start: float,
                               cancel: threading.Event | None, best_cosine: float = 0.0,
                               done_preparing: Callable[[], None] = lambda: None,
-                              kind: str = "factoid") -> Iterator[str | Answer]:
+                              kind: str = "factoid", drafts: bool = False) -> Iterator[str | Revision | Answer]:
         """Reader over the passages ─► refuse, or the best evidence ─► extract: say it; guided: the generator
-        words it, and a check keeps the words true to the evidence (else the evidence itself is the answer)."""
+        words it, and a check keeps the words true to the evidence (else the evidence itself is the answer).
+        With `drafts`, guided mode shows the evidence at once (a Draft) and the checked wording as a Revision."""
         texts = [h.text for h in hits]
         # A follow-up ("and how big is it?") is read with its standalone form, which names what "it" is.
         read_as = query if turns and is_followup(question) else question
@@ -567,29 +574,28 @@ class Assistant:
             return
         best = evidence[0]
         text, finish, fallback = extractive_answer(best), "stop", mode == "guided"
+        drafted = drafts and mode == "guided"
+        if drafted:  # the evidence is an answer already: show it while the generator words it
+            timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
+            yield Draft(text)
         if mode == "guided":
-            hit = hits[best.passage - 1]
-            passage = PromptPassage(clip_passage(hit.text, GUIDED_PASSAGE_WORDS, keep=(best.start, best.end)),
-                                    prompt_label(hit.path, getattr(hit, "heading", None)))
-            messages = build_messages(question, [passage], turns)
-            prompt = self.generator.render_chat(messages, add_generation_prompt=True)
-            timings.prompt_tokens = self.generator.count_tokens(prompt)
-            guided = params.replace(max_new_tokens=min(params.max_new_tokens, GUIDED_MAX_NEW_TOKENS))
-            # Short answers: written whole, checked, then shown (through the engine's batch when there is one).
-            with self._model_lock if self.engine is None else contextlib.nullcontext():
-                text_stream = (self.engine or self.generator).stream(prompt, guided, cancel=cancel)
-                written = "".join(text_stream)
-                result = getattr(text_stream, "result", None)
-            timings.generated_tokens = len(getattr(result, "token_ids", ()) or ())
-            timings.tokens_per_s = getattr(result, "decode_tokens_per_s", None)
+            written, result = self._guided_wording(question, hits, best, turns, params, timings, cancel)
             finish = getattr(result, "finish_reason", "stop") or "stop"
+            tick = time.perf_counter()
             if finish == "cancelled" or (cancel is not None and cancel.is_set()):
-                text, fallback, finish = "", False, "cancelled"
+                # A shown draft stays the answer (it is the evidence); nothing shown means nothing to keep.
+                text, finish = (text, "cancelled") if drafted else ("", "cancelled")
+                fallback = drafted
             elif not is_refusal(written) and states_evidence(written, best):
-                text, fallback = cite(written, best.passage), False
-        timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
-        if text:
-            yield text
+                worded = cite(written, best.passage)
+                if drafted and worded != text:
+                    yield Revision(worded)
+                text, fallback = worded, False
+            timings.check_ms = (time.perf_counter() - tick) * 1000
+        if not drafted:
+            timings.time_to_first_token_ms = (time.perf_counter() - start) * 1000
+            if text:
+                yield text
         sources = [_source(i, h, h.text, cited=(i == best.passage and bool(text)))
                    for i, h in enumerate(hits, start=1)]
         timings.total_ms = (time.perf_counter() - start) * 1000
@@ -598,6 +604,26 @@ class Assistant:
                                     "sentence" if best.kind == "sentence" else "span")] if text else []
         yield Answer(text, [best.passage] if text else [], sources, False, timings, query, finish, question,
                      [best], mode, fallback, sentences, kind)
+
+    def _guided_wording(self, question: str, hits: list[Any], best: Evidence, turns: list[dict], params: Any,
+                        timings: Timings, cancel: threading.Event | None) -> tuple[str, Any]:
+        """The generator's short answer around the evidence (its passage clipped around the span), written whole
+        (through the engine's batch when there is one): (text, the generation result or None)."""
+        hit = hits[best.passage - 1]
+        passage = PromptPassage(clip_passage(hit.text, GUIDED_PASSAGE_WORDS, keep=(best.start, best.end)),
+                                prompt_label(hit.path, getattr(hit, "heading", None)))
+        prompt = self.generator.render_chat(build_messages(question, [passage], turns), add_generation_prompt=True)
+        timings.prompt_tokens = self.generator.count_tokens(prompt)
+        guided = params.replace(max_new_tokens=min(params.max_new_tokens, GUIDED_MAX_NEW_TOKENS))
+        with self._model_lock if self.engine is None else contextlib.nullcontext():
+            text_stream = (self.engine or self.generator).stream(prompt, guided, cancel=cancel)
+            written = "".join(text_stream)
+            result = getattr(text_stream, "result", None)
+        timings.generated_tokens = len(getattr(result, "token_ids", ()) or ())
+        timings.tokens_per_s = getattr(result, "decode_tokens_per_s", None)
+        timings.prefill_ms = float(getattr(result, "prefill_ms", 0.0) or 0.0)
+        timings.decode_ms = float(getattr(result, "decode_ms", 0.0) or 0.0)
+        return written, result
 
     def _sentence_fallback(self, read_as: str, query: str, hits: list[Any], timings: Timings, start: float,
                            mode: str, kind: str) -> Iterator[str | Answer] | None:

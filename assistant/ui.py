@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from assistant.answer import Answer
+from assistant.answer import Answer, Draft, Revision
 from assistant.conversations import ConversationStore, default_path
 from assistant.library import Library
 from assistant.pipeline import Assistant
@@ -145,10 +145,15 @@ class ChatApp:
         )
         try:
             for item in self.assistant.stream(question, history=history_for_model(turns[:-1]), cancel=cancel,
-                                              **options):
+                                              drafts=True, **options):
                 if isinstance(item, Answer):
                     turns[-1] = turn_from_answer(question, item, self._openable)
+                elif isinstance(item, Revision):  # the checked wording of the draft: it replaces the draft
+                    current["answer"], current["draft"] = item.text, False
+                    yield turns, "", ""
                 else:
+                    if isinstance(item, Draft):  # the quoted evidence, shown while the wording is checked
+                        current["draft"] = True
                     current["answer"] += item
                     yield turns, "", ""
         except UserError as exc:

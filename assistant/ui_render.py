@@ -562,6 +562,8 @@ def render_turn(index: int, turn: dict) -> str:
              f'<div class="a"><div class="{css}" id="answer-{index}" data-layout="{esc(layout)}">{body}</div>']
     if turn.get("note"):
         parts.append(f'<div class="note">{esc(turn["note"])}</div>')
+    if turn.get("pending") and turn.get("draft"):
+        parts.append('<div class="note draft">Quoted from the source; checking a fuller wording…</div>')
     if not turn.get("pending"):
         parts.append(
             '<div class="actions">'

@@ -27,8 +27,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Answer `args.question` and print it."""
-    from assistant.commands.common import open_assistant, print_sources
-    from assistant.answer import Answer
+    from assistant.commands.common import open_assistant, print_sources, print_stream
 
     settings, assistant_factory = open_assistant(args)
     # Check the question before loading any model, so bad input fails fast.
@@ -44,13 +43,7 @@ def run(args: argparse.Namespace) -> int:
             print(answer.text)
             print_sources(answer)
         return 0
-    answer = None
-    for item in assistant.stream(question):
-        if isinstance(item, Answer):
-            answer = item
-        else:
-            print(item, end="", flush=True)
-    print()
+    answer = print_stream(assistant.stream(question, drafts=True))
     assert answer is not None
     print_sources(answer)
     return 0

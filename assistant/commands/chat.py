@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace, input_fn: Any = input) -> int:
     """The read-answer loop; ends on /quit or end of input (Ctrl-D)."""
-    from assistant.commands.common import open_assistant, print_sources
+    from assistant.commands.common import open_assistant, print_sources, print_stream
     from assistant.answer import Answer
     from model.errors import UserError
 
@@ -58,18 +58,13 @@ def run(args: argparse.Namespace, input_fn: Any = input) -> int:
             continue
         print("assistant> ", end="", flush=True)
         try:
-            for item in assistant.stream(line, history=history):
-                if isinstance(item, Answer):
-                    last = item
-                else:
-                    print(item, end="", flush=True)
+            last = print_stream(assistant.stream(line, history=history, drafts=True), prefix="assistant> ")
         except UserError as exc:  # bad question: say so and keep chatting
             print(f"\nerror: {exc}", file=sys.stderr)
             continue
         except KeyboardInterrupt:
             print("\n(stopped)", file=sys.stderr)
             continue
-        print()
         if last is not None:
             print_sources(last)
             history += [{"role": "user", "content": line}, {"role": "assistant", "content": last.text}]

@@ -139,3 +139,27 @@ def format_evidence(evidence: Any) -> str:
         sentence = sentence[:239] + "…"
     return (f"Evidence [{evidence.passage}] (score {evidence.score:.1f}, characters {evidence.start}-{evidence.end}): "
             f"\"{evidence.text}\" in \"{sentence}\"")
+
+
+def print_stream(items: Any, prefix: str = "") -> Any:
+    """Print a streamed answer to the terminal (after `prefix`) and return its final Answer.
+
+    A Draft (the quoted evidence, shown at once) that a Revision rewords is rewritten in place when it fits on
+    one line, else the revision follows on its own line marked "(reworded)"."""
+    from assistant.answer import Answer, Revision
+
+    shown, answer = "", None
+    for item in items:
+        if isinstance(item, Answer):
+            answer = item
+        elif isinstance(item, Revision):
+            if "\n" not in shown:
+                print("\r\033[K" + prefix + item.text, end="", flush=True)
+            else:
+                print("\n(reworded) " + item.text, end="", flush=True)
+            shown = item.text
+        else:
+            print(item, end="", flush=True)
+            shown += item
+    print()
+    return answer
