@@ -34,6 +34,7 @@ from model.sources import cache_dir
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "qmatmul.c"
+ENCODER_SOURCE = Path(__file__).resolve().parent / "csrc" / "encoder_int8.c"  # the encoder's int8 GEMM
 BLOCK = 32  # activations and weights are quantised in blocks of 32 inputs
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"],
@@ -44,6 +45,8 @@ FLAG_SETS = (
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _status: str | None = None  # why the kernels are (not) in use, once loading was tried
+_encoder_lib: ctypes.CDLL | None = None
+_encoder_status: str | None = None  # the same for the encoder's int8 GEMM library
 
 
 def _cpu_fingerprint() -> str:
@@ -63,45 +66,58 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(compiler: str, target: Path) -> str:
-    """Compile SOURCE into `target` (atomically); returns the flags used. Raises RuntimeError on failure."""
+def _build(compiler: str, target: Path, source: Path = SOURCE) -> str:
+    """Compile `source` into `target` (atomically); returns the flags used. Raises RuntimeError on failure."""
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in FLAG_SETS:
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            proc = subprocess.run([compiler, *flags, "-o", str(out), str(SOURCE), "-lm"],
+            proc = subprocess.run([compiler, *flags, "-o", str(out), str(source), "-lm"],
                                   capture_output=True, text=True, timeout=120)
             if proc.returncode == 0:
                 os.replace(out, target)  # another process building the same file at once is harmless
                 return " ".join(flags)
             errors.append(proc.stderr.strip().splitlines()[-1:] or ["(no message)"])
-    raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {errors}")
+    raise RuntimeError(f"{compiler} could not build {source.name}: {errors}")
+
+
+def _disabled() -> bool:
+    return os.environ.get("ASSISTANT_CPU_KERNELS", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _compile_and_open(source: Path) -> tuple[ctypes.CDLL, str]:
+    """Build `source` (or reuse the cached build for this source, CPU, compiler and torch) and open it with
+    ctypes; returns the library and how it came ("cached" / "built with FLAGS"). Raises OSError,
+    RuntimeError or SubprocessError when it cannot, and LookupError when there is no compiler."""
+    compiler = _compiler()
+    if compiler is None:
+        raise LookupError("no C compiler found (install gcc or set CC)")
+    text = source.read_bytes()
+    key = hashlib.sha256(text + _cpu_fingerprint().encode() + compiler.encode() + torch.__version__.encode())
+    target = cache_dir() / "kernels" / f"{source.stem}-{key.hexdigest()[:16]}.so"
+    how = "cached"
+    if not target.is_file():
+        how = "built with " + _build(compiler, target, source)
+    return ctypes.CDLL(str(target)), f"{how}; {target}"
 
 
 def _load() -> ctypes.CDLL | None:
     global _lib, _status
-    if os.environ.get("ASSISTANT_CPU_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _disabled():
         _status = "off (ASSISTANT_CPU_KERNELS=0)"
         return None
-    compiler = _compiler()
-    if compiler is None:
-        _status = "off: no C compiler found (install gcc or set CC); decoding uses torch's kernels"
-        return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + _cpu_fingerprint().encode() + compiler.encode() + torch.__version__.encode())
-    target = cache_dir() / "kernels" / f"qmatmul-{key.hexdigest()[:16]}.so"
     try:
-        how = "cached"
-        if not target.is_file():
-            how = "built with " + _build(compiler, target)
-        lib = ctypes.CDLL(str(target))
+        lib, how = _compile_and_open(SOURCE)
+    except LookupError as exc:
+        _status = f"off: {exc}; decoding uses torch's kernels"
+        return None
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         _status = f"off: {exc}; decoding uses torch's kernels"
         log.warning("native CPU kernels unavailable: %s", exc)
         return None
     if lib.qm_block_size() != BLOCK:  # the Python side lays out scales for this block size
-        _status = f"off: {target.name} uses blocks of {lib.qm_block_size()}, not {BLOCK}"
+        _status = f"off: {SOURCE.name} uses blocks of {lib.qm_block_size()}, not {BLOCK}"
         return None
     i64, cint, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     lib.qm_q4_matmul.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, cint]
@@ -109,7 +125,7 @@ def _load() -> ctypes.CDLL | None:
     lib.qm_decode_layers.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, cint, cint]
     lib.qm_q4_matmul.restype = lib.qm_q8_matmul.restype = lib.qm_decode_layers.restype = cint
     simd = ("AVX2 + F16C" if lib.qm_has_f16c() else "AVX2") if lib.qm_has_avx2() else "portable C"
-    _status = f"on ({simd}; {how}; {target})"
+    _status = f"on ({simd}; {how})"
     _lib = lib
     return lib
 
@@ -178,4 +194,100 @@ def q8_matmul(x: torch.Tensor, weight: torch.Tensor, block_scales: torch.Tensor)
     if lib.qm_q8_matmul(rows.data_ptr(), rows.shape[0], k, weight.data_ptr(), block_scales.data_ptr(), n,
                         out.data_ptr(), torch.get_num_threads()):
         raise RuntimeError(f"int8 kernel failed for x {tuple(rows.shape)} and weight [{n}, {k}]")
+    return out
+
+
+# ---- the encoder's int8 x int8 -> int32 GEMM (model/csrc/encoder_int8.c, used by model.encoder_quant) ----
+
+ENCODER_SIMD = {3: "AVX512-VNNI", 2: "AVX-VNNI", 1: "AVX2", 0: "portable C"}
+
+
+def _load_encoder() -> None:
+    global _encoder_lib, _encoder_status
+    if _disabled():
+        _encoder_status = "off (ASSISTANT_CPU_KERNELS=0)"
+        return
+    try:
+        lib, how = _compile_and_open(ENCODER_SOURCE)
+    except LookupError as exc:
+        _encoder_status = f"off: {exc}; the encoder stays in float"
+        return
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        _encoder_status = f"off: {exc}; the encoder stays in float"
+        log.warning("native encoder kernels unavailable: %s", exc)
+        return
+    i64, cint, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    lib.ei_quantize_rows.argtypes = [ptr, i64, i64, i64, ptr, ptr, cint]
+    lib.ei_quantize_rows.restype = None
+    lib.ei_gemm_s32.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, cint]
+    lib.ei_gemm_f32.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, cint]
+    lib.ei_gemm_s32.restype = lib.ei_gemm_f32.restype = cint
+    _encoder_status = f"on ({ENCODER_SIMD.get(lib.ei_simd(), '?')}; {how})"
+    _encoder_lib = lib
+
+
+def encoder_library() -> ctypes.CDLL | None:
+    """The encoder's int8 GEMM library, built on first use; None when unavailable (see `encoder_status()`)."""
+    if _encoder_status is None:
+        with _lock:
+            if _encoder_status is None:
+                _load_encoder()
+    return _encoder_lib
+
+
+def encoder_available() -> bool:
+    """Whether the encoder's native int8 kernels can be used in this process."""
+    return encoder_library() is not None
+
+
+def encoder_status() -> str:
+    """One line: the encoder kernels on (which SIMD path, cached or built) or off (and why)."""
+    encoder_library()
+    return _encoder_status or "unknown"
+
+
+def encoder_panel() -> int:
+    """Output columns per packed weight panel (the layout `model.encoder_quant.pack_weight` writes)."""
+    lib = encoder_library()
+    return int(lib.ei_panel()) if lib is not None else 64
+
+
+def _encoder_or_raise() -> ctypes.CDLL:
+    lib = encoder_library()
+    if lib is None:
+        raise RuntimeError(f"native encoder kernels are {encoder_status()}")
+    return lib
+
+
+def quantize_rows_u8(rows: torch.Tensor, padded_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows [M, K] float32 contiguous -> (u8 [M, padded_k] = round(x / s) + 128, scales [M] = max|x| / 127)."""
+    lib = _encoder_or_raise()
+    m, k = rows.shape
+    q = torch.empty((m, padded_k), dtype=torch.uint8)
+    scales = torch.empty(m, dtype=torch.float32)
+    lib.ei_quantize_rows(rows.data_ptr(), m, k, padded_k, q.data_ptr(), scales.data_ptr(), torch.get_num_threads())
+    return q, scales
+
+
+def int8_gemm_s32(a_u8: torch.Tensor, packed: torch.Tensor, n: int, comp: torch.Tensor) -> torch.Tensor:
+    """The exact int32 sums (a_u8 - 128) @ qw^T -> [M, n]: a_u8 [M, Kp] uint8, packed weight panels
+    [n_panels, Kp/4, 64, 4] int8, comp [n_panels*64] int32 = 128 * colsum(qw)."""
+    lib = _encoder_or_raise()
+    out = torch.empty((a_u8.shape[0], n), dtype=torch.int32)
+    if lib.ei_gemm_s32(a_u8.data_ptr(), a_u8.shape[0], a_u8.shape[1], packed.data_ptr(), n, comp.data_ptr(),
+                       out.data_ptr(), torch.get_num_threads()):
+        raise RuntimeError(f"int8 GEMM failed for a {tuple(a_u8.shape)} and {n} outputs")
+    return out
+
+
+def int8_gemm_f32(a_u8: torch.Tensor, a_scales: torch.Tensor, packed: torch.Tensor, n: int, comp: torch.Tensor,
+                  w_scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """a_scales[m] * w_scales[n] * (the int32 sums) + bias[n] -> [M, n] float32 (w_scales, bias padded to the
+    panels like comp)."""
+    lib = _encoder_or_raise()
+    out = torch.empty((a_u8.shape[0], n), dtype=torch.float32)
+    if lib.ei_gemm_f32(a_u8.data_ptr(), a_u8.shape[0], a_u8.shape[1], packed.data_ptr(), n, comp.data_ptr(),
+                       a_scales.data_ptr(), w_scales.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                       out.data_ptr(), torch.get_num_threads()):
+        raise RuntimeError(f"int8 GEMM failed for a {tuple(a_u8.shape)} and {n} outputs")
     return out

@@ -38,18 +38,41 @@ class Encoder:
         self._cls = tokenizer.hf.token_to_id("[CLS]")
         self._sep = tokenizer.hf.token_to_id("[SEP]")
         self._pad = model.config.pad_token_id
+        self.quant: str | None = None  # "int8" once `quantize` swapped the linears
 
     @classmethod
     def load(cls, spec: str | Path | None = None, device: torch.device | str | None = None,
-             dtype: torch.dtype | str | None = None) -> "Encoder":
-        """Load an encoder: None = the bundled all-MiniLM-L6-v2; else a local HF folder (or hub id)."""
+             dtype: torch.dtype | str | None = None, quant: str | None = None) -> "Encoder":
+        """Load an encoder: None = the bundled all-MiniLM-L6-v2; else a local HF folder (or hub id).
+
+        quant="int8": the block linears as native int8 GEMMs on CPU (see `quantize`); quant="bf16": bfloat16
+        weights and activations (the same as dtype=torch.bfloat16); None = as `dtype` says."""
         from model.sources import resolve_encoder
         from model.weights import load_encoder_model
 
+        if quant == "bf16":
+            dtype, quant = torch.bfloat16, None
         folder = resolve_encoder(spec)
         model, tokenizer, config = load_encoder_model(folder, device=device, dtype=dtype)
         name = str(spec) if spec else "sentence-transformers/all-MiniLM-L6-v2"
-        return cls(model, tokenizer, max_length=config.max_seq_length, name=name)
+        encoder = cls(model, tokenizer, max_length=config.max_seq_length, name=name)
+        if quant not in (None, "", "none", "float"):
+            encoder.quantize(quant)
+        return encoder
+
+    def quantize(self, mode: str = "int8", skip: tuple[str, ...] = ()) -> "Encoder":
+        """Switch the model's block linears to int8 x int8 native GEMMs (model.encoder_quant), in place.
+
+        A no-op on non-CPU devices or when the native kernels are unavailable (the encoder stays float32);
+        `self.quant` says which mode is in effect."""
+        if mode != "int8":
+            raise ValueError(f"unknown encoder quantisation {mode!r} (expected 'int8')")
+        from model.encoder_quant import is_quantized, quantize_encoder
+
+        if self.device.type == "cpu":
+            quantize_encoder(self.model, skip=skip)
+        self.quant = "int8" if is_quantized(self.model) else None
+        return self
 
     @property
     def dim(self) -> int:
