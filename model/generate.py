@@ -210,6 +210,7 @@ class Generator:
         identity: str = "",
         device: torch.device | str | None = None,
         compile: bool | None = None,
+        prefix_cache_mb: float = 32,
     ) -> None:
         self.decoder = decoder.eval()
         self.tokenizer = tokenizer
@@ -223,6 +224,13 @@ class Generator:
         self.compile = (self.device.type == "cuda") if compile is None else bool(compile)
         self._compiled_decode = None
         self._lock = threading.Lock()
+        # One-sequence CPU prefills reuse the keys/values of the prompt beginnings they share (the chat
+        # template's system message): model.prefix_cache, exact where the decoder's rows are independent.
+        self.prefix_cache = None
+        if prefix_cache_mb > 0 and self.device.type == "cpu":
+            from model.prefix_cache import PrefixCache
+
+            self.prefix_cache = PrefixCache(int(prefix_cache_mb * (1 << 20)))
         # The KV cache's dtype: float16 when decoding runs on the native CPU kernels (half the bytes to read
         # per step at long contexts, where attention rivals the weights), else the model's.
         self.kv_cache_dtype: torch.dtype | None = None
@@ -333,10 +341,17 @@ class Generator:
         """tokens [B, T] at cache slots 0..T-1 -> logits of the last position [B, V] (float32).
 
         One sequence on CPU goes through `Decoder.prefill_segments`, the batch scheduler's prefill, so a request
-        gets the same tokens from `generate` as from the server (alone or beside others)."""
+        gets the same tokens from `generate` as from the server (alone or beside others), from the cached keys
+        and values of the prompt's beginning when an earlier prompt started the same way (bit-identical)."""
         decoder = self.decoder
         if tokens.shape[0] == 1 and pad_mask is None and tokens.device.type == "cpu":
-            return decoder.prefill_segments([PrefillSegment(0, tokens[0].tolist())])  # [1, V]
+            ids = tokens[0].tolist()
+            cache = self.prefix_cache if self.prefix_cache is not None and decoder.rows_independent() else None
+            start = cache.load(decoder, 0, cache.match(decoder, ids)) if cache is not None else 0
+            logits = decoder.prefill_segments([PrefillSegment(0, ids[start:], start)])  # [1, V]
+            if cache is not None:
+                cache.store(decoder, 0, ids)
+            return logits
         positions = torch.arange(tokens.shape[1], device=self.device)  # [T]
         logits = decoder(tokens, positions, pad_mask, kv_len=tokens.shape[1], last_only=True)  # [B, 1, V]
         return logits[:, -1].float()
