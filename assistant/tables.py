@@ -236,19 +236,28 @@ def _answer_pair(question_words: list[str], available: Counter, weight: dict[str
     its value; the header row counts as a row. Confidence is lower than a named row and column."""
     best: tuple[float, Table, Cell, Cell] | None = None
     rival = 0.0
-    for table in find_tables(text):
-        pairs = [r for r in [table.header, *table.rows] if len(r) == 2 and r[0].text.strip() and r[1].text.strip()]
-        if len(pairs) < 2 or any(len(r) != 2 for r in [table.header, *table.rows]):
-            continue
+    tables = [t for t in find_tables(text)
+              if all(len(r) == 2 for r in [t.header, *t.rows])
+              and sum(1 for r in [t.header, *t.rows] if r[0].text.strip() and r[1].text.strip()) >= 2]
+    for table in tables:
+        pairs = [r for r in [table.header, *table.rows] if r[0].text.strip() and r[1].text.strip()]
         for label, value in pairs:
-            match = _match(_words(label.text), available, weight)
+            # a label repeats words and has one-letter aliases ("-n, --name=NAME"): all its distinct words of two
+            # letters or more must be named
+            own = sorted(set(_words(label.text)))
+            match = _match([w for w in own if len(w) > 1] or own, available, weight)
             if match.score <= 0 or match.precision < 0.999:
                 continue
+            if len(set(_words(value.text))) >= 2 and _restates(value.text, available):
+                rival = max(rival, match.score)  # still a rival for other labels
+                continue  # the question names this value: it asks for a label (see _answer_reverse)
             if best is None or match.score > best[0]:
                 rival = best[0] if best else rival
                 best = (match.score, table, label, value)
             else:
                 rival = max(rival, match.score)
+    if best is None:
+        return _answer_reverse(available, weight, tables)
     if best is None or rival >= best[0] - 1e-9:
         return None
     score, table, label, value = best
@@ -259,6 +268,45 @@ def _answer_pair(question_words: list[str], available: Counter, weight: dict[str
     confidence = round(0.5 + 0.2 * coverage, 4)
     return CellAnswer(value.text.strip(), label.text.strip(), "", value.start, value.end, table.start,
                       table.end, confidence, -1, 1)
+
+
+REVERSE_MIN_COVERAGE = 0.3  # share of the question's weighted words a reverse look-up's value must name
+
+
+def _answer_reverse(available: Counter, weight: dict[str, float], tables: list[Table]) -> CellAnswer | None:
+    """A reverse look-up in a label -> value table: "which option checks the syntax only" names a value in full
+    ("checks the syntax only") and asks for its label ("-c, --check"). The value's distinct words must all be
+    question words (at least two of them, or one that is not a number), no other value as well named, and the label
+    must add words the question does not have. Confidence is that of a pair."""
+    best: tuple[float, Table, Cell, Cell] | None = None
+    rival = 0.0
+    for table in tables:
+        for label, value in [table.header, *table.rows]:
+            if not (label.text.strip() and value.text.strip()):
+                continue
+            words = sorted(set(_words(value.text)))
+            if len(words) < 2:
+                continue
+            match = _match(words, available, weight)
+            if match.score <= 0 or match.precision < 0.999:
+                continue
+            if best is None or match.score > best[0]:
+                rival = best[0] if best else rival
+                best = (match.score, table, label, value)
+            else:
+                rival = max(rival, match.score)
+    if best is None or rival >= best[0] - 1e-9:
+        return None
+    score, table, label, value = best
+    if _restates(label.text.strip(), available):
+        return None
+    asked = sum(weight.get(w, 1.0) * n for w, n in available.items())
+    coverage = min(1.0, score / asked) if asked > 0 else 0.0
+    if coverage < REVERSE_MIN_COVERAGE:  # the value is only a part of what the question asks about
+        return None
+    confidence = round(0.5 + 0.2 * coverage, 4)
+    return CellAnswer(label.text.strip(), value.text.strip(), "", label.start, label.end, table.start,
+                      table.end, confidence, -1, 0)
 
 
 def _restates(value: str, unused: Counter) -> bool:

@@ -127,6 +127,7 @@ def worker(mode: str, limit: int | None) -> dict:
         out["skipped"] = [[str(getattr(s, "path", s)), str(getattr(s, "reason", ""))] for s in skipped]
 
         questions = load_open_questions(QUESTIONS)[: limit or None]
+        splits = {r["id"]: r.get("split", "dev") for r in map(json.loads, QUESTIONS.read_text().splitlines()) if r}
         for q in questions:
             start = time.perf_counter()
             answer = bot.ask(q.question)
@@ -137,7 +138,7 @@ def worker(mode: str, limit: int | None) -> dict:
             by_number = {s.number: s for s in answer.sources}
             cited = [by_number[n] for n in answer.citations if n in by_number]
             out["questions"].append({
-                "id": q.id, "question": q.question, "table": q.table, "answerable": q.answerable,
+                "id": q.id, "split": splits.get(q.id, "dev"), "question": q.question, "table": q.table, "answerable": q.answerable,
                 "sources": q.sources, "answer": answer.text, "refused": bool(answer.refused), "correct": correct,
                 "missed": [alts for alts, ok in zip(q.concepts, found) if not ok],
                 "cited": [[s.path, s.page] for s in cited],
@@ -237,7 +238,12 @@ def answers(result: dict) -> dict:
         fmt = Path(q["sources"][0]).suffix.lstrip(".") if q["sources"] else "none"
         ok, n = by_format.get(fmt, (0, 0))
         by_format[fmt] = (ok + q["correct"], n + 1)
+    dev = [q for q in qs if q.get("split", "dev") != "heldout"]
+    held = [q for q in qs if q.get("split") == "heldout"]
     return {"all": acc(qs), "table": acc([q for q in qs if q["table"]]),
+            "dev_all": acc(dev), "dev_table": acc([q for q in dev if q["table"]]),
+            "dev_non_table": acc([q for q in dev if not q["table"]]),
+            "heldout_table": acc([q for q in held if q["table"]]),
             "table_pdf": acc([q for q in qs if q["table"] and q["sources"] and q["sources"][0].endswith(".pdf")]),
             "pdf_questions": acc([q for q in qs if q["sources"] and q["sources"][0].endswith(".pdf")]),
             "by_format": by_format,
@@ -265,7 +271,10 @@ def format_table(summary: dict) -> str:
                     for n, r in summary["extraction"].items())
     lines.append(f"| line-break hyphens joined / running lines removed (all pages) | - | {hy} / {rl} ({per}) |")
     a = {m: summary["answers"][m] for m in MODES}
-    for key, label in (("all", "answers correct (all questions)"), ("pdf_questions", "answers correct (PDF questions)"),
+    for key, label in (("all", "answers correct (all questions)"),
+                       ("dev_table", "table-cell answers correct (original set)"),
+                       ("dev_non_table", "non-table answers correct (original set)"),
+                       ("heldout_table", "table-cell answers correct (held-out set)"), ("pdf_questions", "answers correct (PDF questions)"),
                        ("table", "table-cell answers correct (all)"), ("table_pdf", "table-cell answers correct (PDF)"),
                        ("pdf_citations_with_page", "cited PDF passages naming their page"),
                        ("gold_cited", "answers citing the right file")):

@@ -102,3 +102,28 @@ def test_a_two_column_table_answers_a_label_it_names_without_a_column():
     header_pair = answer_cell("Where can managed appear?", text)
     assert header_pair is not None and header_pair.value == "array type with bigarray attribute"
     assert answer_cell("Where can anything appear?", text) is None
+
+
+def test_pair_label_with_repeated_words_and_reverse_lookup():
+    from assistant.tables import answer_cell, cell_sentence
+
+    text = ("| -c, --check | checks the syntax only |\n|---|---|\n| -o, --output=FILE | output file |\n"
+            "| -n, --name=NAME | array name |\n| -h, --help | display this help and exit |\n")
+    cell = answer_cell("What does the --name option set?", text)
+    assert cell is not None and cell.value == "array name" and cell.confidence >= 0.5
+    rev = answer_cell("Which option checks the syntax only?", text)
+    assert rev is not None and rev.value == "-c, --check" and rev.confidence >= 0.5
+    assert "-c, --check" in cell_sentence(rev)
+    assert answer_cell("Which option is the fastest?", text) is None
+
+
+def test_a_reverse_lookup_needs_the_value_to_be_much_of_the_question():
+    from assistant.tables import answer_cell
+
+    text = ("| Field | Holds |\n|---|---|\n| Structure | ASN.1 definitions |\n"
+            "| Encoding | DER rules |\n")
+    # "ASN.1 definitions" is one small part of what this question asks about: no table answer.
+    assert answer_cell("What is the main type the library uses to keep parsed ASN.1 definitions in memory "
+                       "while a program runs?", text) is None
+    rev = answer_cell("Which part holds ASN.1 definitions?", text)
+    assert rev is not None and rev.value == "Structure"
