@@ -397,10 +397,7 @@ class Assistant:
         ]
         timings.total_ms = (time.perf_counter() - start) * 1000
         if result is not None:
-            timings.generated_tokens = len(getattr(result, "token_ids", ()) or ())
-            timings.tokens_per_s = getattr(result, "decode_tokens_per_s", None)
-            timings.prefill_ms = float(getattr(result, "prefill_ms", 0.0) or 0.0)
-            timings.decode_ms = float(getattr(result, "decode_ms", 0.0) or 0.0)
+            record_generation(timings, result)
             finish = getattr(result, "finish_reason", "stop") or "stop"
         else:
             finish = "cancelled" if cancel is not None and cancel.is_set() else "stop"
@@ -584,8 +581,7 @@ class Assistant:
             tick = time.perf_counter()
             if finish == "cancelled" or (cancel is not None and cancel.is_set()):
                 # A shown draft stays the answer (it is the evidence); nothing shown means nothing to keep.
-                text, finish = (text, "cancelled") if drafted else ("", "cancelled")
-                fallback = drafted
+                text, fallback, finish = (text if drafted else ""), drafted, "cancelled"
             elif not is_refusal(written) and states_evidence(written, best):
                 worded = cite(written, best.passage)
                 if drafted and worded != text:
@@ -619,10 +615,7 @@ class Assistant:
             text_stream = (self.engine or self.generator).stream(prompt, guided, cancel=cancel)
             written = "".join(text_stream)
             result = getattr(text_stream, "result", None)
-        timings.generated_tokens = len(getattr(result, "token_ids", ()) or ())
-        timings.tokens_per_s = getattr(result, "decode_tokens_per_s", None)
-        timings.prefill_ms = float(getattr(result, "prefill_ms", 0.0) or 0.0)
-        timings.decode_ms = float(getattr(result, "decode_ms", 0.0) or 0.0)
+        record_generation(timings, result)
         return written, result
 
     def _sentence_fallback(self, read_as: str, query: str, hits: list[Any], timings: Timings, start: float,
@@ -727,6 +720,15 @@ def relevant_hits(hits: Sequence[Any], threshold: float, relative_floor: float) 
 
 
 _PIECE_END = re.compile(r"(?<=\])[.!?]?(?= )|\n+")
+
+
+def record_generation(timings: Timings, result: Any) -> None:
+    """Copy what a generation result says about itself (tokens, speed, prefill and decode times) into `timings`;
+    `result` may be None (a fake or cancelled stream)."""
+    timings.generated_tokens = len(getattr(result, "token_ids", ()) or ())
+    timings.tokens_per_s = getattr(result, "decode_tokens_per_s", None)
+    timings.prefill_ms = float(getattr(result, "prefill_ms", 0.0) or 0.0)
+    timings.decode_ms = float(getattr(result, "decode_ms", 0.0) or 0.0)
 
 
 def _stream_pieces(text: str) -> list[str]:

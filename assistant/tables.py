@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from retrieval.pipe_tables import find_pipe_tables, split_row
@@ -234,8 +235,8 @@ def _answer_pair(question_words: list[str], available: Counter, weight: dict[str
     and its header is often just its first pair (PDF tables read without a header line). When the question names
     no column, a row whose label it names exactly (all the label's words, no rival label as good) answers with
     its value; the header row counts as a row. Confidence is lower than a named row and column."""
-    best: tuple[float, Table, Cell, Cell] | None = None
-    rival = 0.0
+    candidates: list[tuple[float, Table, Cell, Cell]] = []
+    rivals: list[float] = []
     tables = [t for t in find_tables(text)
               if all(len(r) == 2 for r in [t.header, *t.rows])
               and sum(1 for r in [t.header, *t.rows] if r[0].text.strip() and r[1].text.strip()) >= 2]
@@ -249,16 +250,13 @@ def _answer_pair(question_words: list[str], available: Counter, weight: dict[str
             if match.score <= 0 or match.precision < 0.999:
                 continue
             if len(set(_words(value.text))) >= 2 and _restates(value.text, available):
-                rival = max(rival, match.score)  # still a rival for other labels
+                rivals.append(match.score)  # still a rival for other labels
                 continue  # the question names this value: it asks for a label (see _answer_reverse)
-            if best is None or match.score > best[0]:
-                rival = best[0] if best else rival
-                best = (match.score, table, label, value)
-            else:
-                rival = max(rival, match.score)
-    if best is None:
+            candidates.append((match.score, table, label, value))
+    if not candidates:
         return _answer_reverse(available, weight, tables)
-    if best is None or rival >= best[0] - 1e-9:
+    best = _clear_winner(candidates, rivals)
+    if best is None:
         return None
     score, table, label, value = best
     if _restates(value.text.strip(), available - Counter(_words(label.text))):
@@ -270,16 +268,26 @@ def _answer_pair(question_words: list[str], available: Counter, weight: dict[str
                       table.end, confidence, -1, 1)
 
 
+def _clear_winner(candidates: list[tuple[float, Table, Cell, Cell]], rivals: Sequence[float] = ()
+                  ) -> tuple[float, Table, Cell, Cell] | None:
+    """The first best-scoring candidate when it scores above every other candidate and every rival score (a tie
+    is no answer); None when there is none."""
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda c: c[0])
+    others = [c[0] for c in candidates if c is not best] + list(rivals)
+    return None if others and max(others) >= best[0] - 1e-9 else best
+
+
 REVERSE_MIN_COVERAGE = 0.3  # share of the question's weighted words a reverse look-up's value must name
 
 
 def _answer_reverse(available: Counter, weight: dict[str, float], tables: list[Table]) -> CellAnswer | None:
     """A reverse look-up in a label -> value table: "which option checks the syntax only" names a value in full
-    ("checks the syntax only") and asks for its label ("-c, --check"). The value's distinct words must all be
-    question words (at least two of them, or one that is not a number), no other value as well named, and the label
-    must add words the question does not have. Confidence is that of a pair."""
-    best: tuple[float, Table, Cell, Cell] | None = None
-    rival = 0.0
+    ("checks the syntax only") and asks for its label ("-c, --check"). The value's distinct words (at least two)
+    must all be question words and make up REVERSE_MIN_COVERAGE of the question's weight, no other value as well
+    named, and the label must add words the question does not have. Confidence is that of a pair."""
+    candidates: list[tuple[float, Table, Cell, Cell]] = []
     for table in tables:
         for label, value in [table.header, *table.rows]:
             if not (label.text.strip() and value.text.strip()):
@@ -290,12 +298,9 @@ def _answer_reverse(available: Counter, weight: dict[str, float], tables: list[T
             match = _match(words, available, weight)
             if match.score <= 0 or match.precision < 0.999:
                 continue
-            if best is None or match.score > best[0]:
-                rival = best[0] if best else rival
-                best = (match.score, table, label, value)
-            else:
-                rival = max(rival, match.score)
-    if best is None or rival >= best[0] - 1e-9:
+            candidates.append((match.score, table, label, value))
+    best = _clear_winner(candidates)
+    if best is None:
         return None
     score, table, label, value = best
     if _restates(label.text.strip(), available):
