@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -257,7 +256,7 @@ def server(c: Check) -> dict:
     from model.scheduler import BatchScheduler
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from serve import SHORT, one_request  # the load test's client: streaming chat completions
+    from serve import SHORT, one_request, run_concurrent  # the load test's client: streaming chat completions
 
     dtype = torch.float32 if c.dry else torch.bfloat16
     gen = c.generator(dtype, compile=True)
@@ -267,34 +266,15 @@ def server(c: Check) -> dict:
     new_tokens = 8 if c.dry else 128
     try:
         one_request(running.url, "generator", SHORT[0], 4, {})  # warm-up: first-request costs
-        results = [dict() for _ in range(c.clients)]
-        threads = [threading.Thread(target=_guarded_request, args=(running.url, SHORT[i % len(SHORT)],
-                                                                    new_tokens, results[i], one_request))
-                   for i in range(c.clients)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
+        prompts = [SHORT[i % len(SHORT)] for i in range(c.clients)]
+        summary = run_concurrent(running.url, "generator", prompts, new_tokens)
     finally:
         running.stop()
         engine.close()
-    errors = [r["error"] for r in results if "error" in r]
-    if errors:
-        raise RuntimeError(f"{len(errors)} of {c.clients} requests failed: {errors[0]}")
-    tokens = sum(r["tokens"] for r in results)
-    ttft = sorted(r["ttft"] for r in results)
     return {"clients": c.clients, "max_tokens": new_tokens, "dtype": str(dtype).replace("torch.", ""),
-            "compiled_decode": gen.compile, "wall_s": wall, "completion_tokens": tokens,
-            "aggregate_tokens_per_s": tokens / wall, "ttft_median_s": ttft[len(ttft) // 2], "ttft_max_s": ttft[-1]}
-
-
-def _guarded_request(url, prompt, new_tokens, out, one_request) -> None:
-    try:
-        one_request(url, "generator", prompt, new_tokens, out)
-    except Exception as exc:  # recorded, the section raises it
-        out["error"] = f"{type(exc).__name__}: {exc}"
+            "compiled_decode": gen.compile, "wall_s": summary["wall_s"], "completion_tokens": summary["tokens"],
+            "aggregate_tokens_per_s": summary["tok_s"], "ttft_median_s": summary["ttft_p50"],
+            "ttft_max_s": summary["ttft_max"]}
 
 
 # ---- driver -----------------------------------------------------------------------------------------------

@@ -84,9 +84,18 @@ def one_request(url: str, model: str, prompt: str, new_tokens: int, out: dict) -
     out.update(ttft=(first or end) - start, latency=end - start, tokens=tokens)
 
 
+def _recorded_request(url: str, model: str, prompt: str, new_tokens: int, out: dict) -> None:
+    """one_request in a client thread: a failure is kept in out["error"] for run_concurrent to raise."""
+    try:
+        one_request(url, model, prompt, new_tokens, out)
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+
+
 def run_concurrent(url: str, model: str, prompts: list[str], new_tokens: int) -> dict:
+    """All prompts at once, a client thread each; the summary of their times (RuntimeError if any failed)."""
     results = [dict() for _ in prompts]
-    threads = [threading.Thread(target=one_request, args=(url, model, p, new_tokens, r))
+    threads = [threading.Thread(target=_recorded_request, args=(url, model, p, new_tokens, r))
                for p, r in zip(prompts, results)]
     start = time.perf_counter()
     for t in threads:
@@ -94,6 +103,9 @@ def run_concurrent(url: str, model: str, prompts: list[str], new_tokens: int) ->
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(results)} requests failed: {errors[0]}")
     return summarise(results, wall)
 
 

@@ -102,19 +102,25 @@ def _compile_and_open(source: Path) -> tuple[ctypes.CDLL, str]:
     return ctypes.CDLL(str(target)), f"{how}; {target}"
 
 
+def _open_or_why(source: Path, what: str, otherwise: str) -> tuple[ctypes.CDLL | None, str]:
+    """(the library built from `source`, how it came) or (None, the status line saying why not and what runs
+    instead: `otherwise`); a build or load failure is also logged as a warning naming `what`."""
+    if _disabled():
+        return None, "off (ASSISTANT_CPU_KERNELS=0)"
+    try:
+        return _compile_and_open(source)
+    except LookupError as exc:
+        return None, f"off: {exc}; {otherwise}"
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("%s unavailable: %s", what, exc)
+        return None, f"off: {exc}; {otherwise}"
+
+
 def _load() -> ctypes.CDLL | None:
     global _lib, _status
-    if _disabled():
-        _status = "off (ASSISTANT_CPU_KERNELS=0)"
-        return None
-    try:
-        lib, how = _compile_and_open(SOURCE)
-    except LookupError as exc:
-        _status = f"off: {exc}; decoding uses torch's kernels"
-        return None
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        _status = f"off: {exc}; decoding uses torch's kernels"
-        log.warning("native CPU kernels unavailable: %s", exc)
+    lib, how = _open_or_why(SOURCE, "native CPU kernels", "decoding uses torch's kernels")
+    if lib is None:
+        _status = how
         return None
     if lib.qm_block_size() != BLOCK:  # the Python side lays out scales for this block size
         _status = f"off: {SOURCE.name} uses blocks of {lib.qm_block_size()}, not {BLOCK}"
@@ -200,21 +206,17 @@ def q8_matmul(x: torch.Tensor, weight: torch.Tensor, block_scales: torch.Tensor)
 # ---- the encoder's int8 x int8 -> int32 GEMM (model/csrc/encoder_int8.c, used by model.encoder_quant) ----
 
 ENCODER_SIMD = {3: "AVX512-VNNI", 2: "AVX-VNNI", 1: "AVX2", 0: "portable C"}
+ENCODER_PANEL = 64  # output columns per packed weight panel (model.encoder_quant.pack_weight's layout)
 
 
 def _load_encoder() -> None:
     global _encoder_lib, _encoder_status
-    if _disabled():
-        _encoder_status = "off (ASSISTANT_CPU_KERNELS=0)"
+    lib, how = _open_or_why(ENCODER_SOURCE, "native encoder kernels", "the encoder stays in float")
+    if lib is None:
+        _encoder_status = how
         return
-    try:
-        lib, how = _compile_and_open(ENCODER_SOURCE)
-    except LookupError as exc:
-        _encoder_status = f"off: {exc}; the encoder stays in float"
-        return
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        _encoder_status = f"off: {exc}; the encoder stays in float"
-        log.warning("native encoder kernels unavailable: %s", exc)
+    if lib.ei_panel() != ENCODER_PANEL:  # the Python side packs weights in panels of this width
+        _encoder_status = f"off: {ENCODER_SOURCE.name} uses panels of {lib.ei_panel()}, not {ENCODER_PANEL}"
         return
     i64, cint, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     lib.ei_quantize_rows.argtypes = [ptr, i64, i64, i64, ptr, ptr, cint]
@@ -244,12 +246,6 @@ def encoder_status() -> str:
     """One line: the encoder kernels on (which SIMD path, cached or built) or off (and why)."""
     encoder_library()
     return _encoder_status or "unknown"
-
-
-def encoder_panel() -> int:
-    """Output columns per packed weight panel (the layout `model.encoder_quant.pack_weight` writes)."""
-    lib = encoder_library()
-    return int(lib.ei_panel()) if lib is not None else 64
 
 
 def _encoder_or_raise() -> ctypes.CDLL:

@@ -17,7 +17,7 @@ from torch import nn
 from model import cpu_kernels
 
 LINEARS = ("qkv", "attn_out", "mlp_in", "mlp_out")
-PANEL = 64  # output columns per packed panel: must equal the C side's ei_panel()
+PANEL = cpu_kernels.ENCODER_PANEL  # output columns per packed panel (checked against the C side)
 
 
 def pack_weight(q: torch.Tensor) -> torch.Tensor:
