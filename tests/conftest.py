@@ -90,7 +90,8 @@ def hf_gguf_model(real_generator_path):
 
 @pytest.fixture(scope="session")
 def real_encoder():
-    """Our encoder on the bundled all-MiniLM-L6-v2."""
+    """Our encoder on the bundled all-MiniLM-L6-v2, embedding in float32 (the parity tests hold it to
+    sentence-transformers at 1e-4; the product's bfloat16 embedding is tested in test_encoder_bf16.py)."""
     from model.encoder import Encoder
 
-    return Encoder.load(None, device="cpu", dtype=torch.float32)
+    return Encoder.load(None, device="cpu", dtype=torch.float32, embed_dtype="float32")
