@@ -223,7 +223,7 @@ class Assistant:
     def _open(cls, index_path, settings, generator, encoder, folder=None) -> "Assistant":
         from retrieval.retriever import Retriever
 
-        retriever = Retriever(index_path, encoder)
+        retriever = Retriever(index_path, encoder, reranker=load_reranker(settings, encoder))
         generator = generator or load_generator(settings)
         reader = load_reader(settings, encoder)
         return cls(retriever, generator, settings, encoder=encoder, index_path=index_path, folder=folder,
@@ -242,7 +242,7 @@ class Assistant:
 
         with self._index_lock:
             report = add_files([Path(p) for p in paths], self.index_path, self.encoder, on_progress=on_progress)
-            self.retriever = Retriever(self.index_path, self.encoder)
+            self.retriever = Retriever(self.index_path, self.encoder, reranker=self.retriever.reranker)
         return report
 
     def stats(self) -> dict[str, Any]:
@@ -278,7 +278,8 @@ class Assistant:
         """Top-k hits for a search query and the milliseconds it took."""
         start = time.perf_counter()
         with self._index_lock:
-            hits = list(self.retriever.search(query, k=k or self.settings.k, mode=mode or self.settings.retrieval_mode))
+            hits = list(self.retriever.search(query, k=k or self.settings.k, mode=mode or self.settings.retrieval_mode,
+                                              rerank=self.settings.rerank))
         return hits, (time.perf_counter() - start) * 1000
 
     def stream(
@@ -771,6 +772,16 @@ def load_reader(settings: Settings, encoder: Any) -> Any:
     return Reader.load(encoder, path)
 
 
+def load_reranker(settings: Settings, encoder: Any) -> Any:
+    """The cross-encoder reranker beside `encoder` when `settings.rerank` > 0 (and one is given or shipped)."""
+    path = settings.reranker_path()
+    if path is None or encoder is None or not hasattr(encoder, "model"):
+        return None
+    from model.cross_encoder import CrossEncoder
+
+    return CrossEncoder.load(encoder, path)
+
+
 def cite(text: str, number: int) -> str:
     """A generated answer with its own markers replaced by [number], before its final full stop."""
     body = strip_citations(text).rstrip()
@@ -788,4 +799,5 @@ def load_generator(settings: Settings) -> Any:
                           quantize=settings.quantize)
 
 
-__all__ = ["Assistant", "Conversation", "check_question", "cite", "load_generator", "load_reader", "relevant_hits"]
+__all__ = ["Assistant", "Conversation", "check_question", "cite", "load_generator", "load_reader", "load_reranker",
+           "relevant_hits"]

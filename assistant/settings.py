@@ -37,6 +37,7 @@ REPO_DIR = PACKAGE_DIR.parent
 DEFAULT_CORPUS = REPO_DIR / "corpus"
 DEFAULT_ADAPTER = PACKAGE_DIR / "data" / "adapter"
 DEFAULT_READER = PACKAGE_DIR / "data" / "reader"
+DEFAULT_RERANKER = PACKAGE_DIR / "data" / "reranker"
 
 # Calibrated on benchmarks/questions.jsonl (see docs/benchmarks.md, "Assistant"): the best hit's dense
 # cosine separates answerable from unanswerable questions; below this the assistant refuses without
@@ -110,6 +111,8 @@ class Settings:
     # Retrieval and prompt.
     k: int = 4                          # passages given to the model
     retrieval_mode: str = "hybrid"      # hybrid | dense | lexical
+    rerank: int = 0                     # rescore the top N hits with the cross-encoder (0 = off; docs/benchmarks.md)
+    reranker: Path | None = None        # cross-encoder folder; None = assistant/data/reranker
     refusal_threshold: float = DEFAULT_REFUSAL_THRESHOLD   # best dense cosine below this: refuse
     relative_floor: float = 0.5         # drop passages whose cosine is below this x the best one's
     max_context_tokens: int = 2048      # prompt + answer budget (<= the model's window); small = fast on CPU
@@ -169,6 +172,8 @@ class Settings:
             raise SettingsError(f"answer_mode must be one of {ANSWER_MODES}, not {self.answer_mode!r}")
         if self.retrieval_mode not in RETRIEVAL_MODES:
             raise SettingsError(f"retrieval_mode must be one of {RETRIEVAL_MODES}, not {self.retrieval_mode!r}")
+        if not 0 <= self.rerank <= 100:
+            raise SettingsError(f"rerank (hits the reranker rescores) must be between 0 and 100, not {self.rerank}")
         if not 1 <= self.k <= 50:
             raise SettingsError(f"k (number of passages) must be between 1 and 50, not {self.k}")
         if self.max_new_tokens < 1:
@@ -194,6 +199,13 @@ class Settings:
         """The reader folder to load, or None (disabled, or the default one is not shipped)."""
         return _weights_folder("reader", self.reader, self.use_reader, DEFAULT_READER / "reader.safetensors",
                                "answers are written by the generator alone")
+
+    def reranker_path(self) -> Path | None:
+        """The cross-encoder folder to load, or None (rerank off, or none given and none shipped)."""
+        if self.rerank <= 0:
+            return None
+        return _weights_folder("reranker", self.reranker, True, DEFAULT_RERANKER / "cross_encoder.safetensors",
+                               "hits are not reranked")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of every field."""
@@ -318,6 +330,10 @@ def add_arguments(parser: Any, *, source: bool = True, model: bool = True, sampl
         group.add_argument("--index", metavar="PATH", help="index path (default: next to the folder's index cache)")
         group.add_argument("-k", "--k", dest="k", type=int, metavar="N", help="passages given to the model (default 4)")
         group.add_argument("--retrieval-mode", choices=RETRIEVAL_MODES, help="hybrid (default), dense or lexical")
+        group.add_argument("--rerank", type=int, metavar="N",
+                           help="rescore the top N retrieved passages with the cross-encoder reranker (0 = off, "
+                                "the default; see docs/benchmarks.md)")
+        group.add_argument("--reranker", metavar="DIR", help="cross-encoder folder (default assistant/data/reranker)")
         group.add_argument("--refusal-threshold", type=float, metavar="COS",
                            help="refuse when the best passage's cosine similarity is below this")
     if model:

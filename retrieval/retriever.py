@@ -43,6 +43,7 @@ class Hit:
     lexical_score: float | None
     rank: int
     also_in: tuple[str, ...] = ()
+    rerank_score: float | None = None  # the cross-encoder's score when a rerank stage ordered this hit
 
 
 def path_matcher(path_filter: PathFilter) -> Callable[[str], bool] | None:
@@ -72,9 +73,10 @@ def path_matcher(path_filter: PathFilter) -> Callable[[str], bool] | None:
 class Retriever:
     """Search one index with one encoder. Reloads by itself when another process updates the index."""
 
-    def __init__(self, index: str | Path | IndexStore, encoder) -> None:
+    def __init__(self, index: str | Path | IndexStore, encoder, reranker=None) -> None:
         self.store = index if isinstance(index, IndexStore) else IndexStore.open(index)
         self.encoder = encoder
+        self.reranker = reranker  # anything with score(question, passages) -> list[float] (model.cross_encoder)
         settings = self.store.settings
         if settings.encoder != encoder.name or settings.dim != int(encoder.dim):
             raise IndexMismatchError(
@@ -105,13 +107,16 @@ class Retriever:
         return np.asarray(self.encoder.embed([query], batch_size=1), dtype=np.float32)[0]  # [dim]
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", path_filter: PathFilter = None,
-               mmr: bool = False, mmr_lambda: float = 0.7, candidates: int | None = None) -> list[Hit]:
+               mmr: bool = False, mmr_lambda: float = 0.7, candidates: int | None = None,
+               rerank: int = 0) -> list[Hit]:
         """The `k` best passages for `query`.
 
         mode: "dense" (cosine, FAISS), "lexical" (BM25) or "hybrid" (reciprocal-rank fusion, k=60, of the
         top `candidates` of each; default max(50, 4k)). `path_filter`: see `path_matcher`.
         `mmr=True` re-ranks the candidates by maximal marginal relevance
         (mmr_lambda * cos(q, d) - (1 - mmr_lambda) * max cos(d, already chosen)) to avoid near-duplicates.
+        `rerank=N` (with a `reranker`): the top max(N, k) hits of the mode are rescored by the cross-encoder
+        and ordered by its score (`Hit.rerank_score`); the rest keep their order after them.
         """
         if mode not in MODES:
             raise RetrievalError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
@@ -153,11 +158,19 @@ class Retriever:
             ranked = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
         if not ranked:
             return []
-        pool = ranked if mmr else ranked[: k + 5]  # a few spare in case some vanished meanwhile
+        depth = max(k, rerank) if rerank and self.reranker is not None else k
+        pool = ranked if mmr else ranked[: depth + 5]  # a few spare in case some vanished meanwhile
         rows = store.chunk_rows([cid for cid, _ in pool])
         pool = [(cid, score) for cid, score in pool if cid in rows]
         if mmr:
-            pool = _mmr(pool, rows, query_vec, k, mmr_lambda)
+            pool = _mmr(pool, rows, query_vec, depth, mmr_lambda)
+        rerank_scores: dict[int, float] = {}
+        if rerank and self.reranker is not None:
+            top = pool[:depth]
+            values = self.reranker.score(query, [embedding_text(rows[cid].heading, rows[cid].text) for cid, _ in top])
+            rerank_scores = {cid: float(v) for (cid, _), v in zip(top, values)}
+            order = sorted(range(len(top)), key=lambda i: -rerank_scores[top[i][0]])
+            pool = [top[i] for i in order] + pool[depth:]
         hits = []
         for cid, score in pool[:k]:
             row = rows[cid]
@@ -166,7 +179,8 @@ class Retriever:
             if lexical_score is not None:
                 lex = float(lexical_score(cid, embedding_text(row.heading, row.text)))
             hits.append(Hit(cid, row.text, paths[0], row.heading, row.page, row.start, row.end, float(score),
-                            float(np.dot(query_vec, row.vector)), lex, len(hits) + 1, tuple(paths[1:])))
+                            float(np.dot(query_vec, row.vector)), lex, len(hits) + 1, tuple(paths[1:]),
+                            rerank_scores.get(cid)))
         return hits
 
     def has_tables(self) -> bool:

@@ -1,0 +1,184 @@
+"""Training data and training for the cross-encoder reranker (model.cross_encoder) on SQuAD v1.1 train.
+
+    python -m assistant.rerank_training --minutes 35          # resumable: run it again to go on
+
+Splits are the reader's (`assistant.reader_training.reader_splits`): it trains on the same 402 articles, and the
+benchmarks' held-out SQuAD articles (dev, test) are never seen. Each training question gives one listwise group:
+its own paragraph (the positive) first, then `negatives` near misses that do not contain the answer:
+- lexical: the paragraphs of all training articles that BM25 (the index's own tokenisation) ranks highest for the
+  question, from the same and from other articles;
+- same article: other paragraphs of the question's article (on topic, but not the answer's);
+- random: any other paragraph, so the scale stays calibrated against plainly off-topic passages.
+Checkpoints (resumable, model.train) go under ~/.cache/assistant/reranker-runs/<name>/; the finished weights are
+exported to <run>/cross_encoder/ (and to --export, e.g. assistant/data/reranker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assistant.training_data import QARow, normalize_answer
+
+
+@dataclass
+class PairDataConfig:
+    negatives: int = 7  # near misses per question
+    lexical: int = 4  # of them from BM25's top ranks (sampled among the first `lexical_depth`)
+    lexical_depth: int = 12
+    same_article: int = 2
+    max_questions: int | None = None  # None = every question of the articles
+    seed: int = 0
+
+
+def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
+                 config: PairDataConfig | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """model.cross_encoder.PairGroups for the questions of `titles` (see the module docstring), and counts.
+
+    `pairs`: a model.cross_encoder.PairMaker."""
+    from model.cross_encoder import PairGroup
+    from retrieval.store import build_bm25, lexical_tokens
+
+    started = time.perf_counter()
+    config = config or PairDataConfig()
+    rng = random.Random(f"rerank-data-{config.seed}")
+    wanted = set(titles)
+    paragraphs: list[tuple[str, str]] = []  # (title, context)
+    index_of: dict[str, int] = {}
+    for row in rows:
+        if row.title in wanted and row.context not in index_of:
+            index_of[row.context] = len(paragraphs)
+            paragraphs.append((row.title, row.context))
+    by_title: dict[str, list[int]] = defaultdict(list)
+    for i, (title, _) in enumerate(paragraphs):
+        by_title[title].append(i)
+    questions = [r for r in rows if r.title in wanted]
+    if config.max_questions is not None and len(questions) > config.max_questions:
+        questions = rng.sample(questions, config.max_questions)
+    if not questions:
+        raise ValueError("no questions in the selected articles")
+    bm25 = build_bm25([c for _, c in paragraphs])
+    query_tokens = lexical_tokens([r.question for r in questions])
+    passage_ids: dict[int, list[int]] = {}
+
+    def ids_of(i: int) -> list[int]:
+        if i not in passage_ids:
+            passage_ids[i] = pairs.passage_ids([paragraphs[i][1]])[0]
+        return passage_ids[i]
+
+    normalized: dict[int, str] = {}
+
+    def holds_answer(i: int, answer: str) -> bool:
+        if i not in normalized:
+            normalized[i] = f" {normalize_answer(paragraphs[i][1])} "
+        return answer in normalized[i]
+
+    groups, counts = [], defaultdict(int)
+    for row, tokens in zip(questions, query_tokens):
+        gold = index_of[row.context]
+        answer = f" {normalize_answer(row.answer)} "
+        chosen: list[int] = []
+
+        def usable(i: int) -> bool:
+            return i != gold and i not in chosen and not holds_answer(i, answer)
+
+        if tokens:
+            scores = np.asarray(bm25.get_scores(tokens), dtype=np.float32)  # [n_paragraphs]
+            top = np.argsort(-scores)[: config.lexical_depth + 4].tolist()
+            near = [i for i in top if scores[i] > 0 and usable(i)][: config.lexical_depth]
+            for i in rng.sample(near, min(config.lexical, len(near))):
+                chosen.append(i)
+                counts["lexical"] += 1
+        same = [i for i in by_title[row.title] if usable(i)]
+        for i in rng.sample(same, min(config.same_article, len(same))):
+            chosen.append(i)
+            counts["same_article"] += 1
+        while len(chosen) < config.negatives:
+            i = rng.randrange(len(paragraphs))
+            if usable(i):
+                chosen.append(i)
+                counts["random"] += 1
+        q = pairs.question_ids(row.question)
+        groups.append(PairGroup([pairs.pair(q, ids_of(i)) for i in [gold, *chosen]]))
+    counts.update(questions=len(questions), paragraphs=len(paragraphs), articles=len(wanted),
+                  seconds=round(time.perf_counter() - started, 1))
+    return groups, dict(counts)
+
+
+def runs_dir() -> Path:
+    from retrieval.store import cache_dir
+
+    return cache_dir() / "reranker-runs"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default="l4-lora32", help="run folder under ~/.cache/assistant/reranker-runs/")
+    parser.add_argument("--squad", default=None, help="train-v1.1.flat.jsonl.gz (default: ../shared/data/...)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--own-layers", type=int, default=0)
+    parser.add_argument("--lora-rank", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=160)
+    parser.add_argument("--negatives", type=int, default=7)
+    parser.add_argument("--questions", type=int, default=6000, help="training questions (one group each)")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=4, help="groups per optimizer step")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPUs with native bf16)")
+    parser.add_argument("--export", default=None, help="also write the finished weights to this folder")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from assistant.reader_training import reader_splits
+    from assistant.training_data import DEFAULT_SQUAD_PATH, load_squad
+    from model.cross_encoder import CrossEncoder, CrossEncoderConfig, ListwiseTask
+    from model.encoder import Encoder
+    from model.train import TrainConfig, train
+
+    out = runs_dir() / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    rows = load_squad(args.squad or DEFAULT_SQUAD_PATH)
+    splits = reader_splits(rows)
+    encoder = Encoder.load()
+    config = CrossEncoderConfig(layers=args.layers, own_layers=args.own_layers, lora_rank=args.lora_rank,
+                                max_length=args.max_length)
+    ce = CrossEncoder.new(encoder, config)
+    data = PairDataConfig(negatives=args.negatives, max_questions=args.questions)
+    groups, counts = build_groups(rows, splits.train, ce.pairs, data)
+    held, held_counts = build_groups(rows, splits.dev, ce.pairs, PairDataConfig(negatives=args.negatives,
+                                                                                max_questions=128, seed=1))
+    print(f"train groups: {counts}\nheld-out groups (dev articles): {held_counts}", flush=True)
+    train_config = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=30,
+                               weight_decay=0.01, eval_every=100, eval_examples=128, save_every=50,
+                               max_seq_len=args.max_length, device="cpu", amp=args.amp,
+                               time_limit_s=None if args.minutes is None else 60 * args.minutes)
+    result = train(ce.model, groups, held, train_config, out_dir=out, task=ListwiseTask(encoder.model.config.pad_token_id))
+    meta = {"trained_on": "SQuAD v1.1 train, the reader's 402 training articles", "data": counts,
+            "train": {"steps": result.step, "max_steps": args.steps, "batch_groups": args.batch, "lr": args.lr,
+                      "seconds": round(result.seconds), "amp": args.amp},
+            "held_out_loss": result.eval_loss[-1][1] if result.eval_loss else None}
+    ce.save(out / "cross_encoder", metadata=meta)
+    if args.export:
+        ce.save(args.export, metadata=meta)
+    print(json.dumps({"step": result.step, "stopped_early": result.stopped_early, "eval_loss": result.eval_loss},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["PairDataConfig", "build_groups", "main", "runs_dir"]
