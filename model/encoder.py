@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from model.bert import BertEmbeddings, BertLayer, BertModel  # noqa: F401  (re-exported: they lived here)
 from model.tokenizer import Tokenizer
 
+# An adapted encoder's name: "<base name>+adapt:<adapter fingerprint>" (see `Encoder.set_adapter`).
+ADAPTER_TAG = "+adapt:"
+
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average the hidden states of real tokens: hidden [B, T, H], mask [B, T] -> [B, H]."""
@@ -43,6 +46,8 @@ class Encoder:
         self.quant: str | None = None  # "int8" once `quantize` swapped the linears
         self.embed_request = embed_dtype  # "auto" | a dtype (name); see `embed_dtype`
         self._embed_copy: tuple[tuple, BertModel] | None = None  # (weights key, model cast to embed_dtype)
+        self.base_name = name  # `name` without an adapter
+        self.adapter: EmbeddingAdapter | None = None  # see `set_adapter`
 
     @classmethod
     def load(cls, spec: str | Path | None = None, device: torch.device | str | None = None,
@@ -103,18 +108,40 @@ class Encoder:
 
         return resolve_dtype(request)
 
+    def set_adapter(self, folder: str | Path | None) -> "Encoder":
+        """Embed through a LoRA adapter trained on these weights (`model.lora` format: adapter.json +
+        adapter.safetensors, targets among qkv / attn_out / mlp_in / mlp_out), or None for the plain weights.
+
+        Only `embed` changes: it runs a *copy* of the weights with the adapter merged in. `self.model`, which the
+        reader and the cross-encoder share, is never touched. `name` becomes "<base name>+adapt:<fingerprint>"
+        (a hash of the adapter's weights), so an index records which vectors it holds and a mismatch is caught.
+        CheckpointError when the folder is not an adapter or was trained on other weights."""
+        if folder is not None and self.quant is not None:
+            from model.errors import CheckpointError
+
+            raise CheckpointError("an adapted index needs the float encoder, not the int8 one; load the encoder "
+                                  "without quant='int8', or turn the adaptation off (--no-adapt)")
+        self.adapter = None if folder is None else EmbeddingAdapter.load(folder, self.model)
+        self.name = self.base_name if self.adapter is None else self.base_name + ADAPTER_TAG + self.adapter.fingerprint
+        self._embed_copy = None
+        return self
+
     def _embedding_model(self) -> BertModel:
-        """`self.model`, or a copy of it cast to `embed_dtype` (kept while the weights are unchanged: the key
-        is each parameter's identity and in-place version, so a load_state_dict, a merged adapter or new
-        modules rebuild it)."""
+        """`self.model`, or a copy of it cast to `embed_dtype` and/or with the adapter merged in (kept while the
+        weights are unchanged: the key is each parameter's identity and in-place version, so a load_state_dict,
+        a merged adapter or new modules rebuild it)."""
         dtype = self.embed_dtype
-        if dtype == next(self.model.parameters()).dtype:
+        fingerprint = self.adapter.fingerprint if self.adapter is not None else None
+        if fingerprint is None and dtype == next(self.model.parameters()).dtype:
             self._embed_copy = None
             return self.model
-        key = (dtype, self.device, tuple((id(p), p._version) for p in self.model.parameters()))
+        key = (dtype, self.device, fingerprint, tuple((id(p), p._version) for p in self.model.parameters()))
         if self._embed_copy is None or self._embed_copy[0] != key:
             self._embed_copy = None  # free the stale copy before making the new one
-            self._embed_copy = (key, copy.deepcopy(self.model).to(dtype).eval())
+            model = copy.deepcopy(self.model)
+            if self.adapter is not None:
+                self.adapter.merge_into(model)
+            self._embed_copy = (key, model.to(dtype).eval())
         return self._embed_copy[1]
 
     @property
@@ -175,3 +202,54 @@ class Encoder:
                 pooled = F.normalize(mean_pool(hidden.float(), mask), p=2, dim=-1)  # [b, H]
                 out[idx] = pooled.cpu().numpy()
         return out
+
+
+class EmbeddingAdapter:
+    """A LoRA adapter for the embedder, held as tensors and merged into a copy of the weights
+    (`Encoder.set_adapter`). `fingerprint`: the first 12 hex digits of the sha256 of adapter.safetensors."""
+
+    def __init__(self, folder: Path, fingerprint: str, scaling: float, state: dict[str, torch.Tensor]) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+        self.scaling = scaling
+        self.state = state  # "<linear>.lora_a" [r, in], "<linear>.lora_b" [out, r]
+
+    @classmethod
+    def load(cls, folder: str | Path, base: BertModel) -> "EmbeddingAdapter":
+        """Read an adapter folder and check it was trained on `base` (CheckpointError otherwise)."""
+        import hashlib
+
+        from safetensors.torch import load
+
+        from model.cross_encoder import base_fingerprint
+        from model.errors import CheckpointError
+        from model.lora import ADAPTER_WEIGHTS, LoraConfig, read_adapter_info
+
+        folder = Path(folder)
+        info = read_adapter_info(folder)
+        raw = (folder / ADAPTER_WEIGHTS).read_bytes()
+        trained_on, here = info.get("base_identity"), base_fingerprint(base)
+        if trained_on != here:
+            raise CheckpointError(
+                f"the encoder adapter in {folder} was trained on other weights (fingerprint {trained_on}) than the "
+                f"loaded encoder's ({here}); adapt the index again (`assistant adapt`) or turn it off (--no-adapt)")
+        try:
+            state = load(raw)
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise CheckpointError(f"{folder / ADAPTER_WEIGHTS} is damaged ({exc}); adapt the index again "
+                                  "(`assistant adapt`) or turn it off (--no-adapt)") from exc
+        names = {name for name, _ in base.named_modules()}
+        layers = {key.rsplit(".", 1)[0] for key in state}
+        if not layers <= names or any(f"{n}.lora_a" not in state or f"{n}.lora_b" not in state for n in layers):
+            raise CheckpointError(f"the adapter in {folder} does not fit this encoder's layers; adapt the index again")
+        fingerprint = hashlib.sha256(raw).hexdigest()[:12]
+        return cls(folder, fingerprint, LoraConfig.from_dict(info["lora"]).scaling, state)
+
+    @torch.no_grad()
+    def merge_into(self, model: BertModel) -> None:
+        """Add scaling * B @ A to each adapted linear's weight of `model` (a copy: never the shared weights)."""
+        for name in {key.rsplit(".", 1)[0] for key in self.state}:
+            linear = model.get_submodule(name)
+            a, b = self.state[f"{name}.lora_a"].float(), self.state[f"{name}.lora_b"].float()  # [r, in], [out, r]
+            delta = (b @ a) * self.scaling  # [out, in]
+            linear.weight.copy_((linear.weight.float() + delta.to(linear.weight.device)).to(linear.weight.dtype))
