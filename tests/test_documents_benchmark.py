@@ -17,8 +17,11 @@ def test_question_file_and_folder_agree():
     for r in rows:
         for source in r["sources"]:
             assert (documents.FOLDER / source).is_file(), source
-    for pdf, (ref, _) in documents.REFERENCES.items():
-        assert (documents.FOLDER / pdf).is_file() and (documents.FOLDER / "reference" / ref).is_file()
+    for pdf, refs in documents.REFERENCES.items():
+        assert refs and (documents.FOLDER / pdf).is_file()
+        for ref, _ in refs:
+            assert (documents.FOLDER / "reference" / ref).is_file()
+    assert set(documents.TWO_COLUMN) <= set(documents.REFERENCES)
     assert all(p.stat().st_size < 4 << 20 for p in documents.FOLDER.rglob("*") if p.is_file())
 
 
@@ -28,3 +31,11 @@ def test_hyphens_and_running_lines():
            "spans": [[0, 19, 1], [21, 40, 2]]}
     new = {"text": "body one\n\nbody two", "spans": [[0, 8, 1], [10, 18, 2]]}
     assert documents.running_lines_removed(old, new) == 4
+
+
+def test_two_column_share_weighs_pages_by_words():
+    rows = {"a p.1": {"two_column": True, "reference_words": 300, "new": {"in_order": 100.0, "extra": 0.0}},
+            "b p.2": {"two_column": True, "reference_words": 100, "new": {"in_order": 60.0, "extra": 0.0}},
+            "c p.3": {"two_column": False, "reference_words": 900, "new": {"in_order": 0.0, "extra": 0.0}}}
+    assert abs(documents.two_column_share(rows, "new") - 90.0) < 1e-9
+    assert documents.two_column_share(rows, "old") is None
