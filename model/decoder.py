@@ -310,13 +310,18 @@ class Decoder(nn.Module):
     # ---- forward ------------------------------------------------------------------------------------------
     def forward(
         self,
-        tokens: torch.Tensor,
+        tokens: torch.Tensor | None,
         input_pos: torch.Tensor | None = None,
         pad_mask: torch.Tensor | None = None,
         kv_len: int | None = None,
         last_only: bool = False,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, V] for tokens [B, T] ([B, 1, V] for the last position only when `last_only`).
+
+        inputs_embeds [B, T, D]: the input vectors themselves instead of `tokens` (pass tokens=None): a soft
+        prompt's trainable vectors in front of a prompt's token embeddings (model.prompt_tuning), for training
+        (no cache) and for prefill into the cache; decoding then continues from the cache with tokens.
 
         input_pos None: no cache, causal attention over `tokens` alone (training, scoring).
         input_pos [B, T] (long): each row's own cache slots (rows 0..B-1 of the cache: continuous batching of
@@ -330,26 +335,29 @@ class Decoder(nn.Module):
         last_only: apply the final norm and the output head to the last position only (prefill: the other
         positions' logits are never used, and the head is the largest matmul).
         """
-        batch, seq = tokens.shape
-        if seq == 1 and input_pos is not None and self.native_decode and not self.static_cache_attention \
-                and tokens.device.type == "cpu" and not torch.is_grad_enabled():
+        if inputs_embeds is not None:
+            if tokens is not None:
+                raise ValueError("pass either tokens or inputs_embeds, not both")
+        elif tokens.shape[1] == 1 and input_pos is not None and self.native_decode \
+                and not self.static_cache_attention and tokens.device.type == "cpu" and not torch.is_grad_enabled():
             logits = self._native_step(tokens, input_pos, pad_mask, kv_len)
             if logits is not None:
                 return logits
         self._native_verified = False  # modules may change before the next decode step: check the plan then
-        x = self.tok_embeddings(tokens)  # [B, T, D]
+        x = self.tok_embeddings(tokens) if inputs_embeds is None else inputs_embeds  # [B, T, D]
+        seq, device = x.shape[1], x.device
         mask = None
         if input_pos is None:
             if seq > self.config.max_seq_len:
                 raise ValueError(f"{seq} tokens exceed the context window of {self.config.max_seq_len}")
-            positions = torch.arange(seq, device=tokens.device)
+            positions = torch.arange(seq, device=device)
         else:
             positions = input_pos
             if input_pos.dim() == 2:  # per-row slots [B, T]
                 if pad_mask is not None or self.static_cache_attention:
                     raise ValueError("per-row input_pos [B, T] takes no pad_mask and no static cache")
                 kv_len = int(input_pos.max()) + 1
-                slots = torch.arange(kv_len, device=tokens.device)  # [S']
+                slots = torch.arange(kv_len, device=device)  # [S']
                 mask = (slots[None, None, :] <= input_pos[:, :, None])[:, None]  # [B, 1, T, S']
             else:
                 mask = self._slot_mask(input_pos, pad_mask, seq, kv_len)

@@ -337,13 +337,17 @@ class Generator:
             decoder.setup_cache(batch_size, size, device=self.device, dtype=self.kv_cache_dtype)
 
     @torch.inference_mode()
-    def _prefill(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+    def _prefill(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None, soft_prompt: Any = None) -> torch.Tensor:
         """tokens [B, T] at cache slots 0..T-1 -> logits of the last position [B, V] (float32).
+
+        With a soft prompt (model.prompt_tuning) of P vectors, [soft prompt; tokens] fill slots 0..P+T-1 instead.
 
         One sequence on CPU goes through `Decoder.prefill_segments`, the batch scheduler's prefill, so a request
         gets the same tokens from `generate` as from the server (alone or beside others), from the cached keys
         and values of the prompt's beginning when an earlier prompt started the same way (bit-identical)."""
         decoder = self.decoder
+        if soft_prompt is not None:
+            return self._prefill_soft_prompt(tokens, pad_mask, soft_prompt)
         if tokens.shape[0] == 1 and pad_mask is None and tokens.device.type == "cpu":
             ids = tokens[0].tolist()
             cache = self.prefix_cache if self.prefix_cache is not None and decoder.rows_independent() else None
@@ -355,6 +359,41 @@ class Generator:
         positions = torch.arange(tokens.shape[1], device=self.device)  # [T]
         logits = decoder(tokens, positions, pad_mask, kv_len=tokens.shape[1], last_only=True)  # [B, 1, V]
         return logits[:, -1].float()
+
+    def _prefill_soft_prompt(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None,
+                             soft_prompt: Any) -> torch.Tensor:
+        """[soft prompt; tokens] at cache slots 0..P+T-1 -> logits of the last position [B, V] (float32).
+
+        A left-padded row (pad_mask False on its first slots) gets its soft prompt right after its padding, just
+        before its first token: the relative positions it was trained with. One plain forward over the inputs'
+        vectors (no prefix cache: the cached blocks are keyed by token ids)."""
+        from model.prompt_tuning import insert_soft_prompt
+
+        embeds = self.decoder.tok_embeddings(tokens)  # [B, T, D]
+        width = tokens.shape[1] + soft_prompt.n_virtual_tokens
+        pads = None if pad_mask is None else (~pad_mask[:, :width]).sum(dim=1).tolist()  # padding slots per row
+        inputs = insert_soft_prompt(embeds, soft_prompt.vectors(embeds.dtype, embeds.device), pads)  # [B, P+T, D]
+        positions = torch.arange(width, device=self.device)  # [P+T]
+        logits = self.decoder(None, positions, pad_mask, kv_len=width, last_only=True, inputs_embeds=inputs)
+        return logits[:, -1].float()  # [B, V]
+
+    def _virtual_tokens(self, soft_prompt: Any) -> int:
+        """The soft prompt's length P (0 for none); refuses one of another width than the decoder's."""
+        if soft_prompt is None:
+            return 0
+        if soft_prompt.dim != self.decoder.config.dim:
+            from model.errors import CheckpointError
+
+            raise CheckpointError(f"the soft prompt is {soft_prompt.dim} wide but the generator's embeddings are "
+                                  f"{self.decoder.config.dim}: it was trained for another model")
+        return soft_prompt.n_virtual_tokens
+
+    def load_soft_prompt(self, folder: str | Path) -> Any:
+        """The soft prompt saved in `folder` (model.prompt_tuning), checked against this generator's base weights
+        (CheckpointError when it was trained on another model); pass it as `soft_prompt=` to generate."""
+        from model.prompt_tuning import load_soft_prompt
+
+        return load_soft_prompt(folder, self.identity, self.decoder)
 
     def _decode_forward(
         self, tokens: torch.Tensor, input_pos: torch.Tensor, pad_mask: torch.Tensor | None
@@ -375,14 +414,16 @@ class Generator:
 
     @torch.inference_mode()
     def _token_steps(
-        self, prompts: list[list[int]], params: SamplingParams, max_new: int
+        self, prompts: list[list[int]], params: SamplingParams, max_new: int, soft_prompt: Any = None
     ) -> Iterator[torch.Tensor]:
-        """Prefill the (left-padded) prompts, then yield the next token of every row, [B] on device,
-        `max_new` times. Rows that have finished keep going; the caller ignores them."""
+        """Prefill the (left-padded) prompts, each after the soft prompt when one is given, then yield the next
+        token of every row, [B] on device, `max_new` times. Rows that have finished keep going; the caller
+        ignores them."""
         batch = len(prompts)
+        virtual = self._virtual_tokens(soft_prompt)
         longest = max(len(p) for p in prompts)
         device = self.device
-        self._ensure_cache(batch, longest + max_new)
+        self._ensure_cache(batch, virtual + longest + max_new)
         tokens = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
         for row, ids in enumerate(prompts):
             tokens[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
@@ -395,8 +436,9 @@ class Generator:
             pad_mask = pad_mask.to(device)  # [B, S]: False on left padding
         generator = make_generator(params.seed, device) if not params.greedy else None
         penalties = PenaltyState(params, prompts, self.decoder.config.vocab_size, device)
-        logits = self._prefill(tokens, pad_mask)  # [B, V]
-        input_pos = torch.tensor([longest], device=device)  # [1] slot of the next token, advanced in place
+        logits = self._prefill(tokens, pad_mask, soft_prompt)  # [B, V]
+        filled = virtual + longest  # slots the prefill wrote
+        input_pos = torch.tensor([filled], device=device)  # [1] slot of the next token, advanced in place
         for step in range(max_new):
             if penalties.active:
                 logits = penalties.process(logits)
@@ -405,7 +447,7 @@ class Generator:
             if step == max_new - 1:
                 break
             penalties.update(next_tokens)
-            logits = self._decode(next_tokens.view(batch, 1), input_pos, pad_mask, kv_len=longest + step + 1)
+            logits = self._decode(next_tokens.view(batch, 1), input_pos, pad_mask, kv_len=filled + step + 1)
             input_pos += 1
 
     def _host_tokens(self, steps: Iterator[torch.Tensor]) -> Iterator[list[int]]:
@@ -436,19 +478,23 @@ class Generator:
         *,
         cancel: threading.Event | None = None,
         truncate_left: bool = False,
+        soft_prompt: Any = None,
         **overrides: Any,
     ) -> TextStream:
         """Generate from `prompt` (text or token ids); iterate the returned stream for text deltas.
 
         Stops on EOS, a stop string (not included), max_new_tokens, a full context window, or when
         `cancel` is set (finish_reason "cancelled"). Raises ContextOverflowError (before generating) when
-        the prompt does not fit and `truncate_left` is False.
+        the prompt does not fit and `truncate_left` is False. `soft_prompt` (from `load_soft_prompt`) is put
+        in front of the prompt (model.prompt_tuning); its vectors take context slots too.
         """
         params = self._params(params, overrides)
-        ids, cut, max_new = self._fit_prompt(self._encode_prompt(prompt), params.max_new_tokens, truncate_left)
+        limit = self.context_length - self._virtual_tokens(soft_prompt)
+        ids, cut, max_new = self._fit_prompt(self._encode_prompt(prompt), params.max_new_tokens, truncate_left,
+                                             limit)
         if params.num_beams > 1:
-            return TextStream(self._stream_beam(ids, cut, max_new, params, cancel))
-        return TextStream(self._stream_sample(ids, cut, max_new, params, cancel))
+            return TextStream(self._stream_beam(ids, cut, max_new, params, cancel, soft_prompt))
+        return TextStream(self._stream_sample(ids, cut, max_new, params, cancel, soft_prompt))
 
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kw: Any) -> GenerationResult:
         """Generate and return the whole result (see `stream` for the arguments)."""
@@ -464,7 +510,8 @@ class Generator:
         return self.stream(ids, params, **kw)
 
     def _stream_sample(
-        self, ids: list[int], cut: int, max_new: int, params: SamplingParams, cancel: threading.Event | None
+        self, ids: list[int], cut: int, max_new: int, params: SamplingParams, cancel: threading.Event | None,
+        soft_prompt: Any = None,
     ) -> Iterator[str]:
         with self._lock:
             detok = IncrementalDetokenizer(self.tokenizer)
@@ -473,7 +520,7 @@ class Generator:
             finish = "length"
             start = time.perf_counter()
             first_at = None
-            steps = self._host_tokens(self._token_steps([ids], params, max_new))
+            steps = self._host_tokens(self._token_steps([ids], params, max_new, soft_prompt))
             try:
                 for (token,) in steps:
                     if first_at is None:
@@ -520,9 +567,11 @@ class Generator:
         *,
         truncate_left: bool = False,
         cancel: threading.Event | None = None,
+        soft_prompt: Any = None,
         **overrides: Any,
     ) -> list[GenerationResult]:
-        """Generate for several prompts of different lengths in one batch (left padding + pad mask).
+        """Generate for several prompts of different lengths in one batch (left padding + pad mask), each after
+        `soft_prompt` when one is given (see `stream`).
 
         Results come back in input order; timings are those of the whole batch. Beam search runs the
         prompts one after another.
@@ -530,9 +579,12 @@ class Generator:
         params = self._params(params, overrides)
         if not prompts:
             return []
-        fitted = [self._fit_prompt(self._encode_prompt(p), params.max_new_tokens, truncate_left) for p in prompts]
+        limit = self.context_length - self._virtual_tokens(soft_prompt)
+        fitted = [self._fit_prompt(self._encode_prompt(p), params.max_new_tokens, truncate_left, limit)
+                  for p in prompts]
         if params.num_beams > 1:
-            return [TextStream(self._stream_beam(ids, cut, n, params, cancel)).finish() for ids, cut, n in fitted]
+            return [TextStream(self._stream_beam(ids, cut, n, params, cancel, soft_prompt)).finish()
+                    for ids, cut, n in fitted]
         max_new = min(n for _, _, n in fitted)
         batch = len(fitted)
         with self._lock:
@@ -541,7 +593,7 @@ class Generator:
             generated: list[list[int]] = [[] for _ in range(batch)]
             finish: list[str | None] = [None] * batch
             start, first_at = time.perf_counter(), None
-            steps = self._host_tokens(self._token_steps([f[0] for f in fitted], params, max_new))
+            steps = self._host_tokens(self._token_steps([f[0] for f in fitted], params, max_new, soft_prompt))
             try:
                 for row_tokens in steps:
                     if first_at is None:
@@ -576,16 +628,17 @@ class Generator:
     # ---- beam search --------------------------------------------------------------------------------------
     @torch.inference_mode()
     def _beam_search(
-        self, ids: list[int], max_new: int, params: SamplingParams, cancel: threading.Event | None
+        self, ids: list[int], max_new: int, params: SamplingParams, cancel: threading.Event | None,
+        soft_prompt: Any = None,
     ) -> tuple[list[int], str, float | None]:
         """Classic beam search. Returns (best generated ids, finish reason, time of the first step)."""
         num_beams, vocab = params.num_beams, self.decoder.config.vocab_size
         device = self.device
         eos = set(self.eos_token_ids)
-        prompt_len = len(ids)
+        prompt_len = len(ids) + self._virtual_tokens(soft_prompt)  # cache slots of the prompt (and soft prompt)
         self.decoder.setup_cache(1, min(self.context_length, _round_up(prompt_len + max_new, 256)), device=device,
                                  dtype=self.kv_cache_dtype)
-        logits = self._prefill(torch.tensor([ids], device=device), None)  # [1, V]
+        logits = self._prefill(torch.tensor([ids], device=device), None, soft_prompt)  # [1, V]
         self.decoder.reorder_cache(torch.zeros(num_beams, dtype=torch.long, device=device))
         logits = logits.expand(num_beams, vocab)  # [K, V]
         penalties = PenaltyState(params, [ids] * num_beams, vocab, device)
@@ -665,13 +718,14 @@ class Generator:
         return best, reason, first_at
 
     def _stream_beam(
-        self, ids: list[int], cut: int, max_new: int, params: SamplingParams, cancel: threading.Event | None
+        self, ids: list[int], cut: int, max_new: int, params: SamplingParams, cancel: threading.Event | None,
+        soft_prompt: Any = None,
     ) -> Iterator[str]:
         """Beam search as a stream: the whole text arrives as one delta at the end."""
         with self._lock:
             start = time.perf_counter()
             try:
-                best, reason, first_at = self._beam_search(ids, max_new, params, cancel)
+                best, reason, first_at = self._beam_search(ids, max_new, params, cancel, soft_prompt)
             finally:
                 # the beam cache has num_beams rows; the next request sets up its own
                 self.decoder.reset_cache()
