@@ -128,11 +128,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--own-layers", type=int, default=0)
     parser.add_argument("--lora-rank", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=160)
-    parser.add_argument("--negatives", type=int, default=7)
+    parser.add_argument("--negatives", type=int, default=7, help="near misses per question")
+    parser.add_argument("--lexical", type=int, default=4, help="of them from BM25's top ranks")
+    parser.add_argument("--same-article", type=int, default=2, help="of them from the question's article")
     parser.add_argument("--questions", type=int, default=6000, help="training questions (one group each)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=4, help="groups per optimizer step")
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--warmup", type=int, default=30, help="warmup steps")
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out losses")
     parser.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPUs with native bf16)")
@@ -156,13 +160,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = CrossEncoderConfig(layers=args.layers, own_layers=args.own_layers, lora_rank=args.lora_rank,
                                 max_length=args.max_length)
     ce = CrossEncoder.new(encoder, config)
-    data = PairDataConfig(negatives=args.negatives, max_questions=args.questions)
+    data = PairDataConfig(negatives=args.negatives, lexical=args.lexical, same_article=args.same_article,
+                          max_questions=args.questions)
     groups, counts = build_groups(rows, splits.train, ce.pairs, data)
-    held, held_counts = build_groups(rows, splits.dev, ce.pairs, PairDataConfig(negatives=args.negatives,
-                                                                                max_questions=128, seed=1))
+    held_data = PairDataConfig(negatives=args.negatives, lexical=args.lexical, same_article=args.same_article,
+                               max_questions=128, seed=1)
+    held, held_counts = build_groups(rows, splits.dev, ce.pairs, held_data)
     print(f"train groups: {counts}\nheld-out groups (dev articles): {held_counts}", flush=True)
-    train_config = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=30,
-                               weight_decay=0.01, eval_every=100, eval_examples=128, save_every=50,
+    train_config = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
+                               weight_decay=0.01, eval_every=args.eval_every, eval_examples=128, save_every=25,
                                max_seq_len=args.max_length, device="cpu", amp=args.amp,
                                time_limit_s=None if args.minutes is None else 60 * args.minutes)
     result = train(ce.model, groups, held, train_config, out_dir=out, task=ListwiseTask(encoder.model.config.pad_token_id))

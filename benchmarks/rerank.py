@@ -1,19 +1,24 @@
-"""The cross-encoder reranker (model.cross_encoder) on two domains, off and on, side by side.
+"""The cross-encoder reranker (model.cross_encoder) on several domains, off and on, side by side.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/rerank.py --threads 2                    # the reported numbers
-    python benchmarks/rerank.py --reranker ~/.cache/assistant/reranker-runs/l4-lora32/cross_encoder
+    python benchmarks/rerank.py --reranker ~/.cache/assistant/reranker-runs/l2-own2/cross_encoder
+    python benchmarks/rerank.py --speed --threads 2          # ms per query of 20 pairs per config (untrained)
 
 Sets:
 - squad-test: the reader benchmark's held-out SQuAD articles (benchmarks/reader_rag.py --split test: the same
   folder of one file per paragraph, its answerable questions); the relevant passage is the question's paragraph.
   Neither the reader nor the reranker was trained on these articles.
-- pydocs: benchmarks/folders/pydocs (technical docs) with the answerable questions of benchmarks/open_questions.jsonl;
-  a passage is relevant when it is a chunk of a source file holding one of the question's concept strings (every
-  chunk of the source file when none does).
+- pydocs (technical docs), corpus (the bundled ML notes), reports (PDF reports, a CSV, a spec sheet), documents
+  (real PDFs: manuals, papers, a spreadsheet, slides): each folder with the answerable questions written for it
+  (benchmarks/open_questions.jsonl, questions.jsonl, documents_questions.jsonl); a passage is relevant when it is
+  a chunk of a source file holding one of the question's concept strings (every chunk of the source file when
+  none does).
 For each set and retrieval mode (dense, hybrid), the top 20 hits are retrieved once; then
 - off: that order;  N=10 / N=20: the top N rescored by the cross-encoder (`Retriever.search(rerank=N)`'s order);
-- N=20 rrf: the cross-encoder's rank and the retriever's fused by reciprocal rank (k=60).
-Metrics: nDCG@10 and recall@10 over passages (retrieval.evaluate), ms per query of the rerank call alone.
+- N=10 rrf / N=20 rrf: the top N ordered by the reciprocal-rank fusion (k=60) of the cross-encoder's rank and the
+  retriever's.
+Metrics: nDCG@10 and recall@10 over passages (retrieval.evaluate); the rerank call's ms per query (hybrid hits),
+with the load average (the machine is shared: compare within one run).
 """
 
 from __future__ import annotations
@@ -49,14 +54,30 @@ def squad_set(limit: int) -> tuple[Path, list[tuple[str, set[str]]], str]:
     return folder, [(i["question"], {i["gold_file"]}) for i in items[:limit]], "path"
 
 
-def pydocs_set() -> tuple[Path, list[tuple[str, dict]], str]:
-    folder = ROOT / "benchmarks" / "folders" / "pydocs"
-    out = []
-    for line in (ROOT / "benchmarks" / "open_questions.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row.get("folder", "").endswith("pydocs") and row.get("answerable") and row.get("sources"):
-            out.append((row["question"], {"sources": row["sources"], "concepts": row.get("concepts", [])}))
-    return folder, out, "chunk"
+FOLDER_SETS = {  # name -> (folder, question files holding its questions)
+    "pydocs": ("benchmarks/folders/pydocs", ("open_questions.jsonl",)),
+    "corpus": ("corpus", ("open_questions.jsonl", "questions.jsonl")),
+    "reports": ("benchmarks/folders/reports", ("open_questions.jsonl",)),
+    "documents": ("benchmarks/folders/documents", ("documents_questions.jsonl",)),
+}
+
+
+def folder_set(name: str) -> tuple[Path, list[tuple[str, dict]], str]:
+    """(folder, [(question, {"sources", "concepts"})], "chunk") for one of FOLDER_SETS: the answerable questions
+    written for that folder (open questions' `concepts`, the corpus set's `keywords`: groups of alternatives)."""
+    folder_name, files = FOLDER_SETS[name]
+    out, seen = [], set()
+    for file in files:
+        for line in (ROOT / "benchmarks" / file).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            folder = row.get("folder", "corpus")  # questions.jsonl is the corpus set and names no folder
+            concepts = row.get("concepts") or row.get("keywords") or []
+            if (folder.rstrip("/") != folder_name or row.get("unanswerable") or row.get("answerable") is False
+                    or not row.get("sources") or row["question"] in seen):
+                continue
+            seen.add(row["question"])
+            out.append((row["question"], {"sources": row["sources"], "concepts": concepts}))
+    return ROOT / folder_name, out, "chunk"
 
 
 def relevant_chunks(retriever, spec: dict) -> set[int]:
@@ -70,15 +91,38 @@ def relevant_chunks(retriever, spec: dict) -> set[int]:
     return wanted
 
 
-def evaluate(retriever, reranker, questions, unit: str, modes=("dense", "hybrid"), depth: int = 20) -> dict:
-    from retrieval.evaluate import ndcg_at, recall_at
-    from retrieval.chunking import embedding_text
+VARIANTS = ("off", "N=10", "N=20", "N=10 rrf", "N=20 rrf")
 
-    variants = ("off", "N=10", "N=20", "N=20 rrf")
+
+def orders(n_hits: int, scores: list[float]) -> dict[str, list[int]]:
+    """Each variant's order of the retriever's top hits (indices into them), given the cross-encoder's scores
+    of all of them: off = the retriever's; N=n = the top n by score, then the rest in the retriever's order
+    (what `Retriever.search(rerank=n)` returns); N=n rrf = the top n by reciprocal-rank fusion (k=60) of the
+    cross-encoder's rank and the retriever's, then the rest."""
+    out = {"off": list(range(n_hits))}
+    for n in (10, 20):
+        top = list(range(min(n, n_hits)))
+        by_score = sorted(top, key=lambda i: -scores[i])
+        ce_rank = {i: r for r, i in enumerate(by_score)}
+        fused = sorted(top, key=lambda i: -(1 / (61 + ce_rank[i]) + 1 / (61 + i)))
+        out[f"N={n}"] = by_score + list(range(len(top), n_hits))
+        out[f"N={n} rrf"] = fused + list(range(len(top), n_hits))
+    return out
+
+
+def evaluate(retriever, reranker, questions, unit: str, modes=("dense", "hybrid"), depth: int = 20,
+             timed: int = 40) -> dict:
+    """nDCG@10 / recall@10 per mode and variant (see `orders`), and the cross-encoder's ms per query for N=10
+    and N=20 (hybrid hits of the first `timed` questions, scored afresh; quality reuses one score per
+    (question, passage))."""
+    from retrieval.chunking import embedding_text
+    from retrieval.evaluate import ndcg_at, recall_at
+
     results = {}
+    cache: dict[tuple[str, int], float] = {}
     for mode in modes:
-        sums = {v: [0.0, 0.0] for v in variants}
-        ms = {"search": 0.0, "N=10": 0.0, "N=20": 0.0}
+        sums = {v: [0.0, 0.0] for v in VARIANTS}
+        search_ms = 0.0
         for question, spec in questions:
             if unit == "chunk":
                 relevant = {str(c): 1 for c in relevant_chunks(retriever, spec)}
@@ -86,28 +130,94 @@ def evaluate(retriever, reranker, questions, unit: str, modes=("dense", "hybrid"
                 relevant = {p: 1 for p in spec}
             tick = time.perf_counter()
             hits = retriever.search(question, k=depth, mode=mode)
-            ms["search"] += 1000 * (time.perf_counter() - tick)
-            texts = [embedding_text(h.heading, h.text) for h in hits]
-            tick = time.perf_counter()
-            reranker.score(question, texts[:10])
-            ms["N=10"] += 1000 * (time.perf_counter() - tick)
-            tick = time.perf_counter()
-            scores = reranker.score(question, texts)
-            ms["N=20"] += 1000 * (time.perf_counter() - tick)
+            search_ms += 1000 * (time.perf_counter() - tick)
+            todo = [h for h in hits if (question, h.chunk_id) not in cache]
+            if todo:
+                values = reranker.score(question, [embedding_text(h.heading, h.text) for h in todo])
+                cache.update({(question, h.chunk_id): v for h, v in zip(todo, values)})
+            scores = [cache[(question, h.chunk_id)] for h in hits]
             key = (lambda h: str(h.chunk_id)) if unit == "chunk" else (lambda h: h.path)
-            order_20 = sorted(range(len(hits)), key=lambda i: -scores[i])
-            order_10 = sorted(range(min(10, len(hits))), key=lambda i: -scores[i]) + list(range(10, len(hits)))
-            ce_rank = {i: r for r, i in enumerate(order_20)}
-            rrf = sorted(range(len(hits)), key=lambda i: -(1 / (61 + ce_rank[i]) + 1 / (61 + i)))
-            for name, order in (("off", range(len(hits))), ("N=10", order_10), ("N=20", order_20),
-                                ("N=20 rrf", rrf)):
+            for name, order in orders(len(hits), scores).items():
                 ranking = list(dict.fromkeys(key(hits[i]) for i in order))
                 sums[name][0] += ndcg_at(ranking, relevant, 10)
                 sums[name][1] += recall_at(ranking, relevant, 10)
         n = max(1, len(questions))
         results[mode] = {v: {"ndcg@10": s[0] / n, "recall@10": s[1] / n} for v, s in sums.items()}
-        results[mode]["ms_per_query"] = {k: v / n for k, v in ms.items()}
+        results[mode]["search_ms"] = search_ms / n
+    ms = {"N=10": [], "N=20": []}
+    for question, _ in questions[:timed]:
+        hits = retriever.search(question, k=depth, mode="hybrid")
+        texts = [embedding_text(h.heading, h.text) for h in hits]
+        for n in (10, 20):
+            tick = time.perf_counter()
+            reranker.score(question, texts[:n])
+            ms[f"N={n}"].append(1000 * (time.perf_counter() - tick))
+    import statistics
+
+    results["rerank_ms"] = {k: {"median": statistics.median(v), "mean": statistics.mean(v),
+                                "p90": sorted(v)[int(0.9 * len(v))]} for k, v in ms.items() if v}
+    results["rerank_ms"]["questions"] = min(timed, len(questions))
+    results["load_average"] = os.getloadavg()
     return results
+
+
+def speed(threads: int, configs: str, rounds: int, n_pairs: int = 20, n_questions: int = 12) -> dict:
+    """Milliseconds to score `n_pairs` (question, passage) pairs per config "layers/max_length", in float32.
+
+    Pairs are real: held-out SQuAD test questions, each with `n_pairs` paragraphs of its article set (the
+    benchmark folder's passages: a paragraph is ~150 tokens). Configs are timed interleaved, round after round,
+    in one process (the machine is shared: ratios between configs are what to trust); the median over
+    questions x rounds is reported. Weights are untrained: the cost does not depend on them, and LoRA and own
+    blocks cost nothing extra at inference (they are folded into plain blocks)."""
+    import statistics
+
+    import torch
+
+    from assistant.reader_training import reader_splits
+    from assistant.training_data import load_squad
+    from model.cross_encoder import CrossEncoder, CrossEncoderConfig
+    from model.encoder import Encoder
+
+    rows = load_squad()
+    test = set(reader_splits(rows).test)
+    contexts = list(dict.fromkeys(r.context for r in rows if r.title in test))
+    questions = [r.question for r in rows if r.title in test]
+    rng = random.Random(0)
+    cases = [(q, rng.sample(contexts, n_pairs)) for q in rng.sample(questions, n_questions)]
+    encoder = Encoder.load()
+    lengths = [len(ids) for q, ps in cases for ids in encoder.tokenizer.encode_batch(ps)]
+    print(f"passages: {len(lengths)}, mean {statistics.mean(lengths):.0f} tokens "
+          f"(p90 {sorted(lengths)[int(0.9 * len(lengths))]}); {threads} threads, float32", flush=True)
+    models = {}
+    for spec in configs.split(","):
+        layers, max_length = (int(x) for x in spec.split("/"))
+        ce = CrossEncoder.new(encoder, CrossEncoderConfig(layers=layers, max_length=max_length),
+                              run_dtype="float32")
+        ce.score(*cases[0])  # builds the merged copy, warms the allocator
+        models[spec] = ce
+    times: dict[str, list[float]] = {spec: [] for spec in models}
+    cpu: dict[str, list[float]] = {spec: [] for spec in models}
+    for _ in range(rounds):
+        for question, passages in cases:
+            for spec, ce in models.items():
+                tick, cpu_tick = time.perf_counter(), time.process_time()
+                ce.score(question, passages)
+                times[spec].append(1000 * (time.perf_counter() - tick))
+                cpu[spec].append(1000 * (time.process_time() - cpu_tick))
+    out = {}
+    # cpu ms / threads: what the wall time would be on an idle machine with perfect parallelism (a lower bound
+    # there); the wall time is inflated by other processes on a busy machine.
+    print(f"{'layers/max_len':<15} {'median ms':>9} {'p90 ms':>7} {'cpu ms/thread':>13} {'pairs/s':>8}")
+    for spec, values in times.items():
+        med = statistics.median(values)
+        p90 = sorted(values)[int(0.9 * len(values))]
+        per_thread = statistics.median(cpu[spec]) / threads
+        out[spec] = {"median_ms": med, "p90_ms": p90, "cpu_ms_per_thread": per_thread,
+                     "pairs_per_s": n_pairs * 1000 / med}
+        print(f"{spec:<15} {med:>9.0f} {p90:>7.0f} {per_thread:>13.0f} {n_pairs * 1000 / med:>8.1f}", flush=True)
+    out["load_average"] = os.getloadavg()
+    print(f"load average {out['load_average']}")
+    return out
 
 
 def main() -> int:
@@ -115,13 +225,24 @@ def main() -> int:
     ap.add_argument("--reranker", default=str(DEFAULT_RERANKER), help="cross-encoder folder")
     ap.add_argument("--squad-questions", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sets", default="squad-test,pydocs")
+    ap.add_argument("--sets", default="squad-test,pydocs,corpus,reports",
+                    help=f"comma-separated: squad-test, {', '.join(FOLDER_SETS)}")
+    ap.add_argument("--max-length", type=int, default=None, help="override the reranker's tokens per pair")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--speed", action="store_true", help="only time scoring 20 pairs for --configs")
+    ap.add_argument("--configs", default="2/128,2/160,2/192,3/128,3/160,3/192,4/128,4/160,4/192,6/160",
+                    help="layers/max_length pairs for --speed")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.speed:
+        result = speed(args.threads, args.configs, args.rounds)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        return 0
     from model.cross_encoder import CrossEncoder
     from model.encoder import Encoder
     from retrieval.retriever import Retriever
@@ -130,25 +251,31 @@ def main() -> int:
 
     encoder = Encoder.load()
     reranker = CrossEncoder.load(encoder, args.reranker)
+    if args.max_length:
+        reranker.config.max_length = args.max_length
     print(f"reranker {args.reranker}: {json.dumps(reranker.config.to_dict())}, runs in {reranker.run_dtype}, "
           f"{args.threads} threads", flush=True)
     reranker.score("warm up", ["a passage"] * 4)
     all_results = {"reranker": reranker.config.to_dict(), "threads": args.threads}
     for name in args.sets.split(","):
-        folder, questions, unit = squad_set(args.squad_questions) if name == "squad-test" else pydocs_set()
+        folder, questions, unit = squad_set(args.squad_questions) if name == "squad-test" else folder_set(name)
         sync_folder(folder, None, encoder, progress=False)
         retriever = Retriever(default_index_path(folder), encoder, reranker=reranker)
+        started = time.perf_counter()
         results = evaluate(retriever, reranker, questions, unit)
         all_results[name] = results
-        print(f"\n{name}: {len(questions)} questions, relevance by {unit}")
+        print(f"\n{name}: {len(questions)} questions, relevance by {unit} ({time.perf_counter() - started:.0f} s)")
         print(f"{'mode':<7} {'variant':<9} {'nDCG@10':>8} {'R@10':>7}")
-        for mode, by_variant in results.items():
-            for variant, m in by_variant.items():
-                if variant != "ms_per_query":
-                    print(f"{mode:<7} {variant:<9} {m['ndcg@10']:>8.4f} {m['recall@10']:>7.4f}")
-            t = by_variant["ms_per_query"]
-            print(f"{mode:<7} ms/query: search {t['search']:.0f}, rerank N=10 {t['N=10']:.0f}, "
-                  f"N=20 {t['N=20']:.0f}", flush=True)
+        for mode in ("dense", "hybrid"):
+            for variant in VARIANTS:
+                m = results[mode][variant]
+                print(f"{mode:<7} {variant:<9} {m['ndcg@10']:>8.4f} {m['recall@10']:>7.4f}")
+        t = results["rerank_ms"]
+        print(f"rerank ms/query (hybrid hits, {t['questions']} questions): "
+              + ", ".join(f"{k} median {v['median']:.0f} mean {v['mean']:.0f} p90 {v['p90']:.0f}"
+                          for k, v in t.items() if k != "questions")
+              + f"; search {results['hybrid']['search_ms']:.0f} ms; load average "
+              + " ".join(f"{x:.1f}" for x in results["load_average"]), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(all_results, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -123,13 +123,20 @@ class CrossEncoderNet(nn.Module):
         base: BertModel = self.base
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
         frozen = self.side is None or not torch.is_grad_enabled()
+        sides = [None if self.side is None else self.side[i] for i in range(self.n_shared)]
         with torch.no_grad() if frozen else torch.enable_grad():  # no LoRA: nothing below the own blocks learns
             x = base.embeddings(input_ids, token_type_ids)  # [B, T, H]
-            for i in range(self.n_shared):
-                x = base.layers[i](x, mask, side=None if self.side is None else self.side[i])
-        for layer in self.own:
-            x = layer(x.to(layer.qkv.weight.dtype), mask)
-        return self.score_head(x[:, 0])
+            shared_top = self.n_shared if self.own else self.n_shared - 1  # a shared last block runs [CLS] only
+            for i in range(shared_top):
+                x = base.layers[i](x, mask, side=sides[i])
+            if not self.own:
+                cls = cls_block(base.layers[shared_top], x, mask, sides[shared_top])  # [B, H]
+        if self.own:
+            for layer in self.own[:-1]:
+                x = layer(x.to(layer.qkv.weight.dtype), mask)
+            last = self.own[-1]
+            cls = cls_block(last, x.to(last.qkv.weight.dtype), mask)  # [B, H]
+        return self.score_head(cls)
 
     def score_head(self, cls: torch.Tensor) -> torch.Tensor:
         # cls: [B, H] -> [B] float32
@@ -139,6 +146,35 @@ class CrossEncoderNet(nn.Module):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The cross-encoder's own weights (what it adds beside the shared encoder)."""
         return {k: v.detach() for k, v in self.state_dict().items()}
+
+
+def cls_block(layer: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None,
+              side: nn.Module | None = None) -> torch.Tensor:
+    """A BertLayer's output at position 0 ([CLS]) only: what the block computes for that row, without the
+    query, attention output and MLP of the other T-1 rows (their keys and values are still needed). The
+    score reads only [CLS], so the last block costs ~1/6 of a full one (keys + values: 2 of its 12 H x H
+    products per token). A block whose qkv is not a plain nn.Linear (int8) runs whole and gives its row 0.
+
+    x: [B, T, H]; attn_mask: [B, 1, 1, T] bool or None; side: LoRA updates beside the block -> [B, H]."""
+    if not isinstance(layer.qkv, nn.Linear):
+        return layer(x, attn_mask, side=side)[:, 0]
+    batch, seq, hidden = x.shape
+    heads = layer.n_heads
+    weight, bias = layer.qkv.weight, layer.qkv.bias  # [3H, H], [3H]
+    query = F.linear(x[:, :1], weight[:hidden], None if bias is None else bias[:hidden])  # [B, 1, H]
+    key_value = F.linear(x, weight[hidden:], None if bias is None else bias[hidden:])  # [B, T, 2H]
+    if side is not None and "qkv" in side:
+        extra = side["qkv"](x)  # [B, T, 3H]
+        query = query + extra[:, :1, :hidden]
+        key_value = key_value + extra[:, :, hidden:]
+    q = query.view(batch, 1, heads, hidden // heads).transpose(1, 2)  # [B, nh, 1, hd]
+    k, v = key_value.view(batch, seq, 2, heads, hidden // heads).permute(2, 0, 3, 1, 4).unbind(0)  # [B, nh, T, hd]
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, nh, 1, hd]
+    attn = attn.transpose(1, 2).reshape(batch, 1, hidden)  # [B, 1, H]
+    row = layer._linear("attn_out", attn, side)
+    row = layer.attn_norm(x[:, :1] + row)  # [B, 1, H]
+    row = layer.mlp_norm(row + layer._linear("mlp_out", F.gelu(layer._linear("mlp_in", row, side)), side))
+    return row[:, 0]  # [B, H]
 
 
 def merged_layers(net: CrossEncoderNet, dtype: torch.dtype) -> nn.ModuleList | None:
@@ -382,9 +418,9 @@ class CrossEncoder:
         attn = None if bool(mask.all()) else mask.bool()[:, None, None, :]  # [B, 1, 1, T]
         dtype = next(layers.parameters()).dtype
         x = net.base.embeddings(batch["input_ids"], batch["token_type_ids"]).to(dtype)  # [B, T, H]
-        for layer in layers:
+        for layer in layers[:-1]:
             x = layer(x, attn)
-        return net.score_head(x[:, 0].float())
+        return net.score_head(cls_block(layers[-1], x, attn).float())
 
     def score(self, question: str, passages: Sequence[str], batch_size: int = 32) -> list[float]:
         """A relevance score (logit) per passage, in the passages' order: higher = more relevant."""
@@ -408,4 +444,4 @@ class CrossEncoder:
 
 
 __all__ = ["CrossEncoder", "CrossEncoderConfig", "CrossEncoderNet", "ListwiseTask", "PairGroup", "PairMaker",
-           "base_fingerprint", "merged_layers", "pad_pairs"]
+           "base_fingerprint", "cls_block", "merged_layers", "pad_pairs"]

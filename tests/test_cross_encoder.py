@@ -159,3 +159,139 @@ def test_rerank_stage_reorders_the_retrievers_hits(tmp_path):
     scores = [h.rerank_score for h in reranked]
     assert scores == sorted(scores, reverse=True)
     assert Retriever(index, encoder).search("rivers and stones", k=3, rerank=8)[0].rerank_score is None
+
+
+def test_cls_block_equals_row_zero_of_the_full_block(bert_tokenizer):
+    from torch import nn
+
+    from model.cross_encoder import cls_block
+    from model.lora import LowRankSide
+
+    torch.manual_seed(0)
+    layer = tiny_encoder(bert_tokenizer).model.layers[0]
+    hidden, inner = layer.qkv.in_features, layer.mlp_in.out_features
+    x = torch.randn(3, 9, hidden)  # [B, T, H]
+    mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., 6:] = False  # a padded row
+    side = nn.ModuleDict({"qkv": LowRankSide(hidden, 3 * hidden, 4, 8.0), "attn_out": LowRankSide(hidden, hidden, 4, 8.0),
+                          "mlp_in": LowRankSide(hidden, inner, 4, 8.0), "mlp_out": LowRankSide(inner, hidden, 4, 8.0)})
+    with torch.no_grad():
+        for p in side.parameters():
+            p.normal_(0, 0.1)
+        for s, m in ((None, None), (None, mask), (side, mask)):
+            torch.testing.assert_close(cls_block(layer, x, m, s), layer(x, m, side=s)[:, 0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(own_layers=0), dict(own_layers=2, lora_rank=0), dict(own_layers=1)])
+def test_network_scores_equal_a_plain_run_of_its_blocks(bert_tokenizer, options):
+    """The network (trained through `forward`) against every block run whole by BertLayer, LoRA added by hand."""
+    encoder = tiny_encoder(bert_tokenizer)
+    ce = CrossEncoder.new(encoder, CrossEncoderConfig(**{**TINY, **options}), run_dtype="float32")
+    with torch.no_grad():
+        for p in ce.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = pad_pairs(ce.pairs.pairs("which stone ?", ["river stone", "a much longer passage about a green horse"]))
+    net = ce.model
+    with torch.no_grad():
+        mask = batch["attention_mask"].bool()[:, None, None, :]
+        x = encoder.model.embeddings(batch["input_ids"], batch["token_type_ids"])
+        for i in range(net.n_shared):
+            x = encoder.model.layers[i](x, mask, side=None if net.side is None else net.side[i])
+        for layer in net.own:
+            x = layer(x, mask)
+        expected = net.score_head(x[:, 0])
+        torch.testing.assert_close(net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]),
+                                   expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ce._scores(batch), expected, atol=1e-4, rtol=1e-4)  # the merged inference copy
+
+
+def test_damaged_or_foreign_folders_are_checkpoint_errors(bert_tokenizer, tmp_path):
+    import json
+
+    encoder = tiny_encoder(bert_tokenizer)
+    folder = CrossEncoder.new(encoder, CrossEncoderConfig(**TINY)).save(tmp_path / "ce")
+    meta = json.loads((folder / "cross_encoder.json").read_text())
+    (folder / "cross_encoder.json").write_text(json.dumps({**meta, "config": {**meta["config"], "layers": 1}}))
+    with pytest.raises(CheckpointError, match="does not match"):  # weights of 2 blocks, config says 1
+        CrossEncoder.load(encoder, folder)
+    (folder / "cross_encoder.json").write_text(json.dumps({**meta, "format": "something-else/3"}))
+    with pytest.raises(CheckpointError, match="another version"):
+        CrossEncoder.load(encoder, folder)
+    (folder / "cross_encoder.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        CrossEncoder.load(encoder, folder)
+    (folder / "cross_encoder.json").write_text(json.dumps(meta))
+    data = (folder / "cross_encoder.safetensors").read_bytes()
+    (folder / "cross_encoder.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="damaged"):
+        CrossEncoder.load(encoder, folder)
+
+
+def _word_folder(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    topics = ["rivers and stones", "green apples", "music and light", "paper horses", "cloud tables",
+              "stone bridges over rivers", "river light at noon", "apple paper music"]
+    for i, topic in enumerate(topics):
+        (folder / f"f{i}.md").write_text(f"# Note {i}\n\nNotes about {topic}, number {i}.\n", encoding="utf-8")
+    return folder
+
+
+def test_reranked_search_orders_hits_by_the_cross_encoder(bert_tokenizer, tmp_path):
+    """A real (tiny, random) cross-encoder as the stage: the top N come back in the order of its own scores."""
+    from retrieval.chunking import embedding_text
+    from retrieval.retriever import Retriever
+    from retrieval.sync import sync_folder
+
+    encoder = tiny_encoder(bert_tokenizer)
+    sync_folder(_word_folder(tmp_path), tmp_path / "index", encoder, progress=False)
+    ce = CrossEncoder.new(encoder, CrossEncoderConfig(**TINY, own_layers=1), run_dtype="float32")
+    with torch.no_grad():
+        for p in ce.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # scores spread out, so the order is not the retriever's
+    retriever = Retriever(tmp_path / "index", encoder, reranker=ce)
+    query = "stones in the river"
+    plain = retriever.search(query, k=6, mode="hybrid")
+    scores = ce.score(query, [embedding_text(h.heading, h.text) for h in plain])
+    expected = [plain[i].chunk_id for i in sorted(range(len(plain)), key=lambda i: -scores[i])]
+    assert expected != [h.chunk_id for h in plain]  # the test would notice a stage that keeps the order
+    reranked = retriever.search(query, k=6, mode="hybrid", rerank=6)
+    assert [h.chunk_id for h in reranked] == expected
+    assert [h.rerank_score for h in reranked] == pytest.approx(sorted(scores, reverse=True), abs=1e-5)
+    top3 = retriever.search(query, k=3, mode="hybrid", rerank=6)  # k < N: the best 3 of the 6 rescored
+    assert [h.chunk_id for h in top3] == expected[:3]
+
+
+def test_assistant_reranks_through_settings_and_shows_the_reranked_sources(bert_tokenizer, tmp_path):
+    from assistant.pipeline import Assistant, load_reranker
+    from assistant.settings import Settings, SettingsError
+    from retrieval.chunking import embedding_text
+    from tests.assistant_fakes import FakeGenerator
+
+    encoder = tiny_encoder(bert_tokenizer)
+    ce = CrossEncoder.new(encoder, CrossEncoderConfig(**TINY, own_layers=1), run_dtype="float32")
+    with torch.no_grad():
+        for p in ce.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    folder = ce.save(tmp_path / "ce", dtype=torch.float32)
+    docs = _word_folder(tmp_path)
+    common = dict(encoder=encoder, generator=FakeGenerator(reply="Rivers carry stones [1]."), refusal_threshold=-1.0,
+                  relative_floor=0.0, use_reader=False, open_answers=False, answer_mode="generate", k=3)
+    plain = Assistant.from_folder(docs, tmp_path / "index", **common)
+    assert plain.retriever.reranker is None  # rerank=0, the default: no reranker loaded
+    assistant = Assistant.from_folder(docs, tmp_path / "index", rerank=8, reranker=folder, **common)
+    hits, _ = assistant.retrieve("stones in the river")
+    assert all(h.rerank_score is not None for h in hits)
+    candidates = plain.retriever.search("stones in the river", k=8, mode="hybrid")
+    loaded = CrossEncoder.load(encoder, folder, run_dtype="float32")
+    scores = loaded.score("stones in the river", [embedding_text(c.heading, c.text) for c in candidates])
+    best = sorted(range(len(candidates)), key=lambda i: -scores[i])[:3]
+    assert best != [0, 1, 2]  # the reranked top 3 are not the retriever's
+    assert [h.chunk_id for h in hits] == [candidates[i].chunk_id for i in best]
+    answer = assistant.ask("stones in the river")
+    assert [s.path for s in answer.sources] == [candidates[i].path for i in best]
+    with pytest.raises(SettingsError, match="does not exist"):
+        Settings(rerank=20, reranker=tmp_path / "missing").reranker_path()
+    other = tiny_encoder(bert_tokenizer, seed=5, name="other")
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        load_reranker(Settings(rerank=20, reranker=folder), other)
