@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "assistant.commands.ask",
     "assistant.commands.chat",
     "assistant.commands.index",
+    "assistant.commands.adapt",
     "assistant.commands.eval",
     "assistant.commands.eval_retrieval",
     "assistant.commands.finetune",

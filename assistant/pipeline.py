@@ -180,6 +180,7 @@ class Assistant:
 
         index_path = Path(index).expanduser() if index else (settings.index or default_index_path(folder))
         encoder = encoder or _load_encoder(settings)
+        prepare_index_encoder(encoder, index_path, settings)
         report = sync_folder(folder, index_path, encoder, progress=progress, on_progress=on_progress)
         log.info("index %s in sync with %s: %s", index_path, folder, report)
         assistant = cls._open(index_path, settings, generator, encoder, folder=folder)
@@ -204,6 +205,7 @@ class Assistant:
                 f"no index at {index_path}; build one with `assistant index FOLDER` or pass --folder"
             )
         encoder = encoder or _load_encoder(settings)
+        prepare_index_encoder(encoder, index_path, settings)
         return cls._open(index_path, settings, generator, encoder)
 
     @classmethod
@@ -245,6 +247,18 @@ class Assistant:
             self.retriever = Retriever(self.index_path, self.encoder, reranker=self.retriever.reranker)
         return report
 
+    def follow_index(self) -> None:
+        """After the index's vectors were switched (`assistant adapt`, --no-adapt elsewhere): load or drop the
+        encoder adapter the index now names, and reopen the retriever on it."""
+        if self.index_path is None or self.encoder is None:
+            return
+        from retrieval.retriever import Retriever
+
+        with self._index_lock:
+            prepare_index_encoder(self.encoder, self.index_path, self.settings, switch=False)
+            reranker = getattr(self.retriever, "reranker", None)
+            self.retriever = Retriever(self.index_path, self.encoder, reranker=reranker)
+
     def stats(self) -> dict[str, Any]:
         """Index status: files, chunks, encoder, ... (retrieval's Retriever.stats)."""
         with self._index_lock:
@@ -276,10 +290,20 @@ class Assistant:
 
     def retrieve(self, query: str, k: int | None = None, mode: str | None = None) -> tuple[list[Any], float]:
         """Top-k hits for a search query and the milliseconds it took."""
+        from retrieval.errors import IndexMismatchError
+
         start = time.perf_counter()
-        with self._index_lock:
-            hits = list(self.retriever.search(query, k=k or self.settings.k, mode=mode or self.settings.retrieval_mode,
-                                              rerank=self.settings.rerank))
+        for attempt in (0, 1):
+            try:
+                with self._index_lock:
+                    hits = list(self.retriever.search(query, k=k or self.settings.k,
+                                                      mode=mode or self.settings.retrieval_mode,
+                                                      rerank=self.settings.rerank))
+                break
+            except IndexMismatchError:
+                if attempt or self.index_path is None:
+                    raise
+                self.follow_index()  # another process adapted the index (or turned its adaptation off)
         return hits, (time.perf_counter() - start) * 1000
 
     def stream(
@@ -760,6 +784,16 @@ def _load_encoder(settings: Settings) -> Any:
     from model.encoder import Encoder
 
     return Encoder.load(settings.encoder, device=settings.device)
+
+
+def prepare_index_encoder(encoder: Any, index_path: Path, settings: Settings, switch: bool = True) -> Any:
+    """Load the encoder adapter of an adapted index into `encoder` (assistant/adapt.py), or with `--no-adapt`
+    (settings.use_adapt False) switch the index back to the bundled encoder's kept vectors. `switch=False` only
+    follows what the index records (a running assistant whose index another process changed)."""
+    from assistant.adapt import prepare_encoder
+
+    return prepare_encoder(encoder, index_path, use_adapt=settings.use_adapt or not switch,
+                           emit=lambda line: log.warning("%s", line))
 
 
 def load_reader(settings: Settings, encoder: Any) -> Any:

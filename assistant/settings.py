@@ -89,6 +89,7 @@ class Settings:
     # Models.
     generator: str | None = None        # generator spec (path / id); None = SmolLM2-135M-Instruct Q4_1
     encoder: str | None = None          # encoder spec; None = bundled all-MiniLM-L6-v2
+    use_adapt: bool = True              # False = `--no-adapt`: an adapted index switches back to the bundled encoder
     adapter: Path | None = None         # LoRA adapter folder; None = assistant/data/adapter if present
     use_adapter: bool = True            # False = plain base model (`--no-adapter`)
     device: str | None = None           # "cpu", "cuda", ...; None = CUDA when available
@@ -334,6 +335,10 @@ def add_arguments(parser: Any, *, source: bool = True, model: bool = True, sampl
                            help="rescore the top N retrieved passages with the cross-encoder reranker (0 = off, "
                                 "the default; see docs/benchmarks.md)")
         group.add_argument("--reranker", metavar="DIR", help="cross-encoder folder (default assistant/data/reranker)")
+        group.add_argument("--no-adapt", dest="use_adapt", action="store_const", const=False,
+                           help="an index adapted with `assistant adapt` goes back to the bundled encoder's vectors "
+                                "(kept in the index: nothing is embedded again but chunks added since); "
+                                "`assistant adapt --on` switches back")
         group.add_argument("--refusal-threshold", type=float, metavar="COS",
                            help="refuse when the best passage's cosine similarity is below this")
     if model:

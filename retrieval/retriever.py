@@ -77,19 +77,31 @@ class Retriever:
         self.store = index if isinstance(index, IndexStore) else IndexStore.open(index)
         self.encoder = encoder
         self.reranker = reranker  # anything with score(question, passages) -> list[float] (model.cross_encoder)
-        settings = self.store.settings
-        if settings.encoder != encoder.name or settings.dim != int(encoder.dim):
-            raise IndexMismatchError(
-                f"the index at {self.store.path} was built with encoder {settings.encoder} ({settings.dim}-d), "
-                f"but the current encoder is {encoder.name} ({encoder.dim}-d). " + rebuild_hint(self.store.path))
+        self._check_encoder()
         self._reload_lock = threading.Lock()
 
+    def _check_encoder(self) -> None:
+        """IndexMismatchError unless the index's searched vectors came from this encoder (its name includes an
+        adapter's fingerprint, see model.encoder.Encoder.set_adapter)."""
+        settings = self.store.settings
+        if settings.encoder != self.encoder.name or settings.dim != int(self.encoder.dim):
+            adapted = "+adapt:" in settings.encoder or "+adapt:" in str(self.encoder.name)
+            hint = ("The index was adapted or un-adapted meanwhile (`assistant adapt`): open it again, so that its "
+                    "encoder adapter is loaded." if adapted else rebuild_hint(self.store.path))
+            raise IndexMismatchError(
+                f"the index at {self.store.path} holds vectors of encoder {settings.encoder} ({settings.dim}-d), "
+                f"but the current encoder is {self.encoder.name} ({self.encoder.dim}-d). " + hint)
+
     def refresh(self) -> bool:
-        """Pick up a newer generation written by another process (e.g. an upload). True if reloaded."""
+        """Pick up a newer generation written by another process (e.g. an upload). True if reloaded.
+        IndexMismatchError when its vectors are now another encoder's (an adaptation switched them)."""
         if not self.store.changed_on_disk():
             return False
         with self._reload_lock:
-            return self.store.reload()
+            changed = self.store.reload()
+        if changed:
+            self._check_encoder()
+        return changed
 
     def stats(self) -> dict:
         """files, chunks, encoder, dim and more (see `IndexStore.stats`)."""

@@ -29,6 +29,15 @@ and a commit deletes the ones nobody claimed.
 Format 1 (one `vectors-<gen>.faiss` + `bm25-<gen>/` rewritten by every commit) is migrated in place on
 open: its files become the base of format 2, nothing is embedded again.
 
+Vector sets (encoder adaptation, `assistant adapt`): the vectors in `chunks.vector` and the FAISS files are those of
+the *active* encoder, named by the SQLite `meta` key `encoder` when present (else settings.json's `encoder`, as
+every index before adaptation). `IndexWriter.switch_vectors` replaces them with another encoder's vectors for all
+live chunks: the new base files are written first, then one transaction moves the current vectors into the table
+`kept_vectors` (meta `kept_encoder`), writes the new ones into `chunks`, and switches the manifest, the generation
+and `meta.encoder`. So a process killed at any point leaves the old index or the new one, both complete, and the
+kept set switches back without embedding again (only chunks added since). Readers compare `meta.encoder` with
+their encoder's name when they follow a new generation (`IndexStore.reload`), so vectors never mix.
+
 Format 3 records with each content the parser that made its text: `parser_version` (the loader kind's
 `retrieval.loaders.PARSER_VERSIONS` entry) and `incomplete` ("ocr" when pages were left unread for want of
 tesseract); both are part of the content's key, so a file re-read by a newer parser gets new chunks instead of
@@ -294,6 +303,7 @@ CREATE TABLE IF NOT EXISTS chunks(
     end_char INTEGER NOT NULL, vector BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_content ON chunks(content_id);
 CREATE TABLE IF NOT EXISTS dead(chunk_id INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS kept_vectors(chunk_id INTEGER PRIMARY KEY, vector BLOB NOT NULL);
 """
 EMPTY_MANIFEST = {"base": {"vectors": None, "lexical": None, "n": 0, "stats": True, "info": {}}, "deltas": []}
 
@@ -303,6 +313,18 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+def _meta_encoder(db: Path) -> str | None:
+    """The active vector set's encoder recorded in SQLite (None: settings.json's `encoder` holds)."""
+    conn = sqlite3.connect(db, timeout=30.0)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='encoder'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return row[0] if row else None
 
 
 def lexical_tokens(texts: Sequence[str]) -> list[list[str]]:
@@ -367,6 +389,7 @@ class IndexStore:
         check_sqlite(path / SQLITE_NAME)  # damaged source of truth: a clear error naming the file
         if settings.format_version < FORMAT_VERSION:
             settings = _migrate(path, settings)
+        settings.encoder = _meta_encoder(path / SQLITE_NAME) or settings.encoder
         if expected is not None:
             reason = settings.mismatch(expected)
             if reason:
@@ -448,7 +471,32 @@ class IndexStore:
         with self._parts_lock:
             self.generation = generation
             self._parts = None
+            with self._db_lock:
+                row = self._conn.execute("SELECT value FROM meta WHERE key='encoder'").fetchone()
+            if row is not None:
+                self.settings.encoder = row[0]
         return True
+
+    def vector_sets(self) -> dict[str, str | None]:
+        """{"active": the encoder whose vectors are searched, "kept": the encoder of the kept set or None}."""
+        with self._db_lock:
+            rows = dict(self._conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('encoder', 'kept_encoder')").fetchall())
+        return {"active": rows.get("encoder", self.settings.encoder), "kept": rows.get("kept_encoder")}
+
+    def kept_vectors(self) -> tuple[str | None, np.ndarray, np.ndarray]:
+        """(encoder of the kept vector set or None, chunk ids [n], vectors float32 [n, dim]) for the live chunks
+        that have a kept vector (chunks added after the switch have none)."""
+        kept = self.vector_sets()["kept"]
+        if kept is None:
+            return None, np.zeros(0, np.int64), np.zeros((0, self.settings.dim), np.float32)
+        with self._db_lock:
+            rows = self._conn.execute(
+                "SELECT k.chunk_id, k.vector FROM kept_vectors k JOIN chunks c ON c.id = k.chunk_id"
+                " WHERE c.content_id IN (SELECT content_id FROM documents) ORDER BY k.chunk_id").fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.settings.dim)
+        return kept, ids, vectors
 
     def parts(self) -> IndexParts:
         """The searchable parts of the current generation (loaded once per generation)."""
@@ -985,6 +1033,74 @@ class IndexWriter:
         store.reload()
         return content_changed
 
+    def switch_vectors(self, encoder: str, ids: np.ndarray, vectors: np.ndarray, keep_current: bool = True) -> None:
+        """Make `vectors` (float32 [n, dim], of chunk `ids` [n], covering every live chunk) the searched vectors,
+        recorded as `encoder`'s, in one atomic commit (see the module docstring). `keep_current`: the vectors
+        searched until now become the kept set (else the kept set stays as it is, e.g. the bundled encoder's
+        when one adapter replaces another). Staged contents nobody points to are dropped: their vectors are the
+        old encoder's. No document changes may be pending."""
+        from retrieval.segments import IVF_AUTO_MIN, resolve_kind
+
+        store = self.store
+        if self.changes:
+            raise RetrievalError("switch_vectors: commit the pending document changes first")
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(ids), store.settings.dim):
+            raise ValueError(f"{len(ids)} chunk ids but vectors of shape {vectors.shape}")
+        self.flush()
+        live = {r[0] for r in self.conn.execute("SELECT DISTINCT content_id FROM documents")}
+        live_ids = self._chunk_ids_of(live)  # sorted
+        given = dict(zip(ids.tolist(), range(len(ids))))
+        missing = [int(i) for i in live_ids if int(i) not in given]
+        if missing:
+            raise RetrievalError(f"switch_vectors: no vector for {len(missing)} live chunks (e.g. {missing[:3]}); "
+                                 "embed them first")
+        rows = np.array([given[int(i)] for i in live_ids], dtype=np.int64)
+        live_vectors = vectors[rows] if len(rows) else np.zeros((0, store.settings.dim), np.float32)  # [n, dim]
+        generation = int(self.conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+        manifest = json.loads(self.conn.execute("SELECT value FROM meta WHERE key='manifest'").fetchone()[0])
+        current = (self.conn.execute("SELECT value FROM meta WHERE key='encoder'").fetchone() or
+                   [store.settings.encoder])[0]
+        new_gen = generation + 1
+        self._remove_files(lambda name, gen: gen == -1 or gen > generation)  # leftovers of a killed writer
+        kind_now = (manifest["base"].get("info") or {}).get("kind", "flat")
+        kind = resolve_kind(store.settings.faiss, len(live_ids))
+        if store.settings.faiss == "auto" and kind_now in ("ivf", "ivfsq") and len(live_ids) >= IVF_AUTO_MIN // 2:
+            kind = kind_now  # the same hysteresis as a commit's
+        new_manifest = self._write_base(new_gen, live, kind, manifest["base"], (live_ids, live_vectors))
+        self.conn.execute("COMMIT")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("CREATE TABLE IF NOT EXISTS kept_vectors(chunk_id INTEGER PRIMARY KEY,"
+                              " vector BLOB NOT NULL)")
+            self.conn.execute("DELETE FROM chunks WHERE content_id IN (SELECT id FROM contents"
+                              " WHERE id NOT IN (SELECT content_id FROM documents))")
+            self.conn.execute("DELETE FROM contents WHERE id NOT IN (SELECT content_id FROM documents)")
+            if keep_current:
+                self.conn.execute("DELETE FROM kept_vectors")
+                self.conn.execute("INSERT INTO kept_vectors SELECT id, vector FROM chunks")
+                self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('kept_encoder', ?)", (current,))
+            else:
+                self.conn.execute("DELETE FROM kept_vectors WHERE chunk_id NOT IN (SELECT id FROM chunks)")
+            self.conn.executemany("UPDATE chunks SET vector=? WHERE id=?",
+                                  [(live_vectors[i].tobytes(), int(cid)) for i, cid in enumerate(live_ids)])
+            self.conn.execute("DELETE FROM dead")
+            self.conn.execute("UPDATE meta SET value=? WHERE key='manifest'", (json.dumps(new_manifest),))
+            self.conn.execute("UPDATE meta SET value=? WHERE key='generation'", (str(new_gen),))
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('encoder', ?)", (encoder,))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("BEGIN")
+        keep = _manifest_files(manifest) | _manifest_files(new_manifest)
+        self._remove_files(lambda name, gen: name not in keep and gen <= new_gen)
+        store.reload()
+        store.settings.encoder = encoder
+        with contextlib.suppress(OSError):  # informative only: meta.encoder is what counts
+            atomic_write_bytes(store.path / SETTINGS_NAME, json.dumps(store.settings.to_dict(), indent=2).encode())
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute("COMMIT")
@@ -1029,15 +1145,17 @@ class IndexWriter:
         _publish(tmp, final)
         return {"file": final.name, "n": int(len(ids))}
 
-    def _write_base(self, new_gen: int, live: set[int], kind: str, old_base: dict) -> dict:
+    def _write_base(self, new_gen: int, live: set[int], kind: str, old_base: dict,
+                    vectors_of_live: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
         """A new base of all live chunks: vectors-<gen>.faiss (re-using an IVF's training while the
-        collection has not outgrown it) and bm25-<gen>/."""
+        collection has not outgrown it) and bm25-<gen>/. `vectors_of_live`: (ids, vectors) to use instead of
+        the stored ones (a vector-set switch)."""
         from retrieval.chunking import embedding_text
         from retrieval.segments import VectorInfo, build_vector_index
 
         faiss = faiss_module()
         store, settings = self.store, self.store.settings
-        ids, vectors = _vectors_of(self.conn, live, settings.dim)
+        ids, vectors = vectors_of_live or _vectors_of(self.conn, live, settings.dim)
         template, template_info = None, VectorInfo.from_dict(old_base.get("info"))
         if kind in IVF_KINDS and template_info.kind == kind and old_base.get("vectors"):
             with contextlib.suppress(Exception):

@@ -51,6 +51,7 @@ UPLOADS_DIR = "uploads"
 UPLOADS_PREFIX = "@uploads/"
 EXCLUDED_NAME = "excluded.json"
 SKIPPED_NAME = "skipped.json"
+ADAPTERS_DIR = "adapters"  # encoder adapters beside an adapted index (assistant/adapt.py)
 EMBED_GROUP = 256  # chunks embedded per encoder call (the encoder batches further inside)
 
 ProgressCallback = Callable[[int, int], None]
@@ -349,6 +350,8 @@ def _rebuild(folder: Path, index_path: Path, encoder, settings: IndexSettings, *
             shutil.copytree(index_path / UPLOADS_DIR, fresh / UPLOADS_DIR)
         if (index_path / EXCLUDED_NAME).exists():
             shutil.copyfile(index_path / EXCLUDED_NAME, fresh / EXCLUDED_NAME)
+        if (index_path / ADAPTERS_DIR).is_dir():  # an adapted encoder's adapter (assistant adapt) stays with it
+            shutil.copytree(index_path / ADAPTERS_DIR, fresh / ADAPTERS_DIR, ignore=shutil.ignore_patterns(".*"))
         chunker = ChunkerSettings(**settings.chunker)
         report = _sync_folder(folder, fresh, encoder, chunker=chunker, faiss_kind=settings.faiss,
                               ivf_nlist=settings.ivf_nlist, ivf_nprobe=settings.ivf_nprobe, rebuild=False, **kw)

@@ -104,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
                               max_file_bytes=int(args.max_file_mb * 1024 * 1024))
         print(report.summary())
         return 0
+    from assistant.adapt import prepare_encoder
+
+    prepare_encoder(encoder, index_path)  # an adapted index (assistant adapt) syncs with its adapter
+    if cluster is not None and getattr(encoder, "adapter", None) is not None:
+        raise UserError("this index is adapted (assistant adapt); Ray workers embed with the bundled encoder only: "
+                        "index without --ray, or turn the adaptation off first (assistant adapt DIR --off)")
     report = sync_folder(folder, index_path, encoder, rebuild=args.rebuild, **progress_options(args.quiet),
                          max_file_bytes=int(args.max_file_mb * 1024 * 1024), chunker=chunker,
                          faiss_kind="hnsw" if args.hnsw else args.vectors, ivf_nlist=args.nlist,
