@@ -228,9 +228,10 @@ def test_two_tabs_asking_at_once_get_their_own_answers(server, browser):
     assert "peft-lora.md" in chats[0] and "decoding-strategies.md" in chats[1]
 
 
-def test_screenshots_of_the_chat_and_the_library(server, browser):
+def test_screenshots_of_the_chat_and_the_library(server, browser, tmp_path):
     """The README's pictures: a composed answer with a source opened from its [n] chip (that sentence's words
-    highlighted), and the library."""
+    highlighted), and the library. They go to a temporary folder, so a test run leaves the work tree clean;
+    `ASSISTANT_SCREENSHOTS=docs/screenshots pytest tests/test_browser.py -k screenshots` retakes the README's."""
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     page.goto(server, wait_until="domcontentloaded")
     page.wait_for_selector("#question textarea", timeout=60_000)
@@ -243,9 +244,10 @@ def test_screenshots_of_the_chat_and_the_library(server, browser):
     page.wait_for_selector("#chatbot details.source[open]")
     page.locator("#chatbot details.source[open] details.scores > summary").first.click()
     page.locator("#chatbot .turn").first.scroll_into_view_if_needed()
-    shots = REPO / "docs" / "screenshots"
+    shots = Path(os.environ.get("ASSISTANT_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / "after-answer.png"))
     page.click("button[role=tab]:has-text('Library')")
     page.wait_for_selector("#library tbody tr")
     page.screenshot(path=str(shots / "after-library.png"))
+    assert (shots / "after-answer.png").stat().st_size > 10_000 and (shots / "after-library.png").stat().st_size > 10_000
