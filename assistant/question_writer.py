@@ -120,6 +120,8 @@ class QuestionWriter:
         self.soft_prompt = soft_prompt
         self.settings = settings or WriterSettings()
         self.info = info or {}
+        self.name = {"base": "base generator + instruction", "prompt": "soft-prompt question writer",
+                     "lora": "LoRA question writer"}[method]
 
     # ---- loading ------------------------------------------------------------------------------------------
     @classmethod
@@ -386,6 +388,246 @@ def train_writer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# evaluation: held-out loss, and whether a written question finds its own passage among the dev paragraphs
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class RankingSet:
+    """Dev paragraphs (each cut to its first ~TRAIN_PASSAGE_WORDS words) as a small corpus; `picked` are the ones
+    that get a question; `gold[i]` is a SQuAD question of corpus[picked[i]] whose answer is in the cut text."""
+
+    corpus: list[str]
+    picked: list[int]
+    gold: list[str]
+
+
+def ranking_set(rows: Sequence[Any], titles: Sequence[str], n: int, seed: int,
+                max_words: int = TRAIN_PASSAGE_WORDS) -> RankingSet:
+    """The corpus of every paragraph of the articles `titles` and `n` of them (with a gold question) to write for."""
+    from assistant.training_data import answer_in, clip_passage
+
+    wanted = set(titles)
+    corpus: list[str] = []
+    index: dict[str, int] = {}
+    gold: dict[int, str] = {}
+    for row in rows:
+        if row.title not in wanted:
+            continue
+        if row.context not in index:
+            index[row.context] = len(corpus)
+            corpus.append(clip_passage(row.context, max_words))
+        i = index[row.context]
+        if i not in gold and answer_in(row.answer, corpus[i]):
+            gold[i] = row.question
+    candidates = sorted(gold)
+    picked = sorted(random.Random(f"writer-ranking-{seed}").sample(candidates, min(n, len(candidates))))
+    return RankingSet(corpus, picked, [gold[i] for i in picked])
+
+
+def source_ranks(scores: Any, sources: Sequence[int]) -> list[int]:
+    """Rank (1 = best) of each question's source passage in its score row [q, n]; ties count against it."""
+    import numpy as np
+
+    scores = np.asarray(scores)
+    ranks = []
+    for row, source in zip(scores, sources):
+        ranks.append(1 + int((row > row[source]).sum()) + int((row == row[source]).sum()) - 1)
+    return ranks
+
+
+def rank_summary(ranks: Sequence[int]) -> dict[str, float]:
+    """Share ranked first, within the top 5, and the mean reciprocal rank over the top 10."""
+    n = max(len(ranks), 1)
+    return {"top1": round(sum(r == 1 for r in ranks) / n, 4), "top5": round(sum(r <= 5 for r in ranks) / n, 4),
+            "mrr10": round(sum(1.0 / r for r in ranks if r <= 10) / n, 4)}
+
+
+class Rankers:
+    """BM25 (retrieval's own tokenisation and bm25s) and the bundled encoder over one corpus."""
+
+    def __init__(self, corpus: Sequence[str], dense: bool = True) -> None:
+        from retrieval.store import build_bm25
+
+        self.corpus = list(corpus)
+        self.bm25 = build_bm25(self.corpus)
+        self.encoder = None
+        self.vectors = None
+        if dense:
+            from model.encoder import Encoder
+
+            self.encoder = Encoder.load()
+            self.vectors = self.encoder.embed(self.corpus, batch_size=32)  # [n, dim]
+
+    def ranks(self, questions: Sequence[str], sources: Sequence[int]) -> dict[str, Any]:
+        """{"bm25": summary, "dense": summary} of where each question ranks its source passage."""
+        import numpy as np
+
+        from retrieval.store import lexical_tokens
+
+        tokens = lexical_tokens([q or "?" for q in questions])
+        lexical = np.stack([np.asarray(self.bm25.get_scores(t), dtype=np.float32) for t in tokens])  # [q, n]
+        out: dict[str, Any] = {"bm25": rank_summary(source_ranks(lexical, sources))}
+        if self.encoder is not None:
+            dense = self.encoder.embed([q or "?" for q in questions], batch_size=64) @ self.vectors.T  # [q, n]
+            out["dense"] = rank_summary(source_ranks(dense, sources))
+        return out
+
+
+def held_out_loss(folder: Path | None, pairs: Sequence[PassageQuestion], settings: WriterSettings,
+                  generator_spec: str | None = None, batch_size: int = 4) -> dict[str, float]:
+    """Mean per-token loss (and perplexity) of the SQuAD questions of `pairs` under the writer in `folder` (None:
+    the base model), on the float32 base weights as in training."""
+    import math
+
+    import torch
+
+    from model.sources import resolve_generator
+    from model.train import CausalLMTask
+    from model.weights import load_decoder
+
+    loaded = load_decoder(resolve_generator(generator_spec), device="cpu", dtype=torch.float32)
+    method = read_writer_info(folder)["method"] if folder is not None else "base"
+    model, task = loaded.model, CausalLMTask(loaded.tokenizer.pad_token_id, 1024)
+    if method == "prompt":
+        from model.prompt_tuning import PromptTunedDecoder, SoftPromptTask, load_soft_prompt
+
+        model = PromptTunedDecoder(loaded.model, load_soft_prompt(folder, loaded.identity, loaded.model))
+        task = SoftPromptTask(loaded.tokenizer.pad_token_id, 1024)
+    elif method == "lora":
+        from model.lora import load_adapter
+
+        load_adapter(loaded.model, folder, loaded.identity, merge=True)
+    builder = QuestionWriter(_PromptOnly(loaded.tokenizer), settings=settings)
+    examples = [training_example(builder, pair) for pair in pairs]
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            loss, n = task.loss(model, task.collate(examples[start : start + batch_size]))
+            total, count = total + float(loss), count + n
+    mean = total / max(count, 1)
+    return {"loss": round(mean, 4), "perplexity": round(math.exp(mean), 3), "tokens": count}
+
+
+def writer_folder(path: str | Path) -> Path:
+    """A writer folder, given it or the training run folder that holds it (run/writer)."""
+    path = Path(path).expanduser()
+    return path / "writer" if (path / "writer" / WRITER_CONFIG).is_file() else path
+
+
+def evaluate_writers(args: argparse.Namespace) -> dict[str, Any]:
+    """Held-out loss, source-passage ranks (BM25, dense) and speed of each writer, plus the gold questions."""
+    import numpy as np
+
+    rows, splits = _squad_splits(args.squad)
+    ranking = ranking_set(rows, splits.dev, args.paragraphs, args.seed)
+    loss_pairs = passage_questions(rows, splits.dev, args.loss_examples, args.seed + 1)
+    rankers = Rankers(ranking.corpus, dense=not args.no_dense)
+    sources = ranking.picked
+    report: dict[str, Any] = {
+        "split": f"SQuAD v1.1 train, reader dev articles ({len(splits.dev)}); corpus {len(ranking.corpus)} "
+                 f"paragraphs (first ~{TRAIN_PASSAGE_WORDS} words), {len(sources)} written for",
+        "gold": {"ranks": rankers.ranks(ranking.gold, sources),
+                 "mean_words": round(float(np.mean([len(q.split()) for q in ranking.gold])), 2)},
+        "writers": {},
+    }
+    print(f"gold questions: {report['gold']['ranks']}", flush=True)
+    passages = [ranking.corpus[i] for i in sources]
+    written: dict[str, list[str]] = {}
+    for spec in args.writer:
+        folder = None if spec == "base" else writer_folder(spec)
+        info = read_writer_info(folder) if folder is not None else {"method": "base", "trained_parameters": 0}
+        settings = WriterSettings.from_dict(info.get("settings", {}))
+        name = args.names[len(written)] if args.names and len(args.names) > len(written) else spec
+        entry: dict[str, Any] = {"path": spec, "method": info["method"],
+                                 "trained_parameters": info.get("trained_parameters", 0),
+                                 "training": info.get("training")}
+        if args.loss_examples:
+            entry["held_out"] = held_out_loss(folder, loss_pairs, settings)
+            print(f"{name}: held-out {entry['held_out']}", flush=True)
+        if folder is None:
+            from model.generate import Generator
+
+            writer = QuestionWriter(Generator.load(), "base", settings=settings)
+        else:
+            writer = QuestionWriter.load(None, folder)
+        started = time.perf_counter()
+        questions = [q[0] if q else "" for q in writer.write(passages, batch_size=args.batch_size)]
+        seconds = time.perf_counter() - started
+        written[name] = questions
+        entry.update({
+            "ranks": rankers.ranks(questions, sources),
+            "questions_per_s": round(len(questions) / seconds, 3),
+            "ends_with_question_mark": round(sum(q.endswith("?") for q in questions) / len(questions), 4),
+            "mean_words": round(float(np.mean([len(q.split()) for q in questions])), 2),
+            "load": os.getloadavg()[0],
+        })
+        print(f"{name}: {entry['ranks']}, {entry['questions_per_s']} questions/s", flush=True)
+        report["writers"][name] = entry
+        del writer
+    report["examples"] = [
+        {"passage": passages[k][:300], "gold": ranking.gold[k], **{name: qs[k] for name, qs in written.items()}}
+        for k in range(min(args.show, len(passages)))
+    ]
+    return report
+
+
+def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """Questions/s of a writer on passages cut to its max_passage_tokens (dev paragraphs, longest first), for each
+    batch size, and what 5,000 chunks x 1 question would take at that rate."""
+    import torch
+
+    rows, splits = _squad_splits(args.squad)
+    writer = QuestionWriter.load(None, writer_folder(args.writer_path) if args.writer_path else None)
+    seen: set[str] = set()
+    paragraphs = []
+    dev = set(splits.dev)
+    for row in rows:
+        if row.title in dev and row.context not in seen:
+            seen.add(row.context)
+            paragraphs.append(row.context)
+    paragraphs.sort(key=len, reverse=True)
+    passages = paragraphs[: args.passages]
+    lengths = [len(writer.prompt_ids(p)) for p in passages]
+    out: dict[str, Any] = {"method": writer.method, "threads": torch.get_num_threads(), "passages": len(passages),
+                           "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1), "runs": []}
+    writer.write(passages[:2], batch_size=2)  # warm-up (kernels, caches)
+    for batch_size in args.batch_sizes:
+        load = os.getloadavg()[0]
+        started = time.perf_counter()
+        writer.write(passages, batch_size=batch_size)
+        rate = len(passages) / (time.perf_counter() - started)
+        out["runs"].append({"batch_size": batch_size, "questions_per_s": round(rate, 3),
+                            "minutes_for_5000": round(5000 / rate / 60, 1), "load_before": load})
+        print(json.dumps(out["runs"][-1]), flush=True)
+    return out
+
+
+def export_writer(run: Path, target: Path, evaluation: Path | None) -> Path:
+    """Copy a run's writer folder into `target` (the shipped writer by default), with its evaluation (a report of
+    `evaluate`, whose entries with this run's path are kept) in writer.json; files are replaced one by one."""
+    source = writer_folder(run)
+    info = read_writer_info(source)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_file() and path.name != WRITER_CONFIG:
+            if path.stat().st_size >= 16 * 2**20:
+                raise UserError(f"{path} is {path.stat().st_size / 2**20:.1f} MiB; a shipped file must stay under 16 MiB")
+            tmp = target / f".{path.name}.tmp-{os.getpid()}"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target / path.name)
+    for stale in ("soft_prompt.json", "soft_prompt.safetensors", "adapter.json", "adapter.safetensors"):
+        if not (source / stale).exists() and (target / stale).exists():
+            (target / stale).unlink()
+    extra = {k: v for k, v in info.items() if k not in ("format", "method", "base_identity", "settings",
+                                                          "trained_parameters")}
+    if evaluation is not None:
+        extra["evaluation"] = json.loads(evaluation.read_text(encoding="utf-8"))
+    save_writer_info(target, info["method"], WriterSettings.from_dict(info["settings"]), info["base_identity"],
+                     info.get("trained_parameters", 0), extra)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------------------
 def _threads(count: int | None) -> None:
@@ -424,11 +666,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("evaluate", help="held-out loss and source-passage ranks of writers on the dev articles")
+    p.add_argument("--writer", action="append", required=True,
+                   help='a writer folder, or "base" (the untuned model); repeat to compare in one run')
+    p.add_argument("--names", nargs="*", default=None, help="a display name per --writer")
+    p.add_argument("--squad", default=None)
+    p.add_argument("--paragraphs", type=int, default=200, help="dev paragraphs to write a question for")
+    p.add_argument("--loss-examples", type=int, default=150, help="dev (passage, question) pairs for the loss")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-dense", action="store_true", help="BM25 ranks only (no encoder)")
+    p.add_argument("--show", type=int, default=8, help="examples to keep in the report")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="write the report (JSON) here")
+    p = sub.add_parser("speed", help="questions/s of a writer at several batch sizes")
+    p.add_argument("--writer-path", default=None, help="writer folder (default: the shipped one)")
+    p.add_argument("--squad", default=None)
+    p.add_argument("--passages", type=int, default=64)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--output", default=None)
+    p = sub.add_parser("export", help="copy a run's writer (and its evaluation) into the shipped folder")
+    p.add_argument("--run", required=True, help="run folder (or its writer/ folder)")
+    p.add_argument("--to", default=str(DEFAULT_PATH))
+    p.add_argument("--evaluation", default=None, help="a report written by `evaluate --output`")
     args = parser.parse_args(argv)
     try:
         _threads(getattr(args, "threads", None))
+        report = None
         if args.command == "train":
             train_writer(args)
+        elif args.command == "evaluate":
+            report = evaluate_writers(args)
+        elif args.command == "speed":
+            report = measure_speed(args)
+        else:
+            folder = export_writer(Path(args.run).expanduser(), Path(args.to),
+                                   Path(args.evaluation) if args.evaluation else None)
+            print(f"exported to {folder}")
+        if report is not None:
+            text = json.dumps(report, indent=1)
+            print(text)
+            if getattr(args, "output", None):
+                Path(args.output).write_text(text + "\n", encoding="utf-8")
         return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -436,7 +716,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["QuestionWriter", "WriterSettings", "clean_question", "read_writer_info", "save_writer_info", "DEFAULT_PATH",
-           "PassageQuestion", "passage_questions", "training_example", "train_writer", "main"]
+           "PassageQuestion", "passage_questions", "training_example", "train_writer", "RankingSet", "ranking_set",
+           "source_ranks", "rank_summary", "held_out_loss", "evaluate_writers", "measure_speed", "export_writer",
+           "main"]
 
 
 if __name__ == "__main__":

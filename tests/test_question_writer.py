@@ -12,8 +12,10 @@ from assistant.question_writer import (
     QuestionWriter,
     WriterSettings,
     clean_question,
+    rank_summary,
     read_writer_info,
     save_writer_info,
+    source_ranks,
 )
 from model.config import DecoderConfig
 from model.decoder import Decoder
@@ -122,3 +124,9 @@ def test_the_shipped_writer_folder_is_readable_and_small() -> None:
         assert (DEFAULT_PATH / "soft_prompt.safetensors").is_file()
     if info["method"] == "lora":
         assert (DEFAULT_PATH / "adapter.safetensors").is_file()
+
+
+def test_source_ranks_count_ties_against_the_source() -> None:
+    ranks = source_ranks([[0.5, 0.9, 0.5], [1.0, 0.2, 0.3]], [0, 0])
+    assert ranks == [3, 1]
+    assert rank_summary(ranks) == {"top1": 0.5, "top5": 1.0, "mrr10": round((1 + 1 / 3) / 2, 4)}
