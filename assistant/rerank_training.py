@@ -1,6 +1,6 @@
 """Training data and training for the cross-encoder reranker (model.cross_encoder) on SQuAD v1.1 train.
 
-    python -m assistant.rerank_training --minutes 35          # resumable: run it again to go on
+    python -m assistant.rerank_training --minutes 85 --export assistant/data/reranker   # resumable: run it again
 
 Splits are the reader's (`assistant.reader_training.reader_splits`): it trains on the same 402 articles, and the
 benchmarks' held-out SQuAD articles (dev, test) are never seen. Each training question gives one listwise group:
@@ -120,27 +120,66 @@ def runs_dir() -> Path:
     return cache_dir() / "reranker-runs"
 
 
+def export_checkpoint(run: Path, config: Any, export: str | Path | None = None) -> Path:
+    """The run's latest training checkpoint (model.train's `checkpoint/trainable.safetensors`) written as a
+    cross-encoder folder, <run>/cross_encoder (and `export`); its metadata says the step and last held-out loss."""
+    import torch
+    from safetensors.torch import load_file
+
+    from model.cross_encoder import CrossEncoder
+    from model.encoder import Encoder
+    from model.errors import CheckpointError
+
+    weights_path = run / "checkpoint" / "trainable.safetensors"
+    if not weights_path.is_file():
+        raise CheckpointError(f"{run} has no checkpoint yet; train first (python -m assistant.rerank_training)")
+    ce = CrossEncoder.new(Encoder.load(), config)
+    state = load_file(str(weights_path))
+    own = ce.model.state_dict()
+    if set(state) != set(own):
+        raise CheckpointError(f"the checkpoint in {run} does not match these model options ({len(state)} vs "
+                              f"{len(own)} tensors); pass the run's --layers/--own-layers/--lora-rank")
+    ce.model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    step = int(torch.load(run / "checkpoint" / "state.pt", map_location="cpu", weights_only=False)["step"])
+    held = None
+    if (run / "metrics.jsonl").is_file():
+        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if "eval_loss" in row and row["step"] <= step:
+                held = row["eval_loss"]
+    meta = {"trained_on": "SQuAD v1.1 train, the reader's 402 training articles", "train": {"steps": step},
+            "held_out_loss": held}
+    ce.save(run / "cross_encoder", metadata=meta)
+    if export:
+        ce.save(export, metadata=meta)
+    print(f"exported step {step} (held-out loss {held}) to {run / 'cross_encoder'}" + (f" and {export}" if export else ""))
+    return run / "cross_encoder"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="l4-lora32", help="run folder under ~/.cache/assistant/reranker-runs/")
+    parser.add_argument("--name", default="l2-own2-192", help="run folder under ~/.cache/assistant/reranker-runs/")
     parser.add_argument("--squad", default=None, help="train-v1.1.flat.jsonl.gz (default: ../shared/data/...)")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--own-layers", type=int, default=0)
-    parser.add_argument("--lora-rank", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=160)
-    parser.add_argument("--negatives", type=int, default=7, help="near misses per question")
-    parser.add_argument("--lexical", type=int, default=4, help="of them from BM25's top ranks")
-    parser.add_argument("--same-article", type=int, default=2, help="of them from the question's article")
-    parser.add_argument("--questions", type=int, default=6000, help="training questions (one group each)")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=4, help="groups per optimizer step")
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--warmup", type=int, default=30, help="warmup steps")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--own-layers", type=int, default=2)
+    parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--negatives", type=int, default=4, help="near misses per question")
+    parser.add_argument("--lexical", type=int, default=3, help="of them from BM25's top ranks")
+    parser.add_argument("--same-article", type=int, default=1, help="of them from the question's article")
+    parser.add_argument("--questions", type=int, default=12000, help="training questions (one group each)")
+    parser.add_argument("--steps", type=int, default=1400)
+    parser.add_argument("--batch", type=int, default=8, help="groups per optimizer step")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--warmup", type=int, default=20, help="warmup steps")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between held-out losses")
     parser.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPUs with native bf16)")
     parser.add_argument("--export", default=None, help="also write the finished weights to this folder")
+    parser.add_argument("--export-only", action="store_true",
+                        help="do not train: write the run's latest checkpoint as a cross-encoder folder (fp16) to "
+                             "<run>/cross_encoder and --export (same model options as the run)")
     args = parser.parse_args(argv)
 
     import torch
@@ -154,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     out = runs_dir() / args.name
     out.mkdir(parents=True, exist_ok=True)
+    if args.export_only:
+        export_checkpoint(out, CrossEncoderConfig(layers=args.layers, own_layers=args.own_layers,
+                                                  lora_rank=args.lora_rank, max_length=args.max_length),
+                          args.export)
+        return
     rows = load_squad(args.squad or DEFAULT_SQUAD_PATH)
     splits = reader_splits(rows)
     encoder = Encoder.load()
@@ -187,4 +231,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["PairDataConfig", "build_groups", "main", "runs_dir"]
+__all__ = ["PairDataConfig", "build_groups", "export_checkpoint", "main", "runs_dir"]

@@ -1,23 +1,27 @@
 """A cross-encoder on the project's BERT encoder: how relevant a passage is to a question, read together.
 
     question, passages ─► WordPiece pairs: [CLS] question [SEP] passage (truncated) [SEP]
-        ─► the embedder's embeddings and its first `layers` blocks, shared and frozen (LoRA side paths beside them)
-        ─► optional own top blocks (trained copies of the embedder's) ─► [CLS] ─► tanh(Linear) ─► Linear ─► score
+        ─► the embedder's embeddings and its first `layers` blocks: shared and frozen (LoRA side paths beside
+           them), or the top `own_layers` of them as trained copies
+        ─► the last block for the [CLS] row only ─► tanh(Linear) ─► Linear ─► score
 
 Unlike the bi-encoder, the question's and the passage's tokens attend to each other, so word-level matches
 (a name, a date, the question's own phrasing) count. It costs one forward pass per (question, passage), so it
 rescores a retriever's top N hits (`retrieval.retriever.Retriever.search(rerank=N)`) instead of searching.
-Only the first `layers` blocks run: a shallower stack is what fits ~20 pairs in a few hundred ms on a CPU.
+Only the first `layers` blocks run, and the last one only for [CLS] (`cls_block`: its keys and values for every
+token, the rest for one row): the shipped 2-block, 192-token configuration scores 20 pairs in ~0.15 s on two
+AVX2 cores (docs/benchmarks.md).
 
 Sharing: like the reader (model.reader), `CrossEncoderNet` holds the embedder's `BertModel` without owning it;
 its state dict holds only what it adds (LoRA, own blocks, head), and a saved cross-encoder records a
-fingerprint of the base weights it ran on, so it is refused beside any other encoder.
+fingerprint of the base weights it ran on (embeddings and LayerNorms), so it is refused beside any other encoder.
 
 Scores are unnormalised logits, trained with a listwise softmax over (positive, near misses): their differences
 are margins that `model.distill.margin_mse_loss` can teach a bi-encoder.
 
 Inference: `score` runs a merged copy (LoRA folded into copies of the blocks it uses) in bfloat16 on a CPU that
-multiplies bfloat16 natively, else in the weights' dtype; the copy is rebuilt when the trained weights change.
+multiplies bfloat16 natively, else in the weights' dtype (float32 on an AVX2 CPU, where bfloat16 is slower);
+the copy is rebuilt when the trained weights change.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +53,14 @@ SIDE_TARGETS = ("qkv", "attn_out", "mlp_in", "mlp_out")  # the linears of a Bert
 class CrossEncoderConfig:
     """What the cross-encoder uses of the shared encoder, what it adds, and how long its inputs are."""
 
-    layers: int = 4  # the encoder's first blocks it runs (0 = all)
-    own_layers: int = 0  # of those, the top ones replaced by trained copies
-    lora_rank: int = 32  # LoRA rank on the shared blocks (0 = none: they stay exactly the embedder's)
+    layers: int = 2  # the encoder's first blocks it runs (0 = all)
+    own_layers: int = 2  # of those, the top ones replaced by trained copies
+    lora_rank: int = 0  # LoRA rank on the shared blocks (0 = none: they stay exactly the embedder's)
     lora_alpha: float = 64.0
-    max_length: int = 160  # tokens per pair, [CLS] question [SEP] passage [SEP]; longer passages are cut
+    max_length: int = 192  # tokens per pair, [CLS] question [SEP] passage [SEP]; longer passages are cut
     max_question_tokens: int = 48
+    match_features: bool = True  # mark tokens whose id occurs in the other segment (see CrossEncoderNet.embed)
+    match_exclude: list[int] = field(default_factory=list)  # token ids never marked ([CLS], [SEP], punctuation)
     base: str = ""  # name of the encoder it was trained on
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +114,16 @@ class CrossEncoderNet(nn.Module):
                                for name in SIDE_TARGETS})
                 for _ in range(self.n_shared)
             )
+        self.match = None
+        if config.match_features:
+            # Exact-match features (as DrQA's readers have): a learned vector added to every question token whose
+            # id occurs in the passage and every passage token whose id occurs in the question. Term matches are
+            # what relevance starts from; given as input, two blocks need not discover them first.
+            self.match = nn.Embedding(2, hidden)
+            nn.init.zeros_(self.match.weight[0])
+            nn.init.normal_(self.match.weight[1], std=0.1)
+        self.register_buffer("exclude", torch.tensor(sorted(set(config.match_exclude)) or [-1], dtype=torch.long),
+                             persistent=False)
         self.pool = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, 1)
         nn.init.normal_(self.pool.weight, std=0.02)
@@ -117,15 +133,34 @@ class CrossEncoderNet(nn.Module):
         base.requires_grad_(False)
         self.to(next(base.parameters()).device)
 
+    def match_flags(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] long: 1 where a token's id also occurs in the other segment of its pair (question vs passage),
+        0 elsewhere (padding and `config.match_exclude` ids never match)."""
+        valid = attention_mask.bool() & ~torch.isin(input_ids, self.exclude)  # [B, T]
+        same = input_ids[:, :, None] == input_ids[:, None, :]  # [B, T, T]
+        other = token_type_ids[:, :, None] != token_type_ids[:, None, :]  # [B, T, T]
+        return (same & other & valid[:, None, :]).any(-1).logical_and(valid).long()
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              token_type_ids: torch.Tensor) -> torch.Tensor:
+        """The input of the first block: the shared embeddings (+ the match features) -> [B, T, H]."""
+        with torch.no_grad():
+            x = self.base.embeddings(input_ids, token_type_ids)  # [B, T, H]
+        if self.match is not None:
+            x = x + self.match(self.match_flags(input_ids, attention_mask, token_type_ids)).to(x.dtype)
+        return x
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
         # input_ids, attention_mask, token_type_ids: [B, T] -> scores [B] (float32)
         base: BertModel = self.base
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
-        frozen = self.side is None or not torch.is_grad_enabled()
+        x = self.embed(input_ids, attention_mask, token_type_ids)  # [B, T, H]
+        # Nothing below the own blocks learns without LoRA or match features: run the shared blocks without grad.
+        frozen = (self.side is None and self.match is None) or not torch.is_grad_enabled()
         sides = [None if self.side is None else self.side[i] for i in range(self.n_shared)]
-        with torch.no_grad() if frozen else torch.enable_grad():  # no LoRA: nothing below the own blocks learns
-            x = base.embeddings(input_ids, token_type_ids)  # [B, T, H]
+        with torch.no_grad() if frozen else torch.enable_grad():
             shared_top = self.n_shared if self.own else self.n_shared - 1  # a shared last block runs [CLS] only
             for i in range(shared_top):
                 x = base.layers[i](x, mask, side=sides[i])
@@ -232,6 +267,15 @@ class PairMaker:
         return [self.pair(q, p) for p in self.passage_ids(passages)]
 
 
+def unmatched_ids(tokenizer: Any) -> list[int]:
+    """Token ids the match features ignore: the special tokens and single punctuation characters."""
+    hf = getattr(tokenizer, "hf", tokenizer)
+    vocab = hf.get_vocab()
+    ids = {i for token, i in vocab.items() if token.startswith("[") and token.endswith("]") and token[1:-1].isupper()}
+    ids |= {i for token, i in vocab.items() if len(token) == 1 and not token.isalnum()}
+    return sorted(ids)
+
+
 def pad_pairs(rows: Sequence[tuple[list[int], list[int]]], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-pad (input_ids, token_type_ids) rows -> input_ids, attention_mask, token_type_ids [B, T]."""
     width = max(len(ids) for ids, _ in rows)
@@ -314,6 +358,8 @@ class CrossEncoder:
         config = config or CrossEncoderConfig()
         if not config.base:
             config.base = encoder.name
+        if config.match_features and not config.match_exclude:
+            config.match_exclude = unmatched_ids(encoder.tokenizer)
         return cls(CrossEncoderNet(encoder.model, config), encoder.tokenizer, **options)
 
     @classmethod
@@ -344,7 +390,11 @@ class CrossEncoder:
                 f"the cross-encoder in {folder} was trained on {config.base or 'another encoder'} (fingerprint "
                 f"{meta.get('base_fingerprint')}), not on the loaded encoder {encoder.name} (fingerprint "
                 f"{base_fingerprint(base)}); use the encoder it was trained on, retrain it, or run without --rerank")
-        model = CrossEncoderNet(base, config)
+        try:
+            model = CrossEncoderNet(base, config)
+        except ValueError as exc:  # a config that does not fit the encoder (layers beyond its depth, ...)
+            raise CheckpointError(f"{meta_path} does not fit the loaded encoder ({exc}); restore the folder or "
+                                  "run without --rerank") from exc
         try:
             state = load_file(str(weights_path))
         except Exception as exc:  # safetensors raises several types for damaged files
@@ -417,7 +467,7 @@ class CrossEncoder:
         mask = batch["attention_mask"]
         attn = None if bool(mask.all()) else mask.bool()[:, None, None, :]  # [B, 1, 1, T]
         dtype = next(layers.parameters()).dtype
-        x = net.base.embeddings(batch["input_ids"], batch["token_type_ids"]).to(dtype)  # [B, T, H]
+        x = net.embed(batch["input_ids"], mask, batch["token_type_ids"]).to(dtype)  # [B, T, H]
         for layer in layers[:-1]:
             x = layer(x, attn)
         return net.score_head(cls_block(layers[-1], x, attn).float())
@@ -444,4 +494,4 @@ class CrossEncoder:
 
 
 __all__ = ["CrossEncoder", "CrossEncoderConfig", "CrossEncoderNet", "ListwiseTask", "PairGroup", "PairMaker",
-           "base_fingerprint", "cls_block", "merged_layers", "pad_pairs"]
+           "base_fingerprint", "cls_block", "merged_layers", "pad_pairs", "unmatched_ids"]

@@ -195,6 +195,8 @@ def test_network_scores_equal_a_plain_run_of_its_blocks(bert_tokenizer, options)
     with torch.no_grad():
         mask = batch["attention_mask"].bool()[:, None, None, :]
         x = encoder.model.embeddings(batch["input_ids"], batch["token_type_ids"])
+        flags = net.match_flags(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        x = x + net.match(flags)
         for i in range(net.n_shared):
             x = encoder.model.layers[i](x, mask, side=None if net.side is None else net.side[i])
         for layer in net.own:
@@ -211,8 +213,12 @@ def test_damaged_or_foreign_folders_are_checkpoint_errors(bert_tokenizer, tmp_pa
     encoder = tiny_encoder(bert_tokenizer)
     folder = CrossEncoder.new(encoder, CrossEncoderConfig(**TINY)).save(tmp_path / "ce")
     meta = json.loads((folder / "cross_encoder.json").read_text())
-    (folder / "cross_encoder.json").write_text(json.dumps({**meta, "config": {**meta["config"], "layers": 1}}))
+    (folder / "cross_encoder.json").write_text(json.dumps({**meta, "config": {**meta["config"], "layers": 1,
+                                                                              "own_layers": 1}}))
     with pytest.raises(CheckpointError, match="does not match"):  # weights of 2 blocks, config says 1
+        CrossEncoder.load(encoder, folder)
+    (folder / "cross_encoder.json").write_text(json.dumps({**meta, "config": {**meta["config"], "layers": 9}}))
+    with pytest.raises(CheckpointError, match="does not fit"):  # deeper than the encoder
         CrossEncoder.load(encoder, folder)
     (folder / "cross_encoder.json").write_text(json.dumps({**meta, "format": "something-else/3"}))
     with pytest.raises(CheckpointError, match="another version"):
@@ -295,3 +301,14 @@ def test_assistant_reranks_through_settings_and_shows_the_reranked_sources(bert_
     other = tiny_encoder(bert_tokenizer, seed=5, name="other")
     with pytest.raises(CheckpointError, match="fingerprint"):
         load_reranker(Settings(rerank=20, reranker=folder), other)
+
+
+def test_match_flags_mark_tokens_found_in_the_other_segment(bert_tokenizer):
+    ce = CrossEncoder.new(tiny_encoder(bert_tokenizer), CrossEncoderConfig(**TINY))
+    batch = pad_pairs(ce.pairs.pairs("where is the stone ?", ["the stone, the river .", "green apple"]))
+    flags = ce.model.match_flags(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    tokens = [[bert_tokenizer.hf.id_to_token(i) for i in row] for row in batch["input_ids"].tolist()]
+    marked = [{t for t, f in zip(row, fl) if f} for row, fl in zip(tokens, flags.tolist())]
+    assert marked[0] == {"the", "stone"}  # in both segments; [CLS]/[SEP], '?', ',', '.' and padding never match
+    assert marked[1] == set()
+    assert flags[0].sum() == 5  # question: the, stone; passage: the, stone, the
