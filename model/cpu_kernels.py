@@ -17,6 +17,7 @@ weights meets 32 int8 activations in two integer multiply-add instructions, as l
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "qmatmul.c"
 ENCODER_SOURCE = Path(__file__).resolve().parent / "csrc" / "encoder_int8.c"  # the encoder's int8 GEMM
+ENCODER16_SOURCE = Path(__file__).resolve().parent / "csrc" / "encoder_int16.c"  # its int16 mode (fused linears)
 BLOCK = 32  # activations and weights are quantised in blocks of 32 inputs
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"],
@@ -47,6 +49,8 @@ _lib: ctypes.CDLL | None = None
 _status: str | None = None  # why the kernels are (not) in use, once loading was tried
 _encoder_lib: ctypes.CDLL | None = None
 _encoder_status: str | None = None  # the same for the encoder's int8 GEMM library
+_encoder16_lib: ctypes.CDLL | None = None
+_encoder16_status: str | None = None  # and for its int16 library
 
 
 def _cpu_fingerprint() -> str:
@@ -286,4 +290,190 @@ def int8_gemm_f32(a_u8: torch.Tensor, a_scales: torch.Tensor, packed: torch.Tens
                        a_scales.data_ptr(), w_scales.data_ptr(), 0 if bias is None else bias.data_ptr(),
                        out.data_ptr(), torch.get_num_threads()):
         raise RuntimeError(f"int8 GEMM failed for a {tuple(a_u8.shape)} and {n} outputs")
+    return out
+
+
+# ---- the encoder's int16 mode (model/csrc/encoder_int16.c, used by model.encoder_quant's Int16 classes) ----
+
+ENCODER16_SIMD = {1: "AVX2", 0: "portable C"}
+ENCODER16_PANEL = 16  # output columns per packed int16 weight panel (model.encoder_quant.pack_weight_int16)
+
+
+def _load_encoder16() -> None:
+    global _encoder16_lib, _encoder16_status
+    lib, how = _open_or_why(ENCODER16_SOURCE, "native encoder int16 kernels", "the encoder stays in float")
+    if lib is None:
+        _encoder16_status = how
+        return
+    if lib.e16_panel() != ENCODER16_PANEL:
+        _encoder16_status = f"off: {ENCODER16_SOURCE.name} uses panels of {lib.e16_panel()}, not {ENCODER16_PANEL}"
+        return
+    i64, cint, ptr, flt = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
+    lib.e16_quantize_rows.argtypes = [ptr, i64, i64, i64, cint, ptr, ptr, cint]
+    lib.e16_quantize_rows.restype = None
+    lib.e16_linear.argtypes = [ptr, ptr, i64, i64, ptr, i64, ptr, ptr, cint, ptr, ptr, ptr, flt, ptr, ptr, ptr,
+                               i64, cint, i64, i64, cint]
+    lib.e16_gemm_s32.argtypes = [ptr, i64, i64, ptr, i64, ptr, cint]
+    lib.e16_linear.restype = lib.e16_gemm_s32.restype = cint
+    lib.e16_rows.argtypes = [ptr, i64, i64, cint, ptr, ptr, ptr, flt, ptr, ptr, i64, cint, cint]
+    lib.e16_rows.restype = None
+    lib.e16_pack_weight.argtypes = [ptr, i64, i64, i64, cint, ptr, ptr, cint]
+    lib.e16_pack_weight.restype = None
+    lib.e16_attention.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, cint]
+    lib.e16_attention.restype = cint
+    _encoder16_status = f"on ({ENCODER16_SIMD.get(lib.e16_simd(), '?')}; {how})"
+    _encoder16_lib = lib
+
+
+def encoder16_library() -> ctypes.CDLL | None:
+    """The encoder's int16 kernel library, built on first use; None when unavailable (`encoder16_status()`)."""
+    if _encoder16_status is None:
+        with _lock:
+            if _encoder16_status is None:
+                _load_encoder16()
+    return _encoder16_lib
+
+
+def encoder16_available() -> bool:
+    """Whether the encoder's native int16 kernels can be used in this process."""
+    return encoder16_library() is not None
+
+
+def encoder16_simd() -> str | None:
+    """Which SIMD path the int16 kernels were built with ("AVX2", "portable C"), None when unavailable."""
+    lib = encoder16_library()
+    return None if lib is None else ENCODER16_SIMD.get(lib.e16_simd(), "?")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def encoder16_status() -> str:
+    """One line: the encoder's int16 kernels on (which SIMD path, cached or built) or off (and why)."""
+    encoder16_library()
+    return _encoder16_status or "unknown"
+
+
+def _encoder16_or_raise() -> ctypes.CDLL:
+    lib = encoder16_library()
+    if lib is None:
+        raise RuntimeError(f"native encoder int16 kernels are {encoder16_status()}")
+    return lib
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def int16_quantize_rows(rows: torch.Tensor, padded_k: int, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows [M, K] float32 contiguous -> (q [M, padded_k] int16 = rint(x * levels / max|x|), zeros past K;
+    scales [M] = max|x| / levels)."""
+    lib = _encoder16_or_raise()
+    m, k = rows.shape
+    q = torch.empty((m, padded_k), dtype=torch.int16)
+    scales = torch.empty(m, dtype=torch.float32)
+    lib.e16_quantize_rows(rows.data_ptr(), m, k, padded_k, levels, q.data_ptr(), scales.data_ptr(),
+                          torch.get_num_threads())
+    return q, scales
+
+
+def int16_pack_weight(weight: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [N, K] float32 -> (panels [ceil(N/16), Kp/2, 16, 2] int16 of rint(w / s) clamped to +-levels, zeros
+    past N and K (Kp = K rounded up to 2); scales s [N] = max(max|w|, 1e-12) / levels): one pass in C."""
+    lib = _encoder16_or_raise()
+    weight = weight.to(torch.float32, memory_format=torch.contiguous_format)
+    n, k = weight.shape
+    kp = -(-k // 2) * 2
+    packed = torch.empty((-(-n // ENCODER16_PANEL), kp // 2, ENCODER16_PANEL, 2), dtype=torch.int16)
+    scales = torch.empty(n, dtype=torch.float32)
+    lib.e16_pack_weight(weight.data_ptr(), n, k, kp, levels, packed.data_ptr(), scales.data_ptr(),
+                        torch.get_num_threads())
+    return packed, scales
+
+
+def int16_gemm_s32(a: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The exact int32 sums a @ qw^T -> [M, n]: a [M, Kp] int16, packed weight panels [n_panels, Kp/2, 16, 2]."""
+    lib = _encoder16_or_raise()
+    out = torch.empty((a.shape[0], n), dtype=torch.int32)
+    if lib.e16_gemm_s32(a.data_ptr(), a.shape[0], a.shape[1], packed.data_ptr(), n, out.data_ptr(),
+                        torch.get_num_threads()):
+        raise RuntimeError(f"int16 GEMM failed for a {tuple(a.shape)} and {n} outputs")
+    return out
+
+
+def int16_linear(a: torch.Tensor, a_scales: torch.Tensor, packed: torch.Tensor, n: int, w_scales: torch.Tensor,
+                 bias: torch.Tensor | None, *, gelu: bool = False, residual: torch.Tensor | None = None,
+                 norm: tuple[torch.Tensor, torch.Tensor, float] | None = None, keep_float: bool = True,
+                 quantize: tuple[int, int] | None = None, head_major: tuple[int, int] | None = None
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """One fused encoder linear: y = a_scales[m] * w_scales[n] * (a @ qw^T) + bias, then per row GELU (if
+    `gelu`), + residual [M, n], LayerNorm (`norm` = (gamma, beta, eps)).
+
+    Returns (y [M, n] float32 if `keep_float` else None, q [M, kp] int16, scales [M]) where `quantize` =
+    (kp, levels) also quantises each finished row for the next product (else both None).
+    `head_major` = (seq, head_dim): y comes back as [B, n / head_dim, seq, head_dim] (M = B * seq) instead, the
+    layout `int16_attention` reads (no row epilogue allowed then)."""
+    lib = _encoder16_or_raise()
+    m = a.shape[0]
+    seq, head_dim = head_major if head_major is not None else (0, 0)
+    out = torch.empty((m, n), dtype=torch.float32) if keep_float else None
+    if head_major is not None:
+        out = torch.empty((m // seq, n // head_dim, seq, head_dim), dtype=torch.float32)
+    q = scales = None
+    if quantize is not None:
+        q = torch.empty((m, quantize[0]), dtype=torch.int16)
+        scales = torch.empty(m, dtype=torch.float32)
+    gamma, beta, eps = norm if norm is not None else (None, None, 0.0)
+    rc = lib.e16_linear(a.data_ptr(), a_scales.data_ptr(), m, a.shape[1], packed.data_ptr(), n,
+                        w_scales.data_ptr(), _ptr(bias), int(gelu), _ptr(residual), _ptr(gamma), _ptr(beta),
+                        float(eps), _ptr(out), _ptr(q), _ptr(scales), quantize[0] if quantize else 0,
+                        quantize[1] if quantize else 0, seq, head_dim, torch.get_num_threads())
+    if rc:
+        raise RuntimeError(f"int16 linear failed (code {rc}) for a {tuple(a.shape)} and {n} outputs")
+    return out, q, scales
+
+
+def int16_rows(y: torch.Tensor, *, gelu: bool = False, residual: torch.Tensor | None = None,
+               norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+               quantize: tuple[int, int] | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`int16_linear`'s row epilogue alone, on y [M, N] float32 contiguous, in place; returns (q, scales) when
+    `quantize` = (kp, levels), else (None, None)."""
+    lib = _encoder16_or_raise()
+    m, n = y.shape
+    q = scales = None
+    if quantize is not None:
+        q = torch.empty((m, quantize[0]), dtype=torch.int16)
+        scales = torch.empty(m, dtype=torch.float32)
+    gamma, beta, eps = norm if norm is not None else (None, None, 0.0)
+    lib.e16_rows(y.data_ptr(), m, n, int(gelu), _ptr(residual), _ptr(gamma), _ptr(beta), float(eps), _ptr(q),
+                 _ptr(scales), quantize[0] if quantize else 0, quantize[1] if quantize else 0,
+                 torch.get_num_threads())
+    return q, scales
+
+
+def int16_attention(qkv: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Bidirectional multi-head attention in float32 from a head-major qkv [B, 3 * n_heads, T, hd] (q heads, then
+    k, then v; `int16_linear(head_major=...)` writes it) and lengths [B] int32 real tokens per sequence (right
+    padding; None = all T) -> [B*T, H] = softmax(q k^T / sqrt(hd)) v per head, heads side by side; query rows
+    past a sequence's length are zeros."""
+    lib = _encoder16_or_raise()
+    batch, groups, seq, head_dim = qkv.shape
+    n_heads = groups // 3
+    hidden = n_heads * head_dim
+    if lengths is not None:
+        lengths = lengths.to(torch.int32).contiguous()
+    out = torch.empty((batch * seq, hidden), dtype=torch.float32)
+    rc = lib.e16_attention(qkv.data_ptr(), batch, seq, hidden, n_heads, _ptr(lengths), out.data_ptr(),
+                           torch.get_num_threads())
+    if rc:
+        raise RuntimeError(f"attention kernel failed (code {rc}) for qkv {tuple(qkv.shape)} and {n_heads} heads")
     return out

@@ -87,11 +87,25 @@ class Encoder:
 
     @property
     def embed_dtype(self) -> torch.dtype:
-        """The dtype `embed` runs the transformer in.
+        """The dtype `embed` runs the transformer's activations in (float32 in the "int16" mode; see `embed_mode`)."""
+        choice = self._embed_choice()
+        return torch.float32 if choice == "int16" else choice
 
-        "auto" (the default; `ASSISTANT_EMBED_DTYPE=float32|bfloat16` overrides it): bfloat16 when float32
-        weights sit on a CPU that multiplies bfloat16 in hardware (`model.runtime.cpu_has_native_bf16`:
-        about 2x the passages/s, cosine >= 0.9999 to float32 on real text), else the weights' own dtype.
+    @property
+    def embed_mode(self) -> str:
+        """What `embed` runs: "int16" (a quantised copy on the native int16 kernels, model.encoder_quant) or the
+        name of `embed_dtype` ("float32", "bfloat16", ...)."""
+        choice = self._embed_choice()
+        return choice if isinstance(choice, str) else str(choice).replace("torch.", "")
+
+    def _embed_choice(self) -> torch.dtype | str:
+        """The embedding precision: a torch dtype, or "int16".
+
+        "auto" (the default; `ASSISTANT_EMBED_DTYPE=float32|bfloat16|int16` overrides it), for float32 weights on
+        CPU: bfloat16 where the CPU multiplies bfloat16 in hardware (`model.runtime.cpu_has_native_bf16`: about 2x
+        the passages/s, cosine >= 0.9999 to float32 on real text), else the weights' own dtype. "int16" (native
+        int16 kernels, model.encoder_quant; cosine >= 0.9999) asked for where the kernels are missing gives the
+        weights' dtype.
         An int8-quantised encoder always embeds with its int8 kernels."""
         weights = next(self.model.parameters()).dtype
         request = self.embed_request
@@ -99,11 +113,15 @@ class Encoder:
             request = os.environ.get("ASSISTANT_EMBED_DTYPE") or "auto"
         if self.quant is not None:
             return weights
+        float_on_cpu = self.device.type == "cpu" and weights == torch.float32
         if request == "auto":
             from model.runtime import cpu_has_native_bf16
 
-            fast = self.device.type == "cpu" and weights == torch.float32 and cpu_has_native_bf16()
-            return torch.bfloat16 if fast else weights
+            return torch.bfloat16 if float_on_cpu and cpu_has_native_bf16() else weights
+        if str(request).lower() == "int16":
+            from model.encoder_quant import int16_available
+
+            return "int16" if float_on_cpu and int16_available() else weights
         from model.runtime import resolve_dtype
 
         return resolve_dtype(request)
@@ -127,21 +145,29 @@ class Encoder:
         return self
 
     def _embedding_model(self) -> BertModel:
-        """`self.model`, or a copy of it cast to `embed_dtype` and/or with the adapter merged in (kept while the
-        weights are unchanged: the key is each parameter's identity and in-place version, so a load_state_dict,
-        a merged adapter or new modules rebuild it)."""
-        dtype = self.embed_dtype
+        """`self.model`, or a copy of it cast to `embed_dtype` or quantised for the "int16" mode, and/or with the
+        adapter merged in (kept while the weights are unchanged: the key is each parameter's identity and in-place
+        version, so a load_state_dict, a merged adapter or new modules rebuild it)."""
+        choice = self._embed_choice()
         fingerprint = self.adapter.fingerprint if self.adapter is not None else None
-        if fingerprint is None and dtype == next(self.model.parameters()).dtype:
+        if fingerprint is None and choice == next(self.model.parameters()).dtype:
             self._embed_copy = None
             return self.model
-        key = (dtype, self.device, fingerprint, tuple((id(p), p._version) for p in self.model.parameters()))
+        key = (choice, self.device, fingerprint, tuple((id(p), p._version) for p in self.model.parameters()))
         if self._embed_copy is None or self._embed_copy[0] != key:
             self._embed_copy = None  # free the stale copy before making the new one
-            model = copy.deepcopy(self.model)
+            model = self.model
+            if self.adapter is not None or choice != "int16":
+                model = copy.deepcopy(self.model)
             if self.adapter is not None:
                 self.adapter.merge_into(model)
-            self._embed_copy = (key, model.to(dtype).eval())
+            if choice == "int16":
+                from model.encoder_quant import quantize_encoder_int16
+
+                model = quantize_encoder_int16(model)  # its own (quantised) copy of the weights
+            else:
+                model = model.to(choice)
+            self._embed_copy = (key, model.eval())
         return self._embed_copy[1]
 
     @property
