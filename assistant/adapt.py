@@ -51,6 +51,7 @@ ADAPTERS_DIR = "adapters"
 ADAPTER_TAG = "+adapt:"  # model.encoder.ADAPTER_TAG (not imported here: this module loads without torch)
 LORA_TARGETS = ("qkv", "attn_out", "mlp_in", "mlp_out")
 GENERIC_QUESTION_WORDS = ("passage", "text", "article", "paragraph", "author")
+EMBED_SHARD = 256  # chunks per staged file of re-embedded vectors (a killed run re-embeds at most one)
 
 Emit = Callable[[str], None]
 
@@ -547,7 +548,8 @@ def _export_lora(model, lora, encoder: Any, folder: Path, metadata: dict[str, An
 # synthetic questions, negatives, teacher
 # ---------------------------------------------------------------------------------------------------------------
 class BaseQuestionWriter:
-    """Questions from the bundled generator with a plain instruction (until the trained question writer ships).
+    """Questions from the bundled generator with a plain instruction, its answer started with "Question:" (until
+    the trained question writer ships; without the prefix the 135M model mostly answers instead of asking).
 
     Same interface as assistant.question_writer.QuestionWriter: write(passages, per_passage) -> list[list[str]]."""
 
@@ -562,19 +564,21 @@ class BaseQuestionWriter:
         messages = [{"role": "system", "content": "You write quiz questions."},
                     {"role": "user", "content": f"Passage:\n{passage}\n\nWrite one short question that this "
                                                 "passage answers."}]
-        return self.generator.render_chat(messages)
+        return self.generator.render_chat(messages) + "Question:"
 
     def write(self, passages: Sequence[str], per_passage: int = 1) -> list[list[str]]:
         out: list[list[str]] = []
         for start in range(0, len(passages), self.batch):
             group = list(passages[start:start + self.batch])
-            per = [[] for _ in group]
+            per: list[list[str]] = [[] for _ in group]
             for k in range(per_passage):
                 results = self.generator.generate_batch(
                     [self._prompt(p) for p in group], temperature=0.0 if k == 0 else 0.7, seed=k,
-                    max_new_tokens=40, stop=["\n"])
+                    max_new_tokens=40, stop=["\n", "?"])
                 for i, r in enumerate(results):
-                    per[i].append(r.text.strip())
+                    text = " ".join(r.text.split())
+                    if text and r.finish_reason == "stop":
+                        per[i].append(text + "?")
             out += per
         return out
 
@@ -585,8 +589,12 @@ def load_question_writer(emit: Emit) -> Any:
         from assistant.question_writer import QuestionWriter
 
         writer = QuestionWriter.load()
-        writer.name = getattr(writer, "name", "question writer")
-        return writer
+        if getattr(writer, "method", "") != "base":  # "base" = the untuned placeholder: the prefix does better
+            writer.name = f"question writer ({writer.method})"
+            return writer
+        emit("adapt: the question writer is the untuned placeholder; using the base generator with an instruction "
+             "and a 'Question:' prefix")
+        return BaseQuestionWriter(writer.generator)
     except (ImportError, UserError, OSError, AttributeError) as exc:
         emit(f"adapt: no trained question writer ({type(exc).__name__}: {str(exc)[:80]}); "
              "using the base generator with an instruction")
@@ -949,9 +957,10 @@ def _embed_cached(path: Path, encoder: Any, chunk_ids: list[int], texts: list[st
 
 
 def _embed_staged(folder: Path, encoder: Any, chunk_ids: list[int], texts: list[str], batch: int,
-                  progress: Progress, shard: int = 256) -> tuple[np.ndarray, bool]:
+                  progress: Progress, shard: int | None = None) -> tuple[np.ndarray, bool]:
     """Embed every chunk with the adapted encoder in shards written to `folder/<fingerprint>/` as they finish, so
     a killed run re-embeds at most one shard. Returns (vectors [n, H] in chunk order, resumed)."""
+    shard = shard or EMBED_SHARD
     out_dir = folder / encoder.adapter.fingerprint
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[int, np.ndarray] = {}
