@@ -807,12 +807,20 @@ def load_reader(settings: Settings, encoder: Any) -> Any:
 
 
 def load_reranker(settings: Settings, encoder: Any) -> Any:
-    """The cross-encoder reranker beside `encoder` when `settings.rerank` > 0 (and one is given or shipped)."""
+    """The cross-encoder reranker beside `encoder` when `settings.rerank` > 0 (and one is given or shipped).
+
+    A folder given with --reranker that does not fit the encoder is a CheckpointError; the shipped one, trained on
+    the bundled encoder, is skipped with a warning beside another encoder (--encoder): hits are then not reranked."""
     path = settings.reranker_path()
     if path is None or encoder is None or not hasattr(encoder, "model"):
         return None
     from model.cross_encoder import CrossEncoder
 
+    if settings.reranker is None and not CrossEncoder.fits(encoder, path):
+        log.warning("the bundled reranker was trained on another encoder than %s; hits are not reranked (train one "
+                    "for it with `python -m assistant.rerank_training`, or pass --rerank 0)",
+                    getattr(encoder, "name", "this one"))
+        return None
     return CrossEncoder.load(encoder, path)
 
 

@@ -289,6 +289,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-adapter", action="store_true")
     ap.add_argument("--reader-threshold", type=float, default=None)
+    ap.add_argument("--rerank", type=int, default=0, help="rescore the top N hits with the cross-encoder (0 = off)")
+    ap.add_argument("--reranker", default=None, help="cross-encoder folder (default: the shipped one)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
@@ -314,11 +316,12 @@ def main() -> int:
     if args.limit:
         items = items[: args.limit]
     settings = Settings.load({"k": args.k, "use_adapter": not args.no_adapter,
-                              "reader_threshold": args.reader_threshold})
+                              "reader_threshold": args.reader_threshold, "rerank": args.rerank,
+                              "reranker": args.reranker})
     tick = time.perf_counter()
     bot = Assistant.from_folder(folder, settings=settings, progress=True)
     print(f"index + models ready in {time.perf_counter() - tick:.0f} s", flush=True)
-    results: dict = {"split": args.split, "files": len(files), "threads": args.threads}
+    results: dict = {"split": args.split, "files": len(files), "threads": args.threads, "rerank": args.rerank}
     if args.calibrate or args.gate:
         features = answerability_features(bot, items, args.k)
         results["features"] = features

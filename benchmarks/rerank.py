@@ -91,6 +91,20 @@ def relevant_chunks(retriever, spec: dict) -> set[int]:
     return wanted
 
 
+class ReaderScorer:
+    """The evidence reader (model.reader) as a reranker, for comparison: a passage's score is its best answer
+    span's logit minus its window's no-answer logit (the pipeline's evidence score); no span = -1e9."""
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def score(self, question: str, passages: list[str]) -> list[float]:
+        best = [-1e9] * len(passages)
+        for span in self.reader.read(question, passages):
+            best[span.passage] = max(best[span.passage], float(span.score))
+        return best
+
+
 VARIANTS = ("off", "N=10", "N=20", "N=10 rrf", "N=20 rrf")
 
 
@@ -228,6 +242,8 @@ def main() -> int:
     ap.add_argument("--sets", default="squad-test,pydocs,corpus,reports",
                     help=f"comma-separated: squad-test, {', '.join(FOLDER_SETS)}")
     ap.add_argument("--max-length", type=int, default=None, help="override the reranker's tokens per pair")
+    ap.add_argument("--compare-reader", action="store_true",
+                    help="also rerank with the evidence reader's span scores (slow; a comparison, not a product path)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--speed", action="store_true", help="only time scoring 20 pairs for --configs")
     ap.add_argument("--configs", default="2/128,2/160,2/192,3/128,3/160,3/192,4/128,4/160,4/192,6/160",
@@ -276,6 +292,18 @@ def main() -> int:
                           for k, v in t.items() if k != "questions")
               + f"; search {results['hybrid']['search_ms']:.0f} ms; load average "
               + " ".join(f"{x:.1f}" for x in results["load_average"]), flush=True)
+        if args.compare_reader:
+            from model.reader import Reader
+            from assistant.settings import DEFAULT_READER
+
+            scorer = ReaderScorer(Reader.load(encoder, DEFAULT_READER))
+            by_reader = evaluate(retriever, scorer, questions, unit, timed=10)
+            all_results[name]["reader"] = by_reader
+            for mode in ("dense", "hybrid"):
+                for variant in VARIANTS[1:]:
+                    m = by_reader[mode][variant]
+                    print(f"{mode:<7} reader {variant:<9} {m['ndcg@10']:>8.4f} {m['recall@10']:>7.4f}")
+            print(f"reader ms/query N=20 median {by_reader['rerank_ms']['N=20']['median']:.0f}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(all_results, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -406,6 +406,16 @@ class CrossEncoder:
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
         return cls(model, encoder.tokenizer, name=str(folder), metadata=meta.get("metadata", {}), **options)
 
+    @staticmethod
+    def fits(encoder: Any, path: str | Path) -> bool:
+        """Whether the cross-encoder folder was trained on `encoder`'s base weights (its recorded fingerprint
+        matches); False for a folder that cannot be read. `load` says why in detail."""
+        try:
+            meta = json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8"))
+            return meta.get("base_fingerprint") == base_fingerprint(encoder.model)
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def save(self, folder: str | Path, metadata: dict[str, Any] | None = None,
              dtype: torch.dtype = torch.float16) -> Path:
         """Write cross_encoder.json + cross_encoder.safetensors (own weights only, `dtype`), atomically per file."""

@@ -312,3 +312,21 @@ def test_match_flags_mark_tokens_found_in_the_other_segment(bert_tokenizer):
     assert marked[0] == {"the", "stone"}  # in both segments; [CLS]/[SEP], '?', ',', '.' and padding never match
     assert marked[1] == set()
     assert flags[0].sum() == 5  # question: the, stone; passage: the, stone, the
+
+
+def test_the_bundled_reranker_is_skipped_beside_another_encoder(bert_tokenizer, tmp_path, monkeypatch, caplog):
+    import assistant.settings as settings_module
+    from assistant.pipeline import load_reranker
+    from assistant.settings import Settings
+
+    trained_on = tiny_encoder(bert_tokenizer)
+    CrossEncoder.new(trained_on, CrossEncoderConfig(**TINY)).save(tmp_path / "bundled")
+    monkeypatch.setattr(settings_module, "DEFAULT_RERANKER", tmp_path / "bundled")
+    assert isinstance(load_reranker(Settings(rerank=20), trained_on), CrossEncoder)
+    assert load_reranker(Settings(rerank=0), trained_on) is None
+    other = tiny_encoder(bert_tokenizer, seed=7, name="other")
+    with caplog.at_level("WARNING"):
+        assert load_reranker(Settings(rerank=20), other) is None  # the shipped one: warn, do not rerank
+    assert "trained on another encoder" in caplog.text
+    with pytest.raises(CheckpointError, match="fingerprint"):  # the same folder asked for by name: an error
+        load_reranker(Settings(rerank=20, reranker=tmp_path / "bundled"), other)
