@@ -19,7 +19,7 @@ theme for `launch`/`mount_gradio_app` if wanted). The UI only talks to `assistan
 
 Stable element ids (used by the browser tests): #chatbot, #question, #send, #stop, #new-chat, #chats,
 #chat-title, #rename-chat, #delete-chat, #message, #owner, #models, #index-status, #source-file, #upload,
-#upload-status, #library, #library-filter, #library-message, #resync, #resync-status, and the settings
+#upload-status, #library, #library-filter, #library-message, #resync, #resync-status, #adapt, and the settings
 #temperature, #top-k, #top-p, #min-p, #repetition-penalty, #max-new-tokens, #passages, #retrieval-mode.
 
 (No `from __future__ import annotations` here: Gradio finds the `gr.Request` and `gr.SelectData`
@@ -285,6 +285,51 @@ class ChatApp:
                 f"{len(report.excluded)} excluded; {report.chunks_embedded} passages embedded in "
                 f"{report.seconds:.1f} s.")
 
+    def adapt(self, command: list[str] | None = None, poll_s: float = 2.0) -> Iterator[str]:
+        """"Adapt to this folder": `assistant adapt` on this index in a child process at one torch thread (the chat
+        keeps answering from the current vectors until the one-commit switch), yielding its progress lines; at the
+        end the assistant loads the adapter the index now names. `command`: the child's argv (tests; "{status}" in
+        it stands for the progress file)."""
+        import json
+        import subprocess
+        import sys
+        import time
+
+        index = getattr(self.assistant, "index_path", None)
+        if index is None:
+            yield "⚠ This assistant has no on-disk index to adapt."
+            return
+        status_file = Path(tempfile.mkdtemp(prefix="assistant-adapt-")) / "status.json"
+        argv = [arg.replace("{status}", str(status_file)) for arg in command] if command else [sys.executable, "-m", "assistant.cli", "adapt", "--index", str(index), "--threads", "1",
+                           "--quiet", "--status-file", str(status_file)]
+        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        yield "Adapting the encoder to this folder (one CPU thread; answers keep coming meanwhile)…"
+        last = ""
+        while child.poll() is None:
+            time.sleep(poll_s)
+            try:
+                line = json.loads(status_file.read_text(encoding="utf-8")).get("line", "")
+            except (OSError, ValueError):
+                continue
+            if line and line != last:
+                last = line
+                yield line
+        out, err = child.communicate()
+        shutil.rmtree(status_file.parent, ignore_errors=True)
+        if child.returncode != 0:
+            why = (err or out).strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
+            yield f"⚠ Adaptation stopped: {why[0]}. The index is unchanged; run it again to resume."
+            return
+        try:
+            self.assistant.follow_index()
+        except UserError as exc:
+            yield f"⚠ {exc}"
+            return
+        name = getattr(getattr(self.assistant, "encoder", None), "name", "")
+        summary = [ln for ln in out.strip().splitlines() if ln.startswith("total")]
+        yield f"Adapted: the index now searches with {name}. " + (summary[0] if summary else "")
+
     def upload(self, files: Any, progress: Any = None) -> tuple[str, str]:
         """Index uploaded files into the current index. Returns (per-file report as HTML, index status)."""
         paths = [_file_path(f) for f in (files if isinstance(files, list) else [files]) if f]
@@ -415,6 +460,7 @@ def build_app(assistant: Assistant, conversations: ConversationStore | None = No
                     library_filter = gr.Textbox(placeholder="Filter by name…", show_label=False,
                                                 elem_id="library-filter", scale=3, min_width=160)
                     resync = gr.Button("Re-sync folder", elem_id="resync", scale=1, min_width=120)
+                    adapt = gr.Button("Adapt to this folder", elem_id="adapt", scale=1, min_width=120)
                 resync_status = gr.Markdown("", elem_id="resync-status")
                 library_message = gr.Markdown("", elem_id="library-message")
                 library = gr.HTML(app.library_view(), elem_id="library", js_on_load=PAGE_JS, padding=False,
@@ -504,6 +550,12 @@ def build_app(assistant: Assistant, conversations: ConversationStore | None = No
         library.select(on_library_action, [library_filter], [library_message, library, status], concurrency_id="index")
         library_filter.change(app.library_view, [library_filter], [library], queue=False)
         resync.click(on_resync, [library_filter], [resync_status, library, status], concurrency_id="index")
+
+        def on_adapt():
+            for line in app.adapt():
+                yield line, app.status()
+
+        adapt.click(on_adapt, None, [resync_status, status], concurrency_id="index")
         demo.load(on_load, [owner], [chat_view, turns, chat_id, chats, chat_title, status, library], js=OWNER_JS,
                   queue=False).then(lambda owner_id: owner_id, [owner], [owner], js=OWNER_JS, queue=False)
     demo.queue(default_concurrency_limit=1)

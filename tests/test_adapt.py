@@ -362,3 +362,37 @@ def test_kill_9_during_adapt_leaves_a_complete_index_and_the_next_run_finishes(i
     store = IndexStore.open(index)
     assert store.kept_vectors()[0] == base_name
     store.close()
+
+
+_UI_CHILD = HELPERS + textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from assistant.adapt import AdaptConfig, adapt_index
+    adapt_index(Path(sys.argv[1]), tiny_encoder(), AdaptConfig(**CONFIG), question_writer=Writer(),
+                teacher=Teacher(), work_dir=Path(sys.argv[2]), status_file=Path(sys.argv[3]), emit=lambda line: None)
+    print("total 1.0 s")
+""")
+
+
+def test_library_button_adapts_in_a_child_process_and_the_chat_follows(indexed, tmp_path):
+    from assistant.conversations import ConversationStore
+    from assistant.pipeline import Assistant
+    from assistant.ui import ChatApp
+    from assistant_fakes import FakeGenerator
+
+    folder, index, encoder = indexed
+    bot = Assistant.from_folder(folder, index, encoder=tiny_encoder(), generator=FakeGenerator(),  # noqa: F821
+                                use_reader=False, refusal_threshold=-1.0)
+    app = ChatApp(bot, ConversationStore(tmp_path / "chats.sqlite3"))
+    env_path = str(REPO)
+    command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {env_path!r}); exec({_UI_CHILD!r})",
+               str(index), str(tmp_path / "work"), "{status}"]
+    lines = list(app.adapt(command=command, poll_s=0.05))
+    assert lines[0].startswith("Adapting") and lines[-1].startswith("Adapted:"), lines
+    assert any(line.startswith("adapt ") for line in lines[1:-1])  # progress lines from the child's status file
+    assert bot.encoder.name.startswith("tiny-encoder+adapt:") and bot.encoder.name in lines[-1]
+    assert bot.retrieve("sourdough starter")[0]
+    # A child that fails leaves the index as it was and says so.
+    failing = [sys.executable, "-c", "import sys; sys.exit('error: no space left')"]
+    lines = list(app.adapt(command=failing, poll_s=0.05))
+    assert "no space left" in lines[-1] and "unchanged" in lines[-1]
