@@ -1,31 +1,41 @@
-"""Passages/s of our encoder vs sentence-transformers on the same chunks, side by side in one run.
+"""Passages/s of our encoder's modes vs sentence-transformers on the same passages, side by side in one run.
 
-    python benchmarks/encoder.py [--n 1000] [--words 200] [--batch-size 32] [--threads 2] [--modes float32,int8,bf16]
-                                 [--squad 300]
+    python benchmarks/encoder.py [--n 256] [--text squad|random] [--batch-size 32] [--threads 2] [--rounds 3]
+                                 [--modes float32,int16,int8,bf16] [--squad 300] [--cpu-time] [--json out.json]
 
-Modes of ours: float32 (the reference), int8 (native int8 x int8 GEMMs, model/encoder_quant.py) and bf16 (torch
-bfloat16 weights and activations; fast where the CPU has avx512_bf16 / AMX). For each non-float32 mode the min /
-mean cosine to float32 on the passages is printed; --squad N also embeds N SQuAD questions and their paragraphs
-with each mode and prints nDCG@10 / recall@10 (one relevant paragraph per question).
+Modes of ours: float32 (the reference), int16 (native int16 x int16 GEMMs with fused epilogues and attention,
+model/encoder_quant.py; the fast mode on AVX2), int8 (native int8 GEMMs; fast on VNNI CPUs, cosine ~0.994) and
+bf16 (torch bfloat16; fast where the CPU has avx512_bf16 / AMX). All embed the same passages with the same
+weights (all-MiniLM-L6-v2) and batch size as sentence-transformers' `encode`, in one process.
 
-Both embed the same ~200-word passages (about 256 tokens: the model's window) with the same weights
-(all-MiniLM-L6-v2), same batch size, float32 on CPU; the script checks the embeddings agree, then prints
-passages/s for each and the ratio.
+Passages: `--text squad` (default) joins consecutive SQuAD paragraphs of one article until each fills the
+model's 256-token window (real English prose); `--text random` draws ~200 words from a fixed vocabulary.
+The machine is usually shared, so timings come from interleaved rounds (each round runs every implementation
+once, in turn) and the best round of each counts; the load average is printed with every round. `--cpu-time`
+also reports process CPU seconds (steadier under load; with 2 threads it counts both).
+
+Agreement: for each mode, min / mean cosine to float32 on the timed passages, and with `--squad N` on N SQuAD
+questions and their paragraphs, plus nDCG@10 / recall@10 of each mode's retrieval (one relevant paragraph per
+question).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import os
 import platform
 import random
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+SQUAD = Path(__file__).resolve().parents[2] / "shared/data/squad_v1.1_train/train-v1.1.flat.jsonl.gz"
 WORDS = ("model attention token layer embedding vector query key value retrieval passage answer context window "
          "training data loss gradient weight bias norm head decoder encoder transformer sequence position rotary "
          "cache sample greedy beam temperature nucleus probability logit softmax index search document chunk "
@@ -33,8 +43,46 @@ WORDS = ("model attention token layer embedding vector query key value retrieval
 
 
 def make_passages(n: int, words: int, seed: int = 0) -> list[str]:
+    """n passages of `words` words drawn from a fixed vocabulary."""
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "." for _ in range(n)]
+
+
+def squad_rows(limit: int | None = None) -> list[dict]:
+    """SQuAD v1.1 train rows (question, context, title, ...) in file order."""
+    rows = []
+    with gzip.open(SQUAD, "rt") as fh:
+        for line in fh:
+            rows.append(json.loads(line))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def squad_passages(n: int, count_tokens, window: int) -> list[str]:
+    """n passages of real text, each consecutive paragraphs of one SQuAD article joined until >= window tokens."""
+    paragraphs: list[tuple[str, str]] = []
+    seen = set()
+    for row in squad_rows():
+        if row["context"] not in seen:
+            seen.add(row["context"])
+            paragraphs.append((row.get("title", ""), row["context"]))
+        if len(paragraphs) >= 40 * n:
+            break
+    passages, current, title, size = [], [], None, 0
+    for (t, text), tokens in zip(paragraphs, count_tokens([p for _, p in paragraphs])):
+        if t != title:
+            current, title, size = [], t, 0
+        current.append(text)
+        size += tokens
+        if size >= window:
+            passages.append(" ".join(current))
+            current, size = [], 0
+            if len(passages) == n:
+                break
+    if len(passages) < n:
+        raise SystemExit(f"only {len(passages)} SQuAD passages of {window} tokens; ask for fewer (--n)")
+    return passages
 
 
 def cpu_name() -> str:
@@ -47,106 +95,138 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def cosines(vectors: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """(min, mean) cosine of each mode's vectors to float32's."""
+    ref = vectors["float32"]
+    return {mode: (float((v * ref).sum(1).min()), float((v * ref).sum(1).mean()))
+            for mode, v in vectors.items() if mode != "float32"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--words", type=int, default=200)
+    parser.add_argument("--n", type=int, default=256, help="passages per round")
+    parser.add_argument("--text", choices=("squad", "random"), default="squad")
+    parser.add_argument("--words", type=int, default=200, help="words per passage with --text random")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--modes", default="float32,int8,bf16", help="our encoder's modes, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the best of each counts)")
+    parser.add_argument("--modes", default="float32,int16", help="our encoder's modes, comma-separated "
+                        "(float32 is always included: the reference)")
+    parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers")
     parser.add_argument("--squad", type=int, default=0, help="SQuAD questions for the retrieval check (0 = skip)")
+    parser.add_argument("--cpu-time", action="store_true", help="also report process CPU seconds per round")
+    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from sentence_transformers import SentenceTransformer
-
+    from model import cpu_kernels
     from model.encoder import Encoder
     from model.sources import resolve_encoder
 
-    passages = make_passages(args.n, args.words)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = ["float32"] + [m.strip() for m in args.modes.split(",") if m.strip() and m.strip() != "float32"]
     encoders = {}
     for mode in modes:
-        dtype = torch.bfloat16 if mode == "bf16" else torch.float32
-        encoders[mode] = Encoder.load(None, device="cpu", dtype=dtype, quant="int8" if mode == "int8" else None)
-    ours = encoders.get("float32") or Encoder.load(None, device="cpu", dtype=torch.float32)
-    reference = SentenceTransformer(str(resolve_encoder(None)), device="cpu")
-    tokens = ours.count_tokens(passages)
-    print(f"{args.n} passages of {args.words} words: mean {np.mean(tokens):.0f} tokens "
-          f"(truncated at {ours.max_length}); batch {args.batch_size}; {args.threads} threads; {cpu_name()}")
+        if mode == "int8":
+            encoders[mode] = Encoder.load(None, device="cpu", dtype=torch.float32, quant="int8")
+        else:
+            encoders[mode] = Encoder.load(None, device="cpu", dtype=torch.float32,
+                                          embed_dtype={"bf16": "bfloat16"}.get(mode, mode))
+    ours = encoders["float32"]
+    if args.text == "squad":
+        passages = squad_passages(args.n, ours.count_tokens, ours.max_length)
+    else:
+        passages = make_passages(args.n, args.words)
+    tokens = [min(t, ours.max_length - 2) + 2 for t in ours.count_tokens(passages)]
+    print(f"{args.n} {args.text} passages: mean {np.mean(tokens):.0f} tokens (window {ours.max_length}); "
+          f"batch {args.batch_size}; {args.threads} threads; {cpu_name()}; torch {torch.__version__}")
+    print(f"int16 kernels: {cpu_kernels.encoder16_status()}")
     if "int8" in encoders:
-        from model import cpu_kernels
-
         print(f"int8 kernels: {cpu_kernels.encoder_status()} (mode in effect: {encoders['int8'].quant})")
-    if hasattr(os, "getloadavg"):
-        print(f"load average before: {os.getloadavg()}")
-
-    # warm-up, and agreement check on a slice
-    a = ours.embed(passages[:64], batch_size=args.batch_size)
-    b = reference.encode(passages[:64], batch_size=args.batch_size, normalize_embeddings=True)
-    print(f"agreement on 64 passages: min cosine {float((a * b).sum(1).min()):.6f}")
-    for enc in encoders.values():
-        enc.embed(passages[:64], batch_size=args.batch_size)
-
-    times, vectors = {}, {}
     for mode, enc in encoders.items():
-        def run(enc=enc, mode=mode):
-            vectors[mode] = enc.embed(passages, batch_size=args.batch_size)
-        times[f"ours {mode}"] = best_of(run, args.repeats)
-    times["sentence-transformers"] = best_of(
-        lambda: reference.encode(passages, batch_size=args.batch_size, normalize_embeddings=True), args.repeats)
-    t_ref = times["sentence-transformers"]
-    print(f"{'implementation':<24}{'seconds':>10}{'passages/s':>14}{'vs s-t':>9}")
-    for name, t in times.items():
-        print(f"{name:<24}{t:>10.2f}{args.n / t:>14.1f}{t_ref / t:>8.2f}x")
-    if "ours float32" in times:
-        t_ours = times["ours float32"]
-        print(f"ratio ours / sentence-transformers: {t_ref / t_ours:.2f}x")
-        for mode in vectors:
-            if mode != "float32":
-                cos = (vectors[mode] * vectors["float32"]).sum(1)
-                print(f"{mode} vs float32 on the {args.n} passages: min cosine {cos.min():.6f}, mean {cos.mean():.6f}")
-    if hasattr(os, "getloadavg"):
-        print(f"load average after: {os.getloadavg()}")
+        print(f"  {mode}: embeds with {enc.embed_mode}")
+
+    runners = {f"ours {mode}": (lambda texts, enc=enc: enc.embed(texts, batch_size=args.batch_size))
+               for mode, enc in encoders.items()}
+    if not args.no_st:
+        from sentence_transformers import SentenceTransformer
+
+        reference = SentenceTransformer(str(resolve_encoder(None)), device="cpu")
+        runners["sentence-transformers"] = lambda texts: reference.encode(texts, batch_size=args.batch_size,
+                                                                          normalize_embeddings=True)
+    for run in runners.values():  # warm-up: builds the int16 copy, the kernels, torch's caches
+        run(passages[: args.batch_size])
+    if not args.no_st:
+        a = ours.embed(passages[:64], batch_size=args.batch_size)
+        b = reference.encode(passages[:64], batch_size=args.batch_size, normalize_embeddings=True)
+        print(f"float32 vs sentence-transformers on 64 passages: min cosine {float((a * b).sum(1).min()):.6f}")
+
+    wall: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
+    vectors: dict[str, np.ndarray] = {}
+    for r in range(args.rounds):
+        line = []
+        for name, run in runners.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = run(passages)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+            if name.startswith("ours "):
+                vectors[name[5:]] = out
+            line.append(f"{name} {args.n / wall[name][-1]:.1f}/s")
+        print(f"round {r + 1}: " + ", ".join(line) + f"  (load average {load_average()})")
+
+    best = {name: min(t) for name, t in wall.items()}
+    t_ref = best.get("sentence-transformers")
+    t_f32 = best["ours float32"]
+    print(f"\n{'implementation':<24}{'best s':>9}{'passages/s':>12}{'vs s-t':>9}{'vs float32':>12}"
+          + (f"{'CPU s':>9}" if args.cpu_time else ""))
+    for name, t in best.items():
+        vs_st = f"{t_ref / t:>8.2f}x" if t_ref else f"{'':>9}"
+        row = f"{name:<24}{t:>9.2f}{args.n / t:>12.1f}{vs_st}{t_f32 / t:>11.2f}x"
+        if args.cpu_time:
+            row += f"{min(cpu[name]):>9.2f}"
+        print(row)
+    agreement = cosines(vectors)
+    for mode, (lo, mean) in agreement.items():
+        print(f"{mode} vs float32 on the {args.n} passages: min cosine {lo:.6f}, mean {mean:.6f}")
+    print(f"load average after: {load_average()}")
+    results = {"passages": args.n, "text": args.text, "mean_tokens": float(np.mean(tokens)),
+               "batch_size": args.batch_size, "threads": args.threads, "cpu": cpu_name(),
+               "best_seconds": best, "passages_per_s": {k: args.n / v for k, v in best.items()},
+               "cosine_to_float32": agreement, "wall_rounds": wall, "cpu_rounds": cpu}
     if args.squad:
-        squad_retrieval(encoders, args.squad, args.batch_size)
+        results["squad"] = squad_retrieval(encoders, args.squad, args.batch_size)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
-def squad_retrieval(encoders: dict, n: int, batch_size: int) -> None:
-    """nDCG@10 / recall@10 of N SQuAD v1.1 questions against their distinct paragraphs, per mode."""
-    import gzip
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "shared/data/squad_v1.1_train/train-v1.1.flat.jsonl.gz"
-    rows = []
-    with gzip.open(path, "rt") as fh:
-        for line in fh:
-            rows.append(json.loads(line))
-            if len(rows) >= n:
-                break
+def squad_retrieval(encoders: dict, n: int, batch_size: int) -> dict:
+    """nDCG@10 / recall@10 of N SQuAD v1.1 questions against their distinct paragraphs, per mode, and each mode's
+    cosine to float32 on the questions and paragraphs."""
+    rows = squad_rows(n)
     contexts = sorted({r["context"] for r in rows})
     index = {c: i for i, c in enumerate(contexts)}
     gold = np.array([index[r["context"]] for r in rows])
     print(f"SQuAD retrieval: {len(rows)} questions, {len(contexts)} paragraphs")
+    out, q_vectors, p_vectors = {}, {}, {}
     for mode, enc in encoders.items():
-        q = enc.embed([r["question"] for r in rows], batch_size=batch_size)
-        p = enc.embed(contexts, batch_size=batch_size)
+        q = q_vectors[mode] = enc.embed([r["question"] for r in rows], batch_size=batch_size)
+        p = p_vectors[mode] = enc.embed(contexts, batch_size=batch_size)
         top = np.argsort(-(q @ p.T), axis=1)[:, :10]
         hit = top == gold[:, None]
-        recall = hit.any(1).mean()
-        ndcg = (hit / np.log2(np.arange(2, 12))[None]).sum(1).mean()
+        recall = float(hit.any(1).mean())
+        ndcg = float((hit / np.log2(np.arange(2, 12))[None]).sum(1).mean())
+        out[mode] = {"ndcg@10": ndcg, "recall@10": recall}
         print(f"  {mode:<8} nDCG@10 {ndcg:.4f}  recall@10 {recall:.4f}")
+    for mode, (lo, mean) in cosines({m: np.concatenate([q_vectors[m], p_vectors[m]]) for m in encoders}).items():
+        out[mode]["min_cosine"], out[mode]["mean_cosine"] = lo, mean
+        print(f"  {mode} vs float32 on the questions and paragraphs: min cosine {lo:.6f}, mean {mean:.6f}")
+    return out
+
 
 if __name__ == "__main__":
     main()

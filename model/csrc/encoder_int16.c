@@ -228,31 +228,29 @@ void e16_pack_weight(const float *w, int64_t N, int64_t K, int64_t Kp, int level
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
-/* the microkernel: acc[r][c] = sum_k qa[a_rows[r]][k] * panel column c, for MR rows x NR columns */
+/* the microkernel: acc[r][c] = sum_k qa[row r][k] * panel column c, for MR rows x NR columns. ap: the MR rows
+   packed pair by pair, ap[kk * MR + r] = the int16 pair (qa[r][2kk], qa[r][2kk+1]) as one int32 (pack_rows), so the
+   six broadcasts of a step read one contiguous 24-byte run. */
 
-static void micro(const int16_t *const a_rows[MR], const int16_t *panel, int64_t kpairs, int32_t acc[MR][NR]) {
+static void micro(const int32_t *ap, const int16_t *panel, int64_t kpairs, int32_t acc[MR][NR]) {
 #if E16_SIMD
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const int16_t *a0 = a_rows[0], *a1 = a_rows[1], *a2 = a_rows[2];
-    const int16_t *a3 = a_rows[3], *a4 = a_rows[4], *a5 = a_rows[5];
-#define E16_ROW(ap, lo, hi)                                                      \
+#define E16_ROW(r, lo, hi)                                                       \
     do {                                                                         \
-        int32_t w_;                                                              \
-        memcpy(&w_, (ap) + 2 * kk, 4);                                           \
-        const __m256i a_ = _mm256_set1_epi32(w_);                                \
+        const __m256i a_ = _mm256_set1_epi32(ap[kk * MR + (r)]);                 \
         lo = _mm256_add_epi32(lo, _mm256_madd_epi16(a_, b0));                    \
         hi = _mm256_add_epi32(hi, _mm256_madd_epi16(a_, b1));                    \
     } while (0)
     for (int64_t kk = 0; kk < kpairs; kk++) {
         const __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + kk * 2 * NR));
         const __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + kk * 2 * NR + 16));
-        E16_ROW(a0, c00, c01);
-        E16_ROW(a1, c10, c11);
-        E16_ROW(a2, c20, c21);
-        E16_ROW(a3, c30, c31);
-        E16_ROW(a4, c40, c41);
-        E16_ROW(a5, c50, c51);
+        E16_ROW(0, c00, c01);
+        E16_ROW(1, c10, c11);
+        E16_ROW(2, c20, c21);
+        E16_ROW(3, c30, c31);
+        E16_ROW(4, c40, c41);
+        E16_ROW(5, c50, c51);
     }
 #undef E16_ROW
 #define E16_STORE(r, lo, hi)                                          \
@@ -267,11 +265,25 @@ static void micro(const int16_t *const a_rows[MR], const int16_t *panel, int64_t
     for (int64_t kk = 0; kk < kpairs; kk++) {
         const int16_t *bp = panel + kk * 2 * NR;
         for (int r = 0; r < MR; r++) {
-            const int32_t x0 = a_rows[r][2 * kk], x1 = a_rows[r][2 * kk + 1];
-            for (int c = 0; c < NR; c++) acc[r][c] += x0 * bp[2 * c] + x1 * bp[2 * c + 1];
+            int16_t pair[2];
+            memcpy(pair, ap + kk * MR + r, 4);
+            for (int c = 0; c < NR; c++) acc[r][c] += pair[0] * bp[2 * c] + pair[1] * bp[2 * c + 1];
         }
     }
 #endif
+}
+
+/* rows m0..m1 of a [M, Kp] into groups of MR rows, each [Kp/2][MR] int32 pairs (the last group repeats its
+   first row to fill MR) */
+static void pack_rows(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, int32_t *ap) {
+    const int64_t kpairs = Kp / 2;
+    for (int64_t m = m0; m < m1; m += MR, ap += kpairs * MR) {
+        const int rows = m1 - m < MR ? (int)(m1 - m) : MR;
+        for (int r = 0; r < MR; r++) {
+            const int16_t *row = a + (m + (r < rows ? r : 0)) * Kp;
+            for (int64_t kk = 0; kk < kpairs; kk++) memcpy(ap + kk * MR + r, row + 2 * kk, 4);
+        }
+    }
 }
 
 /* Where the product's rows go: row-major [rows, N] from y (row m at y + (m - m0) * N), or head-major when
@@ -290,10 +302,12 @@ static inline float *dest_at(const dest_t *dst, int64_t row, int64_t col, int64_
     return dst->y + ((b * (N / dst->head_dim) + g) * dst->seq + t) * dst->head_dim + d;
 }
 
-/* rows m0..m1 of the product (sa * sw * sum + bias, or the exact sums) into dst */
+/* rows m0..m1 (at most MB) of the product (sa * sw * sum + bias, or the exact sums) into dst; ap: scratch of
+   MB * Kp int16 for the packed rows */
 static void block_product(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, const int16_t *bpack, int64_t N,
-                          const float *sa, const float *sw, const float *bias, const dest_t *dst) {
+                          const float *sa, const float *sw, const float *bias, const dest_t *dst, int32_t *ap) {
     const int64_t n_panels = (N + NR - 1) / NR, kpairs = Kp / 2;
+    pack_rows(a, m0, m1, Kp, ap);
     /* a panel's columns are contiguous in the destination unless the head-major layout splits them */
     const int contiguous = dst->head_dim <= 0 || dst->head_dim % NR == 0;
     int32_t acc[MR][NR];
@@ -302,9 +316,7 @@ static void block_product(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, 
         const int64_t c0 = p * NR, cw = N - c0 < NR ? N - c0 : NR;
         for (int64_t m = m0; m < m1; m += MR) {
             const int rows = m1 - m < MR ? (int)(m1 - m) : MR;
-            const int16_t *a_rows[MR];
-            for (int r = 0; r < MR; r++) a_rows[r] = a + (m + (r < rows ? r : 0)) * Kp;
-            micro(a_rows, panel, kpairs, acc);
+            micro(ap + ((m - m0) / MR) * kpairs * MR, panel, kpairs, acc);
             for (int r = 0; r < rows; r++) {
                 const int64_t row = m + r;
                 if (dst->y_i32) {
@@ -360,17 +372,19 @@ int e16_linear(const int16_t *a, const float *sa, int64_t M, int64_t Kp, const i
 #pragma omp parallel num_threads(n_threads(threads))
     {
         float *scratch = out ? NULL : (float *)malloc(sizeof(float) * (size_t)(MB * N));
-        if (!out && !scratch) {
+        int32_t *ap = (int32_t *)malloc(sizeof(int16_t) * (size_t)((MB + MR) * Kp));
+        const int ok = (out || scratch) && ap;
+        if (!ok) {
 #pragma omp atomic write
             failed = 2;
         }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < blocks; b++) {
-            if (!out && !scratch) continue;
+            if (!ok) continue;
             const int64_t m0 = b * MB, m1 = m0 + MB < M ? m0 + MB : M;
             float *y = out ? (head_dim > 0 ? out : out + m0 * N) : scratch;
             const dest_t dst = {y, NULL, m0, seq, head_dim};
-            block_product(a, m0, m1, Kp, bpack, N, sa, sw, bias, &dst);
+            block_product(a, m0, m1, Kp, bpack, N, sa, sw, bias, &dst, ap);
             if (head_dim > 0) continue;
             for (int64_t row = m0; row < m1; row++) {
                 float *yr = y + (row - m0) * N;
@@ -380,6 +394,7 @@ int e16_linear(const int16_t *a, const float *sa, int64_t M, int64_t Kp, const i
             }
         }
         free(scratch);
+        free(ap);
     }
     return failed;
 }
@@ -390,13 +405,24 @@ int e16_gemm_s32(const int16_t *a, int64_t M, int64_t Kp, const int16_t *bpack, 
     if (M <= 0 || N <= 0) return 0;
     if (Kp % 2) return 1;
     const int64_t blocks = (M + MB - 1) / MB;
-#pragma omp parallel for num_threads(n_threads(threads)) schedule(static)
-    for (int64_t b = 0; b < blocks; b++) {
-        const int64_t m0 = b * MB, m1 = m0 + MB < M ? m0 + MB : M;
-        const dest_t dst = {NULL, out, m0, 0, 0};
-        block_product(a, m0, m1, Kp, bpack, N, NULL, NULL, NULL, &dst);
+    int failed = 0;
+#pragma omp parallel num_threads(n_threads(threads))
+    {
+        int32_t *ap = (int32_t *)malloc(sizeof(int16_t) * (size_t)((MB + MR) * Kp));
+        if (!ap) {
+#pragma omp atomic write
+            failed = 2;
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks; b++) {
+            if (!ap) continue;
+            const int64_t m0 = b * MB, m1 = m0 + MB < M ? m0 + MB : M;
+            const dest_t dst = {NULL, out, m0, 0, 0};
+            block_product(a, m0, m1, Kp, bpack, N, NULL, NULL, NULL, &dst, ap);
+        }
+        free(ap);
     }
-    return 0;
+    return failed;
 }
 
 /* The row epilogue alone on y [M, N] float, in place (for the tests and for rows that come from elsewhere). */
