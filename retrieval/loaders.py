@@ -69,7 +69,10 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}  
 # The version of each kind's extraction, stored with its chunks in the index: bump a kind's number when its
 # text changes for the same bytes, and the next sync re-reads that kind's files (retrieval.sync). Kinds not
 # listed are at 1, the version of every kind before versions were recorded.
-PARSER_VERSIONS = {"pdf": 2, "html": 2, "docx": 2}
+# pdf 3: several gutters (three columns), columns read line by line on their own, footnote marks apart from
+# their words, accents put back on their letters, tables with long cells / spanning cells / arrow columns,
+# running headers alternating on odd and even pages.
+PARSER_VERSIONS = {"pdf": 3, "html": 2, "docx": 2}
 
 
 def parser_version(kind: str) -> int:

@@ -23,6 +23,7 @@ Without `pypdfium2` installed it falls back to pypdf's plain `extract_text`.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import importlib.util
@@ -88,10 +89,13 @@ class Line:
 class Table:
     """A detected table: rows of cell texts (the first row is the header) and its bounding box."""
 
-    __slots__ = ("rows", "x0", "x1", "top", "bottom")
+    __slots__ = ("rows", "lines", "columns", "x0", "x1", "top", "bottom")
 
-    def __init__(self, rows: list[list[str]], lines: Sequence[Line]) -> None:
+    def __init__(self, rows: list[list[str]], lines: Sequence[Line],
+                 columns: Sequence[Sequence[float]] = ()) -> None:
         self.rows = rows
+        self.lines = list(lines)
+        self.columns = [(float(c0), float(c1)) for c0, c1 in columns]  # x interval of each column
         self.x0 = min(line.x0 for line in lines)
         self.x1 = max(line.x1 for line in lines)
         self.top = min(line.top for line in lines)
@@ -111,12 +115,27 @@ _SPACES = re.compile(r"\s+")
 _HYPHENS = {"\u00ad": "-", "\u2010": "-", "\u2011": "-", "\x02": "-", "\ufffe": "-"}
 
 
+# spacing accents that TeX draws before (or over) the letter they belong to -> the combining mark
+_ACCENTS = {"\u00b4": "\u0301", "\u02ca": "\u0301", "\u02cb": "\u0300", "\u00a8": "\u0308", "\u02c6": "\u0302",
+            "\u02dc": "\u0303", "\u00af": "\u0304", "\u02c9": "\u0304", "\u02d8": "\u0306", "\u02c7": "\u030c",
+            "\u02d9": "\u0307", "\u02da": "\u030a", "\u02dd": "\u030b"}
+_ACCENT_BEFORE = re.compile("([" + "".join(_ACCENTS) + "])([^\\W\\d_])")
+
+
 def normalise_word(text: str) -> str:
-    """NFKC (ligatures ﬁ ﬂ ﬀ ﬃ to letters, full-width forms), soft/odd hyphens to '-', no controls."""
+    """NFKC (ligatures ﬁ ﬂ ﬀ ﬃ to letters, full-width forms), soft/odd hyphens to '-', no controls; a spacing
+    accent before a letter ("Pad´e", "M¨obius": TeX draws the accent first) becomes that letter's accent
+    ("Padé", "Möbius")."""
     for odd, plain in _HYPHENS.items():
         if odd in text:
             text = text.replace(odd, plain)
-    text = unicodedata.normalize("NFKC", text)
+    tail = ""
+    if any(ch in _ACCENTS for ch in text):
+        text = _ACCENT_BEFORE.sub(lambda m: m.group(2) + _ACCENTS[m.group(1)], text)
+        text = unicodedata.normalize("NFC", text)
+        if text[-1] in _ACCENTS:  # kept as it is: the letter may be the next word's (`_join_accents`)
+            text, tail = text[:-1], text[-1]
+    text = unicodedata.normalize("NFKC", text) + tail
     if not text.isprintable():
         text = "".join(ch for ch in text if ch.isprintable())
     return _SPACES.sub(" ", text).strip()
@@ -224,6 +243,14 @@ def _codes_text(codes: Sequence[int]) -> str:
     return "".join(out)
 
 
+def _raised(c_size: float, c_mid2: float, size: float, mid2: float) -> bool:
+    """Whether a character (size, twice its vertical centre) is a superscript after a run of `size`: smaller
+    (at most 85%) and its centre higher by at least a fifth of the run's size (y grows downwards). A footnote
+    mark glued to a word ("Sn" + raised "a") then becomes a word of its own; a subscript ("r" + lowered "c")
+    stays in its word."""
+    return 0.0 < c_size <= 0.85 * size and (mid2 - c_mid2) / 2.0 >= 0.2 * size
+
+
 def _page_words(textpage, page_height: float) -> list[Word]:
     """The words of one PDFium text page, in content order.
 
@@ -277,7 +304,7 @@ def _page_words(textpage, page_height: float) -> list[Word]:
             if chars:
                 em = size if size > 1.0 else 1.0
                 if abs(top + bottom - c_top - c_bottom) > em or c_x0 - x1 > 0.3 * em or c_x1 < x0 \
-                        or c_x0 < x1 - 0.6 * em:
+                        or c_x0 < x1 - 0.6 * em or raised_tail(i, end, size, top + bottom):
                     add(chars, x0, x1, top, bottom, size, bold)
                     chars = []
             if chars:
@@ -287,6 +314,15 @@ def _page_words(textpage, page_height: float) -> list[Word]:
                 size, bold = style(i)
             chars.append(codes[i])
         add(chars, x0, x1, top, bottom, size, bold)
+
+    def raised_tail(i: int, end: int, size: float, mid2: float) -> bool:
+        """Whether characters i..end-1 are all raised small type (a footnote mark or an exponent ending the
+        word; the raised "A" inside the LaTeX logo is not)."""
+        for k in range(i, end):
+            _, _, k_top, k_bottom = char_box(k)
+            if not _raised(get_size(handle, k), k_top + k_bottom, size, mid2):
+                return False
+        return True
 
     def add(chars: list[int], x0: float, x1: float, top: float, bottom: float, size: float, bold: bool) -> None:
         text = normalise_word(_codes_text(chars)) if chars else ""
@@ -310,24 +346,102 @@ def _page_words(textpage, page_height: float) -> list[Word]:
         else:
             by_chars(start, i)
         start = -1
-    return words
+    return _join_accents(words)
+
+
+def _join_accents(words: list[Word]) -> list[Word]:
+    """A word that ends in a spacing accent ("(˚" of "(Å)") joined to the next word when that one starts with a
+    letter and begins before the accent ends: the accent goes onto that letter."""
+    out: list[Word] = []
+    for w in words:
+        prev = out[-1] if out else None
+        if prev is not None and prev.text[-1:] in _ACCENTS and w.text[:1].isalpha() and w.x0 <= prev.x1 + 0.5 \
+                and abs((prev.top + prev.bottom) - (w.top + w.bottom)) <= max(prev.size, w.size):
+            out[-1] = Word(normalise_word(prev.text + w.text), prev.x0, max(prev.x1, w.x1), min(prev.top, w.top),
+                           max(prev.bottom, w.bottom), max(prev.size, w.size), prev.bold and w.bold)
+        else:
+            out.append(w)
+    return out
 
 
 # ---------------------------------------------------------------- layout
 
 def group_lines(words: Sequence[Word]) -> list[Line]:
-    """Words -> lines: a word joins a line when its vertical centre is within half a line of the line's."""
+    """Words -> lines, top to bottom by vertical centre: a word joins the line above when it overlaps that
+    line's band (the extent of its first word of body size) by half of the smaller of the two heights.
+
+    A superscript or subscript (a footnote mark "a" after "(2g)", an exponent) is grouped by the centre of the
+    word it is attached to (`_script_hosts`), so that it joins that word's line and not a line of the other
+    column at its own height."""
+    centres = [(w.top + w.bottom) / 2 for w in words]
+    for i, j in _script_hosts(words).items():
+        centres[i] = centres[j]
     lines: list[list[Word]] = []
-    centre = height = 0.0
-    for word in sorted(words, key=lambda w: ((w.top + w.bottom) / 2, w.x0)):
-        c = (word.top + word.bottom) / 2
+    top = bottom = size = 0.0  # the current line's band: the extent of its first word of body size
+    for k in sorted(range(len(words)), key=lambda k: (centres[k], words[k].x0)):
+        word = words[k]
+        c = centres[k]
         h = max(word.bottom - word.top, 0.1)
-        if lines and abs(c - centre) <= 0.5 * min(h, height):
+        w_top, w_bottom = c - h / 2, c + h / 2  # a script is placed at its host's height
+        overlap = min(bottom, w_bottom) - max(top, w_top)
+        if lines and overlap >= 0.5 * min(h, bottom - top):
             lines[-1].append(word)
+            if word.size > 1.2 * size:  # a line begun by a smaller raised word takes the band of its body type
+                top, bottom, size = w_top, w_bottom, word.size
         else:
             lines.append([word])
-            centre, height = c, h
+            top, bottom, size = w_top, w_bottom, word.size
     return sorted((Line(ws) for ws in lines), key=lambda ln: (ln.top, ln.x0))
+
+
+def _script_hosts(words: Sequence[Word]) -> dict[int, int]:
+    """word index -> index of the word it is a script of: a word at most 85% of the host's size that touches
+    it horizontally (within a third of the host's em, on either side) and overlaps it vertically by at least a
+    third of its own height, but is not on the host's line (centres more than a tenth of an em apart). Of
+    several hosts the one it overlaps most wins."""
+    buckets: dict[int, list[int]] = {}
+    biggest: dict[int, float] = {}
+    widest: dict[int, float] = {}
+    for j, w in enumerate(words):
+        for b in range(int(w.top // 8), int(w.bottom // 8) + 1):
+            buckets.setdefault(b, []).append(j)
+            biggest[b] = max(biggest.get(b, 0.0), w.size)
+            widest[b] = max(widest.get(b, 0.0), w.x1 - w.x0)
+    starts = {b: sorted(ids, key=lambda j: words[j].x0) for b, ids in buckets.items()}
+    keys = {b: [words[j].x0 for j in ids] for b, ids in starts.items()}
+    hosts: dict[int, int] = {}
+    for i, w in enumerate(words):
+        spread = range(int(w.top // 8), int(w.bottom // 8) + 1)
+        if all(w.size > 0.85 * biggest[b] for b in spread):
+            continue  # nothing bigger at its height: not a script
+        h = max(w.bottom - w.top, 0.1)
+        mid = (w.top + w.bottom) / 2
+        best, best_share = -1, 1 / 3
+        for b in spread:
+            ids, xs = starts[b], keys[b]
+            reach = 0.34 * biggest[b]
+            lo = bisect.bisect_left(xs, w.x0 - widest[b] - reach)  # a host ends near w.x0 or starts near w.x1
+            hi = bisect.bisect_right(xs, w.x1 + reach)
+            for j in ids[lo:hi]:
+                big = words[j]
+                if j == i or big.size <= 0 or w.size > 0.85 * big.size \
+                        or abs((big.top + big.bottom) / 2 - mid) <= 0.1 * big.size:
+                    continue
+                gap = 0.34 * big.size
+                if not (-gap <= w.x0 - big.x1 <= gap or -gap <= big.x0 - w.x1 <= gap):
+                    continue
+                share = (min(big.bottom, w.bottom) - max(big.top, w.top)) / h
+                if share >= best_share:
+                    best, best_share = j, share
+        if best >= 0:
+            hosts[i] = best
+    # a host that is itself a script (a mark on an exponent) passes on its own host
+    for i in list(hosts):
+        seen_chain = {i}
+        while hosts[i] in hosts and hosts[i] not in seen_chain:
+            seen_chain.add(hosts[i])
+            hosts[i] = hosts[hosts[i]]
+    return hosts
 
 
 def _segments(line: Line) -> list[list[Word]]:
@@ -343,12 +457,14 @@ def _segments(line: Line) -> list[list[Word]]:
 
 
 def _is_tabular(line: Line) -> list[list[Word]] | None:
-    """The cells of a line that looks like a table row (>= 2 short cells), else None."""
+    """The cells of a line that looks like a table row, else None: >= 2 cells of at most 12 words, 7 on
+    average, the shortest of at most 4 (a description next to a command, an attribute with its argument list;
+    two long cells side by side are more likely the lines of two text columns)."""
     segs = _segments(line)
     if len(segs) < 2:
         return None
     lengths = [len(s) for s in segs]
-    if max(lengths) > 6 or sum(lengths) / len(lengths) > 4:
+    if max(lengths) > 12 or sum(lengths) / len(lengths) > 7 or min(lengths) > 4:
         return None
     return segs
 
@@ -362,6 +478,8 @@ def find_tables(lines: list[Line]) -> tuple[list[Table], list[Line]]:
         run: list[tuple[Line, list[list[Word]]]] = []
         j = i
         while j < len(lines):
+            if run and _heading_like(lines[j], run[-1][0]):
+                break  # a section title under a table ("2.4 Types and declarators")
             segs = _is_tabular(lines[j])
             if segs is None and run and len(lines[j].words) <= 6:
                 segs = [lines[j].words]  # perhaps a wrapped cell: kept only if a table row follows
@@ -382,44 +500,158 @@ def find_tables(lines: list[Line]) -> tuple[list[Table], list[Line]]:
             i += 1
         else:
             tables.append(table)
-            i = j
+            i += len(table.lines)
     return tables, rest
 
 
-def _make_table(run: list[tuple[Line, list[list[Word]]]]) -> Table | None:
-    spans = sorted((s[0].x0, s[-1].x1) for _, segs in run for s in segs)
-    columns: list[list[float]] = []
-    for x0, x1 in spans:  # the union of the cells' x ranges: one interval per column
-        if columns and x0 <= columns[-1][1]:
-            columns[-1][1] = max(columns[-1][1], x1)
-        else:
-            columns.append([x0, x1])
-    if len(columns) < 2:
-        return None
-    rows: list[list[str]] = []
+def _heading_like(line: Line, prev: Line) -> bool:
+    """A line set apart from the row above it by type: bold under a regular row, or larger (a section title
+    after a table, not a row or a wrapped cell of it)."""
+    return (line.bold and not prev.bold) or line.size > 1.1 * prev.size
+
+
+class _Column:
+    """One column of a table being built: the median left edge, right edge and centre of its cells in the
+    rows that have one cell per column, and the x range they cover."""
+
+    __slots__ = ("left", "right", "centre", "x0", "x1")
+
+    def __init__(self, cells: list[tuple[float, float]]) -> None:
+        def median(values: list[float]) -> float:
+            values = sorted(values)
+            return values[len(values) // 2]
+
+        self.left = median([a for a, _ in cells])
+        self.right = median([b for _, b in cells])
+        self.centre = median([(a + b) / 2 for a, b in cells])
+        self.x0 = min(a for a, _ in cells)
+        self.x1 = max(b for _, b in cells)
+
+    def distance(self, x0: float, x1: float) -> float:
+        """How far a cell is from lining up with this column (by its left edge, right edge or centre)."""
+        return min(abs(x0 - self.left), abs(x1 - self.right), abs((x0 + x1) / 2 - self.centre))
+
+
+def _table_columns(run: list[tuple[Line, list[list[Word]]]]) -> list[_Column]:
+    """The table's columns, from the rows with the largest number of cells (>= 2) that a quarter of the rows
+    have: the k-th cell of each such row is in column k. A cell spanning two columns in another row ("8*N_ALIASES AliasListEntry") does
+    not merge them, and a column of right-aligned commands next to left-aligned descriptions of varying length
+    is a column although the two overlap in x."""
+    counts = Counter(len(segs) for _, segs in run if len(segs) >= 2)
+    if not counts:
+        return []
+    # the most cells that at least a quarter of the rows (and two) have: a column that is often empty (notes)
+    # is still a column
+    modal = max((n for n, c in counts.items() if c >= max(2, 0.25 * len(run))),
+                default=max(counts, key=lambda n: (counts[n], n)))
+    cells: list[list[tuple[float, float]]] = [[] for _ in range(modal)]
     for _, segs in run:
+        if len(segs) == modal:
+            for k, seg in enumerate(segs):
+                cells[k].append((seg[0].x0, seg[-1].x1))
+    return [_Column(c) for c in cells]
+
+
+def _column_of(columns: list[_Column], x0: float, x1: float, after: int = -1) -> int:
+    """The column a cell of a row with a different number of cells belongs to: one whose x range holds the
+    cell's start, else the one it lines up with best; never left of the column `after` (the row's previous
+    cell)."""
+    candidates = range(min(after + 1, len(columns) - 1), len(columns))
+    inside = [k for k in candidates if columns[k].x0 - 0.5 <= x0 <= columns[k].x1]
+    pool = inside or list(candidates)
+    return min(pool, key=lambda k: columns[k].distance(x0, x1))
+
+
+def _split_by_columns(seg: list[Word], columns: list[_Column]) -> list[list[Word]]:
+    """A cell of a row with fewer cells than the table has columns, cut when it spans several columns (a
+    header set too tightly: "Efficiency % Mains saved %" over two columns): its first and last words line up
+    with columns a and b; it is cut into b - a + 1 parts at its widest word gaps."""
+    if len(seg) < 2:
+        return [seg]
+
+    def nearest(w: Word) -> int:
+        mid = (w.x0 + w.x1) / 2
+        return min(range(len(columns)), key=lambda k: max(columns[k].x0 - mid, mid - columns[k].x1, 0.0))
+
+    parts = min(nearest(seg[-1]) - nearest(seg[0]) + 1, len(seg))
+    if parts < 2:
+        return [seg]
+    gaps = sorted(range(1, len(seg)), key=lambda i: seg[i].x0 - seg[i - 1].x1, reverse=True)[:parts - 1]
+    cuts = [0, *sorted(gaps), len(seg)]
+    return [seg[a:b] for a, b in zip(cuts, cuts[1:])]
+
+
+def _aligned(run: list[tuple[Line, list[list[Word]]]], columns: list[_Column]) -> bool:
+    """Whether the cells of the rows that have one cell per column line up: in every column the left edges,
+    the right edges or the centres of at least 70% of them lie within one em of their median (text set with
+    wide word spaces does not; a long entry pushed out of its column's alignment may), and each column
+    starts right of the previous one's start."""
+    em = max(1.0, sorted(line.size for line, _ in run)[len(run) // 2])
+    edges: list[list[tuple[float, float]]] = [[] for _ in columns]
+    for _, segs in run:
+        if len(segs) == len(columns):
+            for k, seg in enumerate(segs):
+                edges[k].append((seg[0].x0, seg[-1].x1))
+    for cells in edges:
+        if len(cells) < 2:
+            continue
+        lined_up = False
+        for values in ([a for a, _ in cells], [b for _, b in cells], [(a + b) / 2 for a, b in cells]):
+            middle = sorted(values)[len(values) // 2]
+            if sum(abs(v - middle) <= em for v in values) >= 0.7 * len(values):
+                lined_up = True
+                break
+        if not lined_up:
+            return False
+    return all(a.left < b.left for a, b in zip(columns, columns[1:]))
+
+
+def _make_table(run: list[tuple[Line, list[list[Word]]]]) -> Table | None:
+    columns = _table_columns(run)
+    if len(columns) < 2 or not _aligned(run, columns):
+        return None
+    width = columns[-1].x1 - columns[0].x0
+    rows: list[list[str]] = []
+    prev: Line | None = None
+    used = 0
+    for line, segs in run:
+        if len(segs) == 1 and segs[0][-1].x1 - segs[0][0].x0 > 0.5 * width:
+            break  # a line of running text across the "table": the table ends above it
+        used += 1
         row = [""] * len(columns)
         filled = 0
+        k = -1
+        if len(segs) < len(columns):
+            segs = [part for seg in segs for part in _split_by_columns(seg, columns)]
         for seg in segs:
-            k = next(k for k, (c0, c1) in enumerate(columns) if c0 <= seg[0].x0 <= c1)
+            k = k + 1 if len(segs) == len(columns) else _column_of(columns, seg[0].x0, seg[-1].x1, k)
             text = " ".join(w.text for w in seg)
             filled += not row[k]
             row[k] = f"{row[k]} {text}".strip()
+        gap = line.top - prev.bottom if prev is not None else 0.0
+        prev = line
         if filled < 2:
             if not rows:
                 return None
-            for k, text in enumerate(row):  # one cell of a row: a wrapped cell of the row above
-                if text:
-                    rows[-1][k] = f"{rows[-1][k]} {text}".strip()
-            continue
+            if gap <= 0.5 * max(line.size, 1.0):  # one cell right under a row: a wrapped cell of that row
+                for j, text in enumerate(row):
+                    if text:
+                        rows[-1][j] = f"{rows[-1][j]} {text}".strip()
+                continue
+            # after a gap: a row of its own (a group label such as "AliasList:")
         rows.append(row)
-    if len(rows) < 2:
+    if used < 3 or len(rows) < 2 or sum(1 for r in rows if sum(bool(c) for c in r) >= 2) < 2:
         return None
-    return Table(rows, [line for line, _ in run])
+    return Table(rows, [line for line, _ in run[:used]], [(c.x0, c.x1) for c in columns])
 
 
-def find_gutter(lines: Sequence[Line]) -> float | None:
-    """The x of a whitespace gutter down the middle of the body, or None for a single-column page."""
+def find_gutter(lines: Sequence[Line], max_crossing: float = 0.5, strict: bool = False) -> float | None:
+    """The x of a whitespace gutter down the middle of the body, or None for a single-column page.
+
+    At most `max_crossing` of the lines may cross it (full-width titles, abstracts, wide tables). A gutter
+    found only by its aligned edges (not by full lines on its left), or any gutter when `strict`, must also
+    part columns of similar width (the narrower at least 60% of the wider): the gap between an index's
+    entries and their page numbers, or between a column's labels and values, is not a gutter."""
     if len(lines) < 6:
         return None
     left_edge = min(ln.x0 for ln in lines)
@@ -446,7 +678,7 @@ def find_gutter(lines: Sequence[Line]) -> float | None:
         run += delta[b]
         blocked.append(run)
     fewest = min(blocked)
-    if fewest > 0.5 * len(lines):
+    if fewest > max_crossing * len(lines):
         return None
     best_len = best_start = length = 0  # the widest stretch of x where the fewest lines are blocked
     for b, value in enumerate(blocked + [-1]):
@@ -473,50 +705,113 @@ def find_gutter(lines: Sequence[Line]) -> float | None:
     if len(left_ends) < 3 or len(right_starts) < 3:
         return None
     g0, g1 = max(left_ends), min(right_starts)
-    left_ends.sort()
-    if left_ends[len(left_ends) // 2] < left_edge + 0.75 * (g0 - left_edge):
-        return None  # the left side's lines mostly stop well short of the gap: not a column (code, a form)
     if g1 - g0 < 3.0:  # ragged lines leave a gutter of at least a few points
         return None
-    return (g0 + g1) / 2
+    em = sorted(ln.size for ln in lines)[len(lines) // 2] or 1.0
+    if g0 - left_edge < 8 * em or right_edge - g1 < 8 * em:
+        return None  # a text column is wider than eight ems; a table's column often is not
+    left_ends.sort()
+    similar = min(g0 - left_edge, right_edge - g1) >= 0.6 * max(g0 - left_edge, right_edge - g1)
+    if strict and not similar:
+        return None
+    if left_ends[len(left_ends) // 2] >= left_edge + 0.75 * (g0 - left_edge):
+        return (g0 + g1) / 2  # the left side's lines mostly reach the gap: a column of text
+    if not similar:
+        return None
+    # a left column with many short lines (code, lists, a table of its own) still has its justified lines
+    # ending at the gap, and the right column's lines start at one margin
+    flush_left = sum(1 for e in left_ends if e >= g0 - em)
+    flush_right = sum(1 for r in right_starts if r <= g1 + 0.25 * em)
+    if flush_left >= max(3, 0.2 * len(left_ends)) and flush_right >= max(3, 0.4 * len(right_starts)):
+        return (g0 + g1) / 2
+    return None  # the left side's lines mostly stop well short of the gap: not a column (code, a form)
 
 
-def reading_order(lines: list[Line], tables: list[Table]) -> list[Item]:
-    """Lines and tables of one page in reading order: left column, then right, full-width items in place."""
-    gutter = find_gutter(lines)
-    items: list[Item] = sorted([*lines, *tables], key=lambda it: (it.top, it.x0))
+def find_gutters(lines: Sequence[Line], depth: int = 0) -> list[float]:
+    """Every column gutter of a page, left to right: a gutter of the whole page (`find_gutter`), then,
+    recursively, gutters of the part left of it and of the part right of it (three columns, or two columns
+    inside one half). Lines that cross a gutter belong to neither part; inside a part, a gutter may be crossed
+    by few lines (15%: a column's own text crosses the gap between the halves of a table in it)."""
+    gutter = find_gutter(lines, 0.5, False) if depth == 0 else find_gutter(lines, 0.15, True)
     if gutter is None:
+        return []
+    if depth >= 2:
+        return [gutter]
+    left = [Line(ws) for ln in lines if (ws := [w for w in ln.words if w.x1 <= gutter])]
+    right = [Line(ws) for ln in lines if (ws := [w for w in ln.words if w.x0 >= gutter])]
+    return [*find_gutters(left, depth + 1), gutter, *find_gutters(right, depth + 1)]
+
+
+def reading_order(lines: list[Line], tables: list[Table], gutters: Sequence[float] | None = None) -> list[Item]:
+    """Lines and tables of one page in reading order: the columns left to right (between `gutters`, found
+    with `find_gutters` when not given), each top to bottom; an item that spans columns (a title, an abstract,
+    a wide table) stays where it is, after everything above it in every column. A line whose words fall
+    clearly on either side of the gutters (two columns' lines on one baseline) is cut there."""
+    if gutters is None:
+        gutters = find_gutters(lines)
+    items: list[Item] = sorted([*lines, *tables], key=lambda it: (it.top, it.x0))
+    if not gutters:
         return items
+    bounds = [float("-inf"), *gutters, float("inf")]
+    columns: list[list[Item]] = [[] for _ in range(len(bounds) - 1)]
     out: list[Item] = []
-    left: list[Item] = []
-    right: list[Item] = []
+
+    def column_of(x0: float, x1: float) -> int | None:
+        for k in range(len(columns)):
+            if bounds[k] <= x0 and x1 <= bounds[k + 1]:
+                return k
+        return None
 
     def flush() -> None:
-        out.extend(left)
-        out.extend(right)
-        left.clear()
-        right.clear()
+        for column in columns:
+            out.extend(_regrouped(column) if len(columns) > 1 else column)
+            column.clear()
 
     for item in items:
-        if item.x1 <= gutter:
-            left.append(item)
-        elif item.x0 >= gutter:
-            right.append(item)
-        elif isinstance(item, Line):
-            lw = [w for w in item.words if w.x1 <= gutter]
-            rw = [w for w in item.words if w.x0 >= gutter]
-            if lw and rw and len(lw) + len(rw) == len(item.words) and \
-                    min(w.x0 for w in rw) - max(w.x1 for w in lw) > 1.2 * max(item.size, 1.0):
-                left.append(Line(lw))
-                right.append(Line(rw))
-            else:
-                flush()
-                out.append(item)
-        else:
+        k = column_of(item.x0, item.x1)
+        if k is not None:
+            columns[k].append(item)
+            continue
+        pieces = _cut_at_gutters(item, bounds) if isinstance(item, Line) else None
+        if pieces is None:
             flush()
             out.append(item)
+            continue
+        for k, piece in pieces:
+            columns[k].append(piece)
     flush()
     return out
+
+
+def _regrouped(items: list[Item]) -> list[Item]:
+    """One column's items with its lines grouped again from their words alone: lines were first grouped
+    across the whole page, where a word of the other column at nearly the same height (a raised letter of
+    "LaTeX") can split one line of this column in two."""
+    lines = [it for it in items if isinstance(it, Line)]
+    if len(lines) < 2:
+        return items
+    regrouped: list[Item] = [*group_lines([w for ln in lines for w in ln.words]),
+                             *(it for it in items if not isinstance(it, Line))]
+    return sorted(regrouped, key=lambda it: (it.top, it.x0))
+
+
+def _cut_at_gutters(line: Line, bounds: Sequence[float]) -> list[tuple[int, Line]] | None:
+    """A line cut into its pieces per column, or None when a word crosses a gutter or two neighbouring
+    pieces are not clearly apart (more than 1.2 em) - a full-width line."""
+    pieces: dict[int, list[Word]] = {}
+    for w in line.words:
+        k = next((k for k in range(len(bounds) - 1) if bounds[k] <= w.x0 and w.x1 <= bounds[k + 1]), None)
+        if k is None:
+            return None
+        pieces.setdefault(k, []).append(w)
+    if len(pieces) < 2:
+        return None
+    keys = sorted(pieces)
+    em = 1.2 * max(line.size, 1.0)
+    for a, b in zip(keys, keys[1:]):
+        if min(w.x0 for w in pieces[b]) - max(w.x1 for w in pieces[a]) <= em:
+            return None
+    return [(k, Line(pieces[k])) for k in keys]
 
 
 # ---------------------------------------------------------------- running headers and footers
@@ -540,16 +835,24 @@ def _margin_key(line: Line) -> str:
 
 
 def drop_running_lines(pages: list[list[Line]], heights: list[float]) -> list[list[Line]]:
-    """Remove bare page numbers and header/footer lines repeated on >= half of the pages (>= 2)."""
+    """Remove bare page numbers and header/footer lines repeated on >= half of the pages (>= 2), or on >= half
+    of the odd or of the even pages (books and journals alternate them: the title on odd pages, the author on
+    even ones)."""
     n = len(pages)
     counts: Counter[str] = Counter()
-    for lines, height in zip(pages, heights):
-        counts.update({_margin_key(ln) for ln in _margin_lines(lines, height)})
+    by_parity: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+    for number, (lines, height) in enumerate(zip(pages, heights), start=1):
+        keys = {_margin_key(ln) for ln in _margin_lines(lines, height)}
+        counts.update(keys)
+        by_parity[number % 2].update(keys)
     need = max(2, n // 2)
+    need_parity = (max(2, -(-3 * (n // 2) // 5)), max(2, -(-3 * ((n + 1) // 2) // 5)))  # 60% of even, odd pages
     out = []
-    for lines, height in zip(pages, heights):
+    for number, (lines, height) in enumerate(zip(pages, heights), start=1):
+        parity = number % 2
         drop = {id(ln) for ln in _margin_lines(lines, height)
-                if _PAGE_NUMBER.match(ln.text) or (n >= 2 and counts[_margin_key(ln)] >= need)}
+                if _PAGE_NUMBER.match(ln.text) or (n >= 2 and (
+                    counts[_margin_key(ln)] >= need or by_parity[parity][_margin_key(ln)] >= need_parity[parity]))}
         out.append([ln for ln in lines if id(ln) not in drop])
     return out
 
@@ -734,7 +1037,8 @@ def layout_document(page_words: list[list[Word]], heights: list[float],
     page_block_lists = []
     for lines, height in zip(pages, heights):
         tables, rest = find_tables(lines)
-        items = reading_order(rest, tables)
+        tables, rest, gutters = _page_columns(lines, tables, rest)
+        items = reading_order(rest, tables, gutters)
         # a table inside one column: look again in each column's run of lines
         items = _tables_in_columns(items)
         page_block_lists.append(page_blocks(items, style, vocabulary, height))
@@ -761,6 +1065,34 @@ def layout_document(page_words: list[list[Word]], heights: list[float],
             pos += len(block.text)
         spans.append((start, pos, number))
     return "".join(parts), spans, headings
+
+
+def _page_columns(lines: list[Line], tables: list[Table], rest: list[Line]
+                  ) -> tuple[list[Table], list[Line], list[float]]:
+    """The page's gutters, and its tables and other lines once the "tables" that are really neighbouring
+    columns read across are dissolved back into lines.
+
+    Tables are found first on the page's lines, so that a wide table's column gaps are not taken for gutters;
+    gutters are looked for in the other lines. Where the columns hold short lines (a reference card's entries,
+    code next to a table), lines of two columns on one baseline look like table rows: a table that spans a
+    gutter that none of its words crosses is dissolved. So is a table inside one column: it is found again in
+    its column's lines (`_tables_in_columns`), whole, where a line of the other column at the same height no
+    longer interrupts it. A wide table (a word of it crosses the gutter) is kept."""
+    gutters = find_gutters(rest)
+    if not gutters or not tables:
+        return tables, rest, gutters
+    kept: list[Table] = []
+    freed: list[Line] = []
+    for table in tables:
+        spanned = [g for g in gutters if table.x0 < g < table.x1]
+        crossed = any(w.x0 < g < w.x1 for g in spanned for ln in table.lines for w in ln.words)
+        if crossed:
+            kept.append(table)
+        else:
+            freed.extend(table.lines)
+    if freed:
+        rest = sorted([*rest, *freed], key=lambda ln: (ln.top, ln.x0))
+    return kept, rest, gutters
 
 
 def _tables_in_columns(items: list[Item]) -> list[Item]:
