@@ -6,14 +6,21 @@ continues a split table repeats its header). `find_tables` reads them cell by ce
 answer ("Accuracy for TinyLM-2: 91.2"); `is_table_text` says whether a passage is mostly a table.
 
 How a row and a column are picked: the question's words (lower-cased, plurals folded: "models" = "model",
-numbers kept, "1,000" = "1000", common question words dropped) are matched against each header cell and
-against each row: its first cell (the label) must match and counts fully, its other cells count half. A
-candidate's score is the weight of its matched words times (1 + the share of its own words that matched) / 2,
-so an exact label beats a longer one that only contains it ("TinyLM-2" vs "TinyLM-2 Large"). A word of the
-question is used by the column or by the row, not both (one that appears twice may serve each once).
-`term_weights` (e.g. IDF) weigh rare words more; otherwise every word weighs 1. The best (row, column) pair
-wins when both its row and its column are named and no other pair scores as high; otherwise there is no
+numbers kept, "1,000" = "1000", digits after letters kept in the word: "r0", a Greek letter read as its name:
+"κ" = "kappa", common question words dropped) are matched against each header cell (without a parenthesised
+unit: "r0 (Å)") and against each row: its first cell (the label) must match and counts fully, its other cells
+count half; a row whose label is not named (a symbol such as "Ø") may be named by another of its cells named in
+full. A candidate's score is the weight of its matched words times (1 + the share of its own words that
+matched) / 2, so an exact label beats a longer one that only contains it ("TinyLM-2" vs "TinyLM-2 Large"). A
+word of the question is used by the column or by the row, not both (one that appears twice may serve each
+once). `term_weights` (e.g. IDF) weigh rare words more; otherwise every word weighs 1. The best (row, column)
+pair wins when both its row and its column are named and no other pair scores as high; otherwise there is no
 answer (None).
+
+Other look-ups: a question that names the first column's header and a cell ("which command gives a fraction
+of a day") gets that row's label; a two-column label -> value table (or three columns with an arrow between:
+"| [ref] ty * | ⇒ | [[ty]] |"), whose header is often just its first pair, answers the label a question names,
+or the label of the value it names. A table set in two halves side by side (its header repeats) is read as one.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from dataclasses import dataclass
 
 from retrieval.pipe_tables import find_pipe_tables, split_row
 
-_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+")
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_][^\W_]*")  # numbers ("1,000", "2.5"); words, digits after letters kept ("r0", "int32")
 _STOP = frozenset("""
 a an the of for in on at to by with from and or is are was were be been being do does did has have had what
 which who whom whose when where how much many value values table tables row rows column columns cell cells
@@ -93,8 +100,23 @@ def find_tables(text: str) -> list[Table]:
             extra, rows = rows[0], rows[1:]
             header = [Cell(" ".join(t for t in (cell.text.strip(), extra[i].text.strip() if i < len(extra) else "")
                                     if t), cell.start, cell.end) for i, cell in enumerate(header)]
-        tables.append(Table(header, rows, block.start, block.end))
+        tables.append(_unfolded(Table(header, rows, block.start, block.end)))
     return tables
+
+
+def _unfolded(table: Table) -> Table:
+    """A table set in two halves side by side (the header's cells repeat: "| | r_c | r_0 | | r_c | r_0 |", as
+    papers fold a long table to fit a column) as one table: the right half's rows under the left half's.
+    Other tables are returned as they are."""
+    width = len(table.header)
+    half = width // 2
+    if width < 4 or width % 2 or not table.rows or any(len(r) != width for r in table.rows):
+        return table
+    left, right = [c.text.strip() for c in table.header[:half]], [c.text.strip() for c in table.header[half:]]
+    if left != right or sum(bool(t) for t in left) < 1:
+        return table
+    rows = [r[:half] for r in table.rows] + [r[half:] for r in table.rows if any(c.text.strip() for c in r[half:])]
+    return Table(table.header[:half], rows, table.start, table.end)
 
 
 def is_table_text(text: str) -> bool:
@@ -122,8 +144,28 @@ def _stem(word: str) -> str:
     return word
 
 
+_GREEK = dict(zip("αβγδεζηθικλμνξοπρστυφχψωϵϑϕς",
+                  "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma "
+                  "tau upsilon phi chi psi omega epsilon theta phi sigma".split()))
+_GREEK_LETTER = re.compile("[" + "".join(_GREEK) + "]")
+
+
+_QUALIFIER = re.compile(r"\([^()]*\)")
+
+
+def _head_words(text: str) -> list[str]:
+    """A column header's words without its parenthesised qualifier ("r0 (Å)", "Unit cost (GBP)": a unit is not
+    part of the name a question must give), unless the qualifier is all there is."""
+    return _words(_QUALIFIER.sub(" ", text)) or _words(text)
+
+
 def _words(text: str) -> list[str]:
-    return [_stem(w) for w in (m.lower() for m in _TOKEN.findall(text)) if w not in _STOP]
+    """The words that name things: lower-cased, plurals folded, question words dropped; a Greek letter is its
+    name ("κr0" and "kappa r0", "δ Pav" and "delta Pav" name the same)."""
+    text = text.lower()
+    if _GREEK_LETTER.search(text):
+        text = _GREEK_LETTER.sub(lambda m: f" {_GREEK[m.group(0)]} ", text)
+    return [_stem(w) for w in _TOKEN.findall(text) if w not in _STOP]
 
 
 @dataclass
@@ -148,11 +190,15 @@ def _match(words: list[str], available: Counter, weight: dict[str, float], scale
 def _row_match(row_words: list[list[str]], available: Counter, weight: dict[str, float], skip: int) -> _Match:
     """A row named by its label (first cell, full weight) and, at half weight, its other cells but `skip`.
 
-    A row whose label the question does not name is not named at all (score 0): "which model has 91.2" asks
-    for a label, not a cell."""
+    A row whose label the question does not name is named only by another cell (not `skip`) that the question
+    names in full, with at least two distinct words ("the character used for Swedish names" names the row
+    "| Ø | 1 in 1,000 | For Swedish names |"), at half weight; "which model has 91.2" asks for a label, not a
+    cell."""
     best = _match(row_words[0] if row_words else [], available, weight)
     if best.score <= 0:
-        return best
+        named = [m for i, words in enumerate(row_words[1:], start=1) if i != skip and len(set(words)) >= 2
+                 for m in [_match(sorted(set(words)), available, weight, 0.5)] if m.precision >= 0.999]
+        return max(named, key=lambda m: m.score) if named else best
     left = available - best.used
     score, used = best.score, Counter(best.used)
     for i, words in enumerate(row_words[1:], start=1):
@@ -189,7 +235,7 @@ def answer_cell(question: str, text: str, term_weights: dict[str, float] | None 
         width = max(len(table.header), *(len(r) for r in table.rows))
         if width < 2:
             continue
-        head_words = [_words(c.text) for c in table.header]
+        head_words = [_head_words(c.text) for c in table.header]
         body_words = [[_words(c.text) for c in row] for row in table.rows]
         for col in range(1, width):
             col_m = _match(head_words[col] if col < len(head_words) else [], available, weight)
@@ -202,9 +248,24 @@ def answer_cell(question: str, text: str, term_weights: dict[str, float] | None 
                 row_m = _row_match(words, rest, weight, col)
                 if row_m.score > 0:
                     candidates.append((col_m.score + row_m.score, t_index, r_index, col, col_m, row_m, table))
+    named = _best_named(candidates, available, weight)
+    label_answer = _answer_label(available, weight, text)
+    if named is not None and label_answer is not None:
+        return named[0] if named[1] >= label_answer[1] else label_answer[0]
+    if named is not None or label_answer is not None:
+        return (named or label_answer)[0]
+    if candidates:
+        return None  # a row and a column are named, but not clearly: no pair look-up either
+    return _answer_pair(question_words, available, weight, text)
+
+
+def _best_named(candidates: list[tuple[float, int, int, int, _Match, _Match, Table]], available: Counter,
+                weight: dict[str, float]) -> tuple[CellAnswer, float] | None:
+    """The cell of the best (row, column) candidate and the share of the question it explains, or None when
+    two cells are named equally well or the value restates the question."""
     if not candidates:
-        return _answer_pair(question_words, available, weight, text)
-    candidates.sort(key=lambda c: -c[0])
+        return None
+    candidates = sorted(candidates, key=lambda c: -c[0])
     best = candidates[0]
     total, _, r_index, col, col_m, row_m, table = best
     rivals_row = [c[0] for c in candidates[1:] if c[3] == col and (c[1], c[2]) != (best[1], best[2])]
@@ -216,7 +277,8 @@ def answer_cell(question: str, text: str, term_weights: dict[str, float] | None 
     if not value or _restates(value, available - col_m.used - row_m.used):
         return None
     row = table.rows[r_index]
-    label = row[0].text.strip()  # never empty: the label is what named the row
+    # the label; a row named by another of its cells may have none: that cell stands for it
+    label = row[0].text.strip() or next((c.text.strip() for i, c in enumerate(row) if i != col and c.text.strip()), "")
     column = table.header[col].text.strip() if col < len(table.header) else ""
     explained = sum(weight.get(w, 1.0) * n for w, n in (col_m.used + row_m.used).items())
     asked = sum(weight.get(w, 1.0) * n for w, n in available.items())
@@ -225,8 +287,59 @@ def answer_cell(question: str, text: str, term_weights: dict[str, float] | None 
     margin_col = min(1.0, 3.0 * (1.0 - max(rivals_col) / total)) if rivals_col else 1.0
     confidence = (0.4 * (row_m.precision + col_m.precision) / 2 + 0.3 * coverage
                   + 0.3 * (max(margin_row, 0.0) + max(margin_col, 0.0)) / 2)
+    # a row named by part of its label is less surely the one asked about, whatever its rivals in this passage
+    # (a passage holding only part of a table has fewer of them)
+    confidence *= 0.5 + 0.5 * row_m.precision
     return CellAnswer(value, label, column or f"column {col + 1}", cell.start, cell.end, table.start,
-                      table.end, round(min(max(confidence, 0.0), 1.0), 4), r_index, col)
+                      table.end, round(min(max(confidence, 0.0), 1.0), 4), r_index, col), coverage
+
+
+def _answer_label(available: Counter, weight: dict[str, float], text: str) -> tuple[CellAnswer, float] | None:
+    """A look-up of a row's label by another of its cells, when the question names the label column's header:
+    "Which command gives the symbol for a fraction of a day?" names "Command" (the header of the first column)
+    and the cell "fraction of a day" (all its words, without a parenthesised remark), so the answer is that
+    row's first cell ("\\fd"). A cell of one distinct word must also have its column's header named ("the
+    journal Nature": "Journal name"). The best such cell must be unique and explain REVERSE_MIN_COVERAGE of the
+    question; returns the answer and the share of the question it explains."""
+    candidates: list[tuple[float, Table, Cell, Cell, Counter]] = []
+    for table in find_tables(text):
+        if not table.rows or len(table.header) < 2:
+            continue
+        head = _match(_head_words(table.header[0].text), available, weight)
+        if head.score <= 0 or head.precision < 0.5:
+            continue
+        rest = available - head.used
+        for col in range(1, len(table.header)):
+            col_m = _match(_head_words(table.header[col].text), rest, weight)
+            left = rest - col_m.used if col_m.score > 0 else rest
+            for row in table.rows:
+                if col >= len(row) or not row[0].text.strip() or not row[col].text.strip():
+                    continue
+                words = sorted(set(_head_words(row[col].text)))
+                if not words or (len(words) < 2 and col_m.score <= 0):
+                    continue
+                match = _match(words, left, weight)
+                if match.score <= 0 or match.precision < 0.999:
+                    continue
+                used = head.used + match.used + (col_m.used if col_m.score > 0 else Counter())
+                score = head.score + match.score + max(col_m.score, 0.0)
+                candidates.append((score, table, row[0], row[col], used))
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda c: c[0])
+    if any(c is not best and c[0] >= best[0] - 1e-9 and c[2].start != best[2].start for c in candidates):
+        return None  # two rows are named as well
+    score, table, label, cell, used = best
+    if _restates(label.text.strip(), available):
+        return None
+    explained = sum(weight.get(w, 1.0) * n for w, n in used.items())
+    asked = sum(weight.get(w, 1.0) * n for w, n in available.items())
+    coverage = min(1.0, explained / asked) if asked > 0 else 0.0
+    if coverage < REVERSE_MIN_COVERAGE:
+        return None
+    confidence = round(0.5 + 0.3 * coverage, 4)
+    return CellAnswer(label.text.strip(), cell.text.strip(), "", label.start, label.end, table.start,
+                      table.end, confidence, -1, 0), coverage
 
 
 def _answer_pair(question_words: list[str], available: Counter, weight: dict[str, float],
@@ -237,16 +350,17 @@ def _answer_pair(question_words: list[str], available: Counter, weight: dict[str
     its value; the header row counts as a row. Confidence is lower than a named row and column."""
     candidates: list[tuple[float, Table, Cell, Cell]] = []
     rivals: list[float] = []
-    tables = [t for t in find_tables(text)
-              if all(len(r) == 2 for r in [t.header, *t.rows])
-              and sum(1 for r in [t.header, *t.rows] if r[0].text.strip() and r[1].text.strip()) >= 2]
+    tables = [t for t in (_pair_view(t) for t in find_tables(text)) if t is not None]
     for table in tables:
         pairs = [r for r in [table.header, *table.rows] if r[0].text.strip() and r[1].text.strip()]
+        shared = _shared_words([label for label, _ in pairs])
         for label, value in pairs:
             # a label repeats words and has one-letter aliases ("-n, --name=NAME"): all its distinct words of two
-            # letters or more must be named
+            # letters or more must be named, but not the words every label of the table has ("ty" of
+            # "[ref] ty *", "[unique] ty *", "[ptr] ty *")
             own = sorted(set(_words(label.text)))
-            match = _match([w for w in own if len(w) > 1] or own, available, weight)
+            long = [w for w in own if len(w) > 1] or own
+            match = _match([w for w in long if w not in shared] or long, available, weight)
             if match.score <= 0 or match.precision < 0.999:
                 continue
             if len(set(_words(value.text))) >= 2 and _restates(value.text, available):
@@ -266,6 +380,36 @@ def _answer_pair(question_words: list[str], available: Counter, weight: dict[str
     confidence = round(0.5 + 0.2 * coverage, 4)
     return CellAnswer(value.text.strip(), label.text.strip(), "", value.start, value.end, table.start,
                       table.end, confidence, -1, 1)
+
+
+_ARROWS = frozenset(["=>", "⇒", "->", "→", "⟶", "⟹", "↦", "|->", ":=", "::="])
+
+
+def _pair_view(table: Table) -> Table | None:
+    """A table read as label -> value pairs, or None: a two-column table with at least two filled pairs, or a
+    three-column one whose middle column is the same arrow in every row ("| [ref] ty * | ⇒ | [[ty]] |"), read
+    without that column. The header row is a pair like the others (PDF tables often have none)."""
+    rows = [table.header, *table.rows]
+    if all(len(r) == 3 for r in rows) and len({r[1].text.strip() for r in rows}) == 1 \
+            and rows[0][1].text.strip() in _ARROWS:
+        table = Table([table.header[0], table.header[2]], [[r[0], r[2]] for r in table.rows], table.start,
+                      table.end)
+        rows = [table.header, *table.rows]
+    if not all(len(r) == 2 for r in rows):
+        return None
+    if sum(1 for r in rows if r[0].text.strip() and r[1].text.strip()) < 2:
+        return None
+    return table
+
+
+def _shared_words(labels: Sequence[Cell]) -> set[str]:
+    """The words that every one of three or more labels has."""
+    if len(labels) < 3:
+        return set()
+    common = set(_words(labels[0].text))
+    for label in labels[1:]:
+        common &= set(_words(label.text))
+    return common
 
 
 def _clear_winner(candidates: list[tuple[float, Table, Cell, Cell]], rivals: Sequence[float] = ()

@@ -52,7 +52,7 @@ def test_no_answer_unless_both_a_row_and_a_column_are_named():
     assert answer_cell("Tell me about TinyLM-2", PASSAGE) is None  # a row, no column
     assert answer_cell("What is the top-1 accuracy?", PASSAGE) is None  # a column, no row
     assert answer_cell("What is the accuracy of TinyLM-2?", PASSAGE) is None  # top-1 or top-5: ambiguous
-    assert answer_cell("Which model has a top-1 accuracy of 91.2?", PASSAGE) is None  # asks for a label
+    assert answer_cell("Which has a top-1 accuracy of 91.2?", PASSAGE) is None  # a label, but of which column?
     assert answer_cell("", PASSAGE) is None and answer_cell("accuracy of TinyLM-2", "no table") is None
 
 
@@ -127,3 +127,68 @@ def test_a_reverse_lookup_needs_the_value_to_be_much_of_the_question():
                        "while a program runs?", text) is None
     rev = answer_cell("Which part holds ASN.1 definitions?", text)
     assert rev is not None and rev.value == "Structure"
+
+
+def test_a_headerless_arrow_mapping_table_answers_from_the_label_it_names():
+    """"| [ref] ty * | ⇒ | [[ty]] |": the arrow column is not a column of values and the first line is a
+    pair like the others; the word every label shares ("ty") need not be named."""
+    text = ("| [ref] ty * | ⇒ | [[ty]] |\n|---|---|---|\n| [unique] ty * | ⇒ | [[ty]] option |\n"
+            "| [ptr] ty * | ⇒ | [[ty]] Com.opaque |\n")
+    cell = answer_cell("What Caml type does a [ptr] pointer map to?", text)
+    assert cell is not None and cell.value == "[[ty]] Com.opaque" and cell.row_label == "[ptr] ty *"
+    assert text[cell.start:cell.end] == "[[ty]] Com.opaque"
+    assert answer_cell("What does a [ref] pointer map to?", text).value == "[[ty]]"
+    assert answer_cell("What does ty map to?", text) is None  # every label has it: no row is named
+    # without the arrow in every row it is a three-column table, and no column is named
+    mixed = text.replace("| [unique] ty * | ⇒ |", "| [unique] ty * | maps |")
+    assert answer_cell("What Caml type does a [ptr] pointer map to?", mixed) is None
+
+
+def test_a_label_is_looked_up_by_another_cell_when_its_column_header_is_named():
+    text = ("| Command | Output | Meaning |\n|---|---|---|\n| \\fd | d. | fraction of a day |\n"
+            "| \\fh | h. | fraction of an hour |\n| \\nat | Nature | Nature |\n"
+            "| \\sci | Science | Science |\n")
+    cell = answer_cell("Which command gives the symbol for a fraction of a day?", text)
+    assert cell is not None and cell.value == "\\fd" and text[cell.start:cell.end] == "\\fd"
+    assert cell_sentence(cell) == "fraction of a day: \\fd"
+    assert answer_cell("Which command gives the symbol for a fraction?", text) is None  # day or hour?
+    assert answer_cell("Which symbol gives a fraction of a day?", text) is None  # the label column is not named
+    # a cell of one word needs its own column named too ("Meaning")
+    assert answer_cell("Which command has the meaning Science?", text).value == "\\sci"
+    assert answer_cell("Which command is Science?", text) is None
+
+
+def test_a_table_folded_in_two_halves_and_greek_and_unit_headers():
+    text = ("| | rc (Å) | r0 (Å) | κr0 | | rc (Å) | r0 (Å) | κr0 |\n|---|---|---|---|---|---|---|---|\n"
+            "| Cu | 0.800 | 14.10 | 2.550 | Sn a | 0.680 | 1.870 | 3.700 |\n"
+            "| Ga | 0.310 | 16.70 | 3.330 | Cs d | 1.420 | 3.030 | 3.740 |\n"
+            "| Tl | 0.480 | 18.90 | 3.550 | | | | |\n")
+    [table] = find_tables(text)
+    assert [r[0].text for r in table.rows] == ["Cu", "Ga", "Tl", "Sn a", "Cs d"] and len(table.header) == 4
+    assert answer_cell("What is rc for Cs?", text).value == "1.420"  # a label of the right half
+    assert answer_cell("What is r0 for Cu?", text).value == "14.10"  # r0, not κr0: "(Å)" is a unit
+    assert answer_cell("What is the kappa r0 value for Ga?", text).value == "3.330"  # κ is kappa
+    assert answer_cell("What is r0 for Sn?", text).value == "1.870"
+
+
+def test_a_row_is_named_by_another_of_its_cells_when_its_label_is_a_symbol():
+    text = ("| Non-English or Math | Frequency | Comments |\n|---|---|---|\n| Ø | 1 in 1,000 | For Swedish names |\n"
+            "| π | 1 in 5 | Common in math |\n| $ | 4 in 5 | Used in business |\n")
+    cell = answer_cell("What is the frequency of the character used for Swedish names?", text)
+    assert cell is not None and cell.value == "1 in 1,000" and cell.row_label == "Ø"
+    assert answer_cell("What is the frequency of the character used?", text) is None  # no cell named in full
+
+
+def test_a_row_named_by_part_of_its_label_is_less_sure_than_an_exact_label():
+    """A passage holding only a row where the named word is part of a longer label must not outrank the
+    passage with the exact label and its rivals (a continuation chunk of a table has fewer rivals)."""
+    head = "| Attribute | Context where it can appear |\n|---|---|\n"
+    exact = head + ("| camlint | int or long integer type |\n"
+                    "| int_default ( camlint / nativeint / int32 / int64 ) | interface |\n"
+                    "| long_default ( camlint / nativeint / int32 / int64 ) | interface |\n")
+    partial = head + "| long_default ( camlint / nativeint / int32 / int64 ) | interface |\n| out | function parameter |\n"
+    question = "In which context can the camlint attribute appear?"
+    weights = {"context": 4.7, "can": 1.8, "camlint": 5.0, "attribute": 2.8, "appear": 3.3}  # IDF-like
+    a, b = answer_cell(question, exact, weights), answer_cell(question, partial, weights)
+    assert a.value == "int or long integer type" and b.value == "interface"
+    assert a.confidence > b.confidence
