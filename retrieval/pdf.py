@@ -648,10 +648,11 @@ def _make_table(run: list[tuple[Line, list[list[Word]]]]) -> Table | None:
 def find_gutter(lines: Sequence[Line], max_crossing: float = 0.5, strict: bool = False) -> float | None:
     """The x of a whitespace gutter down the middle of the body, or None for a single-column page.
 
-    At most `max_crossing` of the lines may cross it (full-width titles, abstracts, wide tables). A gutter
-    found only by its aligned edges (not by full lines on its left), or any gutter when `strict`, must also
-    part columns of similar width (the narrower at least 60% of the wider): the gap between an index's
-    entries and their page numbers, or between a column's labels and values, is not a gutter."""
+    At most `max_crossing` of the lines may cross it (full-width titles, abstracts, wide tables). Each column
+    must be at least 8 ems wide (12 when `strict`: a gutter inside a part of the page). A gutter found only by
+    its aligned edges (not by full lines on its left), or any gutter when `strict`, must also part columns of
+    similar width (the narrower at least 60% of the wider): the gap between an index's entries and their page
+    numbers, or between a column's labels and values, is not a gutter."""
     if len(lines) < 6:
         return None
     left_edge = min(ln.x0 for ln in lines)
@@ -680,15 +681,28 @@ def find_gutter(lines: Sequence[Line], max_crossing: float = 0.5, strict: bool =
     fewest = min(blocked)
     if fewest > max_crossing * len(lines):
         return None
-    best_len = best_start = length = 0  # the widest stretch of x where the fewest lines are blocked
+    stretches: list[tuple[int, int]] = []  # (start, length) of the stretches of x where the fewest are blocked
+    length = 0
     for b, value in enumerate(blocked + [-1]):
         if value == fewest:
             length += 1
         else:
-            if length > best_len:
-                best_len, best_start = length, b - length
+            if length:
+                stretches.append((b - length, length))
             length = 0
-    x = lo + best_start + best_len / 2
+    # each stretch checked, widest first; of those that part two columns, the narrowest gap is the gutter
+    # (a wider gap inside one column, between left-aligned entries and right-aligned commands, is not)
+    found: list[tuple[float, float]] = []
+    for start, length in sorted(stretches, key=lambda s: -s[1]):
+        checked = _check_gutter(lines, lo + start + length / 2, left_edge, right_edge, strict)
+        if checked is not None:
+            found.append(checked)
+    return min(found, key=lambda f: f[1])[0] if found else None
+
+
+def _check_gutter(lines: Sequence[Line], x: float, left_edge: float, right_edge: float,
+                  strict: bool) -> tuple[float, float] | None:
+    """(the gutter's middle, its width) when the whitespace at x parts two columns of text, else None."""
     left_ends: list[float] = []
     right_starts: list[float] = []
     for ln in lines:
@@ -708,14 +722,15 @@ def find_gutter(lines: Sequence[Line], max_crossing: float = 0.5, strict: bool =
     if g1 - g0 < 3.0:  # ragged lines leave a gutter of at least a few points
         return None
     em = sorted(ln.size for ln in lines)[len(lines) // 2] or 1.0
-    if g0 - left_edge < 8 * em or right_edge - g1 < 8 * em:
-        return None  # a text column is wider than eight ems; a table's column often is not
+    narrowest = 12 * em if strict else 8 * em
+    if g0 - left_edge < narrowest or right_edge - g1 < narrowest:
+        return None  # a text column is wider than eight ems (twelve inside a part); a table's column often is not
     left_ends.sort()
     similar = min(g0 - left_edge, right_edge - g1) >= 0.6 * max(g0 - left_edge, right_edge - g1)
     if strict and not similar:
         return None
     if left_ends[len(left_ends) // 2] >= left_edge + 0.75 * (g0 - left_edge):
-        return (g0 + g1) / 2  # the left side's lines mostly reach the gap: a column of text
+        return (g0 + g1) / 2, g1 - g0  # the left side's lines mostly reach the gap: a column of text
     if not similar:
         return None
     # a left column with many short lines (code, lists, a table of its own) still has its justified lines
@@ -723,7 +738,7 @@ def find_gutter(lines: Sequence[Line], max_crossing: float = 0.5, strict: bool =
     flush_left = sum(1 for e in left_ends if e >= g0 - em)
     flush_right = sum(1 for r in right_starts if r <= g1 + 0.25 * em)
     if flush_left >= max(3, 0.2 * len(left_ends)) and flush_right >= max(3, 0.4 * len(right_starts)):
-        return (g0 + g1) / 2
+        return (g0 + g1) / 2, g1 - g0
     return None  # the left side's lines mostly stop well short of the gap: not a column (code, a form)
 
 

@@ -105,6 +105,136 @@ def test_code_with_aligned_comments_is_not_taken_for_two_columns():
     assert flat.index("x = load(path)") < flat.index("# step 0") < flat.index("y = x + 1")
 
 
+def _draw(ops: list[tuple[str, float, float, float, str, float]], pagesize=A4) -> bytes:
+    """One page of (font, size, x, y, text, width) draw calls; a width > 0 justifies the text to that width."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    buf = io.BytesIO()
+    c = canvas.Canvas(buf, pagesize=pagesize)
+    for font, size, x, y, text, width in ops:
+        t = c.beginText(x, y)
+        t.setFont(font, size)
+        if width > 0 and text.count(" "):
+            t.setWordSpace((width - stringWidth(text, font, size)) / text.count(" "))
+        t.textOut(text)
+        c.drawText(t)
+    c.showPage()
+    c.save()
+    return buf.getvalue()
+
+
+def test_three_columns_of_entries_are_read_column_by_column():
+    """A reference card: three columns of section titles and short "description   command" entries. Lines of
+    the three columns share baselines and look like rows of one wide table; they are read a column at a time,
+    each section's entries as a two-column table of its own."""
+    from reportlab.lib.pagesizes import landscape
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    width = landscape(A4)[0]
+    col_w = (width - 40 - 2 * 20) / 3  # three columns, two 20 pt gutters
+    xs = [20 + k * (col_w + 20) for k in range(3)]
+    topics = ["amber", "cobalt", "saffron"]
+    titles = {(0, 0): "Amber basics", (0, 7): "Amber extras", (1, 3): "Cobalt functions", (2, 1): "Saffron tools",
+              (2, 9): "Saffron odds and ends"}
+    ops = []
+    ys = [540.0, 540.0, 540.0]
+    for k in range(16):  # row by row across the three columns; a section title takes more room than a row
+        for c, topic in enumerate(topics):
+            y = ys[c]
+            ys[c] -= 14 if (c, k) in titles else 10
+            if (c, k) in titles:
+                ops.append(("Times-Bold", 9, xs[c], y - 2, titles[c, k], 0))
+                continue
+            desc, cmd = f"{topic} entry {k} describes a thing", f"{topic}cmd{k}(x)"
+            ops.append(("Times-Roman", 8, xs[c], y, desc, 0))
+            ops.append(("Courier", 8, xs[c] + col_w - stringWidth(cmd, "Courier", 8), y, cmd, 0))
+    text, _, _, _ = parse(_draw(ops, landscape(A4)))
+    positions = [text.index(f"{topic}cmd{n}(x)") for topic in topics for n in range(16) if f"{topic}cmd{n}(x)" in text]
+    assert len(positions) == 48 - len(titles) and positions == sorted(positions), text
+    assert "| amber entry 3 describes a thing | ambercmd3(x) |" in text, text
+    assert "| saffron entry 15 describes a thing | saffroncmd15(x) |" in text
+    assert text.index("Cobalt functions") < text.index("cobaltcmd4(x)") < text.index("Saffron tools")
+
+
+def test_a_column_of_short_code_lines_beside_a_text_column_is_still_a_column():
+    """The left column is mostly a code listing (short lines), so most of its lines stop well short of the
+    gutter; its justified lines reach it, and the right column's lines start at one margin."""
+    prose = ["A paragraph before the listing explains in some detail what the code does",
+             "and it is set as justified text that runs all the way up to the gutter",
+             "of the page on the right, just as the third line of it does here too.",
+             "Bulleted lists using the itemize environment should not be used in",
+             "papers for this journal, as it is kept for old documents only. Fine."]
+    code = ["\\begin{enumerate}", "\\item First item", "\\item Second", "\\end{enumerate}", "which produces",
+            "(i) First item", "(ii) Second", "\\begin{description}", "\\item Only", "\\end{description}"]
+    left = [(t, 265.0) for t in prose[:3]] + [(t, 0.0) for t in code] + [(t, 265.0) for t in prose[3:]]
+    right = [f"Right column sentence {n} about lapis windmills goes on and on to the end." for n in range(15)]
+    ops = []
+    for k in range(15):
+        ops.append(("Times-Roman", 9, 42, 760 - 11 * k, left[k][0], left[k][1]))
+        ops.append(("Times-Roman", 9, 322, 760 - 11 * k, right[k], 0.0))
+    flat = words_of(parse(_draw(ops))[0])
+    assert flat.index("old documents only. Fine.") < flat.index(right[0]), flat
+    positions = [flat.index(line) for line in right]
+    assert positions == sorted(positions)
+
+
+def test_a_footnote_mark_on_a_table_label_is_a_word_of_its_own():
+    buf = io.BytesIO()
+    c = canvas.Canvas(buf, pagesize=A4)
+    c.setFont("Times-Roman", 10)
+    c.drawString(72, 760, "The table lists the radii of some ions below.")
+    rows = [("Ion", "radius"), ("Cs", "1.420"), ("Rb", "1.330"), ("Na", "0.760")]
+    for r, (label, value) in enumerate(rows):
+        t = c.beginText(72, 730 - 14 * r)
+        t.setFont("Times-Roman", 10)
+        t.textOut(label)
+        if r:
+            t.setFont("Times-Roman", 6.5)
+            t.setRise(4)
+            t.textOut("abc"[r - 1])
+            t.setRise(0)
+        c.drawText(t)
+        c.setFont("Times-Roman", 10)
+        c.drawString(200, 730 - 14 * r, value)
+    c.showPage()
+    c.save()
+    text, _, _, _ = parse(buf.getvalue())
+    assert "| Cs a | 1.420 |" in text and "| Rb b | 1.330 |" in text, text
+    from assistant.tables import answer_cell
+
+    assert answer_cell("What is the radius of Cs?", text).value == "1.420"
+
+
+def test_a_tex_accent_drawn_before_its_letter_goes_onto_it():
+    text, _, _, _ = parse(pdf([body(["The Pad\u00b4e approximant and the M\u00a8obius function."])]))
+    assert "Padé approximant" in text and "Möbius function" in text
+    assert normalise_word("(\u02da") == "(\u02da" and normalise_word("\u02daA") == "Å"
+
+
+def test_a_headerless_arrow_table_and_a_row_with_pipes_stay_tables():
+    """A mapping "a   =>   b" set as a table without a header line, and an attribute table whose long cell
+    holds "|" characters, are pipe tables that answer a cell."""
+    from assistant.tables import answer_cell
+
+    ops = body(["The mapping of pointer kinds is as follows:"], top=780)
+    for r, (a, b) in enumerate([("[ref] ty *", "[[ty]]"), ("[unique] ty *", "[[ty]] option"),
+                                ("[ptr] ty *", "[[ty]] Com.opaque")]):
+        ops += [("Times-Roman", 10, 100, 750 - 14 * r, a), ("Times-Roman", 10, 200, 750 - 14 * r, "=>"),
+                ("Times-Roman", 10, 240, 750 - 14 * r, b)]
+    ops += body(["Attributes and where they may appear:"], top=680)
+    rows = [("Attribute", "Context"), ("camlint", "int or long integer type"),
+            ("int_default ( camlint | nativeint | int32 | int64 )", "interface"),
+            ("int32", "int or long integer type"), ("ptr", "any pointer type")]
+    for r, (a, b) in enumerate(rows):
+        ops += [("Times-Roman", 10, 72, 650 - 14 * r, a), ("Times-Roman", 10, 330, 650 - 14 * r, b)]
+    text, _, _, _ = parse(pdf([ops]))
+    assert "| [ptr] ty * | => | [[ty]] Com.opaque |" in text, text
+    mapping = text[:text.index("Attributes and where")]
+    assert answer_cell("What does a [ptr] pointer map to?", mapping).value == "[[ty]] Com.opaque"
+    assert "| int_default ( camlint / nativeint / int32 / int64 ) | interface |\n| int32 |" in text, text
+    assert answer_cell("What is the context of ptr?", text).value == "any pointer type"
+
+
 # ---------------------------------------------------------------- running headers, footers, page numbers
 
 def test_running_header_and_page_numbers_are_dropped_but_pages_stay_numbered():
@@ -122,6 +252,18 @@ def test_running_header_and_page_numbers_are_dropped_but_pages_stay_numbered():
     for start, end, number in spans:
         assert f"page {number} talks about turquoise" in text[start:end]
         assert text[start:end].strip().endswith("saffron trains.")
+
+
+def test_running_headers_that_alternate_on_odd_and_even_pages_are_dropped():
+    pages = []
+    for n in range(1, 7):
+        head = "Guide for authors" if n % 2 else "K. T. Smith"
+        ops = [("Helvetica", 8, 72, 810, f"{n}   {head}" if n > 1 else "Title page heading")]
+        ops += body([f"Body of page {n} is about {['cedar', 'birch', 'alder', 'rowan', 'hazel', 'larch'][n - 1]}."])
+        pages.append(ops)
+    text, _, _, _ = parse(pdf(pages))
+    assert "Guide for authors" not in text and "K. T. Smith" not in text
+    assert "Title page heading" in text and "about larch" in text
 
 
 def test_a_header_on_only_one_page_is_kept():
