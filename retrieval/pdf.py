@@ -51,14 +51,15 @@ class PdfSkip(Exception):
 # ---------------------------------------------------------------- data
 
 class Word:
-    """One word of a page: its text and box (points, y growing downwards), font size and boldness."""
+    """One word of a page: its text and box (points, y growing downwards), font size and boldness, and its
+    font's weight as the PDF reports it (0 when unknown; see `_weights_to_bold`)."""
 
-    __slots__ = ("text", "x0", "x1", "top", "bottom", "size", "bold")
+    __slots__ = ("text", "x0", "x1", "top", "bottom", "size", "bold", "weight")
 
     def __init__(self, text: str, x0: float, x1: float, top: float, bottom: float, size: float,
-                 bold: bool) -> None:
+                 bold: bool, weight: float = 0.0) -> None:
         self.text, self.x0, self.x1, self.top, self.bottom = text, x0, x1, top, bottom
-        self.size, self.bold = size, bold
+        self.size, self.bold, self.weight = size, bold, weight
 
     def __repr__(self) -> str:
         return f"Word({self.text!r}, x={self.x0:.0f}-{self.x1:.0f}, y={self.top:.0f}-{self.bottom:.0f})"
@@ -189,7 +190,10 @@ def join_hyphenated(left: str, right: str, vocabulary: frozenset[str] | set[str]
 
 # ---------------------------------------------------------------- PDFium: characters to words
 
-_BOLD_NAME = re.compile(r"bold|black|heavy|semibold|demi|,b\b|-b\b", re.IGNORECASE)
+# bold by name, including TeX's bold fonts (Computer Modern CMBX10 / CMB10 / CMSSBX10, cm-super SFBX1000, the
+# PSNFSS Times and Helvetica bolds ptmb / phvb)
+_BOLD_NAME = re.compile(r"bold|black|heavy|semibold|demi|,b\b|-b\b|\bcm(?:bx|b|ssbx)\d|\bsf(?:bx|b)\d|"
+                        r"\bp(?:tm|hv|pl|nc|bk|ag|ch)b\d?", re.IGNORECASE)
 _WHITESPACE_CODES = {0, 9, 10, 13, 32, 0xA0, 0x3000} | set(range(0x2000, 0x200C))
 
 
@@ -273,19 +277,20 @@ def _page_words(textpage, page_height: float) -> list[Word]:
     flags = ctypes.c_int()
     get_box, get_size, get_object = calls["box"], calls["size"], calls["object"]
     count_rects, get_rect = calls["count_rects"], calls["rect"]
-    bold_of: dict[int | None, bool] = {}
+    style_of: dict[int | None, tuple[bool, float]] = {}
     words: list[Word] = []
 
-    def style(i: int) -> tuple[float, bool]:
+    def style(i: int) -> tuple[float, bool, float]:
+        """(size, bold by the font's name or ForceBold flag, the font's weight) of character i."""
         key = get_object(handle, i)
-        bold = bold_of.get(key)
-        if bold is None:
+        known = style_of.get(key)
+        if known is None:
             n = calls["font_info"](handle, i, ctypes.addressof(name_buf), len(name_buf), ctypes.addressof(flags))
             name = name_buf.raw[:max(min(n, len(name_buf)) - 1, 0)].decode("latin-1", "replace")
-            bold = bool(_BOLD_NAME.search(name)) or (flags.value & 0x40000) != 0 \
-                or calls["weight"](handle, i) >= 600
-            bold_of[key] = bold
-        return get_size(handle, i) or 0.0, bold
+            known = (bool(_BOLD_NAME.search(name)) or (flags.value & 0x40000) != 0,
+                     float(max(calls["weight"](handle, i), 0)))
+            style_of[key] = known
+        return get_size(handle, i) or 0.0, known[0], known[1]
 
     def char_box(i: int) -> tuple[float, float, float, float]:
         get_box(handle, i, box_addr)
@@ -297,7 +302,7 @@ def _page_words(textpage, page_height: float) -> list[Word]:
 
     def by_chars(start: int, end: int) -> None:
         chars: list[int] = []
-        x0 = x1 = top = bottom = size = 0.0
+        x0 = x1 = top = bottom = size = weight = 0.0
         bold = False
         for i in range(start, end):
             c_x0, c_x1, c_top, c_bottom = char_box(i)
@@ -305,15 +310,15 @@ def _page_words(textpage, page_height: float) -> list[Word]:
                 em = size if size > 1.0 else 1.0
                 if abs(top + bottom - c_top - c_bottom) > em or c_x0 - x1 > 0.3 * em or c_x1 < x0 \
                         or c_x0 < x1 - 0.6 * em or raised_tail(i, end, size, top + bottom):
-                    add(chars, x0, x1, top, bottom, size, bold)
+                    add(chars, x0, x1, top, bottom, size, bold, weight)
                     chars = []
             if chars:
                 x1, top, bottom = max(x1, c_x1), min(top, c_top), max(bottom, c_bottom)
             else:
                 x0, x1, top, bottom = c_x0, c_x1, c_top, c_bottom
-                size, bold = style(i)
+                size, bold, weight = style(i)
             chars.append(codes[i])
-        add(chars, x0, x1, top, bottom, size, bold)
+        add(chars, x0, x1, top, bottom, size, bold, weight)
 
     def raised_tail(i: int, end: int, size: float, mid2: float) -> bool:
         """Whether characters i..end-1 are all raised small type (a footnote mark or an exponent ending the
@@ -324,10 +329,11 @@ def _page_words(textpage, page_height: float) -> list[Word]:
                 return False
         return True
 
-    def add(chars: list[int], x0: float, x1: float, top: float, bottom: float, size: float, bold: bool) -> None:
+    def add(chars: list[int], x0: float, x1: float, top: float, bottom: float, size: float, bold: bool,
+            weight: float) -> None:
         text = normalise_word(_codes_text(chars)) if chars else ""
         if text:
-            words.append(Word(text, x0, x1, top, bottom, size, bold))
+            words.append(Word(text, x0, x1, top, bottom, size, bold, weight))
 
     start = -1
     for i in range(count + 1):
@@ -341,8 +347,8 @@ def _page_words(textpage, page_height: float) -> list[Word]:
             get_rect(handle, 0, *rect_addrs)
             left, r_top, right, r_bottom = rect
             _, _, top, bottom = char_box(start)
-            size, bold = style(start)
-            add(codes[start:i], min(left, right), max(left, right), top, bottom, size, bold)
+            size, bold, weight = style(start)
+            add(codes[start:i], min(left, right), max(left, right), top, bottom, size, bold, weight)
         else:
             by_chars(start, i)
         start = -1
@@ -358,7 +364,8 @@ def _join_accents(words: list[Word]) -> list[Word]:
         if prev is not None and prev.text[-1:] in _ACCENTS and w.text[:1].isalpha() and w.x0 <= prev.x1 + 0.5 \
                 and abs((prev.top + prev.bottom) - (w.top + w.bottom)) <= max(prev.size, w.size):
             out[-1] = Word(normalise_word(prev.text + w.text), prev.x0, max(prev.x1, w.x1), min(prev.top, w.top),
-                           max(prev.bottom, w.bottom), max(prev.size, w.size), prev.bold and w.bold)
+                           max(prev.bottom, w.bottom), max(prev.size, w.size), prev.bold and w.bold,
+                           min(prev.weight, w.weight))
         else:
             out.append(w)
     return out
@@ -903,7 +910,7 @@ class Style:
             return None
         if line.size >= 1.15 * self.body_size and line.size > 0:
             return (line.size, line.bold)
-        if line.bold and not self.body_bold and line.size >= 0.95 * self.body_size and \
+        if line.bold and not self.body_bold and line.size >= 0.85 * self.body_size and \
                 not line.text.rstrip().endswith((".", ",", ";")):
             return (line.size, line.bold)
         if _REFERENCES.match(line.text):
@@ -1170,9 +1177,29 @@ def pdf_pages(raw: bytes, max_pages: int, max_chars: int) -> tuple[str, Pages, H
         page_words, heights = _pdfium_words(raw, max_pages, max_chars)
     if not page_words:
         raise PdfSkip("corrupt PDF (no pages)")
+    _weights_to_bold(page_words)
     text, pages, headings = layout_document(page_words, heights)
     blank = [number for number, words in enumerate(page_words, start=1) if not words]
     return text, pages, headings, blank
+
+
+def _weights_to_bold(page_words: list[list[Word]]) -> None:
+    """Mark as bold the words whose font is heavier than the document's body font: a weight of at least 550
+    and 100 above the weight of most of the text. PDF viewers estimate weights, and some estimate every font of
+    a document high (Ghostscript's Computer Modern: the roman body at 744, its bold at 856), so an absolute
+    threshold would make all text bold."""
+    weights: Counter[float] = Counter()
+    for words in page_words:
+        for w in words:
+            weights[w.weight] += len(w.text)
+    if not weights:
+        return
+    body = weights.most_common(1)[0][0]
+    need = max(550.0, body + 100.0) if body > 0 else 600.0
+    for words in page_words:
+        for w in words:
+            if not w.bold and w.weight >= need:
+                w.bold = True
 
 
 def _pdfium_words(raw: bytes, max_pages: int, max_chars: int) -> tuple[list[list[Word]], list[float]]:

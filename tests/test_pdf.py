@@ -417,3 +417,22 @@ def test_headings_come_back_through_the_parser_worker(tmp_path: Path):
     doc = load_file(tmp_path / "w.pdf", tmp_path)  # default limits: parsed in the worker process
     assert doc.headings and doc.headings[0][2] == "Worker Title"
     assert doc.pages == [(0, len(doc.text), 1)]
+
+
+def test_bold_by_weight_is_relative_to_the_body_font():
+    """Viewers estimate font weights; some estimate a whole document high (a roman body at 744): bold is a
+    weight well above the body's, not above a fixed number."""
+    from retrieval.pdf import Word, _weights_to_bold
+
+    def words(weights: list[float]) -> list[Word]:
+        return [Word("word", 0, 10, 0, 10, 10, False, wt) for wt in weights]
+
+    high = words([744.0] * 20 + [856.0] * 3)
+    _weights_to_bold([high])
+    assert [w.bold for w in high] == [False] * 20 + [True] * 3
+    usual = words([400.0] * 20 + [700.0, 500.0])
+    _weights_to_bold([usual])
+    assert [w.bold for w in usual][-2:] == [True, False] and not any(w.bold for w in usual[:20])
+    unknown = words([0.0] * 5)
+    _weights_to_bold([unknown])
+    assert not any(w.bold for w in unknown)
