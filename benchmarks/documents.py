@@ -1,6 +1,6 @@
 """Real documents as people have them: extraction quality, answer accuracy and indexing speed, old vs new PDF path.
 
-    python benchmarks/documents.py [--out results.json] [--limit N]
+    python benchmarks/documents.py [--out results.json] [--limit N] [--speed-rounds N]
 
 The folder is benchmarks/folders/documents/ (sources and licences in its SOURCES.md): real PDFs from Debian
 packages (a specification, manuals, a technical note, a three-column reference card), one SYNTHETIC two-column
@@ -24,7 +24,9 @@ spreadsheet (.xlsx). Every measurement is taken twice in the same run, each in i
    share of cited PDF passages whose Source.page is set.
    The product indexes a copy of the folder without reference/ and SOURCES.md.
 3. Indexing: wall seconds of `from_folder` on an empty index (parse + chunk + embed every file; the encoder
-   is loaded before the clock starts) per PDF page, and the parse alone per PDF page.
+   is loaded before the clock starts) per PDF page, and the parse alone per PDF page. With --speed-rounds N,
+   N more index-only runs per path, alternating (old, new, new, old, ...), each in its own process: their
+   medians are the speed ratio to quote on a shared machine (each run records the load average).
 """
 
 from __future__ import annotations
@@ -81,6 +83,32 @@ def _pdf_pages(raw: bytes) -> int:
     import io
 
     return len(PdfReader(io.BytesIO(raw), strict=False).pages)
+
+
+def speed_worker(mode: str) -> dict:
+    """Index the folder once on an empty index with one PDF path and time it (no questions)."""
+    with tempfile.TemporaryDirectory(prefix=f"documents-speed-{mode}-") as tmp:
+        if mode == "old":
+            _force_old_path(Path(tmp) / "shim")
+        from assistant.pipeline import Assistant, _load_encoder
+        from assistant.settings import Settings
+
+        settings = Settings.load().replace(answer_mode="extract")
+        encoder = _load_encoder(settings)
+        docs = Path(tmp) / "documents"
+        docs.mkdir()
+        for path in sorted(FOLDER.iterdir()):
+            if path.is_file() and path.name != "SOURCES.md":
+                shutil.copy2(path, docs / path.name)
+        start = time.perf_counter()
+        bot = Assistant.from_folder(docs, Path(tmp) / "index", settings=settings, encoder=encoder)
+        seconds = time.perf_counter() - start
+        chunks = None
+        store = getattr(getattr(bot, "retriever", None), "store", None)
+        if store is not None and hasattr(store, "stats"):
+            chunks = store.stats().get("chunks")
+        bot.close() if hasattr(bot, "close") else None
+    return {"mode": mode, "index_s": seconds, "chunks": chunks, "load": os.getloadavg()[0]}
 
 
 def worker(mode: str, limit: int | None) -> dict:
@@ -308,6 +336,12 @@ def format_table(summary: dict) -> str:
     lines.append(f"| index folder, s per PDF page ({s['pdf_pages']} pages) | {s['old']['index_s_per_page']:.4f} | "
                  f"{s['new']['index_s_per_page']:.4f} |")
     lines.append(f"| parse only, s per PDF page | {s['old']['parse_s_per_page']:.4f} | {s['new']['parse_s_per_page']:.4f} |")
+    if "rounds" in s:
+        cells = []
+        for m in MODES:
+            per = ", ".join(f"{r['s_per_page']:.3f} (load {r['load']:.1f})" for r in s["rounds"][m])
+            cells.append(f"{s[m]['index_s_per_page_median']:.4f} median of {per}")
+        lines.append(f"| index folder, s per PDF page, interleaved rounds | {cells[0]} | {cells[1]} |")
     skipped = summary.get("skipped_new") or []
     if skipped:
         lines.append("")
@@ -319,11 +353,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--limit", type=int, default=None, help="ask only the first N questions")
+    parser.add_argument("--speed-rounds", type=int, default=0,
+                        help="then index the folder this many more times per path, alternating old/new/new/old, and "
+                             "report the median seconds per PDF page of each (a fair speed ratio on a busy machine)")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--speed-worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        result = worker(args.worker, args.limit)
+    if args.worker or args.speed_worker:
+        result = worker(args.worker, args.limit) if args.worker else speed_worker(args.speed_worker)
         Path(args.worker_out).write_text(json.dumps(result))
         return
     results = {}
@@ -336,6 +374,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{mode}] indexing and asking ...", file=sys.stderr, flush=True)
             subprocess.run(cmd, check=True)
             results[mode] = json.loads(target.read_text())
+        rounds: dict[str, list[dict]] = {m: [] for m in MODES}
+        for r in range(args.speed_rounds):
+            for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+                target = Path(tmp) / f"speed-{mode}-{r}.json"
+                print(f"[speed {r + 1}/{args.speed_rounds}, {mode}] indexing ...", file=sys.stderr, flush=True)
+                subprocess.run([sys.executable, str(Path(__file__).resolve()), "--speed-worker", mode,
+                                "--worker-out", str(target)], check=True)
+                rounds[mode].append(json.loads(target.read_text()))
     if results["old"]["pypdfium2"] or not results["new"]["pypdfium2"]:
         print("warning: the two runs did not use different PDF paths "
               f"(old pypdfium2={results['old']['pypdfium2']}, new pypdfium2={results['new']['pypdfium2']})",
@@ -349,6 +395,12 @@ def main(argv: list[str] | None = None) -> None:
                                                "parse_s_per_page": results[m]["parse_s"] / pages} for m in MODES}},
         "skipped_new": results["new"]["skipped"], "skipped_old": results["old"]["skipped"],
     }
+    if args.speed_rounds:
+        summary["speed"]["rounds"] = {m: [{**r, "s_per_page": r["index_s"] / pages} for r in rounds[m]]
+                                      for m in MODES}
+        for m in MODES:
+            values = sorted(r["index_s"] / pages for r in rounds[m])
+            summary["speed"][m]["index_s_per_page_median"] = values[len(values) // 2]
     table = format_table(summary)
     print(table)
     if args.out:
