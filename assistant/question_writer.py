@@ -146,7 +146,8 @@ class QuestionWriter:
             elif f"+adapter:{folder.name}" not in generator.identity:
                 raise CheckpointError(
                     f"the question writer in {folder} is a LoRA adapter and needs a generator loaded with it "
-                    f"(this one is {generator.identity!r}); pass generator=None or Generator.load(adapter={str(folder)!r})")
+                    f"(this one is {generator.identity!r}); pass generator=None or "
+                    f"Generator.load(adapter={str(folder)!r})")
             return cls(generator, method, None, settings, info)
         generator = generator if generator is not None else Generator.load()
         soft_prompt = generator.load_soft_prompt(folder) if method == "prompt" else None
@@ -434,11 +435,26 @@ def source_ranks(scores: Any, sources: Sequence[int]) -> list[int]:
     return ranks
 
 
-def rank_summary(ranks: Sequence[int]) -> dict[str, float]:
-    """Share ranked first, within the top 5, and the mean reciprocal rank over the top 10."""
+def rank_summary(ranks: Sequence[int], usable: Sequence[bool] | None = None) -> dict[str, float]:
+    """Share ranked first, within the top 5, and the mean reciprocal rank over the top 10; with `usable` (one flag
+    per question), also the share that is a usable question *and* ranks its source first ("question_top1")."""
     n = max(len(ranks), 1)
-    return {"top1": round(sum(r == 1 for r in ranks) / n, 4), "top5": round(sum(r <= 5 for r in ranks) / n, 4),
-            "mrr10": round(sum(1.0 / r for r in ranks if r <= 10) / n, 4)}
+    out = {"top1": round(sum(r == 1 for r in ranks) / n, 4), "top5": round(sum(r <= 5 for r in ranks) / n, 4),
+           "mrr10": round(sum(1.0 / r for r in ranks if r <= 10) / n, 4)}
+    if usable is not None:
+        out["question_top1"] = round(sum(r == 1 and ok for r, ok in zip(ranks, usable)) / n, 4)
+    return out
+
+
+GENERIC_WORDS = ("passage", "text", "article", "paragraph")
+
+
+def is_question(text: str) -> bool:
+    """A usable synthetic question: ends with "?", 4-40 words, not about "the passage" / "this text" itself."""
+    words = text.split()
+    lower = text.lower()
+    return (text.endswith("?") and 4 <= len(words) <= 40
+            and not any(f"the {w}" in lower or f"this {w}" in lower for w in GENERIC_WORDS))
 
 
 class Rankers:
@@ -457,19 +473,24 @@ class Rankers:
             self.encoder = Encoder.load()
             self.vectors = self.encoder.embed(self.corpus, batch_size=32)  # [n, dim]
 
-    def ranks(self, questions: Sequence[str], sources: Sequence[int]) -> dict[str, Any]:
-        """{"bm25": summary, "dense": summary} of where each question ranks its source passage."""
+    def ranks(self, questions: Sequence[str], sources: Sequence[int]) -> dict[str, list[int]]:
+        """{"bm25": ranks, "dense": ranks}: where each question ranks its source passage (1 = first)."""
         import numpy as np
 
         from retrieval.store import lexical_tokens
 
         tokens = lexical_tokens([q or "?" for q in questions])
         lexical = np.stack([np.asarray(self.bm25.get_scores(t), dtype=np.float32) for t in tokens])  # [q, n]
-        out: dict[str, Any] = {"bm25": rank_summary(source_ranks(lexical, sources))}
+        out = {"bm25": source_ranks(lexical, sources)}
         if self.encoder is not None:
             dense = self.encoder.embed([q or "?" for q in questions], batch_size=64) @ self.vectors.T  # [q, n]
-            out["dense"] = rank_summary(source_ranks(dense, sources))
+            out["dense"] = source_ranks(dense, sources)
         return out
+
+    def summary(self, questions: Sequence[str], sources: Sequence[int]) -> dict[str, Any]:
+        """rank_summary per ranker, with "question_top1" (usable questions that rank their source first)."""
+        usable = [is_question(q) for q in questions]
+        return {name: rank_summary(ranks, usable) for name, ranks in self.ranks(questions, sources).items()}
 
 
 def held_out_loss(folder: Path | None, pairs: Sequence[PassageQuestion], settings: WriterSettings,
@@ -526,7 +547,7 @@ def evaluate_writers(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "split": f"SQuAD v1.1 train, reader dev articles ({len(splits.dev)}); corpus {len(ranking.corpus)} "
                  f"paragraphs (first ~{TRAIN_PASSAGE_WORDS} words), {len(sources)} written for",
-        "gold": {"ranks": rankers.ranks(ranking.gold, sources),
+        "gold": {"ranks": rankers.summary(ranking.gold, sources),
                  "mean_words": round(float(np.mean([len(q.split()) for q in ranking.gold])), 2)},
         "writers": {},
     }
@@ -544,26 +565,23 @@ def evaluate_writers(args: argparse.Namespace) -> dict[str, Any]:
         if args.loss_examples:
             entry["held_out"] = held_out_loss(folder, loss_pairs, settings)
             print(f"{name}: held-out {entry['held_out']}", flush=True)
-        if folder is None:
-            from model.generate import Generator
-
-            writer = QuestionWriter(Generator.load(), "base", settings=settings)
-        else:
-            writer = QuestionWriter.load(None, folder)
+        writer = load_writers([spec])[spec]
         started = time.perf_counter()
         questions = [q[0] if q else "" for q in writer.write(passages, batch_size=args.batch_size)]
         seconds = time.perf_counter() - started
         written[name] = questions
         entry.update({
-            "ranks": rankers.ranks(questions, sources),
+            "ranks": rankers.summary(questions, sources),
             "questions_per_s": round(len(questions) / seconds, 3),
             "ends_with_question_mark": round(sum(q.endswith("?") for q in questions) / len(questions), 4),
+            "usable_questions": round(sum(map(is_question, questions)) / len(questions), 4),
             "mean_words": round(float(np.mean([len(q.split()) for q in questions])), 2),
             "load": os.getloadavg()[0],
         })
         print(f"{name}: {entry['ranks']}, {entry['questions_per_s']} questions/s", flush=True)
         report["writers"][name] = entry
         del writer
+    report["questions"] = {"sources": sources, "gold": ranking.gold, **written}
     report["examples"] = [
         {"passage": passages[k][:300], "gold": ranking.gold[k], **{name: qs[k] for name, qs in written.items()}}
         for k in range(min(args.show, len(passages)))
@@ -571,13 +589,32 @@ def evaluate_writers(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def load_writers(specs: Sequence[str]) -> dict[str, QuestionWriter]:
+    """Writers by spec ("base" or a writer / run folder); base and soft-prompt writers share one base generator."""
+    from model.generate import Generator
+
+    base = None
+    out: dict[str, QuestionWriter] = {}
+    for spec in specs:
+        folder = None if spec == "base" else writer_folder(spec)
+        method = "base" if folder is None else read_writer_info(folder)["method"]
+        if method != "lora" and base is None:
+            base = Generator.load()
+        if folder is None:
+            out[spec] = QuestionWriter(base, "base")
+        else:
+            out[spec] = QuestionWriter.load(base if method != "lora" else None, folder)
+    return out
+
+
 def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
-    """Questions/s of a writer on passages cut to its max_passage_tokens (dev paragraphs, longest first), for each
-    batch size, and what 5,000 chunks x 1 question would take at that rate."""
+    """Questions/s of writers on dev paragraphs cut to max_passage_tokens (the longest paragraphs: chunk-sized),
+    per batch size, the writers interleaved round by round in this one process (so machine load hits them alike),
+    and what 5,000 chunks x 1 question would take at that rate."""
     import torch
 
     rows, splits = _squad_splits(args.squad)
-    writer = QuestionWriter.load(None, writer_folder(args.writer_path) if args.writer_path else None)
+    writers = load_writers(args.writer_path or [str(DEFAULT_PATH)])
     seen: set[str] = set()
     paragraphs = []
     dev = set(splits.dev)
@@ -587,18 +624,25 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
             paragraphs.append(row.context)
     paragraphs.sort(key=len, reverse=True)
     passages = paragraphs[: args.passages]
-    lengths = [len(writer.prompt_ids(p)) for p in passages]
-    out: dict[str, Any] = {"method": writer.method, "threads": torch.get_num_threads(), "passages": len(passages),
-                           "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1), "runs": []}
-    writer.write(passages[:2], batch_size=2)  # warm-up (kernels, caches)
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "passages": len(passages), "writers": {}}
+    for spec, writer in writers.items():
+        virtual = writer.soft_prompt.n_virtual_tokens if writer.soft_prompt is not None else 0
+        lengths = [len(writer.prompt_ids(p)) + virtual for p in passages]
+        out["writers"][spec] = {"method": writer.method, "prefill_tokens_mean": round(sum(lengths) / len(lengths), 1),
+                                "runs": []}
+        writer.write(passages[:2], batch_size=2)  # warm-up (kernels, caches)
     for batch_size in args.batch_sizes:
-        load = os.getloadavg()[0]
-        started = time.perf_counter()
-        writer.write(passages, batch_size=batch_size)
-        rate = len(passages) / (time.perf_counter() - started)
-        out["runs"].append({"batch_size": batch_size, "questions_per_s": round(rate, 3),
-                            "minutes_for_5000": round(5000 / rate / 60, 1), "load_before": load})
-        print(json.dumps(out["runs"][-1]), flush=True)
+        for round_ in range(args.rounds):
+            for spec, writer in writers.items():
+                load = os.getloadavg()[0]
+                started = time.perf_counter()
+                questions = writer.write(passages, batch_size=batch_size)
+                rate = len(passages) / (time.perf_counter() - started)
+                run = {"batch_size": batch_size, "round": round_, "questions_per_s": round(rate, 3),
+                       "minutes_for_5000": round(5000 / rate / 60, 1), "load_before": round(load, 2),
+                       "questions": sum(len(q) for q in questions)}
+                out["writers"][spec]["runs"].append(run)
+                print(spec, json.dumps(run), flush=True)
     return out
 
 
@@ -611,7 +655,8 @@ def export_writer(run: Path, target: Path, evaluation: Path | None) -> Path:
     for path in source.iterdir():
         if path.is_file() and path.name != WRITER_CONFIG:
             if path.stat().st_size >= 16 * 2**20:
-                raise UserError(f"{path} is {path.stat().st_size / 2**20:.1f} MiB; a shipped file must stay under 16 MiB")
+                raise UserError(f"{path} is {path.stat().st_size / 2**20:.1f} MiB; a shipped file must stay under "
+                                "16 MiB")
             tmp = target / f".{path.name}.tmp-{os.getpid()}"
             shutil.copyfile(path, tmp)
             os.replace(tmp, target / path.name)
@@ -680,10 +725,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="write the report (JSON) here")
     p = sub.add_parser("speed", help="questions/s of a writer at several batch sizes")
-    p.add_argument("--writer-path", default=None, help="writer folder (default: the shipped one)")
+    p.add_argument("--writer-path", action="append", default=None,
+                   help='writer folder or "base" (default: the shipped writer); repeat to interleave several')
     p.add_argument("--squad", default=None)
     p.add_argument("--passages", type=int, default=64)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--rounds", type=int, default=1, help="repetitions per batch size")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--output", default=None)
     p = sub.add_parser("export", help="copy a run's writer (and its evaluation) into the shipped folder")
@@ -717,8 +764,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = ["QuestionWriter", "WriterSettings", "clean_question", "read_writer_info", "save_writer_info", "DEFAULT_PATH",
            "PassageQuestion", "passage_questions", "training_example", "train_writer", "RankingSet", "ranking_set",
-           "source_ranks", "rank_summary", "held_out_loss", "evaluate_writers", "measure_speed", "export_writer",
-           "main"]
+           "source_ranks", "rank_summary", "is_question", "held_out_loss", "evaluate_writers",
+           "load_writers", "measure_speed", "export_writer", "main"]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from assistant.question_writer import (
     QuestionWriter,
     WriterSettings,
     clean_question,
+    is_question,
     rank_summary,
     read_writer_info,
     save_writer_info,
@@ -130,3 +131,12 @@ def test_source_ranks_count_ties_against_the_source() -> None:
     ranks = source_ranks([[0.5, 0.9, 0.5], [1.0, 0.2, 0.3]], [0, 0])
     assert ranks == [3, 1]
     assert rank_summary(ranks) == {"top1": 0.5, "top5": 1.0, "mrr10": round((1 + 1 / 3) / 2, 4)}
+    assert rank_summary(ranks, [False, True])["question_top1"] == 0.5
+    assert rank_summary(ranks, [True, False])["question_top1"] == 0.0
+
+
+def test_is_question() -> None:
+    assert is_question("When was the Eiffel Tower completed?")
+    assert not is_question("The Eiffel Tower was completed in 1889.")
+    assert not is_question("What does the passage say?")
+    assert not is_question("Why?")
