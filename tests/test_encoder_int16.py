@@ -1,6 +1,6 @@
 """The encoder's int16 mode (model/csrc/encoder_int16.c, model.encoder_quant's Int16 classes): exact int32 sums
-against an integer reference, the fused row epilogues and the attention kernel against torch in float64, the
-whole int16 BertModel against float32 (tiny random and the real MiniLM), and the Encoder's embedding copy."""
+against an integer reference, the fused row epilogues against float64, the int16 attention against the same
+arithmetic in torch and against float64 attention, the whole int16 BertModel against float32 (tiny random and the real MiniLM), and the Encoder's embedding copy."""
 
 from __future__ import annotations
 
@@ -153,28 +153,55 @@ def test_head_major_output_is_the_row_output_rearranged() -> None:
     assert torch.equal(heads, rows.view(batch, seq, 6, 12).transpose(1, 2))
 
 
+def _quantized_attention(qkv: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """The kernel's arithmetic in torch: q, k per row and v per head dim (over the real tokens) quantised to int16,
+    exact integer products, p = 2^(score - max) in log2 units quantised to rint(p * Lp) -> [B, T, nh, hd]."""
+    batch, groups, seq, head_dim = qkv.shape
+    n_heads = groups // 3
+    out = torch.zeros(batch, seq, n_heads, head_dim)
+    lq = int16_levels(head_dim)
+    for b, length in enumerate(lengths):
+        lv = int16_levels(length)
+        for h in range(n_heads):
+            q, k, v = (qkv[b, i * n_heads + h, :length] for i in range(3))  # each [L, hd]
+            qi, sq = quantize_rows_int16(q, head_dim, lq)
+            ki, sk = quantize_rows_int16(k, head_dim, lq)
+            sq = sq * (1 / math.sqrt(head_dim)) * 1.4426950408889634
+            scores = (qi.double() @ ki.double().T).float() * (sq[:, None] * sk[None])  # [L, L], log2 units
+            pq = torch.round(torch.exp2((scores - scores.amax(1, keepdim=True)).double()) * lv)  # [L, L]
+            vt_q, vt_s = quantize_rows_int16(v.T.contiguous(), length, lv)  # per head dim: [hd, L], [hd]
+            sums = pq @ vt_q[:, :length].double().T  # [L, hd]
+            out[b, :length, h] = (sums * vt_s.double()[None] / pq.sum(1, keepdim=True)).float()
+    return out
+
+
 @needs_native
 @pytest.mark.parametrize("seq,n_heads,head_dim,lengths", [
     (254, 12, 32, [254, 200, 31, 1]),  # MiniLM's shape, with right padding
     (9, 2, 32, [9, 4]),  # shorter than a block of 16 keys
-    (40, 3, 8, [40, 17]),  # a head size the vector p @ v path does not take
+    (40, 3, 8, [40, 17]),  # a head narrower than a 16-dim panel
     (600, 1, 16, [600, 513]),  # longer than the fixed 512-wide score rows
 ])
-def test_attention_matches_float64(seq: int, n_heads: int, head_dim: int, lengths: list[int]) -> None:
+def test_attention_is_its_quantised_arithmetic_and_close_to_float(seq: int, n_heads: int, head_dim: int,
+                                                                  lengths: list[int]) -> None:
     torch.manual_seed(seq)
     batch = len(lengths)
     qkv = torch.randn(batch, 3 * n_heads, seq, head_dim) * 2
+    qkv[0, 2 * n_heads, :, 0] = 0.0  # an all-zero v dimension
     lens = torch.tensor(lengths, dtype=torch.int32)
     out = cpu_kernels.int16_attention(qkv, lens).view(batch, seq, n_heads, head_dim)
+    # the same arithmetic in torch (the exp polynomial and torch's exp2 may round a p one level apart)
+    torch.testing.assert_close(out, _quantized_attention(qkv, lengths), rtol=1e-3, atol=1e-3)
     q, k, v = qkv.double().view(batch, 3, n_heads, seq, head_dim).unbind(1)
     mask = (torch.arange(seq)[None] < lens[:, None])[:, None, None, :]  # [B, 1, 1, T]
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)  # [B, T, nh, hd]
     for b, length in enumerate(lengths):
-        torch.testing.assert_close(out[b, :length].double(), want[b, :length], rtol=1e-5, atol=1e-5)
+        error = (out[b, :length].double() - want[b, :length]).norm() / want[b, :length].norm()
+        assert error < 1e-2, (b, float(error))  # random (diffuse) attention: the hardest case for p's levels
         assert torch.all(out[b, length:] == 0)  # padding rows
-    full = cpu_kernels.int16_attention(qkv, None).view(batch, seq, n_heads, head_dim)
-    torch.testing.assert_close(full[0].double(), F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1),
-                               rtol=1e-5, atol=1e-5)
+    full = cpu_kernels.int16_attention(qkv, None).view(batch, seq, n_heads, head_dim)  # no lengths: all real
+    assert lengths[0] == seq and torch.equal(full[0], out[0])
+    assert torch.isfinite(full).all()
 
 
 def _embed(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

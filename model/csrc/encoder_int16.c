@@ -49,21 +49,18 @@ static int n_threads(int threads) { return threads > 0 ? threads : 1; }
 /* vector math: exp and erf (float32, AVX2) */
 
 #if E16_SIMD
-static inline __m256 exp256(__m256 x) {
-    /* exp(x) = 2^n * p(r), n = round(x / ln2), r = x - n ln2 (ln2 split in two), p: degree-6 minimax-style
-       polynomial (Cephes expf); relative error ~2 ulp on [-87, 88]. */
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+static inline __m256 exp2_256(__m256 x) {
+    /* 2^x = 2^n * 2^f, n = round(x), f in [-0.5, 0.5], 2^f by a degree-5 polynomial fitted for relative error
+       (<= 3.5e-7 in float); x clamped to [-126, 127]. */
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
+    const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_sub_ps(x, n);
+    __m256 p = _mm256_set1_ps(0.0012915651313960552f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.009668535552918911f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.055516887456178665f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.24022264778614044f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.6931464672088623f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
@@ -163,6 +160,15 @@ static void residual_norm_row(float *y, const float *r, const float *gamma, cons
     for (; i < n; i++) y[i] = (y[i] - mean) * inv * gamma[i] + beta[i];
 }
 
+/* round half to even (the current rounding mode, like the SIMD conversions), inline */
+static inline float round_even(float x) {
+#if E16_SIMD
+    return (float)_mm_cvtss_si32(_mm_set_ss(x));
+#else
+    return nearbyintf(x);
+#endif
+}
+
 /* One row x [K] float -> q [Kp] int16 = rint(x * (levels / max|x|)) (zeros past K), returns the scale
    max|x| / levels (0 for an all-zero row). rint = round half to even, like the SIMD conversion. */
 static float quantize_row(const float *x, int64_t K, int64_t Kp, int levels, int16_t *q) {
@@ -174,7 +180,10 @@ static float quantize_row(const float *x, int64_t K, int64_t Kp, int levels, int
     for (; k + 8 <= K; k += 8) vm = _mm256_max_ps(vm, _mm256_and_ps(_mm256_loadu_ps(x + k), absmask));
     amax = hmax256(vm);
 #endif
-    for (; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
+    for (; k < K; k++) {
+        const float a = x[k] < 0 ? -x[k] : x[k];
+        amax = a > amax ? a : amax;
+    }
     const float inv = amax > 0.0f ? (float)levels / amax : 0.0f;
     k = 0;
 #if E16_SIMD
@@ -186,7 +195,7 @@ static float quantize_row(const float *x, int64_t K, int64_t Kp, int levels, int
         _mm256_storeu_si256((__m256i *)(q + k), packed);
     }
 #endif
-    for (; k < K; k++) q[k] = (int16_t)lrintf(x[k] * inv);
+    for (; k < K; k++) q[k] = (int16_t)round_even(x[k] * inv);
     for (; k < Kp; k++) q[k] = 0;
     return amax / (float)levels;
 }
@@ -228,29 +237,32 @@ void e16_pack_weight(const float *w, int64_t N, int64_t K, int64_t Kp, int level
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
-/* the microkernel: acc[r][c] = sum_k qa[row r][k] * panel column c, for MR rows x NR columns. ap: the MR rows
-   packed pair by pair, ap[kk * MR + r] = the int16 pair (qa[r][2kk], qa[r][2kk+1]) as one int32 (pack_rows), so the
-   six broadcasts of a step read one contiguous 24-byte run. */
+/* the microkernel: acc[r][c] = sum_k a_rows[r][k] * panel column c, for MR rows x NR columns (a_rows: int16
+   rows of at least 2 * kpairs values; 4-byte broadcasts of each row's k pairs) */
 
-static void micro(const int32_t *ap, const int16_t *panel, int64_t kpairs, int32_t acc[MR][NR]) {
+static void micro(const int16_t *const a_rows[MR], const int16_t *panel, int64_t kpairs, int32_t acc[MR][NR]) {
 #if E16_SIMD
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-#define E16_ROW(r, lo, hi)                                                       \
+    const int16_t *a0 = a_rows[0], *a1 = a_rows[1], *a2 = a_rows[2];
+    const int16_t *a3 = a_rows[3], *a4 = a_rows[4], *a5 = a_rows[5];
+#define E16_ROW(ap, lo, hi)                                                      \
     do {                                                                         \
-        const __m256i a_ = _mm256_set1_epi32(ap[kk * MR + (r)]);                 \
+        int32_t w_;                                                              \
+        memcpy(&w_, (ap) + 2 * kk, 4);                                           \
+        const __m256i a_ = _mm256_set1_epi32(w_);                                \
         lo = _mm256_add_epi32(lo, _mm256_madd_epi16(a_, b0));                    \
         hi = _mm256_add_epi32(hi, _mm256_madd_epi16(a_, b1));                    \
     } while (0)
     for (int64_t kk = 0; kk < kpairs; kk++) {
         const __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + kk * 2 * NR));
         const __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + kk * 2 * NR + 16));
-        E16_ROW(0, c00, c01);
-        E16_ROW(1, c10, c11);
-        E16_ROW(2, c20, c21);
-        E16_ROW(3, c30, c31);
-        E16_ROW(4, c40, c41);
-        E16_ROW(5, c50, c51);
+        E16_ROW(a0, c00, c01);
+        E16_ROW(a1, c10, c11);
+        E16_ROW(a2, c20, c21);
+        E16_ROW(a3, c30, c31);
+        E16_ROW(a4, c40, c41);
+        E16_ROW(a5, c50, c51);
     }
 #undef E16_ROW
 #define E16_STORE(r, lo, hi)                                          \
@@ -265,25 +277,11 @@ static void micro(const int32_t *ap, const int16_t *panel, int64_t kpairs, int32
     for (int64_t kk = 0; kk < kpairs; kk++) {
         const int16_t *bp = panel + kk * 2 * NR;
         for (int r = 0; r < MR; r++) {
-            int16_t pair[2];
-            memcpy(pair, ap + kk * MR + r, 4);
-            for (int c = 0; c < NR; c++) acc[r][c] += pair[0] * bp[2 * c] + pair[1] * bp[2 * c + 1];
+            const int32_t x0 = a_rows[r][2 * kk], x1 = a_rows[r][2 * kk + 1];
+            for (int c = 0; c < NR; c++) acc[r][c] += x0 * bp[2 * c] + x1 * bp[2 * c + 1];
         }
     }
 #endif
-}
-
-/* rows m0..m1 of a [M, Kp] into groups of MR rows, each [Kp/2][MR] int32 pairs (the last group repeats its
-   first row to fill MR) */
-static void pack_rows(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, int32_t *ap) {
-    const int64_t kpairs = Kp / 2;
-    for (int64_t m = m0; m < m1; m += MR, ap += kpairs * MR) {
-        const int rows = m1 - m < MR ? (int)(m1 - m) : MR;
-        for (int r = 0; r < MR; r++) {
-            const int16_t *row = a + (m + (r < rows ? r : 0)) * Kp;
-            for (int64_t kk = 0; kk < kpairs; kk++) memcpy(ap + kk * MR + r, row + 2 * kk, 4);
-        }
-    }
 }
 
 /* Where the product's rows go: row-major [rows, N] from y (row m at y + (m - m0) * N), or head-major when
@@ -302,12 +300,10 @@ static inline float *dest_at(const dest_t *dst, int64_t row, int64_t col, int64_
     return dst->y + ((b * (N / dst->head_dim) + g) * dst->seq + t) * dst->head_dim + d;
 }
 
-/* rows m0..m1 (at most MB) of the product (sa * sw * sum + bias, or the exact sums) into dst; ap: scratch of
-   MB * Kp int16 for the packed rows */
+/* rows m0..m1 of the product (sa * sw * sum + bias, or the exact sums) into dst */
 static void block_product(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, const int16_t *bpack, int64_t N,
-                          const float *sa, const float *sw, const float *bias, const dest_t *dst, int32_t *ap) {
+                          const float *sa, const float *sw, const float *bias, const dest_t *dst) {
     const int64_t n_panels = (N + NR - 1) / NR, kpairs = Kp / 2;
-    pack_rows(a, m0, m1, Kp, ap);
     /* a panel's columns are contiguous in the destination unless the head-major layout splits them */
     const int contiguous = dst->head_dim <= 0 || dst->head_dim % NR == 0;
     int32_t acc[MR][NR];
@@ -316,7 +312,9 @@ static void block_product(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, 
         const int64_t c0 = p * NR, cw = N - c0 < NR ? N - c0 : NR;
         for (int64_t m = m0; m < m1; m += MR) {
             const int rows = m1 - m < MR ? (int)(m1 - m) : MR;
-            micro(ap + ((m - m0) / MR) * kpairs * MR, panel, kpairs, acc);
+            const int16_t *a_rows[MR];
+            for (int r = 0; r < MR; r++) a_rows[r] = a + (m + (r < rows ? r : 0)) * Kp;
+            micro(a_rows, panel, kpairs, acc);
             for (int r = 0; r < rows; r++) {
                 const int64_t row = m + r;
                 if (dst->y_i32) {
@@ -372,8 +370,7 @@ int e16_linear(const int16_t *a, const float *sa, int64_t M, int64_t Kp, const i
 #pragma omp parallel num_threads(n_threads(threads))
     {
         float *scratch = out ? NULL : (float *)malloc(sizeof(float) * (size_t)(MB * N));
-        int32_t *ap = (int32_t *)malloc(sizeof(int16_t) * (size_t)((MB + MR) * Kp));
-        const int ok = (out || scratch) && ap;
+        const int ok = out || scratch;
         if (!ok) {
 #pragma omp atomic write
             failed = 2;
@@ -384,7 +381,7 @@ int e16_linear(const int16_t *a, const float *sa, int64_t M, int64_t Kp, const i
             const int64_t m0 = b * MB, m1 = m0 + MB < M ? m0 + MB : M;
             float *y = out ? (head_dim > 0 ? out : out + m0 * N) : scratch;
             const dest_t dst = {y, NULL, m0, seq, head_dim};
-            block_product(a, m0, m1, Kp, bpack, N, sa, sw, bias, &dst, ap);
+            block_product(a, m0, m1, Kp, bpack, N, sa, sw, bias, &dst);
             if (head_dim > 0) continue;
             for (int64_t row = m0; row < m1; row++) {
                 float *yr = y + (row - m0) * N;
@@ -394,7 +391,6 @@ int e16_linear(const int16_t *a, const float *sa, int64_t M, int64_t Kp, const i
             }
         }
         free(scratch);
-        free(ap);
     }
     return failed;
 }
@@ -405,24 +401,13 @@ int e16_gemm_s32(const int16_t *a, int64_t M, int64_t Kp, const int16_t *bpack, 
     if (M <= 0 || N <= 0) return 0;
     if (Kp % 2) return 1;
     const int64_t blocks = (M + MB - 1) / MB;
-    int failed = 0;
-#pragma omp parallel num_threads(n_threads(threads))
-    {
-        int32_t *ap = (int32_t *)malloc(sizeof(int16_t) * (size_t)((MB + MR) * Kp));
-        if (!ap) {
-#pragma omp atomic write
-            failed = 2;
-        }
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; b++) {
-            if (!ap) continue;
-            const int64_t m0 = b * MB, m1 = m0 + MB < M ? m0 + MB : M;
-            const dest_t dst = {NULL, out, m0, 0, 0};
-            block_product(a, m0, m1, Kp, bpack, N, NULL, NULL, NULL, &dst, ap);
-        }
-        free(ap);
+#pragma omp parallel for num_threads(n_threads(threads)) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t m0 = b * MB, m1 = m0 + MB < M ? m0 + MB : M;
+        const dest_t dst = {NULL, out, m0, 0, 0};
+        block_product(a, m0, m1, Kp, bpack, N, NULL, NULL, NULL, &dst);
     }
-    return failed;
+    return 0;
 }
 
 /* The row epilogue alone on y [M, N] float, in place (for the tests and for rows that come from elsewhere). */
@@ -439,160 +424,169 @@ void e16_rows(float *y, int64_t M, int64_t N, int gelu, const float *residual, c
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
-/* attention (float32): the encoder's bidirectional multi-head attention straight from the qkv product.
+/* attention in int16: the encoder's bidirectional multi-head attention straight from the qkv product.
  *
  * qkv: head-major [B, 3, n_heads, T, hd] float (e16_linear with head_dim = hd writes it so): each head's q, k and v
  * are contiguous [T, hd] blocks. lengths [B] (or NULL = all T): sequence b has its lengths[b] first tokens real,
  * the rest padding (keys past the length are masked out; query rows past it are written as zeros).
  * out [B*T, H] = softmax(q k^T / sqrt(hd)) v per head, heads side by side (transpose(1, 2).reshape's layout).
- * Work items are (sequence, head) pairs over the OpenMP threads; each packs its k^T in blocks of 16 keys, then
- * takes 6 query rows at a time: scores [6, L] with 12 FMA accumulators, an exact-max softmax in place, then
- * p @ v 16 dims at a time. */
+ *
+ * Both products run on the GEMM microkernel, in exact int32 sums:
+ *   scores = (q_i . k_j) with q and k quantised per row (token) at levels_for(hd) -> times sq_i * sk_j / sqrt(hd);
+ *   p = exp(score - row max) in float (so max p = 1), quantised as rint(p * Lp), Lp = levels_for(len);
+ *   out_i = sum_j pq_ij vq_j * sv / sum_j pq_ij, v quantised per column (head dim) over the real tokens at Lp.
+ * Cosine to float attention on MiniLM: 0.99997 for the whole model. Work items are (sequence, head) pairs over
+ * the OpenMP threads; each quantises and packs its k (as key panels) and v (as head-dim panels) once, then takes
+ * MR query rows at a time. */
 
-#define AQ 6 /* query rows per step */
-
-/* One (sequence, head): kT / vp / qT / scores are scratch ([lp/16][hd][16], [lp][hd], [hd][AQ], [AQ][srow]).
-   `srow` is the scores' row stride: a compile-time 512 at the hot call site (so the microkernels address every
-   row from one register), else lp. */
-static inline __attribute__((always_inline)) void attention_head_impl(
-    const float *qbase, const float *kbase, const float *vp, int64_t T, int64_t H, int64_t hd, int64_t len,
-    float *out, float *kT, float *qT, float *scores, const int64_t srow) {
-    /* qbase, kbase, vp: this head's [T, hd] blocks; out: this head's first output column of row 0 (stride H) */
-    const int64_t lp = (len + 15) / 16 * 16;
-    const float scale = 1.0f / sqrtf((float)hd);
-    /* kT in blocks of 16 keys: kT[j / 16][d][j % 16] (each block contiguous), zeros past len */
-    for (int64_t j = 0; j < lp; j++) {
-        float *kb = kT + (j / 16) * hd * 16 + (j % 16);
-        const float *k = kbase + j * hd;
-        for (int64_t d = 0; d < hd; d++) kb[d * 16] = j < len ? k[d] : 0.0f;
-    }
-    for (int64_t t0 = 0; t0 < len; t0 += AQ) {
-        const int rows = len - t0 < AQ ? (int)(len - t0) : AQ;
-        for (int r = 0; r < AQ; r++) { /* qT [hd][AQ]: the query block, transposed */
-            const float *q = qbase + (t0 + (r < rows ? r : 0)) * hd;
-            for (int64_t d = 0; d < hd; d++) qT[d * AQ + r] = q[d];
-        }
-        /* scores [AQ, lp] = q k^T (unscaled) */
-        int64_t j = 0;
-#if E16_SIMD
-        for (; j < lp; j += 16) {
-            const float *kb = kT + (j / 16) * hd * 16;
-            __m256 s00 = _mm256_setzero_ps(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00;
-            __m256 s30 = s00, s31 = s00, s40 = s00, s41 = s00, s50 = s00, s51 = s00;
-            for (int64_t d = 0; d < hd; d++) {
-                const __m256 k0 = _mm256_loadu_ps(kb + d * 16), k1 = _mm256_loadu_ps(kb + d * 16 + 8);
-                const float *qd = qT + d * AQ;
-                __m256 a;
-                a = _mm256_broadcast_ss(qd + 0); s00 = _mm256_fmadd_ps(a, k0, s00); s01 = _mm256_fmadd_ps(a, k1, s01);
-                a = _mm256_broadcast_ss(qd + 1); s10 = _mm256_fmadd_ps(a, k0, s10); s11 = _mm256_fmadd_ps(a, k1, s11);
-                a = _mm256_broadcast_ss(qd + 2); s20 = _mm256_fmadd_ps(a, k0, s20); s21 = _mm256_fmadd_ps(a, k1, s21);
-                a = _mm256_broadcast_ss(qd + 3); s30 = _mm256_fmadd_ps(a, k0, s30); s31 = _mm256_fmadd_ps(a, k1, s31);
-                a = _mm256_broadcast_ss(qd + 4); s40 = _mm256_fmadd_ps(a, k0, s40); s41 = _mm256_fmadd_ps(a, k1, s41);
-                a = _mm256_broadcast_ss(qd + 5); s50 = _mm256_fmadd_ps(a, k0, s50); s51 = _mm256_fmadd_ps(a, k1, s51);
-            }
-            float *sj = scores + j;
-            _mm256_storeu_ps(sj + 0 * srow, s00); _mm256_storeu_ps(sj + 0 * srow + 8, s01);
-            _mm256_storeu_ps(sj + 1 * srow, s10); _mm256_storeu_ps(sj + 1 * srow + 8, s11);
-            _mm256_storeu_ps(sj + 2 * srow, s20); _mm256_storeu_ps(sj + 2 * srow + 8, s21);
-            _mm256_storeu_ps(sj + 3 * srow, s30); _mm256_storeu_ps(sj + 3 * srow + 8, s31);
-            _mm256_storeu_ps(sj + 4 * srow, s40); _mm256_storeu_ps(sj + 4 * srow + 8, s41);
-            _mm256_storeu_ps(sj + 5 * srow, s50); _mm256_storeu_ps(sj + 5 * srow + 8, s51);
-        }
-#else
-        for (int r = 0; r < AQ; r++)
-            for (j = 0; j < lp; j++) {
-                float acc = 0.0f;
-                for (int64_t d = 0; d < hd; d++) acc += qT[d * AQ + r] * kT[(j / 16) * hd * 16 + d * 16 + j % 16];
-                scores[r * srow + j] = acc;
-            }
-#endif
-        /* softmax over the len real keys: p = exp((s - max) * scale), zero past len; 1 / sum kept per row */
-        float inv_sum[AQ];
-        for (int r = 0; r < AQ; r++) {
-            float *s = scores + r * srow;
-            float mx = s[0];
-            j = 0;
-#if E16_SIMD
-            if (len >= 8) {
-                __m256 vm = _mm256_loadu_ps(s);
-                for (j = 8; j + 8 <= len; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
-                mx = hmax256(vm);
-            }
-#endif
-            for (; j < len; j++) mx = s[j] > mx ? s[j] : mx;
-            float sum = 0.0f;
-            j = 0;
-#if E16_SIMD
-            const __m256 vmx = _mm256_set1_ps(mx), vsc = _mm256_set1_ps(scale);
-            __m256 vsum = _mm256_setzero_ps();
-            for (; j + 8 <= len; j += 8) {
-                const __m256 e = exp256(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx), vsc));
-                vsum = _mm256_add_ps(vsum, e);
-                _mm256_storeu_ps(s + j, e);
-            }
-            sum = hsum256(vsum);
-#endif
-            for (; j < len; j++) {
-                s[j] = expf((s[j] - mx) * scale);
-                sum += s[j];
-            }
-            for (; j < lp; j++) s[j] = 0.0f;
-            inv_sum[r] = 1.0f / sum;
-        }
-        /* out rows = (p @ v) / sum, 16 dims at a time for all AQ rows (12 accumulators) */
-#if E16_SIMD
-        if (hd % 16 == 0) {
-            for (int64_t d0 = 0; d0 < hd; d0 += 16) {
-                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
-                __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
-                const float *v = vp + d0;
-                for (j = 0; j < len; j++, v += hd) {
-                    const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
-                    const float *pj = scores + j;
-                    __m256 x;
-                    x = _mm256_broadcast_ss(pj + 0 * srow); a00 = _mm256_fmadd_ps(x, v0, a00); a01 = _mm256_fmadd_ps(x, v1, a01);
-                    x = _mm256_broadcast_ss(pj + 1 * srow); a10 = _mm256_fmadd_ps(x, v0, a10); a11 = _mm256_fmadd_ps(x, v1, a11);
-                    x = _mm256_broadcast_ss(pj + 2 * srow); a20 = _mm256_fmadd_ps(x, v0, a20); a21 = _mm256_fmadd_ps(x, v1, a21);
-                    x = _mm256_broadcast_ss(pj + 3 * srow); a30 = _mm256_fmadd_ps(x, v0, a30); a31 = _mm256_fmadd_ps(x, v1, a31);
-                    x = _mm256_broadcast_ss(pj + 4 * srow); a40 = _mm256_fmadd_ps(x, v0, a40); a41 = _mm256_fmadd_ps(x, v1, a41);
-                    x = _mm256_broadcast_ss(pj + 5 * srow); a50 = _mm256_fmadd_ps(x, v0, a50); a51 = _mm256_fmadd_ps(x, v1, a51);
-                }
-                /* rows past `rows` repeat row 0 (same values) and are not stored */
-#define E16_OUT(r, lo, hi)                                                                       \
-                if ((r) < rows) {                                                                \
-                    float *o_ = out + (t0 + (r)) * H + d0;                                       \
-                    const __m256 is_ = _mm256_set1_ps(inv_sum[r]);                               \
-                    _mm256_storeu_ps(o_, _mm256_mul_ps(lo, is_));                                \
-                    _mm256_storeu_ps(o_ + 8, _mm256_mul_ps(hi, is_));                            \
-                }
-                E16_OUT(0, a00, a01) E16_OUT(1, a10, a11) E16_OUT(2, a20, a21)
-                E16_OUT(3, a30, a31) E16_OUT(4, a40, a41) E16_OUT(5, a50, a51)
-#undef E16_OUT
-            }
-            continue;
-        }
-#endif
-        for (int r = 0; r < rows; r++) {
-            const float *pr = scores + r * srow;
-            float *o = out + (t0 + r) * H;
-            for (int64_t d = 0; d < hd; d++) {
-                float acc = 0.0f;
-                for (j = 0; j < len; j++) acc += pr[j] * vp[j * hd + d];
-                o[d] = acc * inv_sum[r];
-            }
-        }
-    }
-    for (int64_t t = len; t < T; t++) memset(out + t * H, 0, sizeof(float) * (size_t)hd);
+/* the largest L with L * L * kp <= 2^31 - 1, at most 32767 (model.encoder_quant.int16_levels) */
+static int levels_for(int64_t kp) {
+    const int64_t limit = 2147483647LL / (kp > 0 ? kp : 1);
+    int64_t l = (int64_t)sqrt((double)limit);
+    while (l * l > limit) l--;
+    while ((l + 1) * (l + 1) <= limit) l++;
+    return (int)(l < 32767 ? l : 32767);
 }
 
 #define SROW 512 /* the scores' row stride for sequences up to 512 tokens */
 
-static void attention_head(const float *q, const float *k, const float *v, int64_t T, int64_t H, int64_t hd,
-                           int64_t len, float *out, float *kT, float *qT, float *scores) {
-    if (len <= SROW)
-        attention_head_impl(q, k, v, T, H, hd, len, out, kT, qT, scores, SROW);
-    else
-        attention_head_impl(q, k, v, T, H, hd, len, out, kT, qT, scores, (len + 15) / 16 * 16);
+typedef struct {
+    int16_t *qi;     /* [T][hdp]: the query rows, quantised */
+    float *sq;       /* [T] */
+    int16_t *kpan;   /* [lp / 16][hdp / 2][16][2]: the keys as weight panels (16 keys each) */
+    float *sk;       /* [lp] */
+    int16_t *vpan;   /* [ceil(hd / 16)][lp / 2][16][2]: v^T as weight panels (16 head dims each) */
+    float *sv;       /* [ceil(hd / 16) * 16], then as many for the inverse scales */
+    float *scores;   /* [MR][srow] */
+    int16_t *prow;   /* [MR][lp] */
+    int16_t *tmp;    /* [hdp] */
+} att_scratch_t;
+
+static void attention_head(const float *qbase, const float *kbase, const float *vbase, int64_t H, int64_t hd,
+                           int64_t len, int64_t srow, float *out, const att_scratch_t *w) {
+    /* qbase, kbase, vbase: this head's [T, hd] blocks; out: this head's first output column of row 0 (stride H) */
+    const int64_t hdp = (hd + 1) / 2 * 2, lp = (len + 15) / 16 * 16, dpan = (hd + NR - 1) / NR;
+    const int lq = levels_for(hdp), lv = levels_for((len + 1) / 2 * 2);
+    const float scale = 1.0f / sqrtf((float)hd);
+    /* quantise q and k rows; k goes into key panels (zeros past len) */
+    for (int64_t t = 0; t < len; t++) w->sq[t] = quantize_row(qbase + t * hd, hd, hdp, lq, w->qi + t * hdp);
+    memset(w->kpan, 0, sizeof(int16_t) * (size_t)(lp * hdp));
+    for (int64_t j = 0; j < lp; j++) {
+        w->sk[j] = 0.0f;
+        if (j >= len) continue;
+        w->sk[j] = quantize_row(kbase + j * hd, hd, hdp, lq, w->tmp);
+        int16_t *dst = w->kpan + (j / NR) * hdp * NR + (j % NR) * 2;
+        for (int64_t dp = 0; dp < hdp / 2; dp++) memcpy(dst + dp * 2 * NR, w->tmp + 2 * dp, 4);
+    }
+    /* v: one scale per head dim over the real tokens, as panels of 16 dims (zeros past len and hd) */
+    memset(w->vpan, 0, sizeof(int16_t) * (size_t)(dpan * lp * NR));
+    float *vinv = w->sv + dpan * NR; /* [dpan * 16]: levels / max|v| per dim (0 for an all-zero dim) */
+    for (int64_t d = 0; d < dpan * NR; d++) w->sv[d] = 0.0f;
+    for (int64_t j = 0; j < len; j++)
+        for (int64_t d = 0; d < hd; d++) {
+            const float a = vbase[j * hd + d] < 0 ? -vbase[j * hd + d] : vbase[j * hd + d];
+            w->sv[d] = a > w->sv[d] ? a : w->sv[d];
+        }
+    for (int64_t d = 0; d < dpan * NR; d++) {
+        vinv[d] = w->sv[d] > 0.0f ? (float)lv / w->sv[d] : 0.0f;
+        w->sv[d] /= (float)lv;
+    }
+    int64_t j = 0;
+#if E16_SIMD
+    if (hd % NR == 0) { /* two rows at a time: their int16 values interleaved (j, j+1) per head dim */
+        for (; j + 2 <= len; j += 2)
+            for (int64_t dp = 0; dp < dpan; dp++) {
+                const float *v0 = vbase + j * hd + dp * NR, *v1 = v0 + hd;
+                const __m256 i0 = _mm256_loadu_ps(vinv + dp * NR), i1 = _mm256_loadu_ps(vinv + dp * NR + 8);
+                const __m256i a = _mm256_permute4x64_epi64(
+                    _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v0), i0)),
+                                       _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v0 + 8), i1))), 0xD8);
+                const __m256i b = _mm256_permute4x64_epi64(
+                    _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v1), i0)),
+                                       _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v1 + 8), i1))), 0xD8);
+                const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);
+                int16_t *dst = w->vpan + dp * lp * NR + j * NR; /* pair j/2: 2 * NR values */
+                _mm256_storeu_si256((__m256i *)dst, _mm256_permute2x128_si256(lo, hi, 0x20));
+                _mm256_storeu_si256((__m256i *)(dst + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
+            }
+    }
+#endif
+    for (; j < len; j++)
+        for (int64_t d = 0; d < hd; d++)
+            w->vpan[(d / NR) * lp * NR + (j / 2) * 2 * NR + (d % NR) * 2 + (j % 2)] =
+                (int16_t)round_even(vbase[j * hd + d] * vinv[d]);
+    int32_t acc[MR][NR];
+    for (int64_t t0 = 0; t0 < len; t0 += MR) {
+        const int rows = len - t0 < MR ? (int)(len - t0) : MR;
+        const int16_t *a_rows[MR];
+        float sq[MR];
+        for (int r = 0; r < MR; r++) {
+            const int64_t t = t0 + (r < rows ? r : 0);
+            a_rows[r] = w->qi + t * hdp;
+            sq[r] = w->sq[t] * scale * 1.4426950408889634f; /* log2(e): the softmax works in powers of 2 */
+        }
+        /* scores [MR, lp] = sq_i sk_j (q_i . k_j) / sqrt(hd), in log2 units */
+        for (int64_t p = 0; p < lp / NR; p++) {
+            micro(a_rows, w->kpan + p * hdp * NR, hdp / 2, acc);
+            const float *sk = w->sk + p * NR;
+            for (int r = 0; r < MR; r++) {
+                float *s = w->scores + r * srow + p * NR;
+                int c = 0;
+#if E16_SIMD
+                const __m256 vq = _mm256_set1_ps(sq[r]);
+                for (; c < NR; c += 8)
+                    _mm256_storeu_ps(s + c, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)&acc[r][c])),
+                                                          _mm256_mul_ps(vq, _mm256_loadu_ps(sk + c))));
+#endif
+                for (; c < NR; c++) s[c] = (float)acc[r][c] * (sq[r] * sk[c]);
+            }
+        }
+        /* p = 2^(s - max) = exp of the natural scores' difference, over the len real keys (the pads' scores set
+           to -1e30 give 0), quantised to prow = rint(p * lv); psum = its row sum */
+        float inv_sum[MR];
+        const int16_t *p_rows[MR];
+        for (int r = 0; r < MR; r++) {
+            float *s = w->scores + r * srow;
+            int16_t *pq = w->prow + r * lp;
+            p_rows[r] = pq;
+            for (int64_t j = len; j < lp; j++) s[j] = -1e30f;
+            float mx = s[0];
+            int64_t j = 0;
+            int32_t psum = 0;
+#if E16_SIMD
+            __m256 vm = _mm256_loadu_ps(s);
+            for (j = 8; j < lp; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
+            mx = hmax256(vm);
+            const __m256 vmx = _mm256_set1_ps(mx), vl = _mm256_set1_ps((float)lv);
+            __m256i vsum = _mm256_setzero_si256();
+            for (j = 0; j < lp; j += 16) {
+                const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(exp2_256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx)), vl));
+                const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(exp2_256(_mm256_sub_ps(_mm256_loadu_ps(s + j + 8), vmx)), vl));
+                vsum = _mm256_add_epi32(vsum, _mm256_add_epi32(lo, hi));
+                _mm256_storeu_si256((__m256i *)(pq + j), _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8));
+            }
+            int32_t lanes[8];
+            _mm256_storeu_si256((__m256i *)lanes, vsum);
+            for (int i = 0; i < 8; i++) psum += lanes[i];
+#else
+            for (j = 1; j < lp; j++) mx = s[j] > mx ? s[j] : mx;
+            for (j = 0; j < lp; j++) {
+                pq[j] = (int16_t)round_even(exp2f(s[j] - mx) * (float)lv);
+                psum += pq[j];
+            }
+#endif
+            inv_sum[r] = 1.0f / (float)psum;
+        }
+        /* out rows = sum_j pq_ij vq_j * sv / psum_i, 16 head dims per panel */
+        for (int64_t dp = 0; dp < dpan; dp++) {
+            micro(p_rows, w->vpan + dp * lp * NR, lp / 2, acc);
+            const int64_t d0 = dp * NR, dw = hd - d0 < NR ? hd - d0 : NR;
+            for (int r = 0; r < rows; r++) {
+                float *o = out + (t0 + r) * H + d0;
+                for (int64_t c = 0; c < dw; c++) o[c] = (float)acc[r][c] * (w->sv[d0 + c] * inv_sum[r]);
+            }
+        }
+    }
 }
 
 /* Returns 0, 1 on bad arguments, 2 when out of memory. */
@@ -600,29 +594,47 @@ int e16_attention(const float *qkv, int64_t B, int64_t T, int64_t H, int64_t n_h
                   float *out, int threads) {
     if (B <= 0 || T <= 0) return 0;
     if (n_heads <= 0 || H % n_heads) return 1;
-    const int64_t hd = H / n_heads, lp = (T + 15) / 16 * 16;
+    const int64_t hd = H / n_heads, hdp = (hd + 1) / 2 * 2, lp = (T + 15) / 16 * 16, dpan = (hd + NR - 1) / NR;
+    const int64_t srow = lp > SROW ? lp : SROW;
     int failed = 0;
 #pragma omp parallel num_threads(n_threads(threads))
     {
-        const int64_t srow = lp > SROW ? lp : SROW;
-        float *buf = (float *)malloc(sizeof(float) * (size_t)(hd * lp + hd * AQ + AQ * srow));
-        if (!buf) {
+        const size_t n16 = (size_t)(T * hdp + lp * hdp + dpan * lp * NR + MR * lp + hdp);
+        const size_t n32 = (size_t)(T + lp + 2 * dpan * NR + MR * srow);
+        int16_t *buf16 = (int16_t *)malloc(sizeof(int16_t) * n16);
+        float *buf32 = (float *)malloc(sizeof(float) * n32);
+        const int ok = buf16 && buf32;
+        if (!ok) {
 #pragma omp atomic write
             failed = 2;
         }
+        att_scratch_t w = {0};
+        if (ok) {
+            w.qi = buf16;
+            w.kpan = w.qi + T * hdp;
+            w.vpan = w.kpan + lp * hdp;
+            w.prow = w.vpan + dpan * lp * NR;
+            w.tmp = w.prow + MR * lp;
+            w.sq = buf32;
+            w.sk = w.sq + T;
+            w.sv = w.sk + lp;
+            w.scores = w.sv + 2 * dpan * NR;
+        }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < B * n_heads; item++) {
-            if (!buf) continue;
+            if (!ok) continue;
             const int64_t b = item / n_heads, head = item % n_heads;
             int64_t len = lengths ? lengths[b] : T;
             len = len < 0 ? 0 : (len > T ? T : len);
             const float *q = qkv + ((b * 3 + 0) * n_heads + head) * T * hd;
             const float *k = qkv + ((b * 3 + 1) * n_heads + head) * T * hd;
             const float *v = qkv + ((b * 3 + 2) * n_heads + head) * T * hd;
-            attention_head(q, k, v, T, H, hd, len, out + b * T * H + head * hd, buf, buf + hd * lp,
-                           buf + hd * lp + hd * AQ);
+            float *o = out + b * T * H + head * hd;
+            attention_head(q, k, v, H, hd, len, srow, o, &w);
+            for (int64_t t = len; t < T; t++) memset(o + t * H, 0, sizeof(float) * (size_t)hd);
         }
-        free(buf);
+        free(buf16);
+        free(buf32);
     }
     return failed;
 }
