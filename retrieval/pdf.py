@@ -113,20 +113,22 @@ Item = Line | Table
 
 _SPACES = re.compile(r"\s+")
 # soft hyphen, Unicode hyphens, and what PDFium reports for a line-end hyphen (2, or U+FFFE in GetText)
-_HYPHENS = {"\u00ad": "-", "\u2010": "-", "\u2011": "-", "\x02": "-", "\ufffe": "-"}
+_HYPHENS = {"\u00ad": "-", "\u2010": "-", "\u2011": "-", "\x02": "-", "\ufffe": "-",
+            "\u02dc": "~"}  # and TeX's spacing tilde, which NFKC would make a space and a combining mark
 
 
-# spacing accents that TeX draws before (or over) the letter they belong to -> the combining mark
+# spacing accents that TeX draws before (or over) the letter they belong to -> the combining mark (not the tilde
+# U+02DC, which TeX also sets for "~" in URLs: "/˜Charlie")
 _ACCENTS = {"\u00b4": "\u0301", "\u02ca": "\u0301", "\u02cb": "\u0300", "\u00a8": "\u0308", "\u02c6": "\u0302",
-            "\u02dc": "\u0303", "\u00af": "\u0304", "\u02c9": "\u0304", "\u02d8": "\u0306", "\u02c7": "\u030c",
+            "\u00af": "\u0304", "\u02c9": "\u0304", "\u02d8": "\u0306", "\u02c7": "\u030c",
             "\u02d9": "\u0307", "\u02da": "\u030a", "\u02dd": "\u030b"}
 _ACCENT_BEFORE = re.compile("([" + "".join(_ACCENTS) + "])([^\\W\\d_])")
 
 
 def normalise_word(text: str) -> str:
-    """NFKC (ligatures ﬁ ﬂ ﬀ ﬃ to letters, full-width forms), soft/odd hyphens to '-', no controls; a spacing
-    accent before a letter ("Pad´e", "M¨obius": TeX draws the accent first) becomes that letter's accent
-    ("Padé", "Möbius")."""
+    """NFKC (ligatures ﬁ ﬂ ﬀ ﬃ to letters, full-width forms), soft/odd hyphens to '-', "˜" to "~", no
+    controls; a spacing accent before a letter ("Pad´e", "M¨obius": TeX draws the accent first) becomes that
+    letter's accent ("Padé", "Möbius")."""
     for odd, plain in _HYPHENS.items():
         if odd in text:
             text = text.replace(odd, plain)

@@ -209,6 +209,7 @@ def test_a_tex_accent_drawn_before_its_letter_goes_onto_it():
     text, _, _, _ = parse(pdf([body(["The Pad\u00b4e approximant and the M\u00a8obius function."])]))
     assert "Padé approximant" in text and "Möbius function" in text
     assert normalise_word("(\u02da") == "(\u02da" and normalise_word("\u02daA") == "Å"
+    assert normalise_word("edu/\u02dcCharlie") == "edu/~Charlie"  # TeX's tilde in a URL is no accent
 
 
 def test_a_headerless_arrow_table_and_a_row_with_pipes_stay_tables():
