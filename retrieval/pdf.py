@@ -3,18 +3,24 @@
 PDFium (through `pypdfium2`, BSD-3/Apache-2.0) gives every character of a page's text layer with its box,
 font size and font name. From those this module rebuilds what a reader sees:
 
-1. words (characters split at spaces and at gaps), normalised with NFKC (ligatures such as "ﬁ" -> "fi");
-2. lines (words sharing a baseline), and per page the lines that are running headers/footers (their text,
-   digits normalised, repeats in the top/bottom margin of at least half the pages) or bare page numbers,
-   which are dropped;
-3. tables (runs of lines made of short cells whose x ranges line up), written as Markdown pipe tables;
-4. columns: a gutter of whitespace down the middle of the body; the left column is read before the right
-   one, and full-width lines (a title, an abstract, a wide table) stay where they are;
+1. words (characters split at spaces and at gaps), normalised with NFKC (ligatures such as "ﬁ" -> "fi"; a
+   TeX accent drawn before its letter put back on it: "Pad´e" -> "Padé"); a raised small mark at the end of a
+   word (a footnote mark: "Cs" + raised "d") is a word of its own;
+2. lines (words whose vertical extents overlap; a superscript or subscript joins its host word's line), and
+   per page the lines that are running headers/footers (their text, digits normalised, repeated in the
+   top/bottom margin of at least half the pages, or of the odd or the even pages) or bare page numbers, which
+   are dropped;
+3. tables (runs of >= 3 lines of cells that line up by their left edges, right edges or centres), written as
+   Markdown pipe tables;
+4. columns: gutters of whitespace (two columns, or three: a gutter is looked for again in each side), each
+   found where few lines cross it and its edges look like columns (most lines of the left side reach it, or its
+   lines end flush on the left and start flush on the right); the columns are read left to right, each line
+   by line on its own, and full-width items (a title, an abstract, a wide table) stay where they are;
 5. paragraphs, joined across line breaks; a line-break hyphen is removed only where the joined word is a
    word (it occurs elsewhere in the document, or is a whole word in the default encoder's vocabulary);
-6. headings: short lines in a larger or bold font (and "References"-like titles), returned with their level
-   so that chunks carry them; trailing small-font lines at the foot of a column (footnotes) are moved to
-   the end of their page.
+6. headings: short lines in a larger or bold font (bold by name, including TeX's CMBX, or by a weight well
+   above the body font's) and "References"-like titles, returned with their level so that chunks carry them;
+   trailing small-font lines at the foot of a column (footnotes) are moved to the end of their page.
 
 `pdf_text` returns the text, the (start, end, page_no) span of every page with text, and the headings as
 (offset, level, title). It raises `PdfSkip` with a reason for encrypted, damaged or oversized files.
