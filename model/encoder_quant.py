@@ -214,13 +214,15 @@ class Int16Linear(nn.Module):
 
     def fused(self, a: torch.Tensor, a_scales: torch.Tensor, *, gelu: bool = False,
               residual: torch.Tensor | None = None, norm: nn.LayerNorm | None = None, keep_float: bool = True,
-              quantize_for: "Int16Linear | None" = None, head_major: tuple[int, int] | None = None
+              quantize_for: "Int16Linear | None" = None, head_major: tuple[int, int] | None = None,
+              into: "Workspace | None" = None, names: tuple[str, str, str] = ("", "", "")
               ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """a [M, padded_k] int16 with row scales [M] -> (y [M, N] float32 or None when not `keep_float`,
         y quantised for `quantize_for` (int16 [M, its padded_k], scales [M]) or None, None).
 
         y = product + bias, then GELU (erf form) if `gelu`, + residual [M, N], then `norm` (a LayerNorm).
-        `head_major` = (seq, head_dim): y alone, as [M / seq, N / head_dim, seq, head_dim] (for attention)."""
+        `head_major` = (seq, head_dim): y alone, as [M / seq, N / head_dim, seq, head_dim] (for attention).
+        `into` + `names`: on the native path, write y / q / scales into the workspace's buffers of those names."""
         if quantize_for is not None and quantize_for.in_features != self.out_features:
             raise ValueError(f"cannot feed {self.out_features} outputs into a layer of {quantize_for.in_features}")
         if head_major is not None:
@@ -228,8 +230,10 @@ class Int16Linear(nn.Module):
             if gelu or residual is not None or norm is not None or quantize_for is not None:
                 raise ValueError("a head-major output takes no row epilogue")
             if _native16(a):
+                out = None if into is None else into.get(names[0], (a.shape[0] // seq, self.out_features // head_dim,
+                                                                    seq, head_dim), torch.float32)
                 return cpu_kernels.int16_linear(a, a_scales, self.packed, self.out_features, self.w_scales,
-                                                self.bias, head_major=head_major)
+                                                self.bias, head_major=head_major, out=out)
             y = self.torch_product(a, a_scales)  # [M, N]
             y = y.view(-1, seq, self.out_features // head_dim, head_dim).transpose(1, 2).contiguous()
             return y, None, None
@@ -241,9 +245,16 @@ class Int16Linear(nn.Module):
             residual = residual.to(torch.float32, memory_format=torch.contiguous_format)
         target = None if quantize_for is None else (quantize_for.padded_k, quantize_for.levels)
         if _native16(a):
+            m = a.shape[0]
+            buffers = (None, None, None)
+            if into is not None:
+                buffers = (into.get(names[0], (m, self.out_features), torch.float32) if keep_float else None,
+                           None if target is None else into.get(names[1], (m, target[0]), torch.int16),
+                           None if target is None else into.get(names[2], (m,), torch.float32))
             return cpu_kernels.int16_linear(a, a_scales, self.packed, self.out_features, self.w_scales, self.bias,
                                             gelu=gelu, residual=residual, norm=norm_args,
-                                            keep_float=keep_float or target is None, quantize=target)
+                                            keep_float=keep_float or target is None, quantize=target,
+                                            out=buffers[0], q_out=buffers[1], scales_out=buffers[2])
         y = self.torch_product(a, a_scales)
         if gelu:
             y = F.gelu(y)
@@ -263,6 +274,21 @@ class Int16Linear(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
+class Workspace:
+    """Named buffers one forward pass reuses from block to block (fresh memory costs page faults: ~100 MB per
+    block for a batch of 32 x 256 tokens)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The buffer called `name`, (re)allocated when it does not have this shape and dtype."""
+        t = self.buffers.get(name)
+        if t is None or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            t = self.buffers[name] = torch.empty(shape, dtype=dtype)
+        return t
+
+
 class Int16BertLayer(nn.Module):
     """`model.bert.BertLayer` with its four linears as `Int16Linear` and the epilogues fused into them."""
 
@@ -275,25 +301,32 @@ class Int16BertLayer(nn.Module):
         self.mlp_norm = copy.deepcopy(layer.mlp_norm).float().cpu()
 
     def forward(self, x: torch.Tensor, xq: torch.Tensor, xs: torch.Tensor, batch: int, seq: int,
-                attn_mask: torch.Tensor | None, lengths: torch.Tensor | None, next_layer: "Int16BertLayer | None"
+                attn_mask: torch.Tensor | None, lengths: torch.Tensor | None, next_layer: "Int16BertLayer | None",
+                work: Workspace | None = None, out_name: str = "x"
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         # x: [M, H] float rows (M = batch * seq), xq / xs: x quantised for qkv; attn_mask [B, 1, 1, T] bool or None;
         # lengths [B] int32 when the mask is right padding (real tokens first; the native attention takes it)
         # -> (the block's output rows [M, H], quantised for next_layer's qkv, or None, None for the last block)
+        # work: buffers to reuse ("xq"/"xs" may hold xq/xs: they are reused once consumed; the output goes to
+        # `out_name`, which must not hold x)
         hidden = x.shape[1]
         head_dim = hidden // self.n_heads
-        qkv, _, _ = self.qkv.fused(xq, xs, head_major=(seq, head_dim))  # [B, 3 * nh, T, hd]
-        if lengths is not None and _native16(qkv):
-            attn = cpu_kernels.int16_attention(qkv, lengths)  # [M, H]
+        qkv, _, _ = self.qkv.fused(xq, xs, head_major=(seq, head_dim), into=work, names=("qkv", "", ""))
+        if lengths is not None and _native16(qkv):  # qkv: [B, 3 * nh, T, hd]
+            out = None if work is None else work.get("attn", (batch * seq, hidden), torch.float32)
+            attn = cpu_kernels.int16_attention(qkv, lengths, out=out)  # [M, H]
         else:
             q, k, v = qkv.view(batch, 3, self.n_heads, seq, head_dim).unbind(1)  # each [B, nh, T, hd]
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, nh, T, hd]
             attn = attn.transpose(1, 2).reshape(batch * seq, hidden)  # [M, H]
         aq, as_ = self.attn_out.quantize_input(attn)
-        x, x_q, x_s = self.attn_out.fused(aq, as_, residual=x, norm=self.attn_norm, quantize_for=self.mlp_in)
-        _, h_q, h_s = self.mlp_in.fused(x_q, x_s, gelu=True, keep_float=False, quantize_for=self.mlp_out)
+        x, x_q, x_s = self.attn_out.fused(aq, as_, residual=x, norm=self.attn_norm, quantize_for=self.mlp_in,
+                                          into=work, names=("x_attn", "xq", "xs"))
+        _, h_q, h_s = self.mlp_in.fused(x_q, x_s, gelu=True, keep_float=False, quantize_for=self.mlp_out,
+                                        into=work, names=("", "hq", "hs"))
         nxt = None if next_layer is None else next_layer.qkv
-        return self.mlp_out.fused(h_q, h_s, residual=x, norm=self.mlp_norm, quantize_for=nxt)
+        return self.mlp_out.fused(h_q, h_s, residual=x, norm=self.mlp_norm, quantize_for=nxt, into=work,
+                                  names=(out_name, "xq", "xs"))
 
 
 class Int16BertModel(nn.Module):
@@ -321,9 +354,10 @@ class Int16BertModel(nn.Module):
             if not torch.equal(prefix, attention_mask.bool()):
                 lengths = None  # not right padding: torch's attention with the mask
         xq, xs = self.layers[0].qkv.quantize_input(x)
+        work = Workspace()
         for i, layer in enumerate(self.layers):
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            x, xq, xs = layer(x, xq, xs, batch, seq, mask, lengths, nxt)
+            x, xq, xs = layer(x, xq, xs, batch, seq, mask, lengths, nxt, work, out_name=f"x{i % 2}")
         return x.view(batch, seq, -1)
 
 
@@ -333,6 +367,7 @@ def quantize_encoder_int16(model: nn.Module) -> Int16BertModel:
 
 
 __all__ = ["Int8EncoderLinear", "pack_weight", "quantize_encoder", "is_quantized", "Int16Linear", "Int16BertLayer",
+           "Workspace",
            "Int16BertModel", "int16_levels", "pack_weight_int16", "quantize_rows_int16", "quantize_weight_int16",
            "quantize_encoder_int16",
            "int16_available", "int16_preferred"]

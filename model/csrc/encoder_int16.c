@@ -375,7 +375,7 @@ int e16_linear(const int16_t *a, const float *sa, int64_t M, int64_t Kp, const i
 #pragma omp atomic write
             failed = 2;
         }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1) /* blocks of rows: a thread the OS pauses does not hold up the rest */
         for (int64_t b = 0; b < blocks; b++) {
             if (!ok) continue;
             const int64_t m0 = b * MB, m1 = m0 + MB < M ? m0 + MB : M;
