@@ -6,8 +6,9 @@
 1. Indexing throughput: the whole pipeline (`sync_folder`: scan, load, chunk, embed with the project's own
    encoder, write FAISS + SQLite + BM25) against sentence-transformers' `encode` of the very same chunk
    texts, and against the project's encoder alone on them, in one run (interleaved rounds, best of each),
-   once per `--embed-dtypes` entry (float32 = the previous release; auto = today's default, bfloat16 where
-   the CPU has native bf16). Overhead = pipeline time / pure encoding time - 1 (target < 15%).
+   once per `--embed-dtypes` entry (float32 = the previous release; auto = today's default: bfloat16 where
+   the CPU has native bf16; int16 = the native int16 kernels). Overhead = pipeline time / pure encoding time - 1
+   (target < 15%). The load average is printed with each round (the machine is often shared).
 2. No-change re-sync of 1,000 files (target < 2 s). The files are indexed once with the hashing test
    encoder (a re-sync with no change never calls the encoder; the benchmark checks that).
 3. Query latency p50/p95 at 10k and 100k chunks, on the real query path: the real encoder embeds the
@@ -83,7 +84,7 @@ def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int 
     st_times: list[float] = []
     own_times: dict[str, list[float]] = {label: [] for label in encoders}
     pipe_times: dict[str, list[float]] = {label: [] for label in encoders}
-    for _ in range(rounds):
+    for r in range(rounds):
         t0 = time.perf_counter()
         st.encode(texts, batch_size=batch_size)
         st_times.append(time.perf_counter() - t0)
@@ -96,6 +97,10 @@ def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int 
                 report = sync_folder(folder, Path(tmp) / "index", encoder, progress=False, batch_size=batch_size)
                 pipe_times[label].append(time.perf_counter() - t0)
             assert report.chunks_embedded == len(texts), (report.chunks_embedded, len(texts))
+        print(f"  round {r + 1}: s-t {len(texts) / st_times[-1]:.1f} chunks/s; "
+              + "; ".join(f"{label} embed {len(texts) / own_times[label][-1]:.1f}/s, pipeline "
+                          f"{len(texts) / pipe_times[label][-1]:.1f}/s" for label in encoders)
+              + f" (load average {' '.join(f'{v:.2f}' for v in os.getloadavg())})", flush=True)
     n = len(texts)
     st_seconds = min(st_times)
     out: dict = {"chunks": n, "files": len(files), "st_encode_chunks_per_s": n / st_seconds,
@@ -103,7 +108,7 @@ def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int 
     for label, encoder in encoders.items():
         own_seconds, pipeline_seconds = min(own_times[label]), min(pipe_times[label])
         out["modes"][label] = {
-            "embed_dtype": str(encoder.embed_dtype).replace("torch.", ""),
+            "embed_dtype": str(encoder.embed_dtype).replace("torch.", ""), "embed_mode": encoder.embed_mode,
             "own_encode_chunks_per_s": n / own_seconds, "pipeline_chunks_per_s": n / pipeline_seconds,
             "pipeline_files_per_s": len(files) / pipeline_seconds,
             "pipeline_seconds": pipeline_seconds, "own_encode_seconds": own_seconds,
@@ -225,7 +230,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--embed-dtypes", default="float32,auto",
                         help="our encoder's embedding precisions to index with, side by side (float32 = the "
-                             "previous release, auto = today's default: bfloat16 on CPUs with native bf16)")
+                             "previous release, auto = today's default: bfloat16 on CPUs with native bf16, int16 = "
+                             "the native int16 kernels)")
     args = parser.parse_args()
 
     import faiss
@@ -246,7 +252,7 @@ def main() -> None:
         print(f"indexing {r['chunks']} chunks / {r['files']} files of {args.folder}:")
         print(f"  sentence-transformers encode: {r['st_encode_chunks_per_s']:.1f} chunks/s ({r['st_encode_seconds']:.1f} s)")
         for label, m in r["modes"].items():
-            print(f"  ours, embed_dtype={label} ({m['embed_dtype']}):")
+            print(f"  ours, embed_dtype={label} (embeds with {m['embed_mode']}):")
             print(f"    embed alone:                {m['own_encode_chunks_per_s']:.1f} chunks/s "
                   f"({m['own_encode_seconds']:.1f} s, {m['own_vs_st']:.2f}x sentence-transformers)")
             print(f"    whole pipeline (sync_folder): {m['pipeline_chunks_per_s']:.1f} chunks/s, "

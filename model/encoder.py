@@ -103,9 +103,9 @@ class Encoder:
 
         "auto" (the default; `ASSISTANT_EMBED_DTYPE=float32|bfloat16|int16` overrides it), for float32 weights on
         CPU: bfloat16 where the CPU multiplies bfloat16 in hardware (`model.runtime.cpu_has_native_bf16`: about 2x
-        the passages/s, cosine >= 0.9999 to float32 on real text), else the weights' own dtype. "int16" (native
-        int16 kernels, model.encoder_quant; cosine >= 0.9999) asked for where the kernels are missing gives the
-        weights' dtype.
+        the passages/s, cosine >= 0.9999 to float32 on real text), else "int16" where its native kernels are the
+        fast choice (`model.encoder_quant.int16_preferred`: AVX2 without AVX-512; ~1.7x float32, cosine >= 0.9999),
+        else the weights' own dtype. "int16" asked for where the kernels are missing gives the weights' dtype.
         An int8-quantised encoder always embeds with its int8 kernels."""
         weights = next(self.model.parameters()).dtype
         request = self.embed_request
@@ -115,9 +115,12 @@ class Encoder:
             return weights
         float_on_cpu = self.device.type == "cpu" and weights == torch.float32
         if request == "auto":
+            from model.encoder_quant import int16_preferred
             from model.runtime import cpu_has_native_bf16
 
-            return torch.bfloat16 if float_on_cpu and cpu_has_native_bf16() else weights
+            if float_on_cpu and cpu_has_native_bf16():
+                return torch.bfloat16
+            return "int16" if float_on_cpu and int16_preferred() else weights
         if str(request).lower() == "int16":
             from model.encoder_quant import int16_available
 

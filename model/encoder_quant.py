@@ -330,13 +330,17 @@ class Int16BertLayer(nn.Module):
 
 
 class Int16BertModel(nn.Module):
-    """A BertModel's int16 twin, built from a copy of its weights (the source model is never changed): the same
-    forward (input_ids, attention_mask, token_type_ids) -> last hidden states [B, T, H] float32, on CPU."""
+    """A BertModel's int16 twin, built from a copy of its weights (the source model is never changed; its float32
+    embedding tables are shared, read only): the same forward (input_ids, attention_mask, token_type_ids) -> last
+    hidden states [B, T, H] float32, on CPU."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.config = model.config
-        self.embeddings = copy.deepcopy(model.embeddings).float().cpu()
+        embeddings = model.embeddings  # float32 on CPU: shared, only read here (47 MB for MiniLM's vocabulary)
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in embeddings.parameters()):
+            embeddings = copy.deepcopy(embeddings).float().cpu()
+        self.embeddings = embeddings
         self.layers = nn.ModuleList(Int16BertLayer(layer) for layer in model.layers)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

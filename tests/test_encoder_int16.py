@@ -273,7 +273,7 @@ def test_real_encoder_int16_embeddings_match_float32(real_encoder) -> None:
     np.testing.assert_allclose(one[0], got[0], atol=1e-5)
 
 
-def test_int16_is_used_where_asked_for_and_available(monkeypatch) -> None:
+def test_auto_picks_int16_where_it_is_preferred(monkeypatch) -> None:
     from model import encoder_quant, runtime
 
     torch.manual_seed(0)
@@ -282,15 +282,40 @@ def test_int16_is_used_where_asked_for_and_available(monkeypatch) -> None:
     encoder.model, encoder.embed_request, encoder.quant = model, "auto", None
     monkeypatch.delenv("ASSISTANT_EMBED_DTYPE", raising=False)
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(encoder_quant, "int16_preferred", lambda: True)
+    assert encoder.embed_mode == "int16" and encoder.embed_dtype == torch.float32
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # native bfloat16 wins
+    assert encoder.embed_mode == "bfloat16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(encoder_quant, "int16_preferred", lambda: False)
     assert encoder.embed_mode == "float32"
     monkeypatch.setenv("ASSISTANT_EMBED_DTYPE", "int16")  # asked for: used where the kernels exist
     monkeypatch.setattr(encoder_quant, "int16_available", lambda: True)
-    assert encoder.embed_mode == "int16" and encoder.embed_dtype == torch.float32
+    assert encoder.embed_mode == "int16"
     monkeypatch.setattr(encoder_quant, "int16_available", lambda: False)
     assert encoder.embed_mode == "float32"
     encoder.embed_request = "float32"  # an explicit request beats the environment
     monkeypatch.setattr(encoder_quant, "int16_available", lambda: True)
     assert encoder.embed_mode == "float32"
+    encoder.embed_request, encoder.quant = "auto", "int8"  # an int8 encoder embeds with its own kernels
+    monkeypatch.setattr(encoder_quant, "int16_preferred", lambda: True)
+    monkeypatch.delenv("ASSISTANT_EMBED_DTYPE")
+    assert encoder.embed_mode == "float32"
+
+
+def test_int16_preference_follows_the_cpu(monkeypatch) -> None:
+    from model import encoder_quant
+
+    monkeypatch.setattr(cpu_kernels, "encoder16_simd", lambda: "AVX2")
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert encoder_quant.int16_preferred()
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))
+    assert not encoder_quant.int16_preferred()  # float32 is as wide as these kernels there
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(cpu_kernels, "encoder16_simd", lambda: "portable C")
+    assert not encoder_quant.int16_preferred()
+    monkeypatch.setattr(cpu_kernels, "encoder16_simd", lambda: None)  # no kernels
+    assert not encoder_quant.int16_preferred()
 
 
 def test_the_int16_copy_follows_changed_weights(real_encoder) -> None:
