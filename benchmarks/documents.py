@@ -400,7 +400,9 @@ def main(argv: list[str] | None = None) -> None:
                                       for m in MODES}
         for m in MODES:
             values = sorted(r["index_s"] / pages for r in rounds[m])
-            summary["speed"][m]["index_s_per_page_median"] = values[len(values) // 2]
+            middle = len(values) // 2
+            summary["speed"][m]["index_s_per_page_median"] = (
+                values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2)
     table = format_table(summary)
     print(table)
     if args.out:
