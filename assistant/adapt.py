@@ -73,11 +73,12 @@ class AdaptConfig:
     mlm_steps: int = 200            # then LoRA + head
     mlm_batch: int = 8
     mlm_lr: float = 5e-4
-    question_chunks: int = 1000     # chunks that get synthetic questions (a random sample when there are more)
-    questions_per_chunk: int = 1
+    question_chunks: int = 600      # questions to write: one per chunk of a random sample of this many chunks, or
+    max_questions_per_chunk: int = 3  # ... on a smaller folder up to this many per chunk (sampled after the first)
     negatives: int = 2              # per question: half from BM25, half from the dense index (top `mine_depth`)
     mine_depth: int = 10
     distill_epochs: float = 1.0
+    min_distill_examples: int = 800  # small folders: more passes over their examples, up to 4 epochs
     distill_batch: int = 16
     distill_lr: float = 2e-4
     preserve_weight: float = 0.0    # pull the passages' adapted embeddings toward the bundled ones (MSE)
@@ -786,11 +787,12 @@ def adapt_index(index_path: str | Path, encoder: Any, config: AdaptConfig | None
                 anchors = torch.from_numpy(_embed_cached(work / "vectors-base.npz", base_encoder, chunk_ids,
                                                          texts, config.embed_batch))
             task = DistillTask(pad_id, scale, config.preserve_weight, anchors)
-            steps = max(1, int(math.ceil(config.distill_epochs * len(examples) / config.distill_batch)))
+            epochs = min(4.0, max(config.distill_epochs, config.min_distill_examples / len(examples)))
+            steps = max(1, int(math.ceil(epochs * len(examples) / config.distill_batch)))
             _, step.resumed = _train(model, examples, task, steps, config.distill_batch, config.distill_lr,
                                      work / "distill", config.seed + 2, progress, "distill", config.distill_batch)
             step.items = steps * config.distill_batch
-            step.detail = {"examples": len(examples), "scale": scale, "steps": steps}
+            step.detail = {"examples": len(examples), "scale": scale, "steps": steps, "epochs": round(epochs, 2)}
     model.eval()
 
     # the adapter, and the vectors of every chunk ---------------------------------------------------------------
@@ -829,10 +831,15 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
     order = list(range(len(texts)))
     rng.shuffle(order)
     chosen = sorted(order[: config.question_chunks])
+    per = max(1, min(config.max_questions_per_chunk, math.ceil(config.question_chunks / len(texts))))
     cache_path = work / "questions.jsonl"
     cached = {row["key"]: row["questions"] for row in _read_jsonl(cache_path)}
+
+    def key(i: int) -> str:  # the text and how many questions were asked for
+        return f"{per}:{_text_key(texts[i])}" if per > 1 else _text_key(texts[i])
+
     with _step(report, "questions", "chunks") as step:
-        todo = [i for i in chosen if _text_key(texts[i]) not in cached]
+        todo = [i for i in chosen if key(i) not in cached]
         step.resumed = len(todo) < len(chosen) and bool(cached)
         if todo:
             writer = question_writer or load_question_writer(emit)
@@ -840,16 +847,17 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
             progress.start("questions", len(chosen), "chunks", len(chosen) - len(todo))
             for start in range(0, len(todo), 8):
                 group = todo[start:start + 8]
-                written = writer.write([texts[i] for i in group], per_passage=config.questions_per_chunk)
-                rows = [{"key": _text_key(texts[i]), "questions": list(qs)} for i, qs in zip(group, written)]
+                written = writer.write([texts[i] for i in group], per_passage=per)
+                rows = [{"key": key(i), "questions": list(qs)} for i, qs in zip(group, written)]
                 _append_jsonl(cache_path, rows)
                 cached.update({r["key"]: r["questions"] for r in rows})
                 progress.update(len(chosen) - len(todo) + start + len(group))
-        pairs = [(i, clean_question(q)) for i in chosen for q in cached.get(_text_key(texts[i]), [])
-                 if usable_question(clean_question(q), texts[i])]
-        step.items = len(chosen)
-        step.detail.update({"questions": sum(len(cached.get(_text_key(texts[i]), [])) for i in chosen),
-                            "usable": len(pairs)})
+        pairs = list(dict.fromkeys((i, clean_question(q)) for i in chosen for q in cached.get(key(i), [])
+                                   if usable_question(clean_question(q), texts[i])))
+        step.items = len(chosen) * per
+        step.unit = "questions"
+        step.detail.update({"questions": sum(len(cached.get(key(i), [])) for i in chosen), "usable": len(pairs),
+                            "per_chunk": per})
     if not pairs:
         raise AdaptError("the question writer wrote no usable question for this folder's passages; try --mlm "
                          "alone, or a folder with more text")
