@@ -262,13 +262,17 @@ def prepare_encoder(encoder: Any, index_path: str | Path, use_adapt: bool = True
     - `use_adapt=False` (`--no-adapt`), or the adapter folder was removed: the index switches back to the kept
       vectors of the bundled encoder (one atomic commit; chunks added since the adaptation are embedded now),
       and `encoder` embeds with the bundled weights.
-    - A plain index (every index before adaptation, or one switched back): `encoder` stays plain.
+    - A plain index (every index before adaptation, or one switched back), or none yet: `encoder` is plain.
     Returns `encoder`. Encoders without `set_adapter` (test stand-ins) are returned as they are."""
     from retrieval.store import IndexStore
 
     emit = emit or log.info
     index_path = Path(index_path)
-    if not hasattr(encoder, "set_adapter") or not IndexStore.exists(index_path):
+    if not hasattr(encoder, "set_adapter"):
+        return encoder
+    if not IndexStore.exists(index_path):  # a new index starts with the bundled encoder
+        if getattr(encoder, "adapter", None) is not None:
+            encoder.set_adapter(None)
         return encoder
     store = IndexStore.open(index_path)
     try:

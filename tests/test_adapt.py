@@ -396,3 +396,15 @@ def test_library_button_adapts_in_a_child_process_and_the_chat_follows(indexed, 
     failing = [sys.executable, "-c", "import sys; sys.exit('error: no space left')"]
     lines = list(app.adapt(command=failing, poll_s=0.05))
     assert "no space left" in lines[-1] and "unchanged" in lines[-1]
+
+
+def test_an_adapted_encoder_starts_a_new_index_with_the_bundled_weights(indexed, tmp_path):
+    folder, index, encoder = indexed
+    _adapt(index, encoder, tmp_path)
+    assert encoder.adapter is not None
+    other = tmp_path / "other-index"
+    prepare_encoder(encoder, other)
+    sync_folder(folder, other, encoder, progress=False)
+    assert encoder.name == "tiny-encoder" and _live_vectors_ok(other)[0] == "tiny-encoder"
+    prepare_encoder(encoder, index)  # and back on the adapted index, its adapter again
+    assert encoder.name == _live_vectors_ok(index)[0] != "tiny-encoder"
