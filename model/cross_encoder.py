@@ -9,8 +9,8 @@ Unlike the bi-encoder, the question's and the passage's tokens attend to each ot
 (a name, a date, the question's own phrasing) count. It costs one forward pass per (question, passage), so it
 rescores a retriever's top N hits (`retrieval.retriever.Retriever.search(rerank=N)`) instead of searching.
 Only the first `layers` blocks run, and the last one only for [CLS] (`cls_block`: its keys and values for every
-token, the rest for one row): the shipped 2-block, 192-token configuration scores 20 pairs in ~0.15 s on two
-AVX2 cores (docs/benchmarks.md).
+token, the rest for one row): the shipped 2-block, 192-token configuration costs ~0.19 s of CPU per thread to
+score 20 pairs on two AVX2 cores (measured on a busy machine; `python benchmarks/rerank.py --speed`).
 
 Sharing: like the reader (model.reader), `CrossEncoderNet` holds the embedder's `BertModel` without owning it;
 its state dict holds only what it adds (LoRA, own blocks, head), and a saved cross-encoder records a

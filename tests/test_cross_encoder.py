@@ -330,3 +330,28 @@ def test_the_bundled_reranker_is_skipped_beside_another_encoder(bert_tokenizer, 
     assert "trained on another encoder" in caplog.text
     with pytest.raises(CheckpointError, match="fingerprint"):  # the same folder asked for by name: an error
         load_reranker(Settings(rerank=20, reranker=tmp_path / "bundled"), other)
+
+
+@pytest.mark.real
+def test_shipped_reranker_prefers_the_passage_that_answers():
+    """The shipped weights on the real MiniLM: the passage that answers beats near misses on the same topic."""
+    from assistant.settings import DEFAULT_RERANKER
+
+    if not (DEFAULT_RERANKER / "cross_encoder.safetensors").exists():
+        pytest.skip("no reranker shipped")
+    encoder = Encoder.load()
+    ce = CrossEncoder.load(encoder, DEFAULT_RERANKER)
+    cases = [
+        ("In what year did the railway bridge at Selby open?",
+         ["The railway bridge at Selby opened in 1871, after four years of building work.",
+          "Selby is a market town on the River Ouse, known for its abbey church.",
+          "The river at Selby is tidal, and floods reached the town centre in 1947."]),
+        ("Who designed the abbey's west window?",
+         ["The abbey's choir was rebuilt in the fourteenth century after a fire.",
+          "The west window of the abbey was designed by the architect John Oldrid Scott.",
+          "Visitors reach the abbey from the market place in a few minutes."]),
+    ]
+    for question, passages in cases:
+        scores = ce.score(question, passages)
+        best = max(range(len(passages)), key=lambda i: scores[i])
+        assert "1871" in passages[best] or "Scott" in passages[best], (question, scores)
