@@ -66,7 +66,7 @@ class AdaptConfig:
 
     mlm: bool = False               # (1) masked-language-model steps on the chunks
     distill: bool = True            # (2)-(5) synthetic questions, hard negatives, teacher, margin-MSE
-    teacher: str = "auto"           # "cross-encoder" | "reader" | "auto" (the cross-encoder when one is shipped)
+    teacher: str = "reader"         # "reader" | "cross-encoder" | "auto" (the cross-encoder when one is shipped)
     lora_rank: int = 16
     lora_alpha: float = 32.0
     mlm_head_steps: int = 60        # MLM head alone first (the checkpoint has none; LoRA off)
@@ -649,13 +649,27 @@ class ReaderTeacher:
         return scores
 
 
+def teacher_kind(kind: str, teacher: Any = None) -> str:
+    """Which teacher a run uses: a given teacher object's name, or 'auto' resolved to 'cross-encoder' when one is
+    shipped (assistant/data/reranker) and 'reader' otherwise. Names the run's teacher-score cache."""
+    from assistant.settings import DEFAULT_RERANKER
+
+    if teacher is not None:
+        name = str(getattr(teacher, "name", type(teacher).__name__))
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    if kind not in ("auto", "cross-encoder", "reader"):
+        raise AdaptError(f"unknown teacher {kind!r}; use auto, cross-encoder or reader")
+    if kind == "auto":
+        return "cross-encoder" if (DEFAULT_RERANKER / "cross_encoder.safetensors").is_file() else "reader"
+    return kind
+
+
 def load_teacher(kind: str, encoder: Any, emit: Emit) -> Any:
     """'cross-encoder' (assistant/data/reranker), 'reader' (assistant/data/reader) or 'auto' (the first there)."""
     from assistant.settings import DEFAULT_READER, DEFAULT_RERANKER
 
-    if kind not in ("auto", "cross-encoder", "reader"):
-        raise AdaptError(f"unknown teacher {kind!r}; use auto, cross-encoder or reader")
-    if kind in ("auto", "cross-encoder") and (DEFAULT_RERANKER / "cross_encoder.safetensors").is_file():
+    kind = teacher_kind(kind)
+    if kind == "cross-encoder" and (DEFAULT_RERANKER / "cross_encoder.safetensors").is_file():
         from model.cross_encoder import CrossEncoder
 
         teacher = CrossEncoder.load(encoder, DEFAULT_RERANKER)
@@ -667,7 +681,7 @@ def load_teacher(kind: str, encoder: Any, emit: Emit) -> Any:
         raise AdaptError(f"no teacher: neither {DEFAULT_RERANKER} nor {DEFAULT_READER} holds weights")
     from model.reader import Reader
 
-    emit("adapt: teacher = the evidence reader" + ("" if kind == "reader" else " (no cross-encoder shipped)"))
+    emit("adapt: teacher = the evidence reader")
     return ReaderTeacher(Reader.load(encoder, DEFAULT_READER))
 
 
@@ -745,7 +759,7 @@ def adapt_index(index_path: str | Path, encoder: Any, config: AdaptConfig | None
             target = work / name
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
         if fresh:
-            for name in ("questions.jsonl", "teacher.jsonl"):
+            for name in ["questions.jsonl", *(p.name for p in work.glob("teacher-*.jsonl"))]:
                 (work / name).unlink(missing_ok=True)
         run_file.write_text(json.dumps({"key": run_key, "config": config.to_dict(), "chunks": len(chunk_ids),
                                         "index": str(index_path)}, indent=2))
@@ -889,8 +903,8 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
         retriever.store.close()
         step.items = len(pairs)
 
-    # (4) teacher scores, cached per (question, passage)
-    score_path = work / "teacher.jsonl"
+    # (4) teacher scores, cached per teacher and (question, passage)
+    score_path = work / f"teacher-{teacher_kind(config.teacher, teacher)}.jsonl"
     scores = {(r["q"], r["p"]): r["s"] for r in _read_jsonl(score_path)}
     with _step(report, "teacher", "pairs") as step:
         wanted: dict[str, set[int]] = {}

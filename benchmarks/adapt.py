@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = {"mlm": {"mlm": True, "distill": False}, "gpl": {"mlm": False, "distill": True},
-            "mlm+gpl": {"mlm": True, "distill": True}}
+            "mlm+gpl": {"mlm": True, "distill": True},
+            "gpl-reader": {"mlm": False, "distill": True, "teacher": "reader"},
+            "gpl-ce": {"mlm": False, "distill": True, "teacher": "cross-encoder"}}
 
 
 def load_set(name: str, squad_questions: int):
@@ -173,11 +175,11 @@ def run_set(name: str, args, encoder, reranker, general, general_cache, generato
         work = root / f"work-{variant}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        for cache_file in ("questions.jsonl", "teacher.jsonl"):  # shared by the variants of this set
+        for cache_file in ("questions.jsonl", "teacher-reader.jsonl", "teacher-cross-encoder.jsonl"):  # shared
             (shared / cache_file).touch()
             (work / cache_file).symlink_to(shared / cache_file)
-        config = AdaptConfig(**VARIANTS[variant], teacher=args.teacher,
-                             question_chunks=min(args.question_chunks, chunks), seed=args.seed)
+        config = AdaptConfig(**{"teacher": args.teacher, **VARIANTS[variant]}, question_chunks=args.question_chunks,
+                             seed=args.seed)
         if args.lora_rank:
             config.lora_rank = args.lora_rank
         if args.epochs:
@@ -269,8 +271,9 @@ def main() -> int:
     ap.add_argument("--sets", default="squad-test,pydocs,reports")
     ap.add_argument("--variants", default="mlm,gpl,mlm+gpl", help=f"comma-separated: {', '.join(VARIANTS)}")
     ap.add_argument("--squad-questions", type=int, default=300)
-    ap.add_argument("--question-chunks", type=int, default=400, help="chunks that get synthetic questions, per set")
-    ap.add_argument("--teacher", default="auto", choices=("auto", "cross-encoder", "reader"))
+    ap.add_argument("--question-chunks", type=int, default=600, help="AdaptConfig.question_chunks (questions)")
+    ap.add_argument("--teacher", default="reader", choices=("auto", "cross-encoder", "reader"),
+                    help="the teacher of variants that do not name one")
     ap.add_argument("--lora-rank", type=int, default=0)
     ap.add_argument("--epochs", type=float, default=0.0)
     ap.add_argument("--preserve", type=float, default=0.0, help="AdaptConfig.preserve_weight")

@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-distill", dest="distill", action="store_const", const=False,
                    help="no synthetic questions / teacher distillation (MLM alone)")
     p.add_argument("--teacher", choices=("auto", "cross-encoder", "reader"),
-                   help="who scores (question, passage) pairs (default auto: the cross-encoder when shipped)")
+                   help="who scores (question, passage) pairs: the evidence reader (default, measured best), the "
+                        "cross-encoder reranker, or auto (the cross-encoder when one is shipped)")
     p.add_argument("--question-chunks", type=int, metavar="N", help="chunks that get synthetic questions")
     p.add_argument("--lora-rank", type=int, metavar="R")
     p.add_argument("--epochs", type=float, metavar="E", help="passes over the distillation examples")
