@@ -93,8 +93,10 @@ class Encoder:
 
     @property
     def embed_mode(self) -> str:
-        """What `embed` runs: "int16" (a quantised copy on the native int16 kernels, model.encoder_quant) or the
-        name of `embed_dtype` ("float32", "bfloat16", ...)."""
+        """What `embed` runs: "int16" (a quantised copy on the native int16 kernels, model.encoder_quant), "int8"
+        (an encoder quantised in place with `quantize`) or the name of `embed_dtype` ("float32", "bfloat16")."""
+        if self.quant is not None:
+            return self.quant
         choice = self._embed_choice()
         return choice if isinstance(choice, str) else str(choice).replace("torch.", "")
 

@@ -204,6 +204,41 @@ def test_attention_is_its_quantised_arithmetic_and_close_to_float(seq: int, n_he
     assert torch.isfinite(full).all()
 
 
+@needs_native
+def test_portable_c_build_computes_what_the_simd_build_does(tmp_path) -> None:
+    """The plain-C paths (CPUs without AVX2) against the SIMD ones: the same int32 sums, the same attention."""
+    import ctypes
+    import shutil
+
+    if cpu_kernels.encoder16_simd() == "portable C":
+        pytest.skip("the native build is the portable one already")
+    compiler = cpu_kernels._compiler()
+    if compiler is None or not shutil.which(compiler):
+        pytest.skip("no C compiler")
+    target = tmp_path / "portable.so"
+    proc = subprocess.run([compiler, "-O2", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-o", str(target),
+                           str(cpu_kernels.ENCODER16_SOURCE), "-lm"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    portable = ctypes.CDLL(str(target))
+    assert portable.e16_simd() == 0
+    ptr, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    portable.e16_gemm_s32.argtypes = [ptr, i64, i64, ptr, i64, ptr, cint]
+    portable.e16_attention.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, cint]
+    torch.manual_seed(5)
+    m, n, k = 23, 40, 30
+    a = torch.randint(-2000, 2001, (m, k), dtype=torch.int16)
+    packed = pack_weight_int16(torch.randint(-2000, 2001, (n, k), dtype=torch.int16))
+    plain = torch.empty((m, n), dtype=torch.int32)
+    assert portable.e16_gemm_s32(a.data_ptr(), m, k, packed.data_ptr(), n, plain.data_ptr(), 1) == 0
+    assert torch.equal(plain, cpu_kernels.int16_gemm_s32(a, packed, n))
+    qkv = torch.randn(2, 3 * 2, 37, 32)
+    lengths = torch.tensor([37, 20], dtype=torch.int32)
+    plain = torch.empty((2 * 37, 64))
+    assert portable.e16_attention(qkv.data_ptr(), 2, 37, 64, 2, lengths.data_ptr(), plain.data_ptr(), 1) == 0
+    # the two builds round p in two exp implementations (a level apart at most)
+    torch.testing.assert_close(plain, cpu_kernels.int16_attention(qkv, lengths), rtol=1e-3, atol=1e-3)
+
+
 def _embed(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     hidden = model(ids, mask)
     pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
@@ -300,7 +335,7 @@ def test_auto_picks_int16_where_it_is_preferred(monkeypatch) -> None:
     encoder.embed_request, encoder.quant = "auto", "int8"  # an int8 encoder embeds with its own kernels
     monkeypatch.setattr(encoder_quant, "int16_preferred", lambda: True)
     monkeypatch.delenv("ASSISTANT_EMBED_DTYPE")
-    assert encoder.embed_mode == "float32"
+    assert encoder.embed_mode == "int8" and encoder.embed_dtype == torch.float32
 
 
 def test_int16_preference_follows_the_cpu(monkeypatch) -> None:

@@ -240,12 +240,8 @@ void e16_pack_weight(const float *w, int64_t N, int64_t K, int64_t Kp, int level
 /* the microkernel: acc[r][c] = sum_k a_rows[r][k] * panel column c, for MR rows x NR columns (a_rows: int16
    rows of at least 2 * kpairs values; 4-byte broadcasts of each row's k pairs) */
 
-static void micro(const int16_t *const a_rows[MR], const int16_t *panel, int64_t kpairs, int32_t acc[MR][NR]) {
 #if E16_SIMD
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const int16_t *a0 = a_rows[0], *a1 = a_rows[1], *a2 = a_rows[2];
-    const int16_t *a3 = a_rows[3], *a4 = a_rows[4], *a5 = a_rows[5];
+/* the microkernel's loop: MR x 16 int32 sums in c00..c51 over kpairs pairs of a0..a5 (rows) and panel */
 #define E16_ROW(ap, lo, hi)                                                      \
     do {                                                                         \
         int32_t w_;                                                              \
@@ -254,17 +250,28 @@ static void micro(const int16_t *const a_rows[MR], const int16_t *panel, int64_t
         lo = _mm256_add_epi32(lo, _mm256_madd_epi16(a_, b0));                    \
         hi = _mm256_add_epi32(hi, _mm256_madd_epi16(a_, b1));                    \
     } while (0)
-    for (int64_t kk = 0; kk < kpairs; kk++) {
-        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + kk * 2 * NR));
-        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + kk * 2 * NR + 16));
-        E16_ROW(a0, c00, c01);
-        E16_ROW(a1, c10, c11);
-        E16_ROW(a2, c20, c21);
-        E16_ROW(a3, c30, c31);
-        E16_ROW(a4, c40, c41);
-        E16_ROW(a5, c50, c51);
+#define E16_MICRO_LOOP(a_rows, panel, kpairs)                                                       \
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;    \
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                       \
+    {                                                                                               \
+        const int16_t *a0 = a_rows[0], *a1 = a_rows[1], *a2 = a_rows[2];                            \
+        const int16_t *a3 = a_rows[3], *a4 = a_rows[4], *a5 = a_rows[5];                            \
+        for (int64_t kk = 0; kk < kpairs; kk++) {                                                   \
+            const __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + kk * 2 * NR));          \
+            const __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + kk * 2 * NR + 16));     \
+            E16_ROW(a0, c00, c01);                                                                  \
+            E16_ROW(a1, c10, c11);                                                                  \
+            E16_ROW(a2, c20, c21);                                                                  \
+            E16_ROW(a3, c30, c31);                                                                  \
+            E16_ROW(a4, c40, c41);                                                                  \
+            E16_ROW(a5, c50, c51);                                                                  \
+        }                                                                                           \
     }
-#undef E16_ROW
+#endif
+
+static void micro(const int16_t *const a_rows[MR], const int16_t *panel, int64_t kpairs, int32_t acc[MR][NR]) {
+#if E16_SIMD
+    E16_MICRO_LOOP(a_rows, panel, kpairs)
 #define E16_STORE(r, lo, hi)                                          \
     _mm256_storeu_si256((__m256i *)&acc[r][0], lo);                   \
     _mm256_storeu_si256((__m256i *)&acc[r][8], hi);
@@ -281,6 +288,29 @@ static void micro(const int16_t *const a_rows[MR], const int16_t *panel, int64_t
             for (int c = 0; c < NR; c++) acc[r][c] += x0 * bp[2 * c] + x1 * bp[2 * c + 1];
         }
     }
+#endif
+}
+
+/* The same products scaled to floats in registers: out[r * stride + c] = rs[r] * cs[c] * sum (attention's scores) */
+static void micro_scaled(const int16_t *const a_rows[MR], const int16_t *panel, int64_t kpairs, const float rs[MR],
+                         const float *cs, float *out, int64_t stride) {
+#if E16_SIMD
+    E16_MICRO_LOOP(a_rows, panel, kpairs)
+    const __m256 s0 = _mm256_loadu_ps(cs), s1 = _mm256_loadu_ps(cs + 8);
+#define E16_SCALED(r, lo, hi)                                                                                  \
+    do {                                                                                                       \
+        const __m256 f_ = _mm256_set1_ps(rs[r]);                                                               \
+        _mm256_storeu_ps(out + (r) * stride, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(f_, s0)));    \
+        _mm256_storeu_ps(out + (r) * stride + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(f_, s1))); \
+    } while (0)
+    E16_SCALED(0, c00, c01); E16_SCALED(1, c10, c11); E16_SCALED(2, c20, c21);
+    E16_SCALED(3, c30, c31); E16_SCALED(4, c40, c41); E16_SCALED(5, c50, c51);
+#undef E16_SCALED
+#else
+    int32_t acc[MR][NR];
+    micro(a_rows, panel, kpairs, acc);
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NR; c++) out[r * stride + c] = (float)acc[r][c] * (rs[r] * cs[c]);
 #endif
 }
 
@@ -526,21 +556,8 @@ static void attention_head(const float *qbase, const float *kbase, const float *
             sq[r] = w->sq[t] * scale * 1.4426950408889634f; /* log2(e): the softmax works in powers of 2 */
         }
         /* scores [MR, lp] = sq_i sk_j (q_i . k_j) / sqrt(hd), in log2 units */
-        for (int64_t p = 0; p < lp / NR; p++) {
-            micro(a_rows, w->kpan + p * hdp * NR, hdp / 2, acc);
-            const float *sk = w->sk + p * NR;
-            for (int r = 0; r < MR; r++) {
-                float *s = w->scores + r * srow + p * NR;
-                int c = 0;
-#if E16_SIMD
-                const __m256 vq = _mm256_set1_ps(sq[r]);
-                for (; c < NR; c += 8)
-                    _mm256_storeu_ps(s + c, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)&acc[r][c])),
-                                                          _mm256_mul_ps(vq, _mm256_loadu_ps(sk + c))));
-#endif
-                for (; c < NR; c++) s[c] = (float)acc[r][c] * (sq[r] * sk[c]);
-            }
-        }
+        for (int64_t p = 0; p < lp / NR; p++)
+            micro_scaled(a_rows, w->kpan + p * hdp * NR, hdp / 2, sq, w->sk + p * NR, w->scores + p * NR, srow);
         /* p = 2^(s - max) = exp of the natural scores' difference, over the len real keys (the pads' scores set
            to -1e30 give 0), quantised to prow = rint(p * lv); psum = its row sum */
         float inv_sum[MR];
