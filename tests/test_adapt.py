@@ -408,3 +408,17 @@ def test_an_adapted_encoder_starts_a_new_index_with_the_bundled_weights(indexed,
     assert encoder.name == "tiny-encoder" and _live_vectors_ok(other)[0] == "tiny-encoder"
     prepare_encoder(encoder, index)  # and back on the adapted index, its adapter again
     assert encoder.name == _live_vectors_ok(index)[0] != "tiny-encoder"
+
+
+def test_cli_status_names_the_searched_and_kept_vectors(indexed, tmp_path, capsys):
+    from assistant.cli import main
+
+    folder, index, encoder = indexed
+    assert main(["adapt", "--index", str(index), "--status"]) == 0
+    assert "not adapted" in capsys.readouterr().out
+    _adapt(index, encoder, tmp_path)
+    assert main(["adapt", "--index", str(index), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert f"searches vectors of: {encoder.name}" in out and "keeps vectors of:    tiny-encoder" in out
+    assert main(["adapt", "--index", str(index), "--on", "--off"]) == 1
+    assert "one of" in capsys.readouterr().err
