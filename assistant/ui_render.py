@@ -15,10 +15,16 @@ A turn saved before composed answers has none of the three and renders as it alw
 Chips carry data-turn, data-n (the source) and, for a composed answer, data-s (the sentence); a passage's
 marks carry data-s with the sentences they support. The page script (`PAGE_JS`) opens the chip's source and,
 when the chip names a sentence, shows only that sentence's marks highlighted.
+
+Pipe tables (`retrieval.pipe_tables`, the form every loader writes tables in) show as HTML tables in a source's
+passage and in its page panel (`render_passage`): header line as <th>, a mark over table text marked in each cell
+it covers, cells escaped like all text. Such a passage's HTML text is not the passage itself, so a paged one
+carries it in data-text for the page panel, whose marks are offsets into it.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -27,6 +33,7 @@ from typing import Any
 
 from assistant.answer import LAYOUTS, Answer, Source, page_label
 from assistant.library import LibraryEntry, PageView
+from retrieval.pipe_tables import PipeTableBlock, find_pipe_tables, split_row
 
 # ---------------------------------------------------------------------- theme
 CSS = """
@@ -107,6 +114,13 @@ details.source[data-focus] .passage mark:not(.on) { background: transparent; pad
 details.source[data-focus] .page-text mark:not(.on) { background: transparent; padding: 0; }
 .page-text mark.on { box-shadow: 0 0 0 1px #e0c54a; }
 .page-missing { color: var(--danger); }
+.passage .table-wrap, .page-text .table-wrap { overflow-x: auto; max-width: 100%; margin: 6px 0; }
+.passage table, .page-text table { border-collapse: collapse; font-size: 0.85rem; background: white; }
+.passage th, .passage td, .page-text th, .page-text td { border: 1px solid var(--line); padding: 2px 8px;
+  text-align: left; vertical-align: top; white-space: pre-wrap; overflow-wrap: break-word; }
+.passage th, .page-text th { background: #eef2f6; font-weight: 600; }
+.passage .al-r, .page-text .al-r { text-align: right; }
+.passage .al-c, .page-text .al-c { text-align: center; }
 .source-meta { display: flex; gap: 8px; align-items: center; flex-wrap: wrap; padding: 0 8px 6px;
   color: var(--muted); font-size: 0.78rem; }
 details.scores > summary { cursor: pointer; }
@@ -232,7 +246,8 @@ async function openPage(button) {
   let html = null;
   try {
     html = await server.open_page({path: button.dataset.path || '', page: Number(button.dataset.page),
-                                   passage: passage ? passage.textContent : '', marks: marks});
+                                   passage: passage ? (passage.dataset.text ?? passage.textContent) : '',
+                                   marks: marks});
   } catch (err) { html = null; }
   if (panel.dataset.open !== '1') return;
   if (typeof html === 'string') panel.innerHTML = html;
@@ -409,35 +424,126 @@ def _spans(highlights: list | None, sentence_spans: list | None, length: int) ->
     return [(max(0, s), min(length, e), k) for s, e, k in spans if min(length, e) > max(0, s)]
 
 
-def render_passage(text: str, highlights: list | None = None, sentence_spans: list | None = None) -> str:
-    """A passage as HTML with spans marked: `highlights` are [(start, end)] offsets into `text`; each of
-    `sentence_spans` [(start, end, k)] is the supporting words of sentence k, its mark tagged data-s="k"
-    (a stretch supporting several sentences names them all: data-s="0 2")."""
-    spans = _spans(highlights, sentence_spans, len(text))
-    if not spans:
-        return esc(text)
-    cuts = sorted({0, len(text), *(s for s, _, _ in spans), *(e for _, e, _ in spans)})
+def _marked(text: str, spans: list[tuple[int, int, int | None]], start: int, end: int, cell: bool = False) -> str:
+    """`text[start:end]` escaped, the parts of it that `spans` cover (offsets into the whole `text`) as marks;
+    a stretch covered by sentence spans names them all (data-s="0 2"). `cell`: a table cell's text, whose
+    escaped pipes (`\\|`) show as `|`."""
+
+    def piece(a: int, b: int) -> str:
+        raw = text[a:b]
+        return esc(raw.replace("\\|", "|") if cell else raw)
+
+    inside = [(max(s, start), min(e, end), k) for s, e, k in spans if min(e, end) > max(s, start)] if spans else []
+    if not inside:
+        return piece(start, end)
+    cuts = sorted({start, end, *(s for s, _, _ in inside), *(e for _, e, _ in inside)})
     out: list[str] = []
     pending_key: tuple[bool, tuple[int, ...]] | None = None
-    pending_start = 0
+    pending_start = start
 
-    def emit(start: int, end: int, key: tuple[bool, tuple[int, ...]] | None) -> None:
-        if start >= end:
+    def emit(a: int, b: int, key: tuple[bool, tuple[int, ...]] | None) -> None:
+        if a >= b:
             return
         if key is None:
-            out.append(esc(text[start:end]))
+            out.append(piece(a, b))
             return
         tag = f' data-s="{" ".join(str(k) for k in key[1])}"' if key[1] else ""
-        out.append(f"<mark{tag}>{esc(text[start:end])}</mark>")
+        out.append(f"<mark{tag}>{piece(a, b)}</mark>")
 
     for a, b in zip(cuts, cuts[1:]):
-        covering = [k for s, e, k in spans if s <= a and b <= e]
+        covering = [k for s, e, k in inside if s <= a and b <= e]
         key = (True, tuple(sorted({k for k in covering if k is not None}))) if covering else None
         if key != pending_key:
             emit(pending_start, a, pending_key)
             pending_key, pending_start = key, a
-    emit(pending_start, len(text), pending_key)
+    emit(pending_start, end, pending_key)
     return "".join(out)
+
+
+def _alignments(text: str, block: PipeTableBlock) -> list[str]:
+    """Each column's alignment class from the separator line (`:--` left, `:-:` centre, `--:` right), "" for
+    the default."""
+    out = []
+    for a, b in split_row(text, *block.separator):
+        cell = text[a:b]
+        right, left = cell.endswith(":"), cell.startswith(":")
+        out.append(' class="al-c"' if left and right else ' class="al-r"' if right else "")
+    return out
+
+
+def _passage_table(text: str, block: PipeTableBlock, spans: list[tuple[int, int, int | None]]) -> str:
+    """One pipe table of a passage as an HTML table: the header line's cells as <th>, one <tr> of <td> per body
+    line (a short row padded with empty cells), each cell's marked words marked in that cell."""
+    header = split_row(text, *block.header)
+    align = _alignments(text, block)
+    width = len(header)
+
+    def cells(row: list[tuple[int, int]], tag: str) -> str:
+        parts = [f"<{tag}{align[i] if i < len(align) else ''}>{_marked(text, spans, a, b, cell=True)}</{tag}>"
+                 for i, (a, b) in enumerate(row)]
+        parts.extend(f"<{tag}></{tag}>" for _ in range(width - len(row)))
+        return "<tr>" + "".join(parts) + "</tr>"
+
+    body = "".join(cells(split_row(text, a, b), "td") for a, b in block.rows)
+    return (f'<div class="table-wrap"><table><thead>{cells(header, "th")}</thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _table_edges(text: str, start: int, end: int) -> tuple[int, int]:
+    """The stretch of `text` a table at [start, end) takes over with the blank lines around it: back over the
+    whitespace before it (when that holds a line break) and on over the whitespace after it up to its last line
+    break, so the prose on either side keeps its own indentation and the table's margins replace the blank
+    lines."""
+    before = start
+    while before > 0 and text[before - 1] in " \t\r\n":
+        before -= 1
+    if "\n" not in text[before:start]:
+        before = start
+    after = end
+    while after < len(text) and text[after] in " \t\r\n":
+        after += 1
+    if after < len(text):
+        after = text.rfind("\n", end, after) + 1 or end
+    return before, after
+
+
+def render_passage(text: str, highlights: list | None = None, sentence_spans: list | None = None) -> str:
+    """A passage (or a page's text) as HTML with spans marked: `highlights` are [(start, end)] offsets into
+    `text`; each of `sentence_spans` [(start, end, k)] is the supporting words of sentence k, its mark tagged
+    data-s="k" (a stretch supporting several sentences names them all: data-s="0 2").
+
+    Markdown pipe tables in the text (`retrieval.pipe_tables.find_pipe_tables`) show as HTML tables, their
+    header line as <th> cells; a span over table cells is marked in each cell it covers (a span from prose
+    into a table is marked in both). The rest of the text shows as written (the page's CSS keeps its line
+    breaks), minus the blank lines on either side of a table."""
+    spans = _spans(highlights, sentence_spans, len(text))
+    if "|" not in text:
+        return _marked(text, spans, 0, len(text))
+    return _render_with_tables(text, tuple(spans))
+
+
+@functools.lru_cache(maxsize=256)
+def _render_with_tables(text: str, spans: tuple[tuple[int, int, int | None], ...]) -> str:
+    """`render_passage` of a text that may hold tables; cached, as the chat is rendered again on every update
+    with the same passages (a 60-row table takes a few ms)."""
+    tables = find_pipe_tables(text)
+    if not tables:
+        return _marked(text, list(spans), 0, len(text))
+    out: list[str] = []
+    pos = 0
+    for block in tables:
+        before, after = _table_edges(text, block.start, block.end)
+        out.append(_marked(text, list(spans), pos, max(pos, before)))
+        inside = [(a, b, k) for a, b, k in spans if a < block.end and b > block.start]
+        out.append(_passage_table(text, block, inside))
+        pos = after
+    out.append(_marked(text, list(spans), pos, len(text)))
+    return "".join(out)
+
+
+def has_table(text: str) -> bool:
+    """Whether `render_passage` shows part of `text` as a table (so the HTML's text is not `text` itself)."""
+    return "|" in text and bool(find_pipe_tables(text))
 
 
 def source_label(view: dict) -> str:
@@ -502,10 +608,13 @@ def render_source(turn: int, view: dict, sentence_spans: list | None = None) -> 
     text = view.get("text") or view.get("snippet", "")
     passage = (render_passage(text, None, sentence_spans) if sentence_spans
                else render_passage(text, view.get("highlights")))
+    # The page panel places the marks by the passage's own text; a table shows without its pipes, so a passage
+    # with a table carries its text for the page script (`openPage`).
+    raw = f' data-text="{esc(text)}"' if page_button and has_table(text) else ""
     return (
         f'<details class="source{" cited" if cited else ""}" id="src-{turn}-{n}" data-n="{n}">'
         f'<summary><span class="num">[{n}]</span> {esc(source_label(view))} {badge}</summary>'
-        f'<div class="passage">{passage}</div>'
+        f'<div class="passage"{raw}>{passage}</div>'
         f'<div class="source-meta"><span>{esc(view.get("path", ""))}{heading}{page}</span>{opener}{page_button}'
         f'<details class="scores"><summary>details</summary>{" · ".join(scores)}</details></div>'
         f"{panel}</details>"
