@@ -51,8 +51,9 @@ static int n_threads(int threads) { return threads > 0 ? threads : 1; }
 #if E16_SIMD
 static inline __m256 exp2_256(__m256 x) {
     /* 2^x = 2^n * 2^f, n = round(x), f in [-0.5, 0.5], 2^f by a degree-5 polynomial fitted for relative error
-       (<= 3.5e-7 in float); x clamped to [-126, 127]. */
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
+       (<= 3.5e-7 in float); x clamped to [-64, 64] (the softmax's p below 2^-64 is 0 once quantised, and no
+       result is ever a denormal: those cost microcode assists when multiplied) */
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-64.0f)), _mm256_set1_ps(64.0f));
     const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 f = _mm256_sub_ps(x, n);
     __m256 p = _mm256_set1_ps(0.0012915651313960552f);
@@ -330,16 +331,21 @@ static inline float *dest_at(const dest_t *dst, int64_t row, int64_t col, int64_
     return dst->y + ((b * (N / dst->head_dim) + g) * dst->seq + t) * dst->head_dim + d;
 }
 
-/* rows m0..m1 of the product (sa * sw * sum + bias, or the exact sums) into dst */
+/* rows m0..m1 (at most MB) of the product (sa * sw * sum + bias, or the exact sums) into dst */
 static void block_product(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, const int16_t *bpack, int64_t N,
                           const float *sa, const float *sw, const float *bias, const dest_t *dst) {
     const int64_t n_panels = (N + NR - 1) / NR, kpairs = Kp / 2;
     /* a panel's columns are contiguous in the destination unless the head-major layout splits them */
     const int contiguous = dst->head_dim <= 0 || dst->head_dim % NR == 0;
+    /* each row's and each panel's offset into dst, computed once (the head-major one takes divisions) */
+    int64_t row_off[MB];
+    for (int64_t row = m0; row < m1 && !dst->y_i32; row++)
+        row_off[row - m0] = dest_at(dst, row, 0, N) - dst->y;
     int32_t acc[MR][NR];
     for (int64_t p = 0; p < n_panels; p++) {
         const int16_t *panel = bpack + p * Kp * NR;
         const int64_t c0 = p * NR, cw = N - c0 < NR ? N - c0 : NR;
+        const int64_t col_off = dst->y_i32 ? 0 : dest_at(dst, m0, c0, N) - dst->y - row_off[0];
         for (int64_t m = m0; m < m1; m += MR) {
             const int rows = m1 - m < MR ? (int)(m1 - m) : MR;
             const int16_t *a_rows[MR];
@@ -354,7 +360,7 @@ static void block_product(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, 
                 const float s = sa[row];
                 int64_t c = 0;
                 if (contiguous) {
-                    float *out = dest_at(dst, row, c0, N);
+                    float *out = dst->y + row_off[row - m0] + col_off;
 #if E16_SIMD
                     if (cw == NR) {
                         const __m256 vs = _mm256_set1_ps(s);
