@@ -1,7 +1,8 @@
 """Passages/s of our encoder's modes vs sentence-transformers on the same passages, side by side in one run.
 
     python benchmarks/encoder.py [--n 256] [--text squad|random] [--batch-size 32] [--threads 2] [--rounds 3]
-                                 [--modes float32,int16,int8,bf16] [--squad 300] [--cpu-time] [--json out.json]
+                                 [--group 32] [--modes float32,int16,int8,bf16] [--squad 300] [--cpu-time]
+                                 [--json out.json]
 
 Modes of ours: float32 (the reference), int16 (native int16 x int16 GEMMs with fused epilogues and attention,
 model/encoder_quant.py; the fast mode on AVX2), int8 (native int8 GEMMs; fast on VNNI CPUs, cosine ~0.994) and
@@ -10,9 +11,10 @@ weights (all-MiniLM-L6-v2) and batch size as sentence-transformers' `encode`, in
 
 Passages: `--text squad` (default) joins consecutive SQuAD paragraphs of one article until each fills the
 model's 256-token window (real English prose); `--text random` draws ~200 words from a fixed vocabulary.
-The machine is usually shared, so timings come from interleaved rounds (each round runs every implementation
-once, in turn) and the best round of each counts; the load average is printed with every round. `--cpu-time`
-also reports process CPU seconds (steadier under load; with 2 threads it counts both).
+The machine is usually shared, so timings come from interleaved rounds: a round embeds the passages in groups
+of `--group`, every implementation running each group back to back (rotating the order), and the best round
+of each counts; the median over groups of the per-group time ratio is printed too (the figure load swings move
+least). The load average is printed with every round. `--cpu-time` also reports process CPU seconds.
 
 Agreement: for each mode, min / mean cosine to float32 on the timed passages, and with `--squad N` on N SQuAD
 questions and their paragraphs, plus nDCG@10 / recall@10 of each mode's retrieval (one relevant paragraph per
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the best of each counts)")
+    parser.add_argument("--group", type=int, default=32, help="passages per interleaved group (see below)")
     parser.add_argument("--modes", default="float32,int16", help="our encoder's modes, comma-separated "
                         "(float32 is always included: the reference)")
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers")
@@ -164,20 +167,33 @@ def main() -> None:
         b = reference.encode(passages[:64], batch_size=args.batch_size, normalize_embeddings=True)
         print(f"float32 vs sentence-transformers on 64 passages: min cosine {float((a * b).sum(1).min()):.6f}")
 
-    wall: dict[str, list[float]] = {name: [] for name in runners}
-    cpu: dict[str, list[float]] = {name: [] for name in runners}
-    vectors: dict[str, np.ndarray] = {}
+    # Each round embeds the passages group by group (`--group` passages); within a group every implementation
+    # runs back to back, in an order that rotates, so a change of load hits all of them alike. A round's time is
+    # the sum over its groups; the per-group time ratios give a median that load swings barely move.
+    groups = [passages[i: i + args.group] for i in range(0, len(passages), args.group)]
+    names = list(runners)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    group_times: dict[str, list[float]] = {name: [] for name in names}
+    vectors: dict[str, list[np.ndarray]] = {}
     for r in range(args.rounds):
-        line = []
-        for name, run in runners.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = run(passages)
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+        totals = {name: [0.0, 0.0] for name in names}
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for g, group in enumerate(groups):
+            shift = (r * len(groups) + g) % len(names)
+            for name in names[shift:] + names[:shift]:
+                t0, c0 = time.perf_counter(), time.process_time()
+                parts[name].append(runners[name](group))
+                group_times[name].append(time.perf_counter() - t0)
+                totals[name][0] += group_times[name][-1]
+                totals[name][1] += time.process_time() - c0
+        for name in names:
+            wall[name].append(totals[name][0])
+            cpu[name].append(totals[name][1])
             if name.startswith("ours "):
-                vectors[name[5:]] = out
-            line.append(f"{name} {args.n / wall[name][-1]:.1f}/s")
-        print(f"round {r + 1}: " + ", ".join(line) + f"  (load average {load_average()})")
+                vectors[name[5:]] = np.concatenate(parts[name])
+        print(f"round {r + 1}: " + ", ".join(f"{name} {args.n / wall[name][-1]:.1f}/s" for name in names)
+              + f"  (load average {load_average()})", flush=True)
 
     best = {name: min(t) for name, t in wall.items()}
     t_ref = best.get("sentence-transformers")
@@ -190,6 +206,17 @@ def main() -> None:
         if args.cpu_time:
             row += f"{min(cpu[name]):>9.2f}"
         print(row)
+    medians = {}
+    for base in ("sentence-transformers", "ours float32"):
+        if base not in group_times:
+            continue
+        for name in names:
+            if name != base:
+                ratios = np.array(group_times[base]) / np.array(group_times[name])
+                medians[f"{name} vs {base}"] = float(np.median(ratios))
+                print(f"{name} vs {base}: median per-group speed ratio {np.median(ratios):.2f}x "
+                      f"(quartiles {np.percentile(ratios, 25):.2f}-{np.percentile(ratios, 75):.2f}, "
+                      f"{len(ratios)} groups)")
     agreement = cosines(vectors)
     for mode, (lo, mean) in agreement.items():
         print(f"{mode} vs float32 on the {args.n} passages: min cosine {lo:.6f}, mean {mean:.6f}")
@@ -197,7 +224,8 @@ def main() -> None:
     results = {"passages": args.n, "text": args.text, "mean_tokens": float(np.mean(tokens)),
                "batch_size": args.batch_size, "threads": args.threads, "cpu": cpu_name(),
                "best_seconds": best, "passages_per_s": {k: args.n / v for k, v in best.items()},
-               "cosine_to_float32": agreement, "wall_rounds": wall, "cpu_rounds": cpu}
+               "cosine_to_float32": agreement, "wall_rounds": wall, "cpu_rounds": cpu,
+               "median_group_ratios": medians, "group": args.group}
     if args.squad:
         results["squad"] = squad_retrieval(encoders, args.squad, args.batch_size)
     if args.json:
