@@ -2,9 +2,9 @@
 
 int16 mode (`Int16BertModel`, the fast one on AVX2 CPUs; `quantize_encoder_int16(model)` builds it as a *copy*):
 
-    x [M, K] float ─► per-row int16 (|q| <= L) ─► native int16 x int16 -> int32 GEMM (model/csrc/encoder_int16.c,
-    vpmaddwd) against per-output-channel int16 weights (|q| <= L) ─► dequantise + bias, then fused per row:
-    GELU / + residual / LayerNorm / quantise for the next product
+    x [M, K] float ─► per-row int16 (|q| <= L) ─► native int16 x int16 -> int32 GEMM
+    (model/csrc/encoder_int16.c, vpmaddwd) against per-output-channel int16 weights (|q| <= L) ─► dequantise +
+    bias, then fused per row: GELU / + residual / LayerNorm / quantise for the next product
 
 L = int16_levels(K) is the largest level count with L * L * K < 2^31 (2364 for K = 384, 1182 for K = 1536), so
 the int32 sums never overflow and every SIMD path is exact; ~11-12-bit operands keep MiniLM's activation outlier

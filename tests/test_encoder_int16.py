@@ -1,6 +1,7 @@
 """The encoder's int16 mode (model/csrc/encoder_int16.c, model.encoder_quant's Int16 classes): exact int32 sums
 against an integer reference, the fused row epilogues against float64, the int16 attention against the same
-arithmetic in torch and against float64 attention, the whole int16 BertModel against float32 (tiny random and the real MiniLM), and the Encoder's embedding copy."""
+arithmetic in torch and against float64 attention, the whole int16 BertModel against float32 (tiny random and
+the real MiniLM), and the Encoder's embedding copy."""
 
 from __future__ import annotations
 
@@ -386,3 +387,54 @@ def test_without_kernels_int16_falls_back_to_float() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "off" in proc.stdout
+
+
+@needs_native
+def test_an_index_built_in_float32_is_kept_by_the_int16_encoder(real_encoder, tmp_path) -> None:
+    """Switching the embedding precision re-embeds nothing: same encoder name, same index settings."""
+    from retrieval.retriever import Retriever
+    from retrieval.sync import sync_folder
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "tanks.md").write_text("# Rain\n\nRainwater tanks cut mains water use by a third in the gardens.\n")
+    (folder / "mime.md").write_text("# MIME\n\nThe shared MIME-info database maps file names to MIME types.\n")
+    first = sync_folder(folder, tmp_path / "index", real_encoder, progress=False)  # float32, the previous release
+    assert first.chunks_embedded >= 2
+    int16 = Encoder(real_encoder.model, real_encoder.tokenizer, name=real_encoder.name, embed_dtype="int16")
+    assert int16.embed_mode == "int16" and int16.name == real_encoder.name
+    again = sync_folder(folder, tmp_path / "index", int16, progress=False)
+    assert again.chunks_embedded == 0 and sorted(again.unchanged) == ["mime.md", "tanks.md"]
+    retriever = Retriever(tmp_path / "index", int16)
+    try:
+        hits = retriever.search("How much mains water do rain tanks save?", k=1, mode="dense")
+    finally:
+        retriever.store.close()
+    assert [hit.path for hit in hits] == ["tanks.md"]
+
+
+@needs_native
+def test_an_adapter_embeds_in_int16_too(real_encoder, tmp_path) -> None:
+    import copy
+
+    from model.cross_encoder import base_fingerprint
+    from model.lora import LoraConfig, apply_lora, lora_modules, save_adapter
+
+    tuned = copy.deepcopy(real_encoder.model)
+    config = LoraConfig(rank=4, alpha=8.0, targets=("qkv", "mlp_in"))
+    apply_lora(tuned, config)
+    torch.manual_seed(6)
+    with torch.no_grad():
+        for module in lora_modules(tuned).values():
+            module.lora_b.normal_(0.0, 0.02)
+    save_adapter(tmp_path / "adapter", tuned, config, base_identity=base_fingerprint(real_encoder.model))
+    floats = Encoder(real_encoder.model, real_encoder.tokenizer, embed_dtype="float32")
+    int16 = Encoder(real_encoder.model, real_encoder.tokenizer, embed_dtype="int16")
+    plain = int16.embed(TEXTS[:4])
+    for encoder in (floats, int16):
+        encoder.set_adapter(tmp_path / "adapter")
+    assert int16.name == floats.name and "+adapt:" in int16.name
+    want, got = floats.embed(TEXTS[:4]), int16.embed(TEXTS[:4])
+    assert (got * want).sum(1).min() >= 0.9999
+    assert (plain * want).sum(1).min() < (got * want).sum(1).min()  # the adapter is in the int16 copy
+    assert all(p.dtype == torch.float32 for p in real_encoder.model.parameters())

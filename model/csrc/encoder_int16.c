@@ -316,7 +316,8 @@ static void micro_scaled(const int16_t *const a_rows[MR], const int16_t *panel, 
 }
 
 /* Where the product's rows go: row-major [rows, N] from y (row m at y + (m - m0) * N), or head-major when
-   head_dim > 0: element (m, n) of sequence b = m / seq, token t = m % seq, group g = n / head_dim, lane d = n % head_dim
+   head_dim > 0: element (m, n) of sequence b = m / seq, token t = m % seq, group g = n / head_dim,
+   lane d = n % head_dim
    at y[((b * (N / head_dim) + g) * seq + t) * head_dim + d] (y = the whole output; BertLayer's qkv as
    [B, 3, n_heads, T, hd], so each head's q, k and v are contiguous [T, hd] blocks). */
 typedef struct {
@@ -365,8 +366,9 @@ static void block_product(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, 
                     if (cw == NR) {
                         const __m256 vs = _mm256_set1_ps(s);
                         for (; c < NR; c += 8) {
-                            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)&acc[r][c])),
-                                                     _mm256_mul_ps(vs, _mm256_loadu_ps(sw + c0 + c)));
+                            const __m256i sums = _mm256_loadu_si256((const __m256i *)&acc[r][c]);
+                            const __m256 scale = _mm256_mul_ps(vs, _mm256_loadu_ps(sw + c0 + c));
+                            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), scale);
                             if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + c0 + c));
                             _mm256_storeu_ps(out + c, v);
                         }
@@ -583,8 +585,10 @@ static void attention_head(const float *qbase, const float *kbase, const float *
             const __m256 vmx = _mm256_set1_ps(mx), vl = _mm256_set1_ps((float)lv);
             __m256i vsum = _mm256_setzero_si256();
             for (j = 0; j < lp; j += 16) {
-                const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(exp2_256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx)), vl));
-                const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(exp2_256(_mm256_sub_ps(_mm256_loadu_ps(s + j + 8), vmx)), vl));
+                const __m256 e0 = exp2_256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
+                const __m256 e1 = exp2_256(_mm256_sub_ps(_mm256_loadu_ps(s + j + 8), vmx));
+                const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(e0, vl));
+                const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(e1, vl));
                 vsum = _mm256_add_epi32(vsum, _mm256_add_epi32(lo, hi));
                 _mm256_storeu_si256((__m256i *)(pq + j), _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8));
             }
