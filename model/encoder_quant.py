@@ -337,10 +337,12 @@ class Int16BertModel(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.config = model.config
-        embeddings = model.embeddings  # float32 on CPU: shared, only read here (47 MB for MiniLM's vocabulary)
+        embeddings = model.embeddings
         if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in embeddings.parameters()):
             embeddings = copy.deepcopy(embeddings).float().cpu()
-        self.embeddings = embeddings
+        # float32 tables on CPU are shared (47 MB for MiniLM's vocabulary), only read here, and deliberately not a
+        # registered submodule: this model's .eval() / .to() never touch the source model's modules
+        object.__setattr__(self, "embeddings", embeddings)
         self.layers = nn.ModuleList(Int16BertLayer(layer) for layer in model.layers)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -371,7 +373,5 @@ def quantize_encoder_int16(model: nn.Module) -> Int16BertModel:
 
 
 __all__ = ["Int8EncoderLinear", "pack_weight", "quantize_encoder", "is_quantized", "Int16Linear", "Int16BertLayer",
-           "Workspace",
-           "Int16BertModel", "int16_levels", "pack_weight_int16", "quantize_rows_int16", "quantize_weight_int16",
-           "quantize_encoder_int16",
-           "int16_available", "int16_preferred"]
+           "Int16BertModel", "Workspace", "int16_levels", "pack_weight_int16", "quantize_rows_int16",
+           "quantize_weight_int16", "quantize_encoder_int16", "int16_available", "int16_preferred"]

@@ -267,6 +267,9 @@ def test_tiny_bert_in_int16_stays_close_to_float_and_leaves_it_alone() -> None:
     assert float(cos.min()) >= 0.9999, cos
     assert float(cos_holes.min()) >= 0.9999, cos_holes
     assert all(torch.equal(p, before[name]) for name, p in model.state_dict().items())  # the source is untouched
+    model.train()
+    q.eval()  # the shared embedding tables are not the int16 model's submodule: the source's mode stays
+    assert model.embeddings.training and not q.training
 
 
 def test_native_and_torch_paths_of_the_int16_model_agree() -> None:
