@@ -152,7 +152,7 @@ def quantize_rows_int16(rows: torch.Tensor, padded_k: int, levels: int) -> tuple
     if _native16(rows):
         return cpu_kernels.int16_quantize_rows(rows, padded_k, levels)
     amax = rows.abs().amax(1)  # [M]
-    inv = torch.where(amax > 0, levels / amax, torch.zeros_like(amax))  # float32, as in C
+    inv = torch.where(amax > 1e-30, levels / amax, torch.zeros_like(amax))  # float32, as in C (finite)
     q = torch.zeros((rows.shape[0], padded_k), dtype=torch.int16)
     q[:, : rows.shape[1]] = torch.round(rows * inv[:, None]).to(torch.int16)  # half to even, like rint
     return q, amax / levels

@@ -73,9 +73,11 @@ def test_row_quantisation_and_weight_packing_equal_torch() -> None:
     x = torch.randn(11, 37) * 5
     x[3] = 0.0  # an all-zero row: scale 0, zeros
     x[4, 5] = 1e4  # an outlier channel
+    x[6] = torch.randn(37) * 1e-36  # so tiny that levels / max|x| would overflow: zeros too
     native = cpu_kernels.int16_quantize_rows(x, 38, 2000)
+    assert torch.all(native[0][6] == 0)
     amax = x.abs().amax(1)
-    inv = torch.where(amax > 0, 2000 / amax, torch.zeros_like(amax))
+    inv = torch.where(amax > 1e-30, 2000 / amax, torch.zeros_like(amax))
     assert torch.equal(native[0][:, :37], torch.round(x * inv[:, None]).to(torch.int16))  # half to even
     assert torch.equal(native[0][:, 37], torch.zeros(11, dtype=torch.int16))
     torch.testing.assert_close(native[1], amax / 2000, rtol=0, atol=0)

@@ -21,6 +21,9 @@
  * SIMD (compile time, -march=native): AVX2 (vpmaddwd + vpaddd, 6 rows x 16 columns of int32 accumulators in
  * 12 registers) or portable C. Rows are split into blocks of MB over OpenMP threads; a block computes its whole
  * output rows (all panels), then runs the row epilogue while the rows are in cache.
+ *
+ * e16_attention (at the end) runs the self-attention on the same microkernel, from the qkv product written
+ * head-major (e16_linear with head_dim > 0).
  */
 #include <math.h>
 #include <stdint.h>
@@ -39,6 +42,7 @@
 #define NR 16 /* output columns per packed weight panel */
 #define MR 6  /* rows per microkernel */
 #define MB 48 /* rows per block (one OpenMP work item) */
+#define TINY 1e-30f /* a row or column whose max |x| is not above this quantises to zeros */
 
 int e16_simd(void) { return E16_SIMD; }
 int e16_panel(void) { return NR; }
@@ -46,7 +50,7 @@ int e16_panel(void) { return NR; }
 static int n_threads(int threads) { return threads > 0 ? threads : 1; }
 
 /* ---------------------------------------------------------------------------------------------------------- */
-/* vector math: exp and erf (float32, AVX2) */
+/* vector math: 2^x and erf (float32, AVX2) */
 
 #if E16_SIMD
 static inline __m256 exp2_256(__m256 x) {
@@ -185,7 +189,7 @@ static float quantize_row(const float *x, int64_t K, int64_t Kp, int levels, int
         const float a = x[k] < 0 ? -x[k] : x[k];
         amax = a > amax ? a : amax;
     }
-    const float inv = amax > 0.0f ? (float)levels / amax : 0.0f;
+    const float inv = amax > TINY ? (float)levels / amax : 0.0f; /* levels / amax must stay finite */
     k = 0;
 #if E16_SIMD
     const __m256 vi = _mm256_set1_ps(inv);
@@ -526,7 +530,7 @@ static void attention_head(const float *qbase, const float *kbase, const float *
             w->sv[d] = a > w->sv[d] ? a : w->sv[d];
         }
     for (int64_t d = 0; d < dpan * NR; d++) {
-        vinv[d] = w->sv[d] > 0.0f ? (float)lv / w->sv[d] : 0.0f;
+        vinv[d] = w->sv[d] > TINY ? (float)lv / w->sv[d] : 0.0f;
         w->sv[d] /= (float)lv;
     }
     int64_t j = 0;
