@@ -8,17 +8,19 @@
     writer.write(["The Eiffel Tower was completed in 1889 ..."])   # -> [["When was the Eiffel Tower completed?"]]
 
 The shipped writer folder holds `writer.json` (method, prompt settings, how it was trained and measured) and the
-tuned part: `soft_prompt.*` (method "prompt") or `adapter.*` (method "lora"); method "base" is the untuned model
-with the same instruction (the baseline).
+tuned part: `adapter.*` (method "lora", the shipped writer: a rank-8 LoRA adapter, its own generator) or
+`soft_prompt.*` (method "prompt": 20 soft-prompt vectors on the plain base generator; the alternative in
+`question_writer/prompt/`); method "base" is the untuned model with the same instruction (the baseline).
+writer.json's "evaluation" has the comparison that chose between them.
 
 Training and evaluation (SQuAD v1.1 train; the reader's article splits: train on `.train`, measure on `.dev`,
-never `.test`), resumable under ~/.cache/assistant/question-writer/<method>:
+never `.test`), resumable under ~/.cache/assistant/question-writer/<method> (run the same command again):
 
-    python -m assistant.question_writer train --method prompt --examples 1200 --steps 150 --time-limit 45
-    python -m assistant.question_writer train --method lora --examples 1200 --steps 150 --time-limit 45
-    python -m assistant.question_writer evaluate --writer ~/.cache/assistant/question-writer/prompt/writer
-    python -m assistant.question_writer speed --passages 64
-    python -m assistant.question_writer export --run ~/.cache/assistant/question-writer/prompt
+    python -m assistant.question_writer train --method lora --examples 600 --steps 50 --lr 1e-3 --threads 1
+    python -m assistant.question_writer train --method prompt --examples 600 --steps 50 --lr 3e-2 --threads 1
+    python -m assistant.question_writer evaluate --writer base --writer RUN_PROMPT --writer RUN_LORA --threads 2
+    python -m assistant.question_writer speed --writer-path RUN_LORA --max-passage-tokens 192 128 --threads 2
+    python -m assistant.question_writer export --run RUN_LORA --evaluation REPORT.json --max-passage-tokens 128
 """
 
 from __future__ import annotations
@@ -48,13 +50,14 @@ INSTRUCTION = "Write one question that the passage answers."
 class WriterSettings:
     """How prompts are built and questions decoded (stored in writer.json, so training and use agree).
 
-    max_passage_tokens: a longer passage keeps its first this many tokens (prefill is most of the cost).
+    max_passage_tokens: a longer passage keeps its first this many tokens (prefill is most of the cost: 128 writes
+        ~1.4-1.5x as many questions per second as 192 on 2 cores, for ~3 points fewer source-first questions).
     max_new_tokens: SQuAD questions are ~11 words (~14 tokens); longer output is cut.
     temperature / top_p: sampling when more than one question per passage is asked for (one is greedy).
     """
 
     instruction: str = INSTRUCTION
-    max_passage_tokens: int = 192
+    max_passage_tokens: int = 128
     max_new_tokens: int = 32
     temperature: float = 0.8
     top_p: float = 0.95
@@ -342,7 +345,7 @@ def train_writer(args: argparse.Namespace) -> dict[str, Any]:
                             targets=tuple(t for t in args.targets.split(",") if t))
         apply_lora(loaded.model, tuning)
         model, task = loaded.model, None
-        lr = args.lr or 5e-4
+        lr = args.lr or 1e-3
     else:
         raise UserError(f"--method must be 'prompt' or 'lora', not {method!r}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -625,6 +628,14 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
     paragraphs.sort(key=len, reverse=True)
     passages = paragraphs[: args.passages]
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "passages": len(passages), "writers": {}}
+    if args.max_passage_tokens:
+        variants = {}
+        for spec, writer in writers.items():  # the same writer at each cap (sharing its generator)
+            for cap in args.max_passage_tokens:
+                settings = WriterSettings.from_dict({**asdict(writer.settings), "max_passage_tokens": cap})
+                variants[f"{spec}@{cap}"] = QuestionWriter(writer.generator, writer.method, writer.soft_prompt,
+                                                           settings, writer.info)
+        writers = variants
     for spec, writer in writers.items():
         virtual = writer.soft_prompt.n_virtual_tokens if writer.soft_prompt is not None else 0
         lengths = [len(writer.prompt_ids(p)) + virtual for p in passages]
@@ -646,9 +657,9 @@ def measure_speed(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def export_writer(run: Path, target: Path, evaluation: Path | None) -> Path:
-    """Copy a run's writer folder into `target` (the shipped writer by default), with its evaluation (a report of
-    `evaluate`, whose entries with this run's path are kept) in writer.json; files are replaced one by one."""
+def export_writer(run: Path, target: Path, evaluation: Path | None, max_passage_tokens: int | None = None) -> Path:
+    """Copy a run's writer folder into `target` (the shipped writer by default), with an evaluation report (JSON)
+    in writer.json and, when given, another passage cap; files are replaced one by one."""
     source = writer_folder(run)
     info = read_writer_info(source)
     target.mkdir(parents=True, exist_ok=True)
@@ -667,8 +678,10 @@ def export_writer(run: Path, target: Path, evaluation: Path | None) -> Path:
                                                           "trained_parameters")}
     if evaluation is not None:
         extra["evaluation"] = json.loads(evaluation.read_text(encoding="utf-8"))
-    save_writer_info(target, info["method"], WriterSettings.from_dict(info["settings"]), info["base_identity"],
-                     info.get("trained_parameters", 0), extra)
+    settings = WriterSettings.from_dict(info["settings"])
+    if max_passage_tokens:
+        settings.max_passage_tokens = max_passage_tokens
+    save_writer_info(target, info["method"], settings, info["base_identity"], info.get("trained_parameters", 0), extra)
     return target
 
 
@@ -692,13 +705,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="run folder (default ~/.cache/assistant/question-writer/METHOD)")
     p.add_argument("--generator", default=None, help="base model (default: SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--squad", default=None, help="train-v1.1.flat.jsonl.gz (default: ../shared/data/...)")
-    p.add_argument("--examples", type=int, default=1200, help="training (passage, question) pairs")
+    p.add_argument("--examples", type=int, default=600, help="training (passage, question) pairs")
     p.add_argument("--eval-examples", type=int, default=48, help="held-out pairs (dev articles) for the loss")
-    p.add_argument("--max-passage-tokens", type=int, default=WriterSettings.max_passage_tokens)
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--max-passage-tokens", type=int, default=192, help="passage cap in training prompts")
+    p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=2)
-    p.add_argument("--lr", type=float, default=None, help="default 3e-2 (prompt), 5e-4 (lora)")
+    p.add_argument("--lr", type=float, default=None, help="default 3e-2 (prompt), 1e-3 (lora)")
     p.add_argument("--virtual-tokens", type=int, default=20, help="soft prompt length (prompt)")
     p.add_argument("--init", choices=("text", "vocab", "random"), default="text",
                    help="soft prompt start: the instruction's token embeddings, random vocabulary or noise")
@@ -731,12 +744,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--passages", type=int, default=64)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--rounds", type=int, default=1, help="repetitions per batch size")
+    p.add_argument("--max-passage-tokens", type=int, nargs="*", default=None,
+                   help="passage caps to compare (default: each writer's own)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--output", default=None)
     p = sub.add_parser("export", help="copy a run's writer (and its evaluation) into the shipped folder")
     p.add_argument("--run", required=True, help="run folder (or its writer/ folder)")
     p.add_argument("--to", default=str(DEFAULT_PATH))
-    p.add_argument("--evaluation", default=None, help="a report written by `evaluate --output`")
+    p.add_argument("--evaluation", default=None, help="a report (JSON) to keep in writer.json")
+    p.add_argument("--max-passage-tokens", type=int, default=None, help="ship with this passage cap instead")
     args = parser.parse_args(argv)
     try:
         _threads(getattr(args, "threads", None))
@@ -749,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = measure_speed(args)
         else:
             folder = export_writer(Path(args.run).expanduser(), Path(args.to),
-                                   Path(args.evaluation) if args.evaluation else None)
+                                   Path(args.evaluation) if args.evaluation else None, args.max_passage_tokens)
             print(f"exported to {folder}")
         if report is not None:
             text = json.dumps(report, indent=1)

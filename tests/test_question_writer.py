@@ -125,6 +125,9 @@ def test_the_shipped_writer_folder_is_readable_and_small() -> None:
         assert (DEFAULT_PATH / "soft_prompt.safetensors").is_file()
     if info["method"] == "lora":
         assert (DEFAULT_PATH / "adapter.safetensors").is_file()
+    for path in (DEFAULT_PATH / "prompt").iterdir():  # the soft-prompt alternative
+        assert path.stat().st_size < 16 * 2**20
+    assert read_writer_info(DEFAULT_PATH / "prompt")["method"] == "prompt"
 
 
 def test_source_ranks_count_ties_against_the_source() -> None:
@@ -140,3 +143,32 @@ def test_is_question() -> None:
     assert not is_question("The Eiffel Tower was completed in 1889.")
     assert not is_question("What does the passage say?")
     assert not is_question("Why?")
+
+
+REAL_PASSAGE = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named "
+                "after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889 as "
+                "the centrepiece of the 1889 World's Fair.")
+
+
+def _about_the_passage(question: str) -> bool:
+    words = {w.strip("?,.'").lower() for w in question.split()}
+    return bool(words & {"eiffel", "tower", "paris", "gustave", "1889", "fair", "champ", "mars", "lattice"})
+
+
+@pytest.mark.real
+def test_shipped_writers_write_questions_about_the_passage(real_decoder) -> None:
+    """The shipped LoRA writer (its own generator) and the soft-prompt alternative (on the plain base model) write
+    real questions about a passage; the soft prompt refuses a generator that carries another adapter."""
+    writer = QuestionWriter.load()
+    assert writer.method in ("lora", "prompt")
+    (question,), blank = writer.write([REAL_PASSAGE, " "])
+    assert is_question(question) and _about_the_passage(question), question
+    assert blank == []
+    base = Generator(real_decoder.model, real_decoder.tokenizer, identity=real_decoder.identity, device="cpu")
+    prompt_writer = QuestionWriter.load(base, DEFAULT_PATH / "prompt")
+    sampled = prompt_writer.write([REAL_PASSAGE], per_passage=3, seed=0)[0]
+    assert sampled and all(is_question(q) and _about_the_passage(q) for q in sampled), sampled
+    adapted = Generator(real_decoder.model, real_decoder.tokenizer, identity=real_decoder.identity + "+adapter:x",
+                        device="cpu")
+    with pytest.raises(CheckpointError):
+        QuestionWriter.load(adapted, DEFAULT_PATH / "prompt")
