@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,15 @@ class ChatApp:
         self._cancel: dict[str, threading.Event] = {}
         self._cancel_lock = threading.Lock()
         self._examples: list[str] | None = None
-        self._download_dir = Path(tempfile.mkdtemp(prefix="assistant-open-"))
+        self._download_dir: Path | None = None  # made on the first "Open file", removed with the app
+
+    def _downloads(self) -> Path:
+        """The temporary folder the copies "Open file" hands to the browser live in (one per app, removed when
+        the app is garbage-collected or the process exits)."""
+        if self._download_dir is None:
+            self._download_dir = Path(tempfile.mkdtemp(prefix="assistant-open-"))
+            weakref.finalize(self, shutil.rmtree, str(self._download_dir), ignore_errors=True)
+        return self._download_dir
 
     def cancel_event(self, session: str | None) -> threading.Event:
         """The cancel event of one browser tab."""
@@ -227,14 +236,15 @@ class ChatApp:
         found = self.library.resolve_file(path)
         if found is None:
             return None
-        target = Path(tempfile.mkdtemp(dir=self._download_dir)) / found.name
+        target = Path(tempfile.mkdtemp(dir=self._downloads())) / found.name
         shutil.copyfile(found, target)
         return str(target)
 
     def open_page(self, request: Any) -> str:
         """The page panel (HTML) for the page JS's "Open page N": `request` is {path, page, passage, marks}, with
-        `passage` the source's text as shown and `marks` its marked words ([start, end, sentence or None],
-        offsets into `passage`). Only pages of files that "Open file" would open are shown."""
+        `passage` the source's text as shown (its `data-text` when it holds a table) and `marks` its marked words
+        ([start, end, sentence or None], offsets into `passage`). Only pages of files that "Open file" would open
+        are shown."""
         path, page, passage, marks = _page_request(request)
         if not path or page is None:
             return render_page(None, path or "?", page or 0)
@@ -300,8 +310,11 @@ class ChatApp:
             yield "⚠ This assistant has no on-disk index to adapt."
             return
         status_file = Path(tempfile.mkdtemp(prefix="assistant-adapt-")) / "status.json"
-        argv = [arg.replace("{status}", str(status_file)) for arg in command] if command else [sys.executable, "-m", "assistant.cli", "adapt", "--index", str(index), "--threads", "1",
-                           "--quiet", "--status-file", str(status_file)]
+        if command:
+            argv = [arg.replace("{status}", str(status_file)) for arg in command]
+        else:
+            argv = [sys.executable, "-m", "assistant.cli", "adapt", "--index", str(index), "--threads", "1",
+                    "--quiet", "--status-file", str(status_file)]
         env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
         child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         yield "Adapting the encoder to this folder (one CPU thread; answers keep coming meanwhile)…"

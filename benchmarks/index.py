@@ -1,13 +1,15 @@
 """Indexing and query benchmarks for the retrieval layer.
 
-    python benchmarks/index.py [--threads 2] [--folder corpus] [--sizes 10000,100000] [--embed-dtypes float32,auto]
+    python benchmarks/index.py [--threads 2] [--folder corpus] [--sizes 10000,100000] [--embed-dtypes previous,auto]
                                [--json out.json]
 
 1. Indexing throughput: the whole pipeline (`sync_folder`: scan, load, chunk, embed with the project's own
    encoder, write FAISS + SQLite + BM25) against sentence-transformers' `encode` of the very same chunk
    texts, and against the project's encoder alone on them, in one run (interleaved rounds, best of each),
-   once per `--embed-dtypes` entry (float32 = the previous release; auto = today's default: bfloat16 where
-   the CPU has native bf16; int16 = the native int16 kernels). Overhead = pipeline time / pure encoding time - 1
+   once per `--embed-dtypes` entry (previous = the previous release: float32 embeddings, every file read
+   before embedding starts; float32 = float32 with today's read-ahead, which parses files in a background
+   thread while the encoder embeds; auto = today's default: int16 kernels on AVX2 CPUs, bfloat16 where the
+   CPU has native bf16; int16 = the native int16 kernels). Overhead = pipeline time / pure encoding time - 1
    (target < 15%). The load average is printed with each round (the machine is often shared).
 2. No-change re-sync of 1,000 files (target < 2 s). The files are indexed once with the hashing test
    encoder (a re-sync with no change never calls the encoder; the benchmark checks that).
@@ -55,9 +57,13 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int = 2) -> dict:
+def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int = 2,
+                     read_ahead: dict | None = None) -> dict:
     """Pipeline vs pure encoding on the same chunks, for each of `encoders` ({label: Encoder}, e.g. the
-    float32 embedding the previous release used and today's default) and sentence-transformers."""
+    float32 embedding the previous release used and today's default) and sentence-transformers.
+    `read_ahead`: {label: files loaded ahead} (0 = the previous release's read-everything-first; default
+    today's `retrieval.sync.READ_AHEAD`)."""
+    import retrieval.sync
     from sentence_transformers import SentenceTransformer
 
     from retrieval.chunking import ChunkerSettings, chunk_document
@@ -92,10 +98,16 @@ def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int 
             t0 = time.perf_counter()
             encoder.embed(texts, batch_size=batch_size)
             own_times[label].append(time.perf_counter() - t0)
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                report = sync_folder(folder, Path(tmp) / "index", encoder, progress=False, batch_size=batch_size)
-                pipe_times[label].append(time.perf_counter() - t0)
+            default_ahead = retrieval.sync.READ_AHEAD
+            retrieval.sync.READ_AHEAD = (read_ahead or {}).get(label, default_ahead)
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    t0 = time.perf_counter()
+                    report = sync_folder(folder, Path(tmp) / "index", encoder, progress=False,
+                                         batch_size=batch_size)
+                    pipe_times[label].append(time.perf_counter() - t0)
+            finally:
+                retrieval.sync.READ_AHEAD = default_ahead
             assert report.chunks_embedded == len(texts), (report.chunks_embedded, len(texts))
         print(f"  round {r + 1}: s-t {len(texts) / st_times[-1]:.1f} chunks/s; "
               + "; ".join(f"{label} embed {len(texts) / own_times[label][-1]:.1f}/s, pipeline "
@@ -110,6 +122,7 @@ def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int 
         own_seconds, pipeline_seconds = min(own_times[label]), min(pipe_times[label])
         out["modes"][label] = {
             "embed_dtype": str(encoder.embed_dtype).replace("torch.", ""), "embed_mode": encoder.embed_mode,
+            "read_ahead": (read_ahead or {}).get(label, retrieval.sync.READ_AHEAD),
             "own_encode_chunks_per_s": n / own_seconds, "pipeline_chunks_per_s": n / pipeline_seconds,
             "pipeline_files_per_s": len(files) / pipeline_seconds,
             "pipeline_seconds": pipeline_seconds, "own_encode_seconds": own_seconds,
@@ -229,10 +242,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the throughput part (best kept)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,resync,queries")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--embed-dtypes", default="float32,auto",
-                        help="our encoder's embedding precisions to index with, side by side (float32 = the "
-                             "previous release, auto = today's default: bfloat16 on CPUs with native bf16, int16 = "
-                             "the native int16 kernels)")
+    parser.add_argument("--embed-dtypes", default="previous,auto",
+                        help="our encoder's embedding precisions to index with, side by side (previous = the "
+                             "previous release: float32, files read before embedding; float32 = float32 with "
+                             "read-ahead; auto = today's default: int16 on AVX2 CPUs, bfloat16 on CPUs with "
+                             "native bf16; int16 = the native int16 kernels)")
     args = parser.parse_args()
 
     import faiss
@@ -244,16 +258,19 @@ def main() -> None:
 
     skip = set(filter(None, args.skip.split(",")))
     modes = [m for m in args.embed_dtypes.split(",") if m]
-    encoders = {m: Encoder.load(device="cpu", embed_dtype=m) for m in modes}
+    encoders = {m: Encoder.load(device="cpu", embed_dtype="float32" if m == "previous" else m) for m in modes}
+    read_ahead = {"previous": 0}
     encoder = encoders[modes[-1]]
     results = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__}
     print(f"CPU: {results['cpu']}, {args.threads} threads")
     if "throughput" not in skip:
-        r = results["throughput"] = bench_throughput(Path(args.folder), encoders, args.batch_size, args.rounds)
+        r = results["throughput"] = bench_throughput(Path(args.folder), encoders, args.batch_size, args.rounds,
+                                                          read_ahead)
         print(f"indexing {r['chunks']} chunks / {r['files']} files of {args.folder}:")
         print(f"  sentence-transformers encode: {r['st_encode_chunks_per_s']:.1f} chunks/s ({r['st_encode_seconds']:.1f} s)")
         for label, m in r["modes"].items():
-            print(f"  ours, embed_dtype={label} (embeds with {m['embed_mode']}):")
+            print(f"  ours, {label} (embeds with {m['embed_mode']}, "
+                  f"{'read-ahead ' + str(m['read_ahead']) + ' files' if m['read_ahead'] else 'no read-ahead'}):")
             print(f"    embed alone:                {m['own_encode_chunks_per_s']:.1f} chunks/s "
                   f"({m['own_encode_seconds']:.1f} s, {m['own_vs_st']:.2f}x sentence-transformers)")
             print(f"    whole pipeline (sync_folder): {m['pipeline_chunks_per_s']:.1f} chunks/s, "

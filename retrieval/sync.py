@@ -29,11 +29,13 @@ import contextlib
 import errno
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -394,10 +396,21 @@ def load_and_chunk(entry: FileEntry, max_file_bytes: int, count_tokens, chunker:
     """Read one file; chunk it unless `known(sha256, kind)` says its bytes are stored already. Any error from
     the file (SkipFile, or a loader or chunker failure) becomes its skip reason: no single file stops a sync."""
     try:
-        doc = load_file(entry, max_bytes=max_file_bytes, limits=limits)
+        loaded: Document | BaseException = load_file(entry, max_bytes=max_file_bytes, limits=limits)
     except Exception as exc:
-        return LoadedFile(entry, skip=exc.reason if isinstance(exc, SkipFile)
-                          else f"cannot read ({type(exc).__name__}: {exc})")
+        loaded = exc
+    return chunk_loaded(entry, loaded, count_tokens, chunker, known)
+
+
+def chunk_loaded(entry: FileEntry, loaded: Document | BaseException, count_tokens, chunker: ChunkerSettings,
+                 known: Callable[[str, str], bool]) -> LoadedFile:
+    """`load_and_chunk` after the load: `loaded` is the document or the exception loading it raised."""
+    if isinstance(loaded, BaseException):
+        if not isinstance(loaded, Exception):
+            raise loaded  # KeyboardInterrupt, SystemExit: not a file's fault
+        return LoadedFile(entry, skip=loaded.reason if isinstance(loaded, SkipFile)
+                          else f"cannot read ({type(loaded).__name__}: {loaded})")
+    doc = loaded
     if known(doc.sha256, doc.kind):
         return LoadedFile(entry, doc)
     try:
@@ -537,40 +550,107 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
     return report
 
 
+READ_AHEAD = 8  # files a background thread loads ahead of the chunking and embedding (0: no thread)
+
+
+def _read_ahead(entries: list[FileEntry], load: Callable[[FileEntry], Document], stop: threading.Event,
+                ahead: int | None = None) -> Iterator[tuple[FileEntry, Document | BaseException]]:
+    """(entry, its document or the exception loading it raised) in the order of `entries`, loaded by a
+    background thread up to `ahead` files in front of the consumer. Loading is mostly the parser worker's
+    process (a PDF's layout analysis, OCR) or file reads, so it runs while this thread embeds; the consumer
+    setting `stop` (or leaving the loop) ends the thread after the file it is on."""
+    ahead = READ_AHEAD if ahead is None else ahead
+    if ahead <= 0:  # no thread: load each file when the consumer asks for it
+        for entry in entries:
+            if stop.is_set():
+                return
+            try:
+                yield entry, load(entry)
+            except Exception as exc:
+                yield entry, exc
+        return
+    out: queue.Queue = queue.Queue(maxsize=ahead)
+
+    def work() -> None:
+        for entry in entries:
+            if stop.is_set():
+                return
+            try:
+                item: Document | BaseException = load(entry)
+            except BaseException as exc:  # handed over and judged by the consumer
+                item = exc
+            while not stop.is_set():
+                try:
+                    out.put((entry, item), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    thread = threading.Thread(target=work, name="assistant-read-ahead", daemon=True)
+    thread.start()
+    try:
+        for _ in entries:
+            yield out.get()
+    finally:
+        stop.set()
+
+
 def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *, progress: bool,
                   on_progress: ProgressCallback | None, max_file_bytes: int, chunker: ChunkerSettings,
                   batch_size: int, limits: LoadLimits | None = None) -> None:
-    """The embedded path: read and chunk every changed file, then embed grouped across files (so small
-    files still fill batches), staging file by file."""
+    """The embedded path: files are loaded by a read-ahead thread (so parsing overlaps embedding) and chunked
+    here; chunks are embedded in groups of about EMBED_GROUP across files (so small files still fill batches)
+    and staged file by file, in the order of `to_read`. `on_progress(done, total)` counts chunks: while files
+    are still being read, `total` is those of the files read so far plus an estimate for the rest (their
+    count times the mean chunks per file so far); it is exact once every file is read."""
     def known(sha: str, kind: str) -> bool:
         return writer.find_content(sha, kind, parser_version(kind)) is not None
 
-    to_embed: list[_Pending] = []
-    read_bar = _bar(len(to_read), "reading", "file", progress and len(to_read) > 20)
-    for entry in to_read:
-        pending = classify(load_and_chunk(entry, max_file_bytes, encoder.count_tokens, chunker, known, limits))
-        if pending is not None:
-            to_embed.append(pending)
-        read_bar.update(1)
-    read_bar.close()
+    def load(entry: FileEntry) -> Document:
+        return load_file(entry, max_bytes=max_file_bytes, limits=limits)
 
-    total = sum(len(p.chunks) for p in to_embed)
-    bar = _bar(total, "embedding", "chunk", progress and total > 0)
-    done = 0
+    to_embed: list[_Pending] = []
+    waiting = done = total = files_read = 0
+
+    def expected() -> int:
+        """Chunks of the files read so far, plus the rest at the mean chunks per file so far."""
+        left = len(to_read) - files_read
+        return total + (round(left * total / files_read) if files_read and left else 0)
+    read_bar = _bar(len(to_read), "reading", "file", progress and len(to_read) > 20)
+    bar = _bar(0, "embedding", "chunk", progress and len(to_read) > 0)
     if on_progress:
-        on_progress(0, total)
-    i = 0
-    while i < len(to_embed):
-        group, n = [], 0
-        while i < len(to_embed) and (not group or n + len(to_embed[i].chunks) <= EMBED_GROUP):
-            group.append(to_embed[i])
-            n += len(to_embed[i].chunks)
-            i += 1
-        stage(group, lambda texts: encoder.embed(texts, batch_size=batch_size))
-        done += n
-        bar.update(n)
-        if on_progress:
-            on_progress(done, total)
+        on_progress(0, 0)
+
+    def embed_group(final: bool) -> None:
+        nonlocal waiting, done
+        while to_embed and (final or waiting >= EMBED_GROUP):
+            group, n = [], 0
+            while to_embed and (not group or n + len(to_embed[0].chunks) <= EMBED_GROUP):
+                n += len(to_embed[0].chunks)
+                group.append(to_embed.pop(0))
+            stage(group, lambda texts: encoder.embed(texts, batch_size=batch_size))
+            waiting -= n
+            done += n
+            bar.update(n)
+            if on_progress:
+                on_progress(done, max(expected(), done))
+
+    stop = threading.Event()
+    try:
+        for entry, loaded in _read_ahead(to_read, load, stop):
+            pending = classify(chunk_loaded(entry, loaded, encoder.count_tokens, chunker, known))
+            read_bar.update(1)
+            files_read += 1
+            if pending is not None:
+                to_embed.append(pending)
+                waiting += len(pending.chunks)
+                total += len(pending.chunks)
+            bar.total = max(expected(), done)
+            embed_group(final=False)
+    finally:
+        stop.set()  # an error here must not leave the read-ahead thread loading the rest of the folder
+    read_bar.close()
+    embed_group(final=True)
     bar.close()
 
 

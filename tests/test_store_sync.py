@@ -305,3 +305,70 @@ def test_crash_between_new_files_and_commit_keeps_the_old_generation(indexed, mo
     report = _sync(folder, index, encoder)
     assert report.added == ["extra.txt"] and encoder.texts_embedded == calls  # staged vectors reused
     assert retriever.search("pistachio submarine", k=1)[0].path == "extra.txt"
+
+
+def _index_contents(index) -> dict[str, list[str]]:
+    store = IndexStore.open(index)
+    try:
+        out = {}
+        for path, row in store.documents().items():
+            rows = store._conn.execute("SELECT text FROM chunks WHERE content_id=? ORDER BY id",
+                                       (row.content_id,)).fetchall()
+            out[path] = [r[0] for r in rows]
+        return out
+    finally:
+        store.close()
+
+
+def test_read_ahead_builds_the_same_index_as_reading_first(tmp_path, monkeypatch):
+    """Files parsed by the read-ahead thread while the encoder embeds give the very index (and report) that
+    reading every file first gave; progress ends at done == total and never shows done > total."""
+    import retrieval.sync
+
+    folder = make_mixed_folder(tmp_path)
+    for i in range(30):  # enough files for several embedding groups
+        (folder / f"note{i:02d}.txt").write_text(f"Note {i} is about the quokka number {i}. " * (1 + i % 5))
+    shutil.copy(folder / "note03.txt", folder / "note03_copy.txt")
+    monkeypatch.setattr(retrieval.sync, "EMBED_GROUP", 8)
+    reports, seen = {}, {}
+    for ahead in (0, 3):
+        monkeypatch.setattr(retrieval.sync, "READ_AHEAD", ahead)
+        seen[ahead] = []
+        reports[ahead] = _sync(folder, tmp_path / f"index{ahead}", HashingEncoder(),
+                               on_progress=lambda d, t, a=ahead: seen[a].append((d, t)))
+    summary = [(r.added, r.duplicates, r.skipped, r.chunks_embedded, r.total_chunks) for r in reports.values()]
+    assert summary[0] == summary[1] and reports[3].duplicates
+    assert _index_contents(tmp_path / "index0") == _index_contents(tmp_path / "index3")
+    for calls in seen.values():
+        assert all(done <= total for done, total in calls[1:])
+        assert calls[-1][0] == calls[-1][1] >= reports[3].chunks_embedded  # (a duplicate's chunks count)
+    assert seen[0][-1] == seen[3][-1]
+
+
+def test_read_ahead_thread_stops_when_embedding_fails(tmp_path, monkeypatch):
+    """An encoder error mid-run reaches the caller, leaves no thread loading the rest of the folder, and the
+    index stays as it was."""
+    import threading
+
+    import retrieval.sync
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "first.txt").write_text("The original index knows the silver heron.")
+    index = tmp_path / "index"
+    _sync(folder, index, HashingEncoder())
+    for i in range(60):
+        (folder / f"file{i:03d}.txt").write_text(f"Document {i} describes gadget{i}.")
+    monkeypatch.setattr(retrieval.sync, "EMBED_GROUP", 4)
+
+    class Failing(HashingEncoder):
+        def embed(self, texts, **kw):
+            raise RuntimeError("the encoder ran out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _sync(folder, index, Failing())
+    deadline = time.monotonic() + 10
+    while any(t.name == "assistant-read-ahead" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "assistant-read-ahead" for t in threading.enumerate())
+    assert Retriever(index, HashingEncoder()).stats()["files"] == 1
