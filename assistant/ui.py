@@ -316,20 +316,22 @@ class ChatApp:
             argv = [sys.executable, "-m", "assistant.cli", "adapt", "--index", str(index), "--threads", "1",
                     "--quiet", "--status-file", str(status_file)]
         env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-        child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        yield "Adapting the encoder to this folder (one CPU thread; answers keep coming meanwhile)…"
-        last = ""
-        while child.poll() is None:
-            time.sleep(poll_s)
-            try:
-                line = json.loads(status_file.read_text(encoding="utf-8")).get("line", "")
-            except (OSError, ValueError):
-                continue
-            if line and line != last:
-                last = line
-                yield line
-        out, err = child.communicate()
-        shutil.rmtree(status_file.parent, ignore_errors=True)
+        try:
+            child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            yield "Adapting the encoder to this folder (one CPU thread; answers keep coming meanwhile)…"
+            last = ""
+            while child.poll() is None:
+                time.sleep(poll_s)
+                try:
+                    line = json.loads(status_file.read_text(encoding="utf-8")).get("line", "")
+                except (OSError, ValueError):
+                    continue
+                if line and line != last:
+                    last = line
+                    yield line
+            out, err = child.communicate()
+        finally:  # also when the page goes away mid-run (the child goes on; its progress file goes)
+            shutil.rmtree(status_file.parent, ignore_errors=True)
         if child.returncode != 0:
             why = (err or out).strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
             yield f"⚠ Adaptation stopped: {why[0]}. The index is unchanged; run it again to resume."

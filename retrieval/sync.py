@@ -396,21 +396,10 @@ def load_and_chunk(entry: FileEntry, max_file_bytes: int, count_tokens, chunker:
     """Read one file; chunk it unless `known(sha256, kind)` says its bytes are stored already. Any error from
     the file (SkipFile, or a loader or chunker failure) becomes its skip reason: no single file stops a sync."""
     try:
-        loaded: Document | BaseException = load_file(entry, max_bytes=max_file_bytes, limits=limits)
+        doc = load_file(entry, max_bytes=max_file_bytes, limits=limits)
     except Exception as exc:
-        loaded = exc
-    return chunk_loaded(entry, loaded, count_tokens, chunker, known)
-
-
-def chunk_loaded(entry: FileEntry, loaded: Document | BaseException, count_tokens, chunker: ChunkerSettings,
-                 known: Callable[[str, str], bool]) -> LoadedFile:
-    """`load_and_chunk` after the load: `loaded` is the document or the exception loading it raised."""
-    if isinstance(loaded, BaseException):
-        if not isinstance(loaded, Exception):
-            raise loaded  # KeyboardInterrupt, SystemExit: not a file's fault
-        return LoadedFile(entry, skip=loaded.reason if isinstance(loaded, SkipFile)
-                          else f"cannot read ({type(loaded).__name__}: {loaded})")
-    doc = loaded
+        return LoadedFile(entry, skip=exc.reason if isinstance(exc, SkipFile)
+                          else f"cannot read ({type(exc).__name__}: {exc})")
     if known(doc.sha256, doc.kind):
         return LoadedFile(entry, doc)
     try:
@@ -550,24 +539,22 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
     return report
 
 
-READ_AHEAD = 8  # files a background thread loads ahead of the chunking and embedding (0: no thread)
+READ_AHEAD = 8  # files a background thread reads and chunks ahead of the embedding (0: no thread)
 
 
-def _read_ahead(entries: list[FileEntry], load: Callable[[FileEntry], Document], stop: threading.Event,
-                ahead: int | None = None) -> Iterator[tuple[FileEntry, Document | BaseException]]:
-    """(entry, its document or the exception loading it raised) in the order of `entries`, loaded by a
-    background thread up to `ahead` files in front of the consumer. Loading is mostly the parser worker's
-    process (a PDF's layout analysis, OCR) or file reads, so it runs while this thread embeds; the consumer
-    setting `stop` (or leaving the loop) ends the thread after the file it is on."""
+def _read_ahead(entries: list[FileEntry], prepare: Callable[[FileEntry], LoadedFile], stop: threading.Event,
+                ahead: int | None = None) -> Iterator[tuple[LoadedFile, bool]]:
+    """(`prepare(entry)`, whether the next one is ready too) in the order of `entries`, prepared by a
+    background thread up to `ahead` files in front of the consumer. Preparing is mostly the parser worker's
+    process (a PDF's layout analysis, OCR), file reads and the tokenizer (all outside the GIL), so it runs while
+    the consumer embeds; the consumer setting `stop` (or leaving the loop) ends the thread after the file it is
+    on. With `ahead` 0 there is no thread and each file is prepared when asked for."""
     ahead = READ_AHEAD if ahead is None else ahead
-    if ahead <= 0:  # no thread: load each file when the consumer asks for it
+    if ahead <= 0:
         for entry in entries:
             if stop.is_set():
                 return
-            try:
-                yield entry, load(entry)
-            except Exception as exc:
-                yield entry, exc
+            yield prepare(entry), True
         return
     out: queue.Queue = queue.Queue(maxsize=ahead)
 
@@ -576,12 +563,12 @@ def _read_ahead(entries: list[FileEntry], load: Callable[[FileEntry], Document],
             if stop.is_set():
                 return
             try:
-                item: Document | BaseException = load(entry)
-            except BaseException as exc:  # handed over and judged by the consumer
-                item = exc
+                item = prepare(entry)
+            except Exception as exc:  # prepare turns a file's errors into its skip reason; this is a bug's
+                item = LoadedFile(entry, skip=f"cannot read ({type(exc).__name__}: {exc})")
             while not stop.is_set():
                 try:
-                    out.put((entry, item), timeout=0.1)
+                    out.put(item, timeout=0.1)
                     break
                 except queue.Full:
                     continue
@@ -590,7 +577,8 @@ def _read_ahead(entries: list[FileEntry], load: Callable[[FileEntry], Document],
     thread.start()
     try:
         for _ in entries:
-            yield out.get()
+            item = out.get()
+            yield item, not out.empty()
     finally:
         stop.set()
 
@@ -598,16 +586,16 @@ def _read_ahead(entries: list[FileEntry], load: Callable[[FileEntry], Document],
 def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *, progress: bool,
                   on_progress: ProgressCallback | None, max_file_bytes: int, chunker: ChunkerSettings,
                   batch_size: int, limits: LoadLimits | None = None) -> None:
-    """The embedded path: files are loaded by a read-ahead thread (so parsing overlaps embedding) and chunked
-    here; chunks are embedded in groups of about EMBED_GROUP across files (so small files still fill batches)
-    and staged file by file, in the order of `to_read`. `on_progress(done, total)` counts chunks: while files
-    are still being read, `total` is those of the files read so far plus an estimate for the rest (their
-    count times the mean chunks per file so far); it is exact once every file is read."""
-    def known(sha: str, kind: str) -> bool:
-        return writer.find_content(sha, kind, parser_version(kind)) is not None
-
-    def load(entry: FileEntry) -> Document:
-        return load_file(entry, max_bytes=max_file_bytes, limits=limits)
+    """The embedded path: files are read and chunked by a read-ahead thread (so parsing overlaps embedding);
+    chunks are embedded in groups of about EMBED_GROUP across files (so small files still fill batches), or
+    of a batch or more when the reader has nothing ready (so the encoder does not wait for it), and staged file
+    by file, in the order of `to_read`. `on_progress(done, total)` counts chunks: while files are still being
+    read, `total` is those of the files read so far plus an estimate for the rest (their count times the mean
+    chunks per file so far); it is exact once every file is read."""
+    def prepare(entry: FileEntry) -> LoadedFile:
+        # chunked even when its bytes turn out to be stored (classify then reuses them): rare, and off the
+        # encoder's path
+        return load_and_chunk(entry, max_file_bytes, encoder.count_tokens, chunker, lambda sha, kind: False, limits)
 
     to_embed: list[_Pending] = []
     waiting = done = total = files_read = 0
@@ -616,14 +604,16 @@ def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *,
         """Chunks of the files read so far, plus the rest at the mean chunks per file so far."""
         left = len(to_read) - files_read
         return total + (round(left * total / files_read) if files_read and left else 0)
+
     read_bar = _bar(len(to_read), "reading", "file", progress and len(to_read) > 20)
     bar = _bar(0, "embedding", "chunk", progress and len(to_read) > 0)
     if on_progress:
         on_progress(0, 0)
 
-    def embed_group(final: bool) -> None:
+    def embed_groups(least: int) -> None:
+        """Embed and stage the waiting files in groups while `least` chunks or more wait."""
         nonlocal waiting, done
-        while to_embed and (final or waiting >= EMBED_GROUP):
+        while to_embed and waiting >= least:
             group, n = [], 0
             while to_embed and (not group or n + len(to_embed[0].chunks) <= EMBED_GROUP):
                 n += len(to_embed[0].chunks)
@@ -637,8 +627,8 @@ def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *,
 
     stop = threading.Event()
     try:
-        for entry, loaded in _read_ahead(to_read, load, stop):
-            pending = classify(chunk_loaded(entry, loaded, encoder.count_tokens, chunker, known))
+        for item, more_ready in _read_ahead(to_read, prepare, stop):
+            pending = classify(item)
             read_bar.update(1)
             files_read += 1
             if pending is not None:
@@ -646,11 +636,11 @@ def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *,
                 waiting += len(pending.chunks)
                 total += len(pending.chunks)
             bar.total = max(expected(), done)
-            embed_group(final=False)
+            embed_groups(EMBED_GROUP if more_ready else max(1, min(batch_size, EMBED_GROUP)))
     finally:
         stop.set()  # an error here must not leave the read-ahead thread loading the rest of the folder
     read_bar.close()
-    embed_group(final=True)
+    embed_groups(1)
     bar.close()
 
 
