@@ -19,6 +19,8 @@ from browser_support import free_port, launch_chromium, require_browser
 pytestmark = [pytest.mark.browser]
 sync_api = require_browser()
 
+from test_browser_app import ask  # noqa: E402  (after the skip)
+
 ROWS = [["Model", "Params", "Score"], ["Base", "110M", "81.2"], ["Large", "340M", "84.6"], ["Tiny", "14M", "72.0"]]
 HOSTILE = ("# Payloads\n\nThe payload table follows.\n\n| Name | Payload |\n|---|---|\n"
            "| img | <img src=x onerror=window.__pwned=1> |\n| script | <script>window.__pwned=2</script> |\n")
@@ -122,14 +124,6 @@ def page(browser, server):
     context.close()
 
 
-def _ask(page, question: str) -> None:
-    done = page.locator("#chatbot .turn .copy").count()
-    page.fill("#question textarea", question)
-    page.locator("#question textarea").press("Enter")
-    page.wait_for_function(f"() => document.querySelectorAll('#chatbot .turn .copy').length > {done}",
-                           timeout=60_000)
-
-
 def _click_chip(page, turn: int, sentence: int) -> str:
     chip = page.locator(f"#answer-{turn} .cite[data-s='{sentence}']")
     source = f"#src-{turn}-{chip.get_attribute('data-n')}"
@@ -147,7 +141,7 @@ def _highlighted(page, selector: str) -> list[str]:
 
 def test_a_cited_table_passage_and_its_page_show_tables_with_the_chips_words_marked_in_the_cells(page):
     page, errors = page
-    _ask(page, "Which model wins by a clear margin in the comparison results?")
+    ask(page, "Which model wins by a clear margin in the comparison results?")
     source = _click_chip(page, 0, 0)
     passage = page.locator(f"{source} .passage")
     assert passage.locator("table").count() == 1 and "|" not in passage.inner_text()
@@ -172,7 +166,7 @@ def test_a_cited_table_passage_and_its_page_show_tables_with_the_chips_words_mar
 
 def test_hostile_table_cells_show_as_text(page):
     page, errors = page
-    _ask(page, "Which payloads does the payload table hold?")
+    ask(page, "Which payloads does the payload table hold?")
     source = _click_chip(page, 0, 0)
     cells = page.locator(f"{source} .passage tbody td").all_inner_texts()
     assert [c.strip() for c in cells] == ["img", "<img src=x onerror=window.__pwned=1>", "script",
