@@ -924,6 +924,11 @@ class IndexWriter:
             (sha256, kind, parser_version, incomplete)).fetchone()
         return row[0] if row else None
 
+    def complete_contents(self) -> set[tuple[str, str, int]]:
+        """(sha256, kind, parser_version) of every complete stored content (live, or staged by an earlier
+        interrupted run): a snapshot another thread can consult where `find_content` would answer non-None."""
+        return set(self.conn.execute("SELECT sha256, kind, parser_version FROM contents WHERE incomplete=''"))
+
     def stage_content(self, sha256: str, kind: str, chunks: Sequence, vectors: np.ndarray,
                       parser_version: int = 1, incomplete: str = "") -> int:
         """Store chunks + vectors for a file's bytes (as read by `parser_version` of its kind's parser). Survives

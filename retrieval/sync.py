@@ -592,18 +592,22 @@ def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *,
     by file, in the order of `to_read`. `on_progress(done, total)` counts chunks: while files are still being
     read, `total` is those of the files read so far plus an estimate for the rest (their count times the mean
     chunks per file so far); it is exact once every file is read."""
+    stored = writer.complete_contents()  # read by the read-ahead thread (the writer's connection is not)
+
     def prepare(entry: FileEntry) -> LoadedFile:
-        # chunked even when its bytes turn out to be stored (classify then reuses them): rare, and off the
-        # encoder's path
-        return load_and_chunk(entry, max_file_bytes, encoder.count_tokens, chunker, lambda sha, kind: False, limits)
+        # bytes stored before this run are not chunked again (classify reuses them); those staged earlier in
+        # this run are (rare), as the snapshot does not see them
+        return load_and_chunk(entry, max_file_bytes, encoder.count_tokens, chunker,
+                              lambda sha, kind: (sha, kind, parser_version(kind)) in stored, limits)
 
     to_embed: list[_Pending] = []
     waiting = done = total = files_read = 0
 
     def expected() -> int:
-        """Chunks of the files read so far, plus the rest at the mean chunks per file so far."""
+        """Chunks of the files read so far, plus the rest at the mean chunks per file so far (and at least one
+        each, so that `done == total` is only ever said at the end)."""
         left = len(to_read) - files_read
-        return total + (round(left * total / files_read) if files_read and left else 0)
+        return max(total + (round(left * total / files_read) if files_read and left else 0), done + left)
 
     read_bar = _bar(len(to_read), "reading", "file", progress and len(to_read) > 20)
     bar = _bar(0, "embedding", "chunk", progress and len(to_read) > 0)
@@ -623,7 +627,7 @@ def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *,
             done += n
             bar.update(n)
             if on_progress:
-                on_progress(done, max(expected(), done))
+                on_progress(done, expected())
 
     stop = threading.Event()
     try:
@@ -635,7 +639,7 @@ def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *,
                 to_embed.append(pending)
                 waiting += len(pending.chunks)
                 total += len(pending.chunks)
-            bar.total = max(expected(), done)
+            bar.total = expected()
             embed_groups(EMBED_GROUP if more_ready else max(1, min(batch_size, EMBED_GROUP)))
     finally:
         stop.set()  # an error here must not leave the read-ahead thread loading the rest of the folder

@@ -322,7 +322,7 @@ def _index_contents(index) -> dict[str, list[str]]:
 
 def test_read_ahead_builds_the_same_index_as_reading_first(tmp_path, monkeypatch):
     """Files parsed by the read-ahead thread while the encoder embeds give the very index (and report) that
-    reading every file first gave; progress ends at done == total and never shows done > total."""
+    reading every file first gave; progress reaches done == total at the end and only there."""
     import retrieval.sync
 
     folder = make_mixed_folder(tmp_path)
@@ -340,7 +340,7 @@ def test_read_ahead_builds_the_same_index_as_reading_first(tmp_path, monkeypatch
     assert summary[0] == summary[1] and reports[3].duplicates
     assert _index_contents(tmp_path / "index0") == _index_contents(tmp_path / "index3")
     for calls in seen.values():
-        assert all(done <= total for done, total in calls[1:])
+        assert all(done < total for done, total in calls[1:-1])  # "all done" is only ever said at the end
         assert calls[-1][0] == calls[-1][1] >= reports[3].chunks_embedded  # (a duplicate's chunks count)
     assert seen[0][-1] == seen[3][-1]
 
@@ -372,3 +372,20 @@ def test_read_ahead_thread_stops_when_embedding_fails(tmp_path, monkeypatch):
         time.sleep(0.05)
     assert not any(t.name == "assistant-read-ahead" for t in threading.enumerate())
     assert Retriever(index, HashingEncoder()).stats()["files"] == 1
+
+
+def test_touched_files_are_not_chunked_again(indexed, monkeypatch):
+    """A file whose mtime changed but whose bytes did not is read (to learn that) but not chunked or embedded:
+    the read-ahead thread knows the stored contents from a snapshot."""
+    import retrieval.sync
+
+    folder, index, encoder, _ = indexed
+    touched = sorted(p for p in folder.rglob("*.md"))[:3]
+    for path in touched:
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    chunked = []
+    real = retrieval.sync.chunk_document
+    monkeypatch.setattr(retrieval.sync, "chunk_document", lambda doc, *a, **k: chunked.append(doc) or real(doc, *a, **k))
+    report = _sync(folder, index, encoder)
+    assert report.chunks_embedded == 0 and chunked == []
+    assert {str(p.relative_to(folder)) for p in touched} <= set(report.unchanged)

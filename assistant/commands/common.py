@@ -22,14 +22,16 @@ class ProgressLines:
         self._started: float | None = None
         self._last = 0.0
         self._ended = False
+        self._announced = False
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         file = self.file or sys.stderr
         if self._started is None:
             self._started = self._last = now
-            if total:
-                print(f"{self.what}: embedding {total:,} {self.unit}...", file=file, flush=True)
+        if total and not self._announced:  # the first call with work to do (a sync starts at 0 of 0)
+            self._announced = True
+            print(f"{self.what}: embedding {total:,} {self.unit}...", file=file, flush=True)
             if done < total:
                 return
         if total and done >= total and not self._ended:
