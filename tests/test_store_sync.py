@@ -385,7 +385,8 @@ def test_touched_files_are_not_chunked_again(indexed, monkeypatch):
         os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     chunked = []
     real = retrieval.sync.chunk_document
-    monkeypatch.setattr(retrieval.sync, "chunk_document", lambda doc, *a, **k: chunked.append(doc) or real(doc, *a, **k))
+    monkeypatch.setattr(retrieval.sync, "chunk_document",
+                        lambda doc, *a, **k: chunked.append(doc) or real(doc, *a, **k))
     report = _sync(folder, index, encoder)
     assert report.chunks_embedded == 0 and chunked == []
     assert {str(p.relative_to(folder)) for p in touched} <= set(report.unchanged)
