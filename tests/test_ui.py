@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -176,9 +177,18 @@ def test_upload_reports_each_file_and_rejected_ones_as_rejected(tmp_path):
     turns, *_ = ask(app, "What colour is the zorblat?")[-1]
     assert turns[0]["answer"].startswith("Zorblat is a purple fruit [1].")
     assert turns[0]["sources"][0]["path"] == "@uploads/zorblat.md" and turns[0]["sources"][0]["openable"]
-    assert app.open_file("@uploads/zorblat.md").endswith("zorblat.md")
+    opened = Path(app.open_file("@uploads/zorblat.md"))
+    assert opened.name == "zorblat.md" and "purple fruit" in opened.read_text()
     assert app.open_file("../docs/base.md") is None and app.open_file("/etc/passwd") is None
     assert "What is softmax?" in render_chat([], app.examples(refresh=True))
+    # the copies handed to the browser go with the app (one temporary folder per app, not one per copy)
+    downloads = opened.parent.parent
+    assert downloads.name.startswith("assistant-open-")
+    del app
+    import gc
+
+    gc.collect()
+    assert not downloads.exists()
 
 
 def test_model_names_are_short_with_the_full_id_on_hover():
