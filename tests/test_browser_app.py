@@ -97,8 +97,11 @@ def context(playwright_browser):
     ctx.close()
 
 
-def open_page(context, url):
+def open_page(context, url, errors: list[str] | None = None):
+    """A new page of the chat at `url`, ready for a question; `errors` collects its page errors from the start."""
     page = context.new_page()
+    if errors is not None:
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url, wait_until="domcontentloaded")
     page.wait_for_selector("#question textarea", timeout=60_000)
     page.wait_for_function("() => { const o = document.querySelector('#owner textarea, #owner input');"

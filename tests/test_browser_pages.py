@@ -47,8 +47,7 @@ def browser():
 def page(browser, server):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
-    page = open_page(context, server.url)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page = open_page(context, server.url, errors)
     yield page, errors
     context.close()
 

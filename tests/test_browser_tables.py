@@ -19,7 +19,7 @@ from browser_support import free_port, launch_chromium, require_browser
 pytestmark = [pytest.mark.browser]
 sync_api = require_browser()
 
-from test_browser_app import ask  # noqa: E402  (after the skip)
+from test_browser_app import ask, open_page  # noqa: E402  (after the skip)
 
 ROWS = [["Model", "Params", "Score"], ["Base", "110M", "81.2"], ["Large", "340M", "84.6"], ["Tiny", "14M", "72.0"]]
 HOSTILE = ("# Payloads\n\nThe payload table follows.\n\n| Name | Payload |\n|---|---|\n"
@@ -113,14 +113,8 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
     errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server, wait_until="domcontentloaded")
-    page.wait_for_selector("#question textarea", timeout=60_000)
-    page.wait_for_function("() => { const o = document.querySelector('#owner textarea, #owner input');"
-                           " return o && o.value.length > 0; }", timeout=30_000)
-    yield page, errors
+    yield open_page(context, server, errors), errors
     context.close()
 
 
