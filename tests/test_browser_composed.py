@@ -16,6 +16,8 @@ from browser_support import free_port, launch_chromium, require_browser
 pytestmark = [pytest.mark.browser]
 sync_api = require_browser()
 
+from test_browser_app import open_page  # noqa: E402  (after the skip)
+
 LORA = ("# LoRA\n\nLoRA freezes the pretrained weights of the model. It trains two small low-rank matrices "
         "A and B next to each frozen weight. The rank is usually between 4 and 64.\n")
 OTHER = "# Tokenizers\n\nA tokenizer splits text into tokens. Byte-pair encoding merges frequent pairs.\n"
@@ -64,12 +66,7 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(server[0], wait_until="domcontentloaded")
-    page.wait_for_selector("#question textarea", timeout=60_000)
-    page.wait_for_function("() => { const o = document.querySelector('#owner textarea, #owner input');"
-                           " return o && o.value.length > 0; }", timeout=30_000)
-    yield page
+    yield open_page(context, server[0])
     context.close()
 
 
