@@ -397,7 +397,7 @@ def token_rows(encoder: Any, texts: Sequence[str], max_tokens: int) -> list[list
     """[CLS] ids [SEP] per text, cut to `max_tokens` (incl. the two special tokens)."""
     cls, sep = encoder._cls, encoder._sep
     limit = min(max_tokens, encoder.max_length) - 2
-    return [[cls, *ids[:limit], sep] for ids in encoder._content_ids(texts)]
+    return [[cls, *ids[:limit], sep] for ids in encoder.token_ids(texts)]
 
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int):

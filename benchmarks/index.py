@@ -7,7 +7,7 @@
    encoder, write FAISS + SQLite + BM25) against sentence-transformers' `encode` of the very same chunk
    texts, and against the project's encoder alone on them, in one run (interleaved rounds, best of each),
    once per `--embed-dtypes` entry (previous = the previous release: float32 embeddings, every file read
-   before embedding starts; float32 = float32 with today's read-ahead, which parses files in a background
+   before embedding starts, each chunk tokenized again to embed it; float32 = float32 with today's read-ahead, which parses files in a background
    thread while the encoder embeds; auto = today's default: int16 kernels on AVX2 CPUs, bfloat16 where the
    CPU has native bf16; int16 = the native int16 kernels). Overhead = pipeline time / pure encoding time - 1
    (target < 15%). The load average is printed with each round (the machine is often shared).
@@ -100,6 +100,8 @@ def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int 
             own_times[label].append(time.perf_counter() - t0)
             default_ahead = retrieval.sync.READ_AHEAD
             retrieval.sync.READ_AHEAD = (read_ahead or {}).get(label, default_ahead)
+            # the previous release tokenized each chunk again to embed it
+            retrieval.sync.REUSE_TOKEN_IDS = label != "previous"
             try:
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.perf_counter()
@@ -108,6 +110,7 @@ def bench_throughput(folder: Path, encoders: dict, batch_size: int, rounds: int 
                     pipe_times[label].append(time.perf_counter() - t0)
             finally:
                 retrieval.sync.READ_AHEAD = default_ahead
+                retrieval.sync.REUSE_TOKEN_IDS = True
             assert report.chunks_embedded == len(texts), (report.chunks_embedded, len(texts))
         print(f"  round {r + 1}: s-t {len(texts) / st_times[-1]:.1f} chunks/s; "
               + "; ".join(f"{label} embed {len(texts) / own_times[label][-1]:.1f}/s, pipeline "

@@ -187,12 +187,13 @@ class Encoder:
         self.model.to(device)
         return self
 
-    def _content_ids(self, texts: Sequence[str]) -> list[list[int]]:
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's content token ids (without [CLS]/[SEP]), untruncated: what `embed_token_ids` takes."""
         return [enc.ids for enc in self.tokenizer.hf.encode_batch(list(texts), add_special_tokens=False)]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Number of content tokens of each text (without [CLS]/[SEP]); at most `max_length - 2` get embedded."""
-        return [len(ids) for ids in self._content_ids(texts)]
+        return [len(ids) for ids in self.token_ids(texts)]
 
     def _batch_tensors(self, ids_list: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """[CLS] ids [SEP], truncated to max_length and right-padded -> input_ids, attention_mask [B, T]."""
@@ -214,9 +215,17 @@ class Encoder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        ids_list = self._content_ids(texts)
-        order = sorted(range(len(texts)), key=lambda i: -len(ids_list[i]))
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        return self.embed_token_ids(self.token_ids(texts), batch_size, show_progress)
+
+    def embed_token_ids(self, ids_list: Sequence[Sequence[int]], batch_size: int = 32,
+                        show_progress: bool = False) -> np.ndarray:
+        """`embed` for texts already tokenized by `token_ids` (the indexer keeps the ids its chunker counted,
+        so no chunk is tokenized twice): unit-length float32 embeddings [len(ids_list), dim], in input order."""
+        ids_list = list(ids_list)
+        if not ids_list:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
+        out = np.empty((len(ids_list), self.dim), dtype=np.float32)
         device = self.device
         model = self._embedding_model()
         starts = range(0, len(order), batch_size)

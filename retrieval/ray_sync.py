@@ -76,15 +76,18 @@ class FileBatchWorker:
         self.batch_size = batch_size
 
     def __call__(self, entries: Sequence[FileEntry], known: frozenset) -> list:
-        from retrieval.sync import load_and_chunk
+        from retrieval.sync import _embedder, _token_ids_of, load_and_chunk
 
         def is_known(sha: str, kind: str) -> bool:
             return (sha, kind) in known
 
-        loaded = [load_and_chunk(e, self.max_file_bytes, self.encoder.count_tokens, self.chunker, is_known)
-                  for e in entries]
+        token_ids = _token_ids_of(self.encoder)
+        loaded = [load_and_chunk(e, self.max_file_bytes, self.encoder.count_tokens, self.chunker, is_known,
+                                 token_ids=token_ids) for e in entries]
         texts = [c.embedding_text() for item in loaded if item.chunks for c in item.chunks]
-        vectors = (np.asarray(self.encoder.embed(texts, batch_size=self.batch_size), dtype=np.float32)
+        ids = ([row for item in loaded if item.chunks for row in item.token_ids] if token_ids is not None
+               else None)
+        vectors = (np.asarray(_embedder(self.encoder, self.batch_size)(texts, ids), dtype=np.float32)
                    if texts else None)  # [n_chunks, dim]
         row = 0
         for item in loaded:
@@ -206,7 +209,7 @@ class RayCluster:
                 for item in loaded:
                     pending = classify(item)
                     if pending is not None:
-                        stage([pending], lambda texts: encoder.embed(texts, batch_size=self.batch_size))
+                        stage([pending], lambda texts, _ids: encoder.embed(texts, batch_size=self.batch_size))
                         chunks += len(pending.chunks)
                 files += len(loaded)
                 elapsed = max(time.perf_counter() - started, 1e-9)

@@ -377,6 +377,7 @@ class _Pending:
     doc: Document
     chunks: list[Chunk]
     vectors: np.ndarray | None = None  # [n_chunks, dim] when embedded elsewhere (Ray workers)
+    token_ids: list[list[int]] | None = None  # each chunk's embedding text tokenized, when the chunker kept them
 
 
 @dataclass
@@ -389,12 +390,36 @@ class LoadedFile:
     chunks: list[Chunk] | None = None
     vectors: np.ndarray | None = None
     skip: str | None = None
+    token_ids: list[list[int]] | None = None  # [n_chunks][tokens]: the chunks' embedding texts, tokenized
+
+
+class TokenRecorder:
+    """A chunker's `count_tokens` that keeps the ids of each text it tokenizes. The chunker's last check counts
+    every chunk's exact embedding text, so `ids_of` those texts costs no second pass of the tokenizer when the
+    chunks are embedded. One per file: what it keeps goes with it."""
+
+    def __init__(self, token_ids: Callable[[Sequence[str]], list[list[int]]]) -> None:
+        self.token_ids = token_ids
+        self.seen: dict[str, list[int]] = {}
+
+    def __call__(self, texts: Sequence[str]) -> list[int]:
+        return [len(row) for row in self.ids_of(texts)]
+
+    def ids_of(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids of `texts`, tokenizing only those not seen yet (once each)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.seen]
+        if missing:
+            self.seen.update(zip(missing, self.token_ids(missing)))
+        return [self.seen[t] for t in texts]
 
 
 def load_and_chunk(entry: FileEntry, max_file_bytes: int, count_tokens, chunker: ChunkerSettings,
-                   known: Callable[[str, str], bool], limits: LoadLimits | None = None) -> LoadedFile:
+                   known: Callable[[str, str], bool], limits: LoadLimits | None = None,
+                   token_ids: Callable[[Sequence[str]], list[list[int]]] | None = None) -> LoadedFile:
     """Read one file; chunk it unless `known(sha256, kind)` says its bytes are stored already. Any error from
-    the file (SkipFile, or a loader or chunker failure) becomes its skip reason: no single file stops a sync."""
+    the file (SkipFile, or a loader or chunker failure) becomes its skip reason: no single file stops a sync.
+    With `token_ids` (the encoder's; it replaces `count_tokens`) the chunks come with their tokenized
+    embedding texts, for `Encoder.embed_token_ids`."""
     try:
         doc = load_file(entry, max_bytes=max_file_bytes, limits=limits)
     except Exception as exc:
@@ -403,9 +428,31 @@ def load_and_chunk(entry: FileEntry, max_file_bytes: int, count_tokens, chunker:
     if known(doc.sha256, doc.kind):
         return LoadedFile(entry, doc)
     try:
-        return LoadedFile(entry, doc, chunk_document(doc, count_tokens, chunker))
+        if token_ids is None:
+            return LoadedFile(entry, doc, chunk_document(doc, count_tokens, chunker))
+        recorder = TokenRecorder(token_ids)
+        chunks = chunk_document(doc, recorder, chunker)
+        return LoadedFile(entry, doc, chunks, token_ids=recorder.ids_of([c.embedding_text() for c in chunks]))
     except Exception as exc:  # a chunker bug on one odd file must not stop the sync
         return LoadedFile(entry, skip=f"cannot split into passages ({type(exc).__name__}: {exc})")
+
+
+REUSE_TOKEN_IDS = True  # embed the ids the chunker counted (False: tokenize again, as releases before did)
+
+
+def _token_ids_of(encoder) -> Callable[[Sequence[str]], list[list[int]]] | None:
+    """The encoder's `token_ids` when it can also embed from ids (the project's Encoder), else None."""
+    reusable = REUSE_TOKEN_IDS and hasattr(encoder, "token_ids") and hasattr(encoder, "embed_token_ids")
+    return encoder.token_ids if reusable else None
+
+
+def _embedder(encoder, batch_size: int) -> Callable[[list[str], list[list[int]] | None], np.ndarray]:
+    """`stage`'s embed: from the token ids when every chunk came with them, else from the texts."""
+    def embed(texts: list[str], ids: list[list[int]] | None) -> np.ndarray:
+        if ids is not None and hasattr(encoder, "embed_token_ids"):
+            return encoder.embed_token_ids(ids, batch_size=batch_size)
+        return encoder.embed(texts, batch_size=batch_size)
+    return embed
 
 
 def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list[tuple[str, str]], encoder, *,
@@ -466,12 +513,16 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 if old is not None:
                     missing.add(entry.path)
                 return None
-            return _Pending(entry, doc, chunks, item.vectors if item.chunks is not None else None)
+            if item.chunks is None:
+                return _Pending(entry, doc, chunks)
+            return _Pending(entry, doc, chunks, item.vectors, item.token_ids)
 
-        def stage(group: list[_Pending], embed: Callable[[list[str]], np.ndarray]) -> None:
-            """Stage a group of files' chunks (embedding those not embedded yet) and attach their documents."""
+        def stage(group: list[_Pending], embed: Callable[[list[str], list[list[int]] | None], np.ndarray]) -> None:
+            """Stage a group of files' chunks (embedding those not embedded yet: `embed(texts, token_ids)`, the
+            ids None unless every one of those chunks came with its ids) and attach their documents."""
             key_groups: list[_Pending] = []
             texts: list[str] = []
+            ids: list[list[int]] | None = []
             for p in group:
                 key = key_of(p.doc)
                 if key in staged_now:  # the same bytes twice in this run
@@ -480,8 +531,12 @@ def _sync_entries(store: IndexStore, entries: Sequence[FileEntry], skipped: list
                 key_groups.append(p)
                 if p.vectors is None:
                     texts += [c.embedding_text() for c in p.chunks]
+                    if ids is not None and p.token_ids is not None:
+                        ids.extend(p.token_ids)
+                    else:
+                        ids = None
             t0 = time.perf_counter()
-            vectors = embed(texts) if texts else np.zeros((0, store.settings.dim), np.float32)
+            vectors = embed(texts, ids) if texts else np.zeros((0, store.settings.dim), np.float32)
             report.embed_seconds += time.perf_counter() - t0
             row = 0
             for p in key_groups:
@@ -598,10 +653,12 @@ def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *,
         # bytes stored before this run are not chunked again (classify reuses them); those staged earlier in
         # this run are (rare), as the snapshot does not see them
         return load_and_chunk(entry, max_file_bytes, encoder.count_tokens, chunker,
-                              lambda sha, kind: (sha, kind, parser_version(kind)) in stored, limits)
+                              lambda sha, kind: (sha, kind, parser_version(kind)) in stored, limits,
+                              token_ids=_token_ids_of(encoder))
 
     to_embed: list[_Pending] = []
     waiting = done = total = files_read = 0
+    embed = _embedder(encoder, batch_size)
 
     def expected() -> int:
         """Chunks of the files read so far, plus the rest at the mean chunks per file so far (and at least one
@@ -622,7 +679,7 @@ def _process_here(to_read: list[FileEntry], classify, stage, writer, encoder, *,
             while to_embed and (not group or n + len(to_embed[0].chunks) <= EMBED_GROUP):
                 n += len(to_embed[0].chunks)
                 group.append(to_embed.pop(0))
-            stage(group, lambda texts: encoder.embed(texts, batch_size=batch_size))
+            stage(group, embed)
             waiting -= n
             done += n
             bar.update(n)

@@ -390,3 +390,40 @@ def test_touched_files_are_not_chunked_again(indexed, monkeypatch):
     report = _sync(folder, index, encoder)
     assert report.chunks_embedded == 0 and chunked == []
     assert {str(p.relative_to(folder)) for p in touched} <= set(report.unchanged)
+
+
+def test_each_chunk_is_tokenized_once_and_embedded_as_from_its_text(tmp_path, monkeypatch):
+    """With the project's encoder the indexer embeds the token ids the chunker counted: no chunk's embedding
+    text goes through the tokenizer twice, and every stored vector equals `embed` of that text."""
+    from collections import Counter
+
+    import numpy as np
+    import torch
+
+    from model.bert import BertModel
+    from model.config import EncoderConfig
+    from model.encoder import Encoder
+    from model.sources import resolve_encoder
+    from model.tokenizer import Tokenizer
+    from retrieval.chunking import embedding_text
+
+    tokenizer = Tokenizer.from_file(resolve_encoder(None) / "tokenizer.json")
+    torch.manual_seed(0)
+    encoder = Encoder(BertModel(EncoderConfig.tiny(vocab_size=tokenizer.vocab_size)).eval(), tokenizer,
+                      name="tiny-encoder", embed_dtype="float32")
+    folder = make_mixed_folder(tmp_path)
+    tokenized: Counter = Counter()
+    real = encoder.token_ids
+    monkeypatch.setattr(encoder, "token_ids", lambda texts: tokenized.update(texts) or real(texts))
+    report = _sync(folder, tmp_path / "index", encoder)
+    assert report.chunks_embedded > 10
+    store = IndexStore.open(tmp_path / "index")
+    try:
+        rows = store._conn.execute("SELECT text, heading, vector FROM chunks").fetchall()
+    finally:
+        store.close()
+    texts = [embedding_text(heading, text) for text, heading, _ in rows]
+    assert all(tokenized[t] == 1 for t in texts), [t[:40] for t in texts if tokenized[t] != 1]
+    stored = np.stack([np.frombuffer(v, dtype=np.float32) for *_, v in rows])  # [n, dim]
+    monkeypatch.setattr(encoder, "token_ids", real)
+    np.testing.assert_allclose(stored, encoder.embed(texts, batch_size=7), atol=1e-5)
