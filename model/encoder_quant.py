@@ -24,6 +24,7 @@ arithmetic (used if the kernels vanish after quantisation, and by the tests).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import torch
@@ -215,13 +216,16 @@ class Int16Linear(nn.Module):
     def fused(self, a: torch.Tensor, a_scales: torch.Tensor, *, gelu: bool = False,
               residual: torch.Tensor | None = None, norm: nn.LayerNorm | None = None, keep_float: bool = True,
               quantize_for: "Int16Linear | None" = None, head_major: tuple[int, int] | None = None,
-              into: "Workspace | None" = None, names: tuple[str, str, str] = ("", "", "")
+              into: "Workspace | None" = None, names: tuple[str, str, str] = ("", "", ""),
+              packed: "PackedRows | None" = None
               ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """a [M, padded_k] int16 with row scales [M] -> (y [M, N] float32 or None when not `keep_float`,
         y quantised for `quantize_for` (int16 [M, its padded_k], scales [M]) or None, None).
 
         y = product + bias, then GELU (erf form) if `gelu`, + residual [M, N], then `norm` (a LayerNorm).
-        `head_major` = (seq, head_dim): y alone, as [M / seq, N / head_dim, seq, head_dim] (for attention).
+        `head_major` = (seq, head_dim): y alone, as [M / seq, N / head_dim, seq, head_dim] (for attention); with
+        `packed` (native kernels only), the M rows are the real tokens of `packed.batch` sequences, written to
+        their positions in [batch, N / head_dim, seq, head_dim] (the padding positions are not written).
         `into` + `names`: on the native path, write y / q / scales into the workspace's buffers of those names."""
         if quantize_for is not None and quantize_for.in_features != self.out_features:
             raise ValueError(f"cannot feed {self.out_features} outputs into a layer of {quantize_for.in_features}")
@@ -229,11 +233,16 @@ class Int16Linear(nn.Module):
             seq, head_dim = head_major
             if gelu or residual is not None or norm is not None or quantize_for is not None:
                 raise ValueError("a head-major output takes no row epilogue")
+            if packed is not None and not _native16(a):
+                raise ValueError("packed rows need the native kernels")
             if _native16(a):
-                out = None if into is None else into.get(names[0], (a.shape[0] // seq, self.out_features // head_dim,
+                sequences = packed.batch if packed is not None else a.shape[0] // seq
+                out = None if into is None else into.get(names[0], (sequences, self.out_features // head_dim,
                                                                     seq, head_dim), torch.float32)
                 return cpu_kernels.int16_linear(a, a_scales, self.packed, self.out_features, self.w_scales,
-                                                self.bias, head_major=head_major, out=out)
+                                                self.bias, head_major=head_major, out=out,
+                                                row_pos=None if packed is None else packed.positions,
+                                                batch=None if packed is None else packed.batch)
             y = self.torch_product(a, a_scales)  # [M, N]
             y = y.view(-1, seq, self.out_features // head_dim, head_dim).transpose(1, 2).contiguous()
             return y, None, None
@@ -289,6 +298,28 @@ class Workspace:
         return t
 
 
+@dataclasses.dataclass
+class PackedRows:
+    """The real tokens of a right-padded batch as rows: `positions` [M] int64 = b * seq + t of each, in order;
+    `lengths` [B] int32; `starts` [B] int64 = the row of each sequence's first token. The linears then run on the
+    M real rows only (no work for padding), attention places them by these."""
+
+    batch: int
+    seq: int
+    lengths: torch.Tensor
+    starts: torch.Tensor
+    positions: torch.Tensor
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor, seq: int) -> "PackedRows":
+        lengths = lengths.to(torch.int32)
+        counts = lengths.to(torch.int64)
+        starts = torch.cumsum(counts, 0) - counts  # [B]
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(starts, counts)  # [M]: t of each row
+        positions = torch.repeat_interleave(torch.arange(len(counts)) * seq, counts) + offsets  # [M]
+        return cls(len(counts), seq, lengths.contiguous(), starts.contiguous(), positions.contiguous())
+
+
 class Int16BertLayer(nn.Module):
     """`model.bert.BertLayer` with its four linears as `Int16Linear` and the epilogues fused into them."""
 
@@ -302,17 +333,22 @@ class Int16BertLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, xq: torch.Tensor, xs: torch.Tensor, batch: int, seq: int,
                 attn_mask: torch.Tensor | None, lengths: torch.Tensor | None, next_layer: "Int16BertLayer | None",
-                work: Workspace | None = None, out_name: str = "x"
+                work: Workspace | None = None, out_name: str = "x", packed: PackedRows | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         # x: [M, H] float rows (M = batch * seq), xq / xs: x quantised for qkv; attn_mask [B, 1, 1, T] bool or None;
-        # lengths [B] int32 when the mask is right padding (real tokens first; the native attention takes it)
+        # lengths [B] int32 when the mask is right padding (real tokens first; the native attention takes it);
+        # packed: the rows are only the real tokens (M = sum of lengths; native kernels only)
         # -> (the block's output rows [M, H], quantised for next_layer's qkv, or None, None for the last block)
         # work: buffers to reuse ("xq"/"xs" may hold xq/xs: they are reused once consumed; the output goes to
         # `out_name`, which must not hold x)
         hidden = x.shape[1]
         head_dim = hidden // self.n_heads
-        qkv, _, _ = self.qkv.fused(xq, xs, head_major=(seq, head_dim), into=work, names=("qkv", "", ""))
-        if lengths is not None and _native16(qkv):  # qkv: [B, 3 * nh, T, hd]
+        qkv, _, _ = self.qkv.fused(xq, xs, head_major=(seq, head_dim), into=work, names=("qkv", "", ""),
+                                   packed=packed)
+        if packed is not None:  # qkv: [B, 3 * nh, T, hd], only the real positions written
+            out = None if work is None else work.get("attn", (x.shape[0], hidden), torch.float32)
+            attn = cpu_kernels.int16_attention(qkv, packed.lengths, out=out, starts=packed.starts)  # [M, H]
+        elif lengths is not None and _native16(qkv):  # qkv: [B, 3 * nh, T, hd]
             out = None if work is None else work.get("attn", (batch * seq, hidden), torch.float32)
             attn = cpu_kernels.int16_attention(qkv, lengths, out=out)  # [M, H]
         else:
@@ -344,26 +380,35 @@ class Int16BertModel(nn.Module):
         # registered submodule: this model's .eval() / .to() never touch the source model's modules
         object.__setattr__(self, "embeddings", embeddings)
         self.layers = nn.ModuleList(Int16BertLayer(layer) for layer in model.layers)
+        self.pack = True  # padded batches run on their real tokens only (False: every position, as before)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids: [B, T]; attention_mask: [B, T] (1 = token, 0 = padding) -> hidden [B, T, H]
+        # (right padding on the native kernels: only the real tokens are computed, the padding rows are zeros)
         batch, seq = input_ids.shape
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids).reshape(batch * seq, -1).contiguous()  # [M, H]
-        mask, lengths = None, torch.full((batch,), seq, dtype=torch.int32)
+        x = self.embeddings(input_ids, token_type_ids).reshape(batch * seq, -1).contiguous()  # [B*T, H]
+        mask, lengths, packed = None, torch.full((batch,), seq, dtype=torch.int32), None
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
             lengths = attention_mask.sum(1).to(torch.int32)  # [B]
             prefix = torch.arange(seq, device=attention_mask.device)[None] < lengths[:, None]  # [B, T]
             if not torch.equal(prefix, attention_mask.bool()):
                 lengths = None  # not right padding: torch's attention with the mask
+            elif self.pack and _native16(x):
+                packed = PackedRows.of(lengths, seq)
+                x = x[packed.positions].contiguous()  # [M, H]: the real tokens only
         xq, xs = self.layers[0].qkv.quantize_input(x)
         work = Workspace()
         for i, layer in enumerate(self.layers):
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            x, xq, xs = layer(x, xq, xs, batch, seq, mask, lengths, nxt, work, out_name=f"x{i % 2}")
+            x, xq, xs = layer(x, xq, xs, batch, seq, mask, lengths, nxt, work, out_name=f"x{i % 2}", packed=packed)
+        if packed is not None:
+            full = torch.zeros((batch * seq, x.shape[1]), dtype=x.dtype)
+            full[packed.positions] = x
+            x = full
         return x.view(batch, seq, -1)
 
 
@@ -373,5 +418,5 @@ def quantize_encoder_int16(model: nn.Module) -> Int16BertModel:
 
 
 __all__ = ["Int8EncoderLinear", "pack_weight", "quantize_encoder", "is_quantized", "Int16Linear", "Int16BertLayer",
-           "Int16BertModel", "Workspace", "int16_levels", "pack_weight_int16", "quantize_rows_int16",
+           "Int16BertModel", "PackedRows", "Workspace", "int16_levels", "pack_weight_int16", "quantize_rows_int16",
            "quantize_weight_int16", "quantize_encoder_int16", "int16_available", "int16_preferred"]

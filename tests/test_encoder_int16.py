@@ -20,7 +20,7 @@ from model import cpu_kernels
 from model.bert import BertModel
 from model.config import EncoderConfig
 from model.encoder import Encoder
-from model.encoder_quant import (INT32_MAX, Int16BertModel, Int16Linear, int16_levels, pack_weight_int16,
+from model.encoder_quant import (INT32_MAX, Int16BertModel, Int16Linear, PackedRows, int16_levels, pack_weight_int16,
                                  quantize_encoder_int16, quantize_rows_int16, quantize_weight_int16)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def test_portable_c_build_computes_what_the_simd_build_does(tmp_path) -> None:
     assert portable.e16_simd() == 0
     ptr, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     portable.e16_gemm_s32.argtypes = [ptr, i64, i64, ptr, i64, ptr, cint]
-    portable.e16_attention.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, cint]
+    portable.e16_attention.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, cint]
     torch.manual_seed(5)
     m, n, k = 23, 40, 30
     a = torch.randint(-2000, 2001, (m, k), dtype=torch.int16)
@@ -237,7 +237,7 @@ def test_portable_c_build_computes_what_the_simd_build_does(tmp_path) -> None:
     qkv = torch.randn(2, 3 * 2, 37, 32)
     lengths = torch.tensor([37, 20], dtype=torch.int32)
     plain = torch.empty((2 * 37, 64))
-    assert portable.e16_attention(qkv.data_ptr(), 2, 37, 64, 2, lengths.data_ptr(), plain.data_ptr(), 1) == 0
+    assert portable.e16_attention(qkv.data_ptr(), 2, 37, 64, 2, lengths.data_ptr(), None, plain.data_ptr(), 1) == 0
     # the two builds round p in two exp implementations (a level apart at most)
     torch.testing.assert_close(plain, cpu_kernels.int16_attention(qkv, lengths), rtol=1e-3, atol=1e-3)
 
@@ -293,6 +293,39 @@ def test_native_and_torch_paths_of_the_int16_model_agree() -> None:
             cpu_kernels.encoder16_available = saved
     real = mask.bool()
     torch.testing.assert_close(native[real], slow[real], rtol=1e-3, atol=1e-3)
+
+
+@needs_native
+def test_packed_rows_compute_exactly_what_the_padded_batch_does() -> None:
+    """With right padding the native model runs its linears on the real tokens only (packed rows); every real
+    token's hidden state is bit for bit the one the padded computation gives, and the padding rows are zeros."""
+    torch.manual_seed(6)
+    model = BertModel(EncoderConfig.tiny()).eval()
+    ids = torch.randint(5, 500, (4, 30))
+    mask = torch.ones_like(ids)
+    for row, length in ((1, 17), (2, 1), (3, 29)):
+        mask[row, length:] = 0
+    q = quantize_encoder_int16(model)
+    with torch.inference_mode():
+        packed = q(ids, mask)
+        q.pack = False
+        padded = q(ids, mask)
+    real = mask.bool()
+    assert torch.equal(packed[real], padded[real])
+    assert not packed[~real].any()
+    # the kernels alone: a head-major product from packed rows, and attention writing packed rows
+    layer = Int16Linear(torch.nn.Linear(40, 3 * 2 * 16))
+    lengths = torch.tensor([5, 2, 7], dtype=torch.int32)
+    rows = PackedRows.of(lengths, 7)
+    assert rows.positions.tolist() == [0, 1, 2, 3, 4, 7, 8, 14, 15, 16, 17, 18, 19, 20]
+    assert rows.starts.tolist() == [0, 5, 7]
+    a, scales = layer.quantize_input(torch.randn(3 * 7, 40))
+    full, _, _ = layer.fused(a, scales, head_major=(7, 16))  # [3, 6, 7, 16]
+    part, _, _ = layer.fused(a[rows.positions], scales[rows.positions], head_major=(7, 16), packed=rows)
+    for b, length in enumerate(lengths.tolist()):
+        assert torch.equal(part[b, :, :length], full[b, :, :length])
+    attn = cpu_kernels.int16_attention(full, lengths)  # [21, 32], zeros past each length
+    assert torch.equal(cpu_kernels.int16_attention(full, lengths, starts=rows.starts), attn[rows.positions])
 
 
 @needs_native

@@ -323,16 +323,19 @@ static void micro_scaled(const int16_t *const a_rows[MR], const int16_t *panel, 
    head_dim > 0: element (m, n) of sequence b = m / seq, token t = m % seq, group g = n / head_dim,
    lane d = n % head_dim
    at y[((b * (N / head_dim) + g) * seq + t) * head_dim + d] (y = the whole output; BertLayer's qkv as
-   [B, 3, n_heads, T, hd], so each head's q, k and v are contiguous [T, hd] blocks). */
+   [B, 3, n_heads, T, hd], so each head's q, k and v are contiguous [T, hd] blocks). With row_pos, row m is the
+   token at position row_pos[m] = b * seq + t instead (packed rows: the padding's rows are never computed). */
 typedef struct {
     float *y;
     int32_t *y_i32; /* exact sums instead, row-major [M, N] (for the tests) */
     int64_t m0, seq, head_dim;
+    const int64_t *row_pos; /* head-major only: each row's b * seq + t (NULL: the row index itself) */
 } dest_t;
 
 static inline float *dest_at(const dest_t *dst, int64_t row, int64_t col, int64_t N) {
     if (dst->head_dim <= 0) return dst->y + (row - dst->m0) * N + col;
-    const int64_t b = row / dst->seq, t = row % dst->seq, g = col / dst->head_dim, d = col % dst->head_dim;
+    const int64_t pos = dst->row_pos ? dst->row_pos[row] : row;
+    const int64_t b = pos / dst->seq, t = pos % dst->seq, g = col / dst->head_dim, d = col % dst->head_dim;
     return dst->y + ((b * (N / dst->head_dim) + g) * dst->seq + t) * dst->head_dim + d;
 }
 
@@ -397,16 +400,18 @@ static void block_product(const int16_t *a, int64_t m0, int64_t m1, int64_t Kp, 
    [N] or NULL). Per row: y = product + bias; gelu (if set); y += residual[m] (if not NULL); LayerNorm with
    gamma/beta (if not NULL); y is written to out [M, N] (if not NULL), and quantised to q_out [M, q_kp] int16 with
    scales q_scale [M] at q_levels (if q_out is not NULL). head_dim > 0 writes out head-major instead (see dest_t;
-   M = sequences * seq, N a multiple of head_dim; no row epilogue then). Returns 0, 1 on bad arguments, 2 when
-   out of memory. */
+   M = sequences * seq, or with row_pos [M] any number of rows each at its position; N a multiple of head_dim; no
+   row epilogue then). Returns 0, 1 on bad arguments, 2 when out of memory. */
 int e16_linear(const int16_t *a, const float *sa, int64_t M, int64_t Kp, const int16_t *bpack, int64_t N,
                const float *sw, const float *bias, int gelu, const float *residual, const float *gamma,
                const float *beta, float eps, float *out, int16_t *q_out, float *q_scale, int64_t q_kp,
-               int q_levels, int64_t seq, int64_t head_dim, int threads) {
+               int q_levels, int64_t seq, int64_t head_dim, const int64_t *row_pos, int threads) {
     if (M <= 0 || N <= 0) return 0;
     if (Kp % 2 || (!out && !q_out) || (q_out && (q_kp < N || q_kp % 2 || q_levels < 1))) return 1;
-    if (head_dim > 0 && (!out || q_out || gelu || residual || gamma || seq <= 0 || M % seq || N % head_dim))
+    if (head_dim > 0 && (!out || q_out || gelu || residual || gamma || seq <= 0 || (!row_pos && M % seq) ||
+                         N % head_dim))
         return 1;
+    if (row_pos && head_dim <= 0) return 1;
     const int64_t blocks = (M + MB - 1) / MB;
     int failed = 0;
 #pragma omp parallel num_threads(n_threads(threads))
@@ -422,7 +427,7 @@ int e16_linear(const int16_t *a, const float *sa, int64_t M, int64_t Kp, const i
             if (!ok) continue;
             const int64_t m0 = b * MB, m1 = m0 + MB < M ? m0 + MB : M;
             float *y = out ? (head_dim > 0 ? out : out + m0 * N) : scratch;
-            const dest_t dst = {y, NULL, m0, seq, head_dim};
+            const dest_t dst = {y, NULL, m0, seq, head_dim, row_pos};
             block_product(a, m0, m1, Kp, bpack, N, sa, sw, bias, &dst);
             if (head_dim > 0) continue;
             for (int64_t row = m0; row < m1; row++) {
@@ -446,7 +451,7 @@ int e16_gemm_s32(const int16_t *a, int64_t M, int64_t Kp, const int16_t *bpack, 
 #pragma omp parallel for num_threads(n_threads(threads)) schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t m0 = b * MB, m1 = m0 + MB < M ? m0 + MB : M;
-        const dest_t dst = {NULL, out, m0, 0, 0};
+        const dest_t dst = {NULL, out, m0, 0, 0, NULL};
         block_product(a, m0, m1, Kp, bpack, N, NULL, NULL, NULL, &dst);
     }
     return 0;
@@ -472,6 +477,8 @@ void e16_rows(float *y, int64_t M, int64_t N, int gelu, const float *residual, c
  * are contiguous [T, hd] blocks. lengths [B] (or NULL = all T): sequence b has its lengths[b] first tokens real,
  * the rest padding (keys past the length are masked out; query rows past it are written as zeros).
  * out [B*T, H] = softmax(q k^T / sqrt(hd)) v per head, heads side by side (transpose(1, 2).reshape's layout).
+ * With starts [B] (and lengths), sequence b's real rows go to out rows starts[b] .. starts[b] + lengths[b] - 1
+ * instead and no padding row is written (packed rows: out [sum of lengths, H] when starts are their prefix sums).
  *
  * Both products run on the GEMM microkernel, in exact int32 sums:
  *   scores = (q_i . k_j) with q and k quantised per row (token) at levels_for(hd) -> times sq_i * sk_j / sqrt(hd);
@@ -622,9 +629,9 @@ static void attention_head(const float *qbase, const float *kbase, const float *
 
 /* Returns 0, 1 on bad arguments, 2 when out of memory. */
 int e16_attention(const float *qkv, int64_t B, int64_t T, int64_t H, int64_t n_heads, const int32_t *lengths,
-                  float *out, int threads) {
+                  const int64_t *starts, float *out, int threads) {
     if (B <= 0 || T <= 0) return 0;
-    if (n_heads <= 0 || H % n_heads) return 1;
+    if (n_heads <= 0 || H % n_heads || (starts && !lengths)) return 1;
     const int64_t hd = H / n_heads, hdp = (hd + 1) / 2 * 2, lp = (T + 15) / 16 * 16, dpan = (hd + NR - 1) / NR;
     const int64_t srow = lp > SROW ? lp : SROW;
     int failed = 0;
@@ -660,9 +667,9 @@ int e16_attention(const float *qkv, int64_t B, int64_t T, int64_t H, int64_t n_h
             const float *q = qkv + ((b * 3 + 0) * n_heads + head) * T * hd;
             const float *k = qkv + ((b * 3 + 1) * n_heads + head) * T * hd;
             const float *v = qkv + ((b * 3 + 2) * n_heads + head) * T * hd;
-            float *o = out + b * T * H + head * hd;
+            float *o = out + (starts ? starts[b] : b * T) * H + head * hd;
             attention_head(q, k, v, H, hd, len, srow, o, &w);
-            for (int64_t t = len; t < T; t++) memset(o + t * H, 0, sizeof(float) * (size_t)hd);
+            for (int64_t t = len; t < T && !starts; t++) memset(o + t * H, 0, sizeof(float) * (size_t)hd);
         }
         free(buf16);
         free(buf32);
