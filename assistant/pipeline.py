@@ -298,7 +298,8 @@ class Assistant:
                 with self._index_lock:
                     hits = list(self.retriever.search(query, k=k or self.settings.k,
                                                       mode=mode or self.settings.retrieval_mode,
-                                                      rerank=self.settings.rerank))
+                                                      rerank=self.settings.rerank,
+                                                      rerank_mode=self.settings.rerank_mode))
                 break
             except IndexMismatchError:
                 if attempt or self.index_path is None:

@@ -57,6 +57,7 @@ DEFAULT_READER_COVERAGE_WEIGHT = 4.6759
 DEFAULT_READER_COSINE_WEIGHT = 4.3352
 
 RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
+RERANK_MODES = ("rrf", "replace")  # retrieval.retriever.RERANK_MODES (this module imports nothing heavy)
 ANSWER_MODES = ("guided", "generate", "extract")
 
 # Fields that are passed to the generator as sampling options (model.sampling.SamplingParams).
@@ -114,6 +115,7 @@ class Settings:
     retrieval_mode: str = "hybrid"      # hybrid | dense | lexical
     rerank: int = 0                     # rescore the top N hits with the cross-encoder (0 = off; docs/benchmarks.md)
     reranker: Path | None = None        # cross-encoder folder; None = assistant/data/reranker
+    rerank_mode: str = "rrf"            # rrf: fuse its order with the retriever's | replace: its order alone
     refusal_threshold: float = DEFAULT_REFUSAL_THRESHOLD   # best dense cosine below this: refuse
     relative_floor: float = 0.5         # drop passages whose cosine is below this x the best one's
     max_context_tokens: int = 2048      # prompt + answer budget (<= the model's window); small = fast on CPU
@@ -175,6 +177,8 @@ class Settings:
             raise SettingsError(f"retrieval_mode must be one of {RETRIEVAL_MODES}, not {self.retrieval_mode!r}")
         if not 0 <= self.rerank <= 100:
             raise SettingsError(f"rerank (hits the reranker rescores) must be between 0 and 100, not {self.rerank}")
+        if self.rerank_mode not in RERANK_MODES:
+            raise SettingsError(f"rerank_mode must be one of {RERANK_MODES}, not {self.rerank_mode!r}")
         if not 1 <= self.k <= 50:
             raise SettingsError(f"k (number of passages) must be between 1 and 50, not {self.k}")
         if self.max_new_tokens < 1:
@@ -335,6 +339,9 @@ def add_arguments(parser: Any, *, source: bool = True, model: bool = True, sampl
                            help="rescore the top N retrieved passages with the cross-encoder reranker (0 = off, "
                                 "the default; see docs/benchmarks.md)")
         group.add_argument("--reranker", metavar="DIR", help="cross-encoder folder (default assistant/data/reranker)")
+        group.add_argument("--rerank-mode", choices=RERANK_MODES,
+                           help="rrf (default): fuse the reranker's order with the retriever's; replace: its order "
+                                "alone")
         group.add_argument("--no-adapt", dest="use_adapt", action="store_const", const=False,
                            help="an index adapted with `assistant adapt` goes back to the bundled encoder's vectors "
                                 "(kept in the index: nothing is embedded again but chunks added since); "

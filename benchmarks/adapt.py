@@ -50,7 +50,8 @@ def load_set(name: str, squad_questions: int):
 
 
 def retrieval_metrics(retriever, reranker, questions, unit: str, depth: int = 20) -> dict:
-    """nDCG@10 / recall@10 for dense and hybrid search, reranker off and (with one) on (its top-20 order)."""
+    """nDCG@10 / recall@10 for dense and hybrid search, reranker off and (with one) on (the top 20 reordered as
+    `--rerank 20` does: its order fused with the retriever's)."""
     from benchmarks.rerank import orders, relevant_chunks
     from retrieval.chunking import embedding_text
     from retrieval.evaluate import ndcg_at, recall_at
@@ -66,7 +67,7 @@ def retrieval_metrics(retriever, reranker, questions, unit: str, depth: int = 20
             variants = {"off": list(range(len(hits)))}
             if reranker is not None and hits:
                 scores = reranker.score(question, [embedding_text(h.heading, h.text) for h in hits])
-                variants["rerank"] = orders(len(hits), scores)["N=20"]
+                variants["rerank"] = orders(len(hits), scores)["N=20 rrf"]  # what --rerank 20 does
             for name, order in variants.items():
                 ranking = list(dict.fromkeys(key(hits[i]) for i in order))
                 sums[name][0] += ndcg_at(ranking, relevant, 10)

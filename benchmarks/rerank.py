@@ -111,16 +111,15 @@ VARIANTS = ("off", "N=10", "N=20", "N=10 rrf", "N=20 rrf")
 def orders(n_hits: int, scores: list[float]) -> dict[str, list[int]]:
     """Each variant's order of the retriever's top hits (indices into them), given the cross-encoder's scores
     of all of them: off = the retriever's; N=n = the top n by score, then the rest in the retriever's order
-    (what `Retriever.search(rerank=n)` returns); N=n rrf = the top n by reciprocal-rank fusion (k=60) of the
-    cross-encoder's rank and the retriever's, then the rest."""
+    (`Retriever.search(rerank=n, rerank_mode="replace")`); N=n rrf = the top n by reciprocal-rank fusion (k=60) of
+    the cross-encoder's rank and the retriever's, then the rest (`rerank=n`, the default mode)."""
+    from retrieval.retriever import rerank_order
+
     out = {"off": list(range(n_hits))}
     for n in (10, 20):
-        top = list(range(min(n, n_hits)))
-        by_score = sorted(top, key=lambda i: -scores[i])
-        ce_rank = {i: r for r, i in enumerate(by_score)}
-        fused = sorted(top, key=lambda i: -(1 / (61 + ce_rank[i]) + 1 / (61 + i)))
-        out[f"N={n}"] = by_score + list(range(len(top), n_hits))
-        out[f"N={n} rrf"] = fused + list(range(len(top), n_hits))
+        top = min(n, n_hits)
+        out[f"N={n}"] = rerank_order(scores[:top], "replace") + list(range(top, n_hits))
+        out[f"N={n} rrf"] = rerank_order(scores[:top], "rrf") + list(range(top, n_hits))
     return out
 
 

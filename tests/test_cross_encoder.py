@@ -152,7 +152,7 @@ def test_rerank_stage_reorders_the_retrievers_hits(tmp_path):
     retriever = Retriever(index, encoder, reranker=reranker)
     plain = retriever.search("rivers and stones", k=3, mode="hybrid")
     assert all(h.rerank_score is None for h in plain) and reranker.calls == []
-    reranked = retriever.search("rivers and stones", k=3, mode="hybrid", rerank=8)
+    reranked = retriever.search("rivers and stones", k=3, mode="hybrid", rerank=8, rerank_mode="replace")
     assert reranker.calls == [8]
     assert reranked[0].path == "f6.txt" and reranked[0].rerank_score == 10.0
     assert [h.rank for h in reranked] == [1, 2, 3]
@@ -261,11 +261,18 @@ def test_reranked_search_orders_hits_by_the_cross_encoder(bert_tokenizer, tmp_pa
     scores = ce.score(query, [embedding_text(h.heading, h.text) for h in plain])
     expected = [plain[i].chunk_id for i in sorted(range(len(plain)), key=lambda i: -scores[i])]
     assert expected != [h.chunk_id for h in plain]  # the test would notice a stage that keeps the order
-    reranked = retriever.search(query, k=6, mode="hybrid", rerank=6)
+    reranked = retriever.search(query, k=6, mode="hybrid", rerank=6, rerank_mode="replace")
     assert [h.chunk_id for h in reranked] == expected
     assert [h.rerank_score for h in reranked] == pytest.approx(sorted(scores, reverse=True), abs=1e-5)
-    top3 = retriever.search(query, k=3, mode="hybrid", rerank=6)  # k < N: the best 3 of the 6 rescored
+    top3 = retriever.search(query, k=3, mode="hybrid", rerank=6, rerank_mode="replace")  # the best 3 of the 6
     assert [h.chunk_id for h in top3] == expected[:3]
+    # the default fuses the two orders: 1/(61 + retriever rank) + 1/(61 + cross-encoder rank), ties to the retriever
+    ce_rank = {i: r for r, i in enumerate(sorted(range(len(plain)), key=lambda i: -scores[i]))}
+    fused = sorted(range(len(plain)), key=lambda i: (-(1 / (61 + i) + 1 / (61 + ce_rank[i])), i))
+    replaced = [[h.chunk_id for h in plain].index(c) for c in expected]
+    assert fused != list(range(len(plain))) and fused != replaced  # the test tells the three orders apart
+    assert [h.chunk_id for h in retriever.search(query, k=6, mode="hybrid", rerank=6)] == \
+        [plain[i].chunk_id for i in fused]
 
 
 def test_assistant_reranks_through_settings_and_shows_the_reranked_sources(bert_tokenizer, tmp_path):
@@ -285,7 +292,8 @@ def test_assistant_reranks_through_settings_and_shows_the_reranked_sources(bert_
                   relative_floor=0.0, use_reader=False, open_answers=False, answer_mode="generate", k=3)
     plain = Assistant.from_folder(docs, tmp_path / "index", **common)
     assert plain.retriever.reranker is None  # rerank=0, the default: no reranker loaded
-    assistant = Assistant.from_folder(docs, tmp_path / "index", rerank=8, reranker=folder, **common)
+    assistant = Assistant.from_folder(docs, tmp_path / "index", rerank=8, reranker=folder, rerank_mode="replace",
+                                      **common)
     hits, _ = assistant.retrieve("stones in the river")
     assert all(h.rerank_score is not None for h in hits)
     candidates = plain.retriever.search("stones in the river", k=8, mode="hybrid")
@@ -298,6 +306,8 @@ def test_assistant_reranks_through_settings_and_shows_the_reranked_sources(bert_
     assert [s.path for s in answer.sources] == [candidates[i].path for i in best]
     with pytest.raises(SettingsError, match="does not exist"):
         Settings(rerank=20, reranker=tmp_path / "missing").reranker_path()
+    with pytest.raises(SettingsError, match="rerank_mode"):
+        Settings(rerank=20, rerank_mode="sideways").validate()
     other = tiny_encoder(bert_tokenizer, seed=5, name="other")
     with pytest.raises(CheckpointError, match="fingerprint"):
         load_reranker(Settings(rerank=20, reranker=folder), other)
