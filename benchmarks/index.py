@@ -7,9 +7,9 @@
    encoder, write FAISS + SQLite + BM25) against sentence-transformers' `encode` of the very same chunk
    texts, and against the project's encoder alone on them, in one run (interleaved rounds, best of each),
    once per `--embed-dtypes` entry (previous = the previous release: float32 embeddings, every file read
-   before embedding starts, each chunk tokenized again to embed it; float32 = float32 with today's read-ahead, which parses files in a background
-   thread while the encoder embeds; auto = today's default: int16 kernels on AVX2 CPUs, bfloat16 where the
-   CPU has native bf16; int16 = the native int16 kernels). Overhead = pipeline time / pure encoding time - 1
+   before embedding starts, each chunk tokenized again to embed it; float32 = float32 with today's read-ahead,
+   which parses files in a background thread while the encoder embeds; auto = today's default: int16 kernels
+   on AVX2 CPUs, bfloat16 where the CPU has native bf16; int16 = the native int16 kernels). Overhead = pipeline time / pure encoding time - 1
    (target < 15%). The load average is printed with each round (the machine is often shared).
 2. No-change re-sync of 1,000 files (target < 2 s). The files are indexed once with the hashing test
    encoder (a re-sync with no change never calls the encoder; the benchmark checks that).
