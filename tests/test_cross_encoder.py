@@ -308,6 +308,9 @@ def test_assistant_reranks_through_settings_and_shows_the_reranked_sources(bert_
         Settings(rerank=20, reranker=tmp_path / "missing").reranker_path()
     with pytest.raises(SettingsError, match="rerank_mode"):
         Settings(rerank=20, rerank_mode="sideways").validate()
+    from assistant.settings import RERANK_MODES
+    from retrieval.retriever import RERANK_MODES as RETRIEVER_MODES
+    assert RERANK_MODES == RETRIEVER_MODES  # the settings' copy (it imports nothing heavy) stays the retriever's
     other = tiny_encoder(bert_tokenizer, seed=5, name="other")
     with pytest.raises(CheckpointError, match="fingerprint"):
         load_reranker(Settings(rerank=20, reranker=folder), other)
