@@ -8,11 +8,12 @@ Sets:
 - squad-test: the reader benchmark's held-out SQuAD articles (benchmarks/reader_rag.py --split test: the same
   folder of one file per paragraph, its answerable questions); the relevant passage is the question's paragraph.
   Neither the reader nor the reranker was trained on these articles.
-- pydocs (technical docs), corpus (the bundled ML notes), reports (PDF reports, a CSV, a spec sheet), documents
+- techdocs (47 standard-library modules' docstrings, 108 questions written for it: benchmarks/make_techdocs.py),
+  pydocs (technical docs), corpus (the bundled ML notes), reports (PDF reports, a CSV, a spec sheet), documents
   (real PDFs: manuals, papers, a spreadsheet, slides): each folder with the answerable questions written for it
-  (benchmarks/open_questions.jsonl, questions.jsonl, documents_questions.jsonl); a passage is relevant when it is
-  a chunk of a source file holding one of the question's concept strings (every chunk of the source file when
-  none does).
+  (benchmarks/open_questions.jsonl, questions.jsonl, documents_questions.jsonl, techdocs_questions.jsonl); a passage
+  is relevant when it is a chunk of a source file holding one of the question's concept strings (every chunk of
+  the source file when none does).
 For each set and retrieval mode (dense, hybrid), the top 20 hits are retrieved once; then
 - off: that order;  N=10 / N=20: the top N rescored by the cross-encoder (`Retriever.search(rerank=N)`'s order);
 - N=10 rrf / N=20 rrf: the top N ordered by the reciprocal-rank fusion (k=60) of the cross-encoder's rank and the
@@ -59,6 +60,7 @@ FOLDER_SETS = {  # name -> (folder, question files holding its questions)
     "corpus": ("corpus", ("open_questions.jsonl", "questions.jsonl")),
     "reports": ("benchmarks/folders/reports", ("open_questions.jsonl",)),
     "documents": ("benchmarks/folders/documents", ("documents_questions.jsonl",)),
+    "techdocs": ("benchmarks/folders/techdocs", ("techdocs_questions.jsonl",)),
 }
 
 
@@ -81,12 +83,16 @@ def folder_set(name: str) -> tuple[Path, list[tuple[str, dict]], str]:
 
 
 def relevant_chunks(retriever, spec: dict) -> set[int]:
-    """Chunk ids of the source files that hold a concept string (all the file's chunks when none does)."""
+    """Chunk ids of the source files that hold a concept string (all the file's chunks when none does); case and
+    runs of whitespace do not matter (a concept may wrap across lines in the file)."""
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split())
+
     wanted: set[int] = set()
     for path in spec["sources"]:
         chunks = retriever.document_chunks(path)
-        words = [w.lower() for alternatives in spec["concepts"] for w in alternatives]
-        hits = {c.chunk_id for c in chunks if any(w in c.text.lower() for w in words)}
+        words = [norm(w) for alternatives in spec["concepts"] for w in alternatives]
+        hits = {c.chunk_id for c in chunks if any(w in norm(c.text) for w in words)}
         wanted |= hits or {c.chunk_id for c in chunks}
     return wanted
 
@@ -238,7 +244,7 @@ def main() -> int:
     ap.add_argument("--reranker", default=str(DEFAULT_RERANKER), help="cross-encoder folder")
     ap.add_argument("--squad-questions", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sets", default="squad-test,pydocs,corpus,reports",
+    ap.add_argument("--sets", default="squad-test,techdocs,pydocs,corpus,reports",
                     help=f"comma-separated: squad-test, {', '.join(FOLDER_SETS)}")
     ap.add_argument("--max-length", type=int, default=None, help="override the reranker's tokens per pair")
     ap.add_argument("--compare-reader", action="store_true",
