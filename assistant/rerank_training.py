@@ -114,6 +114,59 @@ def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
     return groups, dict(counts)
 
 
+def technical_groups(pairs_file: str | Path, pairs: Any, negatives: int = 4, lexical: int = 3, depth: int = 12,
+                     held_out: float = 0.1, seed: int = 0) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Listwise groups from assistant.docstring_pairs' (question, docstring passage) pairs: the passage first,
+    then `lexical` near misses among BM25's top `depth` of all the file's passages (not the same object), then
+    random passages up to `negatives`. Returns (training groups, held-out groups, counts); the held-out share is a
+    random `held_out` of the questions."""
+    from model.cross_encoder import PairGroup
+    from retrieval.store import build_bm25, lexical_tokens
+
+    from assistant.docstring_pairs import read_pairs
+
+    rows = read_pairs(Path(pairs_file))
+    passages = list(dict.fromkeys(r["passage"] for r in rows))
+    index_of = {p: i for i, p in enumerate(passages)}
+    name_of = {index_of[r["passage"]]: r["name"] for r in rows}
+    asked = [r for r in rows if r.get("question")]
+    if not asked or len(passages) < negatives + 1:
+        raise ValueError(f"{pairs_file} holds too few usable pairs ({len(asked)} questions, {len(passages)} passages)")
+    rng = random.Random(f"technical-{seed}")
+    bm25 = build_bm25(passages)
+    ids: dict[int, list[int]] = {}
+
+    def ids_of(i: int) -> list[int]:
+        if i not in ids:
+            ids[i] = pairs.passage_ids([passages[i]])[0]
+        return ids[i]
+
+    groups, counts = [], defaultdict(int)
+    for row, tokens in zip(asked, lexical_tokens([r["question"] for r in asked])):
+        gold = index_of[row["passage"]]
+        chosen: list[int] = []
+
+        def usable(i: int) -> bool:
+            return i != gold and i not in chosen and name_of.get(i) != row["name"]
+
+        if tokens:
+            scores = np.asarray(bm25.get_scores(tokens), dtype=np.float32)  # [n_passages]
+            near = [i for i in np.argsort(-scores)[: depth + 4].tolist() if scores[i] > 0 and usable(i)][:depth]
+            chosen += rng.sample(near, min(lexical, len(near)))
+            counts["lexical"] += len(chosen)
+        while len(chosen) < negatives:
+            i = rng.randrange(len(passages))
+            if usable(i):
+                chosen.append(i)
+                counts["random"] += 1
+        q = pairs.question_ids(row["question"])
+        groups.append(PairGroup([pairs.pair(q, ids_of(i)) for i in [gold, *chosen]]))
+    rng.shuffle(groups)
+    cut = int(round(len(groups) * held_out))
+    counts.update(questions=len(asked), passages=len(passages), held_out=cut)
+    return groups[cut:], groups[:cut], dict(counts)
+
+
 def runs_dir() -> Path:
     from retrieval.store import cache_dir
 
@@ -156,6 +209,22 @@ def export_checkpoint(run: Path, config: Any, export: str | Path | None = None) 
     return run / "cross_encoder"
 
 
+def initial_state(path: Path, ce: Any, encoder: Any) -> dict[str, Any]:
+    """The trainable weights to start from: a run folder's checkpoint (fp32) or a saved cross-encoder folder."""
+    from safetensors.torch import load_file
+
+    from model.cross_encoder import CrossEncoder
+    from model.errors import CheckpointError
+
+    checkpoint = path / "checkpoint" / "trainable.safetensors"
+    state = load_file(str(checkpoint)) if checkpoint.is_file() else CrossEncoder.load(encoder, path).model.state_dict()
+    own = ce.model.state_dict()
+    if set(state) != set(own):
+        raise CheckpointError(f"the weights in {path} do not fit these model options ({len(state)} vs {len(own)} "
+                              "tensors); pass that run's --layers/--own-layers/--lora-rank")
+    return {k: v.to(own[k].dtype) for k, v in state.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="l2-own2-192", help="run folder under ~/.cache/assistant/reranker-runs/")
@@ -177,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPUs with native bf16)")
     parser.add_argument("--export", default=None, help="also write the finished weights to this folder")
+    parser.add_argument("--technical", default=None,
+                        help="also train on assistant.docstring_pairs' pairs (a JSONL file): technical-docs groups")
+    parser.add_argument("--init", default=None,
+                        help="start from these weights: a run folder (its checkpoint) or a cross-encoder folder")
     parser.add_argument("--export-only", action="store_true",
                         help="do not train: write the run's latest checkpoint as a cross-encoder folder (fp16) to "
                              "<run>/cross_encoder and --export (same model options as the run)")
@@ -204,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = CrossEncoderConfig(layers=args.layers, own_layers=args.own_layers, lora_rank=args.lora_rank,
                                 max_length=args.max_length)
     ce = CrossEncoder.new(encoder, config)
+    if args.init:
+        ce.model.load_state_dict(initial_state(Path(args.init), ce, encoder))
+        print(f"starting from the weights in {args.init}", flush=True)
     data = PairDataConfig(negatives=args.negatives, lexical=args.lexical, same_article=args.same_article,
                           max_questions=args.questions)
     groups, counts = build_groups(rows, splits.train, ce.pairs, data)
@@ -211,12 +287,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                                max_questions=128, seed=1)
     held, held_counts = build_groups(rows, splits.dev, ce.pairs, held_data)
     print(f"train groups: {counts}\nheld-out groups (dev articles): {held_counts}", flush=True)
+    if args.technical:
+        tech, tech_held, tech_counts = technical_groups(args.technical, ce.pairs, args.negatives, args.lexical)
+        groups, held = groups + tech, held + tech_held
+        random.Random(f"mix-{args.name}").shuffle(groups)
+        counts["technical"] = tech_counts
+        print(f"technical groups: {tech_counts}", flush=True)
     train_config = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
                                weight_decay=0.01, eval_every=args.eval_every, eval_examples=128, save_every=25,
                                max_seq_len=args.max_length, device="cpu", amp=args.amp,
                                time_limit_s=None if args.minutes is None else 60 * args.minutes)
     result = train(ce.model, groups, held, train_config, out_dir=out, task=ListwiseTask(encoder.model.config.pad_token_id))
-    meta = {"trained_on": "SQuAD v1.1 train, the reader's 402 training articles", "data": counts,
+    trained_on = "SQuAD v1.1 train, the reader's 402 training articles"
+    if args.technical:
+        trained_on += " + questions written for third-party packages' docstrings (assistant.docstring_pairs)"
+    meta = {"trained_on": trained_on, "data": counts, "init": Path(args.init).name if args.init else None,
             "train": {"steps": result.step, "max_steps": args.steps, "batch_groups": args.batch, "lr": args.lr,
                       "seconds": round(result.seconds), "amp": args.amp},
             "held_out_loss": result.eval_loss[-1][1] if result.eval_loss else None}

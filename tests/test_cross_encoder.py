@@ -368,3 +368,38 @@ def test_shipped_reranker_prefers_the_passage_that_answers():
         scores = ce.score(question, passages)
         best = max(range(len(passages)), key=lambda i: scores[i])
         assert "1871" in passages[best] or "Scott" in passages[best], (question, scores)
+
+
+def test_technical_groups_put_the_passage_first_and_never_its_own_object_among_the_misses(bert_tokenizer,
+                                                                                          tmp_path):
+    """assistant.docstring_pairs' pairs become listwise groups: [the question's passage, near misses...], no
+    miss from the same object, a held-out share kept apart, rows without a question only as misses."""
+    import json
+
+    from assistant.rerank_training import technical_groups
+
+    ce = CrossEncoder.new(tiny_encoder(bert_tokenizer), CrossEncoderConfig(**TINY))
+    rows = []
+    for i, code in enumerate(CODES):
+        for part in range(2):  # two passages of the same object: neither may be the other's miss
+            rows.append({"package": "pkg", "name": f"pkg.{code}", "passage": f"## pkg.{code}\n\n{code} part {part} "
+                         f"{WORDS[i]} {WORDS[(i + part) % len(WORDS)]}",
+                         "question": f"what does {code} do with {WORDS[i]}?" if part == 0 else None})
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    train, held, counts = technical_groups(path, ce.pairs, negatives=3, lexical=2, held_out=0.25)
+    assert counts["questions"] == len(CODES) and counts["passages"] == len(rows)
+    assert len(train) + len(held) == len(CODES) and len(held) == 2
+    passage_ids = {(r["name"], k): ce.pairs.passage_ids([r["passage"]])[0] for k, r in enumerate(rows)}
+
+    def name_of(pair) -> str:
+        ids, types = pair
+        segment = ids[types.index(1):-1]  # [CLS] question [SEP] | passage [SEP]
+        found = {key[0] for key, p in passage_ids.items() if p[:len(segment)] == segment}
+        assert len(found) == 1
+        return found.pop()
+
+    for group in train + held:
+        assert len(group.pairs) == 4
+        names = [name_of(pair) for pair in group.pairs]
+        assert names[0] not in names[1:]
