@@ -77,6 +77,8 @@ class AdaptConfig:
     max_questions_per_chunk: int = 3  # ... on a smaller folder up to this many per chunk (sampled after the first)
     negatives: int = 2              # per question: half from BM25, half from the dense index (top `mine_depth`)
     mine_depth: int = 10
+    consistency_depth: int = 0      # >0: keep a question only when BM25 or the dense index ranks its own chunk in
+                                    # its top this many (round-trip filtering of vague questions); 0 keeps all
     distill_epochs: float = 1.0
     min_distill_examples: int = 800  # small folders: more passes over their examples, up to 4 epochs
     distill_batch: int = 16
@@ -880,19 +882,28 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
         raise AdaptError("the question writer wrote no usable question for this folder's passages; try --mlm "
                          "alone, or a folder with more text")
 
-    # (3) hard negatives from BM25 and the current dense index (the bundled encoder's vectors, or the kept ones)
+    # (3) hard negatives from BM25 and the current dense index (the bundled encoder's vectors, or the kept ones);
+    # with consistency_depth, questions whose own chunk neither ranks near the top are dropped (round trip)
     with _step(report, "negatives", "questions") as step:
         retriever = Retriever(index_path, _searching_encoder(encoder, index_path))
         row_of = {cid: i for i, cid in enumerate(chunk_ids)}
         triples: list[tuple[int, str, int]] = []  # (positive row, question, negative row)
         progress.start("negatives", len(pairs), "questions")
         half = max(1, config.negatives // 2)
+        depth = max(config.mine_depth, config.consistency_depth)
+        dropped = 0
         for n, (i, question) in enumerate(pairs):
+            ranked = {mode: [row_of[h.chunk_id] for h in retriever.search(question, k=depth + 1, mode=mode)
+                             if h.chunk_id in row_of] for mode in ("lexical", "dense")}
+            if config.consistency_depth > 0 and not any(
+                    texts[r] == texts[i] for rows in ranked.values() for r in rows[:config.consistency_depth]):
+                dropped += 1
+                progress.update(n + 1)
+                continue
             negatives: list[int] = []
             for mode, count in (("lexical", half), ("dense", config.negatives - half)):
-                hits = retriever.search(question, k=config.mine_depth + 1, mode=mode)
-                pool = [row_of[h.chunk_id] for h in hits if h.chunk_id in row_of and row_of[h.chunk_id] != i
-                        and texts[row_of[h.chunk_id]] != texts[i] and row_of[h.chunk_id] not in negatives]
+                pool = [r for r in ranked[mode][:config.mine_depth + 1] if r != i and texts[r] != texts[i]
+                        and r not in negatives]
                 negatives += rng.sample(pool, min(count, len(pool)))
             while len(negatives) < config.negatives:  # tiny folders: random chunks fill up
                 j = rng.randrange(len(texts))
@@ -902,6 +913,10 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
             progress.update(n + 1)
         retriever.store.close()
         step.items = len(pairs)
+        step.detail["dropped_by_round_trip"] = dropped
+    if not triples:
+        raise AdaptError("no synthetic question found its own passage again (round-trip filter); try "
+                         "consistency_depth=0 or a folder with more text")
 
     # (4) teacher scores, cached per teacher and (question, passage)
     score_path = work / f"teacher-{teacher_kind(config.teacher, teacher)}.jsonl"

@@ -8,12 +8,15 @@ Sets (relevance as benchmarks/rerank.py defines it; its helpers are reused):
 - squad-test: the held-out SQuAD test articles as a folder (benchmarks/reader_rag.py's), its answerable questions;
   the relevant passage is the question's paragraph file. The questions are labels for evaluation only: adaptation
   sees the folder's chunks and nothing else.
-- pydocs, reports (and corpus): the folder with the answerable questions of benchmarks/open_questions.jsonl
-  (relevant: chunks of a source file that hold one of the question's concepts).
+- techdocs, pydocs, reports (and corpus): the folder with the answerable questions of
+  benchmarks/open_questions.jsonl (relevant: chunks of a source file that hold one of the question's concepts); techdocs' questions are
+  benchmarks/techdocs_questions.jsonl (47 standard-library modules, 108 questions written by hand).
 Variants: "base" (the bundled encoder), then each recipe on a fresh copy of the base index, adapted and switched
 with the product's own `adapt_index`: mlm (MLM alone), gpl (synthetic questions + BM25/dense negatives + teacher
-margin-MSE), mlm+gpl. Synthetic questions and teacher scores are computed once per set and shared by the variants
-(their cost is reported where they were computed).
+margin-MSE), gpl-rt (gpl keeping only questions whose own chunk BM25 or the dense index ranks in its top 3: round-
+trip filtering), mlm+gpl, and gpl-ce / gpl-ce-rt (the cross-encoder reranker as the teacher instead of the
+reader). Synthetic questions and teacher scores are computed once per set and shared by the variants (their cost
+is reported where they were computed).
 Metrics: nDCG@10 and recall@10 of dense and hybrid search, with the cross-encoder reranker off and on (N=20, when
 one is shipped); a general set (SQuAD dev articles, questions vs their paragraphs, dense, in memory) that must not
 drop by more than a point; answers on held-out SQuAD (`--answers N` questions through the Assistant, extract or
@@ -36,10 +39,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = {"mlm": {"mlm": True, "distill": False}, "gpl": {"mlm": False, "distill": True},
-            "mlm+gpl": {"mlm": True, "distill": True},
+VARIANTS = {"mlm": {"mlm": True, "distill": False},
+            "gpl": {"mlm": False, "distill": True, "consistency_depth": 0},
+            "gpl-rt": {"mlm": False, "distill": True, "consistency_depth": 3},
+            "mlm+gpl": {"mlm": True, "distill": True, "consistency_depth": 0},
             "gpl-reader": {"mlm": False, "distill": True, "teacher": "reader"},
-            "gpl-ce": {"mlm": False, "distill": True, "teacher": "cross-encoder"}}
+            "gpl-ce": {"mlm": False, "distill": True, "teacher": "cross-encoder", "consistency_depth": 0},
+            "gpl-ce-rt": {"mlm": False, "distill": True, "teacher": "cross-encoder", "consistency_depth": 3}}
 
 
 def load_set(name: str, squad_questions: int):
@@ -269,7 +275,7 @@ def timing(args, encoder) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", default="squad-test,pydocs,reports")
+    ap.add_argument("--sets", default="squad-test,techdocs,pydocs")
     ap.add_argument("--variants", default="mlm,gpl,mlm+gpl", help=f"comma-separated: {', '.join(VARIANTS)}")
     ap.add_argument("--squad-questions", type=int, default=300)
     ap.add_argument("--question-chunks", type=int, default=600, help="AdaptConfig.question_chunks (questions)")

@@ -272,6 +272,40 @@ def test_usable_question_filter():
     assert not usable_question("What is the capital of France?", passage)
 
 
+def test_round_trip_filter_drops_questions_that_lead_to_another_passage(indexed, tmp_path):
+    """consistency_depth: a synthetic question is trained on only when BM25 or the dense index ranks its own
+    passage near the top; one written mostly in another passage's words is dropped, the specific ones stay."""
+    import re
+
+    _, index, encoder = indexed
+    bodies = [text.split("\n\n", 1)[1] for text in DOCS.values()]
+
+    class MixedWriter:
+        name = "mixed writer"
+
+        def write(self, passages, per_passage=1):
+            out = []
+            for p in passages:
+                k = next(k for k, body in enumerate(bodies) if body in p)
+                own = re.findall(r"[a-z]{5,}", bodies[k].lower())
+                other = re.findall(r"[a-z]{5,}", bodies[(k + 1) % len(bodies)].lower())
+                out.append([f"What does the {own[0]} do with {own[-1]}?",
+                            f"What do {other[1]} and {other[2]} and {other[-1]} say about {own[0]}?"])
+            return out
+
+    config = AdaptConfig(**{**CONFIG, "consistency_depth": 1, "question_chunks": 6})  # noqa: F821
+    report = adapt_index(index, encoder, config, question_writer=MixedWriter(), teacher=Teacher(),  # noqa: F821
+                         work_dir=tmp_path / "work", emit=lambda line: None)
+    negatives = next(step for step in report.steps if step.name == "negatives")
+    usable = [(q, p) for p, qs in zip(bodies, MixedWriter().write(bodies)) for q in qs if usable_question(q, p)]
+    misleading = sum(" and " in q for q, _ in usable)
+    assert negatives.items == len(usable) and misleading >= 3
+    # those that lead elsewhere: BM25 ranks the other passage first, and only the (random, tiny) dense index could
+    # happen to rank the own passage first for one of them; every specific question is kept
+    dropped = negatives.detail["dropped_by_round_trip"]
+    assert misleading - 1 <= dropped <= misleading
+
+
 _CHILD = HELPERS + textwrap.dedent("""
     import sys, time
     from pathlib import Path
