@@ -77,7 +77,7 @@ class AdaptConfig:
     max_questions_per_chunk: int = 3  # ... on a smaller folder up to this many per chunk (sampled after the first)
     negatives: int = 2              # per question: half from BM25, half from the dense index (top `mine_depth`)
     mine_depth: int = 10
-    consistency_depth: int = 0      # >0: keep a question only when BM25 or the dense index ranks its own chunk in
+    consistency_depth: int = 3      # >0: keep a question only when BM25 or the dense index ranks its own chunk in
                                     # its top this many (round-trip filtering of vague questions); 0 keeps all
     distill_epochs: float = 1.0
     min_distill_examples: int = 800  # small folders: more passes over their examples, up to 4 epochs

@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
                    help="who scores (question, passage) pairs: the evidence reader (default, measured best), the "
                         "cross-encoder reranker, or auto (the cross-encoder when one is shipped)")
     p.add_argument("--question-chunks", type=int, metavar="N", help="chunks that get synthetic questions")
+    p.add_argument("--round-trip", type=int, metavar="K", dest="consistency_depth",
+                   help="keep a synthetic question only when BM25 or the dense index ranks its own chunk in the top K "
+                        "(default 3; 0 keeps every question)")
     p.add_argument("--lora-rank", type=int, metavar="R")
     p.add_argument("--epochs", type=float, metavar="E", help="passes over the distillation examples")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (the UI runs adapt at 1)")
@@ -102,11 +105,13 @@ def run(args: argparse.Namespace) -> int:
     config = AdaptConfig()
     for name, value in (("mlm", args.mlm), ("distill", args.distill), ("teacher", args.teacher),
                         ("question_chunks", args.question_chunks), ("lora_rank", args.lora_rank),
-                        ("distill_epochs", args.epochs)):
+                        ("distill_epochs", args.epochs), ("consistency_depth", args.consistency_depth)):
         if value is not None:
             setattr(config, name, value)
     if config.lora_rank < 1 or config.question_chunks < 1:
         raise UserError("--lora-rank and --question-chunks must be at least 1")
+    if config.consistency_depth < 0:
+        raise UserError("--round-trip must be 0 (off) or more")
     report = adapt_index(index_path, encoder, config, emit=emit, fresh=args.fresh,
                          status_file=Path(args.status_file) if args.status_file else None)
     print(report.summary())
