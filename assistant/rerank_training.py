@@ -291,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tech, tech_held, tech_counts = technical_groups(args.technical, ce.pairs, args.negatives, args.lexical)
         groups, held = groups + tech, held + tech_held
         random.Random(f"mix-{args.name}").shuffle(groups)
+        random.Random("mix-held").shuffle(held)  # the evaluated first `eval_examples` hold both kinds
         counts["technical"] = tech_counts
         print(f"technical groups: {tech_counts}", flush=True)
     train_config = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
