@@ -126,6 +126,11 @@ def _module_description(module: str, mod) -> str:
     return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
+def object_section(qual: str, signature: str, obj) -> list[str]:
+    """Markdown lines of one documented object: `## qual`, its signature in a python fence, its docstring."""
+    return [f"## {qual}", "", "```python", signature, "```", "", _clean(inspect.getdoc(obj) or "").rstrip(), ""]
+
+
 def _method_lines(obj) -> list[str]:
     lines = []
     for attr in sorted(vars(obj)):
@@ -153,9 +158,7 @@ def build_pydocs() -> dict[str, str]:
             for part in name.split("."):
                 obj = getattr(obj, part)
             qual = f"{module}.{name}"
-            out += [f"## {qual}", "", "```python", _signature(module, name, obj), "```", ""]
-            doc = _clean(inspect.getdoc(obj) or "")
-            out += [doc.rstrip(), ""]
+            out += object_section(qual, _signature(module, name, obj), obj)
             if qual in LIST_METHODS:
                 methods = _method_lines(obj)
                 if methods:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from benchmarks.make_folders import PYDOC_OBJECTS, PYDOCS_PYTHON, _clean, _norm  # noqa: E402
+from benchmarks.make_folders import PYDOC_OBJECTS, PYDOCS_PYTHON, _clean, _norm, object_section  # noqa: E402
 
 FOLDER = HERE / "folders" / "techdocs"
 QUESTIONS = HERE / "techdocs_questions.jsonl"
@@ -112,8 +112,7 @@ def build() -> dict[str, str]:
             out += [description, ""]
         for name in names:
             obj = getattr(mod, name)
-            out += [f"## {module}.{name}", "", "```python", _signature(name, obj), "```", ""]
-            out += [_clean(inspect.getdoc(obj) or "").rstrip(), ""]
+            out += object_section(f"{module}.{name}", _signature(name, obj), obj)
         files[f"{module}.md"] = "\n".join(out).rstrip() + "\n"
     return files
 
