@@ -9,8 +9,8 @@ Sets (relevance as benchmarks/rerank.py defines it; its helpers are reused):
   the relevant passage is the question's paragraph file. The questions are labels for evaluation only: adaptation
   sees the folder's chunks and nothing else.
 - techdocs, pydocs, reports (and corpus): the folder with the answerable questions of
-  benchmarks/open_questions.jsonl (relevant: chunks of a source file that hold one of the question's concepts); techdocs' questions are
-  benchmarks/techdocs_questions.jsonl (47 standard-library modules, 108 questions written by hand).
+  benchmarks/open_questions.jsonl (relevant: chunks of a source file that hold one of the question's concepts);
+  techdocs' questions are benchmarks/techdocs_questions.jsonl (47 standard-library modules, 108 by hand).
 Variants: "base" (the bundled encoder), then each recipe on a fresh copy of the base index, adapted and switched
 with the product's own `adapt_index`: mlm (MLM alone), gpl (synthetic questions + BM25/dense negatives + teacher
 margin-MSE), gpl-rt (gpl keeping only questions whose own chunk BM25 or the dense index ranks in its top 3: round-

@@ -85,8 +85,7 @@ def folder_set(name: str) -> tuple[Path, list[tuple[str, dict]], str]:
 def relevant_chunks(retriever, spec: dict) -> set[int]:
     """Chunk ids of the source files that hold a concept string (all the file's chunks when none does); case and
     runs of whitespace do not matter (a concept may wrap across lines in the file)."""
-    def norm(text: str) -> str:
-        return " ".join(text.lower().split())
+    from benchmarks.make_folders import _norm as norm  # the normalisation the question files are checked with
 
     wanted: set[int] = set()
     for path in spec["sources"]:
