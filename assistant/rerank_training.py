@@ -40,6 +40,28 @@ class PairDataConfig:
     seed: int = 0
 
 
+def _lexical_near_misses(bm25: Any, tokens: list[str], usable: Any, depth: int, count: int,
+                         rng: random.Random) -> list[int]:
+    """Up to `count` passages sampled among the `depth` usable ones BM25 scores highest (above 0) for the
+    question's tokens; none for a question without tokens."""
+    if not tokens or count <= 0:
+        return []
+    scores = np.asarray(bm25.get_scores(tokens), dtype=np.float32)  # [n_passages]
+    near = [i for i in np.argsort(-scores)[: depth + 4].tolist() if scores[i] > 0 and usable(i)][:depth]
+    return rng.sample(near, min(count, len(near)))
+
+
+def _fill_at_random(chosen: list[int], total: int, n_passages: int, usable: Any, rng: random.Random) -> int:
+    """Append random usable passages to `chosen` until it holds `total`; returns how many were added."""
+    added = 0
+    while len(chosen) < total:
+        i = rng.randrange(n_passages)
+        if usable(i):
+            chosen.append(i)
+            added += 1
+    return added
+
+
 def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
                  config: PairDataConfig | None = None) -> tuple[list[Any], dict[str, Any]]:
     """model.cross_encoder.PairGroups for the questions of `titles` (see the module docstring), and counts.
@@ -91,22 +113,13 @@ def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
         def usable(i: int) -> bool:
             return i != gold and i not in chosen and not holds_answer(i, answer)
 
-        if tokens:
-            scores = np.asarray(bm25.get_scores(tokens), dtype=np.float32)  # [n_paragraphs]
-            top = np.argsort(-scores)[: config.lexical_depth + 4].tolist()
-            near = [i for i in top if scores[i] > 0 and usable(i)][: config.lexical_depth]
-            for i in rng.sample(near, min(config.lexical, len(near))):
-                chosen.append(i)
-                counts["lexical"] += 1
+        chosen += _lexical_near_misses(bm25, tokens, usable, config.lexical_depth, config.lexical, rng)
+        counts["lexical"] += len(chosen)
         same = [i for i in by_title[row.title] if usable(i)]
         for i in rng.sample(same, min(config.same_article, len(same))):
             chosen.append(i)
             counts["same_article"] += 1
-        while len(chosen) < config.negatives:
-            i = rng.randrange(len(paragraphs))
-            if usable(i):
-                chosen.append(i)
-                counts["random"] += 1
+        counts["random"] += _fill_at_random(chosen, config.negatives, len(paragraphs), usable, rng)
         q = pairs.question_ids(row.question)
         groups.append(PairGroup([pairs.pair(q, ids_of(i)) for i in [gold, *chosen]]))
     counts.update(questions=len(questions), paragraphs=len(paragraphs), articles=len(wanted),
@@ -149,22 +162,19 @@ def technical_groups(pairs_file: str | Path, pairs: Any, negatives: int = 4, lex
         def usable(i: int) -> bool:
             return i != gold and i not in chosen and name_of.get(i) != row["name"]
 
-        if tokens:
-            scores = np.asarray(bm25.get_scores(tokens), dtype=np.float32)  # [n_passages]
-            near = [i for i in np.argsort(-scores)[: depth + 4].tolist() if scores[i] > 0 and usable(i)][:depth]
-            chosen += rng.sample(near, min(lexical, len(near)))
-            counts["lexical"] += len(chosen)
-        while len(chosen) < negatives:
-            i = rng.randrange(len(passages))
-            if usable(i):
-                chosen.append(i)
-                counts["random"] += 1
+        chosen += _lexical_near_misses(bm25, tokens, usable, depth, lexical, rng)
+        counts["lexical"] += len(chosen)
+        counts["random"] += _fill_at_random(chosen, negatives, len(passages), usable, rng)
         q = pairs.question_ids(row["question"])
         groups.append(PairGroup([pairs.pair(q, ids_of(i)) for i in [gold, *chosen]]))
     rng.shuffle(groups)
     cut = int(round(len(groups) * held_out))
     counts.update(questions=len(asked), passages=len(passages), held_out=cut)
     return groups[cut:], groups[:cut], dict(counts)
+
+
+SQUAD_ONLY = "SQuAD v1.1 train, the reader's 402 training articles"
+RUN_FILE = "run.json"  # what a run trains on, written when it starts (export_checkpoint's metadata)
 
 
 def runs_dir() -> Path:
@@ -175,7 +185,8 @@ def runs_dir() -> Path:
 
 def export_checkpoint(run: Path, config: Any, export: str | Path | None = None) -> Path:
     """The run's latest training checkpoint (model.train's `checkpoint/trainable.safetensors`) written as a
-    cross-encoder folder, <run>/cross_encoder (and `export`); its metadata says the step and last held-out loss."""
+    cross-encoder folder, <run>/cross_encoder (and `export`); its metadata says what the run trained on (its
+    run.json; SQuAD alone for runs older than that file), the step and the last held-out loss."""
     import torch
     from safetensors.torch import load_file
 
@@ -200,8 +211,9 @@ def export_checkpoint(run: Path, config: Any, export: str | Path | None = None) 
             row = json.loads(line)
             if "eval_loss" in row and row["step"] <= step:
                 held = row["eval_loss"]
-    meta = {"trained_on": "SQuAD v1.1 train, the reader's 402 training articles", "train": {"steps": step},
-            "held_out_loss": held}
+    described = json.loads((run / RUN_FILE).read_text(encoding="utf-8")) if (run / RUN_FILE).is_file() else {}
+    meta = {"trained_on": described.get("trained_on", SQUAD_ONLY), "data": described.get("data"),
+            "init": described.get("init"), "train": {"steps": step}, "held_out_loss": held}
     ce.save(run / "cross_encoder", metadata=meta)
     if export:
         ce.save(export, metadata=meta)
@@ -294,15 +306,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         random.Random("mix-held").shuffle(held)  # the evaluated first `eval_examples` hold both kinds
         counts["technical"] = tech_counts
         print(f"technical groups: {tech_counts}", flush=True)
+    trained_on = SQUAD_ONLY
+    if args.technical:
+        trained_on += " + questions written for third-party packages' docstrings (assistant.docstring_pairs)"
+    init = Path(args.init).name if args.init else None
+    (out / RUN_FILE).write_text(json.dumps({"trained_on": trained_on, "data": counts, "init": init}, indent=1),
+                                encoding="utf-8")
     train_config = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
                                weight_decay=0.01, eval_every=args.eval_every, eval_examples=128, save_every=25,
                                max_seq_len=args.max_length, device="cpu", amp=args.amp,
                                time_limit_s=None if args.minutes is None else 60 * args.minutes)
     result = train(ce.model, groups, held, train_config, out_dir=out, task=ListwiseTask(encoder.model.config.pad_token_id))
-    trained_on = "SQuAD v1.1 train, the reader's 402 training articles"
-    if args.technical:
-        trained_on += " + questions written for third-party packages' docstrings (assistant.docstring_pairs)"
-    meta = {"trained_on": trained_on, "data": counts, "init": Path(args.init).name if args.init else None,
+    meta = {"trained_on": trained_on, "data": counts, "init": init,
             "train": {"steps": result.step, "max_steps": args.steps, "batch_groups": args.batch, "lr": args.lr,
                       "seconds": round(result.seconds), "amp": args.amp},
             "held_out_loss": result.eval_loss[-1][1] if result.eval_loss else None}
