@@ -632,7 +632,14 @@ def _read_ahead(entries: list[FileEntry], prepare: Callable[[FileEntry], LoadedF
     thread.start()
     try:
         for _ in entries:
-            item = out.get()
+            while True:
+                try:
+                    item = out.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    if not thread.is_alive() and out.empty():  # died of a BaseException: nothing more comes
+                        raise RuntimeError("the indexing thread that reads files stopped early; nothing was lost "
+                                           "(files already indexed stay), run the indexing again") from None
             yield item, not out.empty()
     finally:
         stop.set()

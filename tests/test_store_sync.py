@@ -374,6 +374,32 @@ def test_read_ahead_thread_stops_when_embedding_fails(tmp_path, monkeypatch):
     assert Retriever(index, HashingEncoder()).stats()["files"] == 1
 
 
+def test_read_ahead_thread_dying_of_a_base_exception_is_an_error_not_a_hang():
+    """A BaseException that escapes the reading thread (it catches only Exception) ends the consumer's wait with
+    a clear error instead of blocking forever on the next file."""
+    import threading
+
+    from retrieval.sync import _read_ahead
+
+    class Fatal(BaseException):
+        pass
+
+    def prepare(entry):
+        if entry == "second":
+            raise Fatal("gone")
+        return entry
+
+    seen = []
+    hook, threading.excepthook = threading.excepthook, lambda args: None  # the thread's traceback is expected
+    try:
+        with pytest.raises(RuntimeError, match="stopped early"):
+            for item, _ in _read_ahead(["first", "second", "third"], prepare, threading.Event(), ahead=2):
+                seen.append(item)
+    finally:
+        threading.excepthook = hook
+    assert seen == ["first"]
+
+
 def test_touched_files_are_not_chunked_again(indexed, monkeypatch):
     """A file whose mtime changed but whose bytes did not is read (to learn that) but not chunked or embedded:
     the read-ahead thread knows the stored contents from a snapshot."""
