@@ -125,7 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=1500, help="passages to write questions for (a random sample)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--out", default=None, help="JSONL file (default ~/.cache/assistant/docstring-pairs/pairs.jsonl)")
+    parser.add_argument("--out", default=None, help="JSONL file (default ~/.cache/assistant/docstring-pairs/pairs.jsonl, "
+                        "or pairs-openings.jsonl with --openings)")
+    parser.add_argument("--openings", default=None,
+                        help="comma-separated question openings, one picked per passage (e.g. 'How do I,How can I'): "
+                             "how-to questions as people ask documentation, instead of the writer's SQuAD style")
     args = parser.parse_args(argv)
 
     import torch
@@ -134,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from assistant.question_writer import QuestionWriter
     from assistant.adapt import usable_question
 
-    path = Path(args.out) if args.out else out_dir() / "pairs.jsonl"
+    choices = [o.strip() for o in args.openings.split(",") if o.strip()] if args.openings else []
+    path = Path(args.out) if args.out else out_dir() / ("pairs-openings.jsonl" if choices else "pairs.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     found = list(passages())
     random.Random(0).shuffle(found)
@@ -146,15 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     for start in range(0, len(todo), args.batch * 4):
         group = todo[start:start + args.batch * 4]
-        written = writer.write([p[2] for p in group], batch_size=args.batch)
+        openings = [random.Random(p[1]).choice(choices) for p in group] if choices else None
+        written = writer.write([p[2] for p in group], batch_size=args.batch, openings=openings)
         with path.open("a", encoding="utf-8") as f:
             for (package, name, text), questions in zip(group, written):
                 question = questions[0] if questions else ""
+                row = {"package": package, "name": name, "passage": text, "question": None}
                 if question and usable_question(question, text):
-                    f.write(json.dumps({"package": package, "name": name, "passage": text, "question": question})
-                            + "\n")
-                else:  # remembered as done, without a question
-                    f.write(json.dumps({"package": package, "name": name, "passage": text, "question": None}) + "\n")
+                    row["question"] = question
+                f.write(json.dumps(row) + "\n")  # one without a question is remembered as done
         n = start + len(group)
         rate = n / (time.perf_counter() - started)
         print(f"{n}/{len(todo)} passages, {rate:.2f}/s, ETA {(len(todo) - n) / rate / 60:.1f} min", flush=True)

@@ -175,7 +175,8 @@ class QuestionWriter:
 
     # ---- writing ------------------------------------------------------------------------------------------
     def write(self, passages: Sequence[str], per_passage: int = 1, batch_size: int = 16,
-              on_progress: Callable[[int, int], None] | None = None, seed: int = 0) -> list[list[str]]:
+              on_progress: Callable[[int, int], None] | None = None, seed: int = 0,
+              openings: Sequence[str] | None = None) -> list[list[str]]:
         """Questions for each passage, in input order: a list per passage.
 
         per_passage 1: the greedy question. More: that many sampled ones (temperature/top_p of the settings),
@@ -183,6 +184,8 @@ class QuestionWriter:
         batch_size: prompts (rows) generated together; passages are grouped by length first, so little is padding.
         on_progress(done, total): called after each batch with the number of passages finished so far.
         seed: sampling seed; the same passages, batch_size and seed give the same questions.
+        openings: the words each passage's questions must start with ("How do I"; "" = free), one per passage: the
+            writer continues them (its reply is forced to begin that way), which steers the kind of question.
         """
         from model.sampling import SamplingParams
 
@@ -192,8 +195,13 @@ class QuestionWriter:
         if any(not isinstance(text, str) for text in passages):
             raise TypeError("passages must be strings")
         out: list[list[str]] = [[] for _ in passages]
+        starts = [""] * len(passages) if openings is None else [str(o).strip() for o in openings]
+        if len(starts) != len(passages):
+            raise ValueError(f"openings must give one opening per passage ({len(starts)} for {len(passages)})")
         todo = [i for i, text in enumerate(passages) if text.strip()]
-        prompts = {i: self.prompt_ids(passages[i]) for i in todo}
+        tokenizer = self.generator.tokenizer
+        prompts = {i: self.prompt_ids(passages[i])
+                   + (tokenizer.encode(starts[i], add_special_tokens=False) if starts[i] else []) for i in todo}
         todo.sort(key=lambda i: -len(prompts[i]))  # longest first: similar lengths share a batch
         rows = [i for i in todo for _ in range(per_passage)]  # each passage's rows side by side
         greedy = per_passage == 1
@@ -205,7 +213,7 @@ class QuestionWriter:
             results = self.generator.generate_batch([prompts[i] for i in chunk], params,
                                                     soft_prompt=self.soft_prompt)
             for i, result in zip(chunk, results):
-                question = clean_question(result.text)
+                question = clean_question(starts[i] + result.text)  # the reply goes on after the opening
                 if question and question not in out[i]:
                     out[i].append(question)
             if on_progress is not None:

@@ -127,24 +127,27 @@ def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
     return groups, dict(counts)
 
 
-def technical_groups(pairs_file: str | Path, pairs: Any, negatives: int = 4, lexical: int = 3, depth: int = 12,
-                     held_out: float = 0.1, seed: int = 0) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """Listwise groups from assistant.docstring_pairs' (question, docstring passage) pairs: the passage first,
-    then `lexical` near misses among BM25's top `depth` of all the file's passages (not the same object), then
-    random passages up to `negatives`. Returns (training groups, held-out groups, counts); the held-out share is a
-    random `held_out` of the questions."""
+def technical_groups(pairs_file: str | Path | Sequence[str | Path], pairs: Any, negatives: int = 4, lexical: int = 3,
+                     depth: int = 12, held_out: float = 0.1,
+                     seed: int = 0) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Listwise groups from assistant.docstring_pairs' (question, docstring passage) pairs, from one file or
+    several (e.g. its plain and its how-to questions; their passages are pooled): the passage first, then `lexical`
+    near misses among BM25's top `depth` of all the passages (not the same object), then random passages up to
+    `negatives`. Returns (training groups, held-out groups, counts); the held-out share is a random `held_out` of
+    the questions."""
     from model.cross_encoder import PairGroup
     from retrieval.store import build_bm25, lexical_tokens
 
     from assistant.docstring_pairs import read_pairs
 
-    rows = read_pairs(Path(pairs_file))
+    files = [pairs_file] if isinstance(pairs_file, (str, Path)) else list(pairs_file)
+    rows = [row for file in files for row in read_pairs(Path(file))]
     passages = list(dict.fromkeys(r["passage"] for r in rows))
     index_of = {p: i for i, p in enumerate(passages)}
     name_of = {index_of[r["passage"]]: r["name"] for r in rows}
     asked = [r for r in rows if r.get("question")]
     if not asked or len(passages) < negatives + 1:
-        raise ValueError(f"{pairs_file} holds too few usable pairs ({len(asked)} questions, {len(passages)} passages)")
+        raise ValueError(f"{', '.join(map(str, files))}: too few usable pairs ({len(asked)} questions, {len(passages)} passages)")
     rng = random.Random(f"technical-{seed}")
     bm25 = build_bm25(passages)
     ids: dict[int, list[int]] = {}
@@ -259,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPUs with native bf16)")
     parser.add_argument("--export", default=None, help="also write the finished weights to this folder")
     parser.add_argument("--technical", default=None,
-                        help="also train on assistant.docstring_pairs' pairs (a JSONL file): technical-docs groups")
+                        help="also train on assistant.docstring_pairs' pairs (JSONL files, comma-separated): "
+                             "technical-docs groups")
     parser.add_argument("--init", default=None,
                         help="start from these weights: a run folder (its checkpoint) or a cross-encoder folder")
     parser.add_argument("--export-only", action="store_true",
@@ -300,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     held, held_counts = build_groups(rows, splits.dev, ce.pairs, held_data)
     print(f"train groups: {counts}\nheld-out groups (dev articles): {held_counts}", flush=True)
     if args.technical:
-        tech, tech_held, tech_counts = technical_groups(args.technical, ce.pairs, args.negatives, args.lexical)
+        tech, tech_held, tech_counts = technical_groups(args.technical.split(","), ce.pairs, args.negatives,
+                                                        args.lexical)
         groups, held = groups + tech, held + tech_held
         random.Random(f"mix-{args.name}").shuffle(groups)
         random.Random("mix-held").shuffle(held)  # the evaluated first `eval_examples` hold both kinds

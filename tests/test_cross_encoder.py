@@ -403,3 +403,12 @@ def test_technical_groups_put_the_passage_first_and_never_its_own_object_among_t
         assert len(group.pairs) == 4
         names = [name_of(pair) for pair in group.pairs]
         assert names[0] not in names[1:]
+    # a second file of questions about the same passages (docstring_pairs --openings) pools with the first
+    how = tmp_path / "pairs-openings.jsonl"
+    how.write_text("\n".join(json.dumps({**r, "question": f"How do I {r['name']} the {WORDS[0]}?"})
+                             for r in rows if r["question"]) + "\n", encoding="utf-8")
+    train, held, counts = technical_groups([path, how], ce.pairs, negatives=3, lexical=2, held_out=0.25)
+    assert counts["questions"] == 2 * len(CODES) and counts["passages"] == len(rows)
+    for group in train + held:
+        names = [name_of(pair) for pair in group.pairs]
+        assert names[0] not in names[1:]

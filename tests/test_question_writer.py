@@ -87,6 +87,30 @@ def test_sampled_questions_are_deterministic_for_a_seed(generator: Generator) ->
         writer.write(["ok", None])  # type: ignore[list-item]
 
 
+def test_openings_start_the_question_and_the_writer_continues_them(generator: Generator) -> None:
+    """A passage's opening words begin its question (the reply is forced to start with them, and generation goes
+    on from there); passages without one get what they get without openings; one opening per passage."""
+    writer = QuestionWriter(generator, settings=WriterSettings(max_new_tokens=6))
+    openings = ["How do I", "", "", "Is there a way to", "How", ""]
+    out = writer.write(PASSAGES, batch_size=2, openings=openings)
+    free = writer.write(PASSAGES, batch_size=2)
+    for i, opening in enumerate(openings):
+        if not PASSAGES[i].strip():
+            assert out[i] == []
+        elif opening:
+            assert out[i][0].startswith(opening), out[i]
+            tokens = generator.tokenizer.encode(opening, add_special_tokens=False)
+            from model.sampling import SamplingParams
+
+            reply = generator.generate_batch([writer.prompt_ids(PASSAGES[i]) + tokens],
+                                             SamplingParams(max_new_tokens=6, stop=("\n",), temperature=0.0))[0]
+            assert out[i][0] == clean_question(opening + reply.text)
+        else:
+            assert out[i] == free[i]
+    with pytest.raises(ValueError, match="one opening per passage"):
+        writer.write(PASSAGES, openings=["How do I"])
+
+
 def test_soft_prompt_writer_loads_and_refuses_other_generators(generator: Generator, tmp_path) -> None:
     decoder = generator.decoder
     soft = SoftPrompt.initialise(decoder, PromptTuningConfig(4, "random"), seed=3)
@@ -164,6 +188,8 @@ def test_shipped_writers_write_questions_about_the_passage(real_decoder) -> None
     (question,), blank = writer.write([REAL_PASSAGE, " "])
     assert is_question(question) and _about_the_passage(question), question
     assert blank == []
+    (how,) = writer.write([REAL_PASSAGE], openings=["How can I"])[0]
+    assert how.startswith("How can I ") and is_question(how) and _about_the_passage(how), how
     base = Generator(real_decoder.model, real_decoder.tokenizer, identity=real_decoder.identity, device="cpu")
     prompt_writer = QuestionWriter.load(base, DEFAULT_PATH / "prompt")
     sampled = prompt_writer.write([REAL_PASSAGE], per_passage=3, seed=0)[0]
