@@ -60,6 +60,9 @@ class AdaptError(UserError):
     """Adaptation cannot run or cannot be switched (no index, an empty index, a damaged adapter)."""
 
 
+HOWTO_OPENINGS = ("How do I", "How can I", "What happens if I", "Is there a way to")  # how documentation is asked
+
+
 @dataclass
 class AdaptConfig:
     """The recipe and its sizes. Defaults: what benchmarks/adapt.py measured to help (see docs/benchmarks.md)."""
@@ -75,6 +78,8 @@ class AdaptConfig:
     mlm_lr: float = 5e-4
     question_chunks: int = 600      # questions to write: one per chunk of a random sample of this many chunks, or
     max_questions_per_chunk: int = 3  # ... on a smaller folder up to this many per chunk (sampled after the first)
+    openings: tuple[str, ...] = ()  # also one question per sampled chunk that starts with one of these words
+                                    # ("How do I", ...: how people ask documentation); () = none
     negatives: int = 2              # per question: half from BM25, half from the dense index (top `mine_depth`)
     mine_depth: int = 10
     consistency_depth: int = 3      # >0: keep a question only when BM25 or the dense index ranks its own chunk in
@@ -93,7 +98,9 @@ class AdaptConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AdaptConfig":
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        config = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        config.openings = tuple(config.openings)
+        return config
 
 
 @dataclass
@@ -566,24 +573,27 @@ class BaseQuestionWriter:
         self.generator = generator
         self.batch = batch
 
-    def _prompt(self, passage: str) -> str:
+    def _prompt(self, passage: str, opening: str = "") -> str:
         passage = " ".join(passage.split()[:150])
         messages = [{"role": "system", "content": "You write quiz questions."},
                     {"role": "user", "content": f"Passage:\n{passage}\n\nWrite one short question that this "
                                                 "passage answers."}]
-        return self.generator.render_chat(messages) + "Question:"
+        return self.generator.render_chat(messages) + "Question:" + (f" {opening}" if opening else "")
 
-    def write(self, passages: Sequence[str], per_passage: int = 1) -> list[list[str]]:
+    def write(self, passages: Sequence[str], per_passage: int = 1,
+              openings: Sequence[str] | None = None) -> list[list[str]]:
+        starts = list(openings) if openings is not None else [""] * len(passages)
         out: list[list[str]] = []
         for start in range(0, len(passages), self.batch):
             group = list(passages[start:start + self.batch])
+            begun = starts[start:start + self.batch]
             per: list[list[str]] = [[] for _ in group]
             for k in range(per_passage):
                 results = self.generator.generate_batch(
-                    [self._prompt(p) for p in group], temperature=0.0 if k == 0 else 0.7, seed=k,
-                    max_new_tokens=40, stop=["\n", "?"])
+                    [self._prompt(p, o) for p, o in zip(group, begun)], temperature=0.0 if k == 0 else 0.7,
+                    seed=k, max_new_tokens=40, stop=["\n", "?"])
                 for i, r in enumerate(results):
-                    text = " ".join(r.text.split())
+                    text = " ".join(f"{begun[i]}{r.text}".split())
                     if text and r.finish_reason == "stop":
                         per[i].append(text + "?")
             out += per
@@ -858,6 +868,7 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
     def key(i: int) -> str:  # the text and how many questions were asked for
         return f"{per}:{_text_key(texts[i])}" if per > 1 else _text_key(texts[i])
 
+    writer: Any = None
     with _step(report, "questions", "chunks") as step:
         todo = [i for i in chosen if key(i) not in cached]
         step.resumed = len(todo) < len(chosen) and bool(cached)
@@ -872,12 +883,30 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
                 _append_jsonl(cache_path, rows)
                 cached.update({r["key"]: r["questions"] for r in rows})
                 progress.update(len(chosen) - len(todo) + start + len(group))
-        pairs = list(dict.fromkeys((i, clean_question(q)) for i in chosen for q in cached.get(key(i), [])
+        keys = {i: [key(i)] for i in chosen}
+        if config.openings:  # one more question per chunk, forced to start with the chunk's opening
+            def opening_of(i: int) -> str:
+                return config.openings[int(_text_key(texts[i]), 16) % len(config.openings)]
+
+            for i in chosen:
+                keys[i].append(f"open:{opening_of(i)}:{_text_key(texts[i])}")
+            todo = [i for i in chosen if keys[i][-1] not in cached]
+            if todo:
+                writer = writer or question_writer or load_question_writer(emit)
+                progress.start("questions with openings", len(chosen), "chunks", len(chosen) - len(todo))
+                for start in range(0, len(todo), 8):
+                    group = todo[start:start + 8]
+                    written = writer.write([texts[i] for i in group], openings=[opening_of(i) for i in group])
+                    rows = [{"key": keys[i][-1], "questions": list(qs)} for i, qs in zip(group, written)]
+                    _append_jsonl(cache_path, rows)
+                    cached.update({r["key"]: r["questions"] for r in rows})
+                    progress.update(len(chosen) - len(todo) + start + len(group))
+        pairs = list(dict.fromkeys((i, clean_question(q)) for i in chosen for k in keys[i] for q in cached.get(k, [])
                                    if usable_question(clean_question(q), texts[i])))
-        step.items = len(chosen) * per
+        step.items = len(chosen) * (per + bool(config.openings))
         step.unit = "questions"
-        step.detail.update({"questions": sum(len(cached.get(key(i), [])) for i in chosen), "usable": len(pairs),
-                            "per_chunk": per})
+        step.detail.update({"questions": sum(len(cached.get(k, [])) for i in chosen for k in keys[i]),
+                            "usable": len(pairs), "per_chunk": per, "openings": list(config.openings)})
     if not pairs:
         raise AdaptError("the question writer wrote no usable question for this folder's passages; try --mlm "
                          "alone, or a folder with more text")

@@ -39,9 +39,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from assistant.adapt import HOWTO_OPENINGS  # noqa: E402  (after the path is set)
+
 VARIANTS = {"mlm": {"mlm": True, "distill": False},
             "gpl": {"mlm": False, "distill": True, "consistency_depth": 0},
             "gpl-rt": {"mlm": False, "distill": True, "consistency_depth": 3},
+            "gpl-rt-howto": {"mlm": False, "distill": True, "consistency_depth": 3, "openings": HOWTO_OPENINGS},
             "mlm+gpl": {"mlm": True, "distill": True, "consistency_depth": 0},
             "gpl-reader": {"mlm": False, "distill": True, "teacher": "reader"},
             "gpl-ce": {"mlm": False, "distill": True, "teacher": "cross-encoder", "consistency_depth": 0},

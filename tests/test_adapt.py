@@ -306,6 +306,44 @@ def test_round_trip_filter_drops_questions_that_lead_to_another_passage(indexed,
     assert misleading - 1 <= dropped <= misleading
 
 
+def test_openings_add_one_question_per_chunk_that_starts_with_them(indexed, tmp_path):
+    """AdaptConfig.openings: besides its free questions, each sampled chunk gets one question forced to begin with
+    one of the openings (the writer is asked with them); those are trained on too and cached for a resumed run."""
+    import json
+    import re
+
+    _, index, encoder = indexed
+    calls = []
+
+    class OpeningWriter:
+        name = "opening writer"
+
+        def write(self, passages, per_passage=1, openings=None):
+            calls.append(openings)
+            out = []
+            for i, p in enumerate(passages):
+                words = re.findall(r"[a-z]{5,}", p.lower())
+                start = openings[i] if openings else "What does the"
+                out.append([f"{start} {words[0]} with {words[-1]}?"])
+            return out
+
+    config = AdaptConfig(**{**CONFIG, "openings": ("How do I", "How can I")})  # noqa: F821
+    report = adapt_index(index, encoder, config, question_writer=OpeningWriter(), teacher=Teacher(),  # noqa: F821
+                         work_dir=tmp_path / "work", emit=lambda line: None)
+    questions = next(step for step in report.steps if step.name == "questions")
+    chunks = len(DOCS)
+    assert calls[0] is None and all(o and set(o) <= {"How do I", "How can I"} for o in calls[1:])
+    assert questions.detail["questions"] == 2 * chunks and questions.detail["usable"] == 2 * chunks
+    cached = [json.loads(line) for line in (tmp_path / "work" / "questions.jsonl").read_text().splitlines()]
+    opened = [row for row in cached if row["key"].startswith("open:")]
+    assert len(opened) == chunks and all(row["questions"][0].startswith("How ") for row in opened)
+    calls.clear()  # a second run reuses every cached question
+    adapt_index(index, encoder, config, question_writer=OpeningWriter(), teacher=Teacher(),  # noqa: F821
+                work_dir=tmp_path / "work", emit=lambda line: None, swap=False)
+    assert calls == []
+    assert AdaptConfig.from_dict(json.loads(json.dumps(config.to_dict()))).openings == config.openings  # noqa: F821
+
+
 _CHILD = HELPERS + textwrap.dedent("""
     import sys, time
     from pathlib import Path
