@@ -494,3 +494,24 @@ def test_cli_status_names_the_searched_and_kept_vectors(indexed, tmp_path, capsy
     assert f"searches vectors of: {encoder.name}" in out and "keeps vectors of:    tiny-encoder" in out
     assert main(["adapt", "--index", str(index), "--on", "--off"]) == 1
     assert "one of" in capsys.readouterr().err
+
+
+def test_cli_how_to_turns_the_openings_on_and_off(indexed, monkeypatch):
+    """`assistant adapt --how-to` asks for how-to questions (AdaptConfig.openings); --no-how-to for none."""
+    import assistant.adapt
+    import model.encoder
+    from assistant.cli import main
+
+    _, index, encoder = indexed
+    seen = []
+
+    def fake_adapt(index_path, enc, config, **kw):
+        seen.append(config.openings)
+        return assistant.adapt.AdaptReport(index_path=str(index_path))
+
+    monkeypatch.setattr(assistant.adapt, "adapt_index", fake_adapt)
+    monkeypatch.setattr(assistant.adapt, "prepare_encoder", lambda *a, **k: None)
+    monkeypatch.setattr(model.encoder.Encoder, "load", classmethod(lambda cls, *a, **k: encoder))
+    for flag in ("--how-to", "--no-how-to"):
+        assert main(["adapt", "--index", str(index), "--quiet", flag]) == 0
+    assert seen == [assistant.adapt.HOWTO_OPENINGS, ()]

@@ -40,6 +40,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--round-trip", type=int, metavar="K", dest="consistency_depth",
                    help="keep a synthetic question only when BM25 or the dense index ranks its own chunk in the top K "
                         "(default 3; 0 keeps every question)")
+    p.add_argument("--how-to", dest="how_to", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write one how-to question per chunk ('How do I ...', 'Is there a way to ...'), as "
+                        "people ask documentation (see docs/benchmarks.md for what it changed)")
     p.add_argument("--lora-rank", type=int, metavar="R")
     p.add_argument("--epochs", type=float, metavar="E", help="passes over the distillation examples")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (the UI runs adapt at 1)")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from assistant.adapt import AdaptConfig, activate, adapt_index, prepare_encoder
+    from assistant.adapt import HOWTO_OPENINGS, AdaptConfig, activate, adapt_index, prepare_encoder
     from assistant.settings import DEFAULT_CORPUS
     from retrieval.store import IndexStore, default_index_path
 
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
                         ("distill_epochs", args.epochs), ("consistency_depth", args.consistency_depth)):
         if value is not None:
             setattr(config, name, value)
+    if args.how_to is not None:
+        config.openings = HOWTO_OPENINGS if args.how_to else ()
     if config.lora_rank < 1 or config.question_chunks < 1:
         raise UserError("--lora-rank and --question-chunks must be at least 1")
     if config.consistency_depth < 0:
