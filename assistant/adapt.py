@@ -868,39 +868,39 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
     def key(i: int) -> str:  # the text and how many questions were asked for
         return f"{per}:{_text_key(texts[i])}" if per > 1 else _text_key(texts[i])
 
-    writer: Any = None
-    with _step(report, "questions", "chunks") as step:
-        todo = [i for i in chosen if key(i) not in cached]
-        step.resumed = len(todo) < len(chosen) and bool(cached)
-        if todo:
-            writer = question_writer or load_question_writer(emit)
-            step.detail["writer"] = getattr(writer, "name", type(writer).__name__)
-            progress.start("questions", len(chosen), "chunks", len(chosen) - len(todo))
-            for start in range(0, len(todo), 8):
-                group = todo[start:start + 8]
-                written = writer.write([texts[i] for i in group], per_passage=per)
-                rows = [{"key": key(i), "questions": list(qs)} for i, qs in zip(group, written)]
-                _append_jsonl(cache_path, rows)
-                cached.update({r["key"]: r["questions"] for r in rows})
-                progress.update(len(chosen) - len(todo) + start + len(group))
-        keys = {i: [key(i)] for i in chosen}
-        if config.openings:  # one more question per chunk, forced to start with the chunk's opening
-            def opening_of(i: int) -> str:
-                return config.openings[int(_text_key(texts[i]), 16) % len(config.openings)]
+    keys = {i: [key(i)] for i in chosen}  # the cache keys of each chunk's questions
+    if config.openings:  # one more question per chunk, forced to start with the chunk's opening
+        def opening_of(i: int) -> str:
+            return config.openings[int(_text_key(texts[i]), 16) % len(config.openings)]
 
-            for i in chosen:
-                keys[i].append(f"open:{opening_of(i)}:{_text_key(texts[i])}")
-            todo = [i for i in chosen if keys[i][-1] not in cached]
-            if todo:
-                writer = writer or question_writer or load_question_writer(emit)
-                progress.start("questions with openings", len(chosen), "chunks", len(chosen) - len(todo))
-                for start in range(0, len(todo), 8):
-                    group = todo[start:start + 8]
-                    written = writer.write([texts[i] for i in group], openings=[opening_of(i) for i in group])
-                    rows = [{"key": keys[i][-1], "questions": list(qs)} for i, qs in zip(group, written)]
-                    _append_jsonl(cache_path, rows)
-                    cached.update({r["key"]: r["questions"] for r in rows})
-                    progress.update(len(chosen) - len(todo) + start + len(group))
+        for i in chosen:
+            keys[i].append(f"open:{opening_of(i)}:{_text_key(texts[i])}")
+    writer: Any = None
+
+    def write_missing(slot: int, label: str, step: StepReport) -> None:
+        """Write (and cache) the questions of each chosen chunk's `slot`-th key that the cache lacks."""
+        nonlocal writer
+        todo = [i for i in chosen if keys[i][slot] not in cached]
+        if not todo:
+            return
+        writer = writer or question_writer or load_question_writer(emit)
+        step.detail["writer"] = getattr(writer, "name", type(writer).__name__)
+        progress.start(label, len(chosen), "chunks", len(chosen) - len(todo))
+        for start in range(0, len(todo), 8):
+            group = todo[start:start + 8]
+            passages = [texts[i] for i in group]
+            written = (writer.write(passages, openings=[opening_of(i) for i in group]) if slot
+                       else writer.write(passages, per_passage=per))
+            rows = [{"key": keys[i][slot], "questions": list(qs)} for i, qs in zip(group, written)]
+            _append_jsonl(cache_path, rows)
+            cached.update({r["key"]: r["questions"] for r in rows})
+            progress.update(len(chosen) - len(todo) + start + len(group))
+
+    with _step(report, "questions", "chunks") as step:
+        step.resumed = bool(cached) and any(k in cached for i in chosen for k in keys[i])
+        write_missing(0, "questions", step)
+        if config.openings:
+            write_missing(1, "questions with openings", step)
         pairs = list(dict.fromkeys((i, clean_question(q)) for i in chosen for k in keys[i] for q in cached.get(k, [])
                                    if usable_question(clean_question(q), texts[i])))
         step.items = len(chosen) * (per + bool(config.openings))
