@@ -78,8 +78,8 @@ class AdaptConfig:
     mlm_lr: float = 5e-4
     question_chunks: int = 600      # questions to write: one per chunk of a random sample of this many chunks, or
     max_questions_per_chunk: int = 3  # ... on a smaller folder up to this many per chunk (sampled after the first)
-    openings: tuple[str, ...] = ()  # also one question per sampled chunk that starts with one of these words
-                                    # ("How do I", ...: how people ask documentation); () = none
+    openings: tuple[str, ...] = HOWTO_OPENINGS  # also one question per sampled chunk that starts with one of
+                                    # these words (how people ask documentation); () = none
     negatives: int = 2              # per question: half from BM25, half from the dense index (top `mine_depth`)
     mine_depth: int = 10
     consistency_depth: int = 3      # >0: keep a question only when BM25 or the dense index ranks its own chunk in

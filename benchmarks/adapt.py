@@ -14,8 +14,9 @@ Sets (relevance as benchmarks/rerank.py defines it; its helpers are reused):
 Variants: "base" (the bundled encoder), then each recipe on a fresh copy of the base index, adapted and switched
 with the product's own `adapt_index`: mlm (MLM alone), gpl (synthetic questions + BM25/dense negatives + teacher
 margin-MSE), gpl-rt (gpl keeping only questions whose own chunk BM25 or the dense index ranks in its top 3: round-
-trip filtering), mlm+gpl, and gpl-ce / gpl-ce-rt (the cross-encoder reranker as the teacher instead of the
-reader). Synthetic questions and teacher scores are computed once per set and shared by the variants (their cost
+trip filtering), gpl-rt-howto (gpl-rt plus one more question per chunk forced to open like a how-to question,
+"How do I ..."; the default recipe), mlm+gpl, and gpl-ce / gpl-ce-rt (the cross-encoder reranker as the teacher
+instead of the reader). Synthetic questions and teacher scores are computed once per set and shared by the variants (their cost
 is reported where they were computed).
 Metrics: nDCG@10 and recall@10 of dense and hybrid search, with the cross-encoder reranker off and on (N=20, when
 one is shipped); a general set (SQuAD dev articles, questions vs their paragraphs, dense, in memory) that must not
@@ -42,13 +43,15 @@ sys.path.insert(0, str(ROOT))
 from assistant.adapt import HOWTO_OPENINGS  # noqa: E402  (after the path is set)
 
 VARIANTS = {"mlm": {"mlm": True, "distill": False},
-            "gpl": {"mlm": False, "distill": True, "consistency_depth": 0},
-            "gpl-rt": {"mlm": False, "distill": True, "consistency_depth": 3},
+            "gpl": {"mlm": False, "distill": True, "consistency_depth": 0, "openings": ()},
+            "gpl-rt": {"mlm": False, "distill": True, "consistency_depth": 3, "openings": ()},
             "gpl-rt-howto": {"mlm": False, "distill": True, "consistency_depth": 3, "openings": HOWTO_OPENINGS},
-            "mlm+gpl": {"mlm": True, "distill": True, "consistency_depth": 0},
-            "gpl-reader": {"mlm": False, "distill": True, "teacher": "reader"},
-            "gpl-ce": {"mlm": False, "distill": True, "teacher": "cross-encoder", "consistency_depth": 0},
-            "gpl-ce-rt": {"mlm": False, "distill": True, "teacher": "cross-encoder", "consistency_depth": 3}}
+            "mlm+gpl": {"mlm": True, "distill": True, "consistency_depth": 0, "openings": ()},
+            "gpl-reader": {"mlm": False, "distill": True, "teacher": "reader", "openings": ()},
+            "gpl-ce": {"mlm": False, "distill": True, "teacher": "cross-encoder", "consistency_depth": 0,
+                       "openings": ()},
+            "gpl-ce-rt": {"mlm": False, "distill": True, "teacher": "cross-encoder", "consistency_depth": 3,
+                          "openings": ()}}  # gpl-rt-howto is the default recipe (AdaptConfig())
 
 
 def load_set(name: str, squad_questions: int):
@@ -279,7 +282,7 @@ def timing(args, encoder) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="squad-test,techdocs,pydocs")
-    ap.add_argument("--variants", default="mlm,gpl,mlm+gpl", help=f"comma-separated: {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default="gpl-rt,gpl-rt-howto", help=f"comma-separated: {', '.join(VARIANTS)}")
     ap.add_argument("--squad-questions", type=int, default=300)
     ap.add_argument("--question-chunks", type=int, default=600, help="AdaptConfig.question_chunks (questions)")
     ap.add_argument("--teacher", default="reader", choices=("auto", "cross-encoder", "reader"),

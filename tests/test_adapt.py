@@ -66,7 +66,7 @@ HELPERS = textwrap.dedent("""
             return [float(len(q & set(re.findall(r"[a-z]+", p.lower())))) for p in passages]
 
     CONFIG = dict(question_chunks=6, negatives=2, mine_depth=3, distill_batch=2, lora_rank=4, embed_batch=2,
-                  mlm_head_steps=2, mlm_steps=2, mlm_batch=2)
+                  mlm_head_steps=2, mlm_steps=2, mlm_batch=2, openings=())  # (openings: their own test)
 """)
 exec(HELPERS)  # noqa: S102  tiny_encoder, Writer, Teacher, CONFIG (the same code the child runs)
 

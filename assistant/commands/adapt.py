@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
                         "(default 3; 0 keeps every question)")
     p.add_argument("--how-to", dest="how_to", action=argparse.BooleanOptionalAction, default=None,
                    help="also write one how-to question per chunk ('How do I ...', 'Is there a way to ...'), as "
-                        "people ask documentation (see docs/benchmarks.md for what it changed)")
+                        "people ask documentation (default: on; measured in docs/benchmarks.md)")
     p.add_argument("--lora-rank", type=int, metavar="R")
     p.add_argument("--epochs", type=float, metavar="E", help="passes over the distillation examples")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (the UI runs adapt at 1)")
