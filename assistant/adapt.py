@@ -897,7 +897,7 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
             progress.update(len(chosen) - len(todo) + start + len(group))
 
     with _step(report, "questions", "chunks") as step:
-        step.resumed = bool(cached) and any(k in cached for i in chosen for k in keys[i])
+        step.resumed = any(k in cached for i in chosen for k in keys[i])
         write_missing(0, "questions", step)
         if config.openings:
             write_missing(1, "questions with openings", step)

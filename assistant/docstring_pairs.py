@@ -125,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=1500, help="passages to write questions for (a random sample)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--out", default=None, help="JSONL file (default ~/.cache/assistant/docstring-pairs/pairs.jsonl, "
-                        "or pairs-openings.jsonl with --openings)")
+    parser.add_argument("--out", default=None,
+                        help="JSONL file (default ~/.cache/assistant/docstring-pairs/pairs.jsonl, or "
+                             "pairs-openings.jsonl with --openings)")
     parser.add_argument("--openings", default=None,
                         help="comma-separated question openings, one picked per passage (e.g. 'How do I,How can I'): "
                              "how-to questions as people ask documentation, instead of the writer's SQuAD style")

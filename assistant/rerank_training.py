@@ -147,7 +147,8 @@ def technical_groups(pairs_file: str | Path | Sequence[str | Path], pairs: Any, 
     name_of = {index_of[r["passage"]]: r["name"] for r in rows}
     asked = [r for r in rows if r.get("question")]
     if not asked or len(passages) < negatives + 1:
-        raise ValueError(f"{', '.join(map(str, files))}: too few usable pairs ({len(asked)} questions, {len(passages)} passages)")
+        raise ValueError(f"{', '.join(map(str, files))}: too few usable pairs ({len(asked)} questions, "
+                         f"{len(passages)} passages)")
     rng = random.Random(f"technical-{seed}")
     bm25 = build_bm25(passages)
     ids: dict[int, list[int]] = {}

@@ -16,8 +16,8 @@ with the product's own `adapt_index`: mlm (MLM alone), gpl (synthetic questions 
 margin-MSE), gpl-rt (gpl keeping only questions whose own chunk BM25 or the dense index ranks in its top 3: round-
 trip filtering), gpl-rt-howto (gpl-rt plus one more question per chunk forced to open like a how-to question,
 "How do I ..."; the default recipe), mlm+gpl, and gpl-ce / gpl-ce-rt (the cross-encoder reranker as the teacher
-instead of the reader). Synthetic questions and teacher scores are computed once per set and shared by the variants (their cost
-is reported where they were computed).
+instead of the reader). Synthetic questions and teacher scores are computed once per set and shared by the
+variants (their cost is reported where they were computed).
 Metrics: nDCG@10 and recall@10 of dense and hybrid search, with the cross-encoder reranker off and on (N=20, when
 one is shipped); a general set (SQuAD dev articles, questions vs their paragraphs, dense, in memory) that must not
 drop by more than a point; answers on held-out SQuAD (`--answers N` questions through the Assistant, extract or
