@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from assistant.question_writer import clean_question
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class AdaptConfig:
     max_questions_per_chunk: int = 3  # ... on a smaller folder up to this many per chunk (sampled after the first)
     openings: tuple[str, ...] = HOWTO_OPENINGS  # also one question per sampled chunk that starts with one of
                                     # these words (how people ask documentation); () = none
+    max_openings_per_chunk: int = 1  # on a smaller folder up to this many such questions per chunk (as many as
+                                    # plain ones), each with a different opening
     negatives: int = 2              # per question: half from BM25, half from the dense index (top `mine_depth`)
     mine_depth: int = 10
     consistency_depth: int = 3      # >0: keep a question only when BM25 or the dense index ranks its own chunk in
@@ -620,15 +623,6 @@ def load_question_writer(emit: Emit) -> Any:
     return BaseQuestionWriter(Generator.load())
 
 
-def clean_question(text: str) -> str:
-    """A written question without a "Question:" label and without anything after its question mark."""
-    text = " ".join(text.split())
-    for label in ("question:", "q:"):
-        if text.lower().startswith(label):
-            text = text[len(label):].strip()
-    return text[: text.index("?") + 1] if "?" in text else text
-
-
 def usable_question(question: str, passage: str) -> bool:
     """A question worth training on: a real question (ends with '?', 4-40 words), not about "the passage", and
     sharing at least one content word with the passage it came from."""
@@ -869,12 +863,15 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
         return f"{per}:{_text_key(texts[i])}" if per > 1 else _text_key(texts[i])
 
     keys = {i: [key(i)] for i in chosen}  # the cache keys of each chunk's questions
-    if config.openings:  # one more question per chunk, forced to start with the chunk's opening
-        def opening_of(i: int) -> str:
-            return config.openings[int(_text_key(texts[i]), 16) % len(config.openings)]
+    # questions forced to start with an opening: one per chunk, or on a small folder up to as many as plain ones,
+    # each chunk's openings taken in turn from one that its text picks
+    n_open = min(len(config.openings), max(1, min(config.max_openings_per_chunk, per))) if config.openings else 0
 
-        for i in chosen:
-            keys[i].append(f"open:{opening_of(i)}:{_text_key(texts[i])}")
+    def opening_of(i: int, slot: int) -> str:
+        return config.openings[(int(_text_key(texts[i]), 16) + slot - 1) % len(config.openings)]
+
+    for i in chosen:
+        keys[i].extend(f"open:{opening_of(i, slot)}:{_text_key(texts[i])}" for slot in range(1, n_open + 1))
     writer: Any = None
 
     def write_missing(slot: int, label: str, step: StepReport) -> None:
@@ -889,7 +886,7 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
         for start in range(0, len(todo), 8):
             group = todo[start:start + 8]
             passages = [texts[i] for i in group]
-            written = (writer.write(passages, openings=[opening_of(i) for i in group]) if slot
+            written = (writer.write(passages, openings=[opening_of(i, slot) for i in group]) if slot
                        else writer.write(passages, per_passage=per))
             rows = [{"key": keys[i][slot], "questions": list(qs)} for i, qs in zip(group, written)]
             _append_jsonl(cache_path, rows)
@@ -899,11 +896,11 @@ def _distill_examples(work: Path, config: AdaptConfig, encoder: Any, index_path:
     with _step(report, "questions", "chunks") as step:
         step.resumed = any(k in cached for i in chosen for k in keys[i])
         write_missing(0, "questions", step)
-        if config.openings:
-            write_missing(1, "questions with openings", step)
+        for slot in range(1, n_open + 1):
+            write_missing(slot, "questions with openings", step)
         pairs = list(dict.fromkeys((i, clean_question(q)) for i in chosen for k in keys[i] for q in cached.get(k, [])
                                    if usable_question(clean_question(q), texts[i])))
-        step.items = len(chosen) * (per + bool(config.openings))
+        step.items = len(chosen) * (per + n_open)
         step.unit = "questions"
         step.detail.update({"questions": sum(len(cached.get(k, [])) for i in chosen for k in keys[i]),
                             "usable": len(pairs), "per_chunk": per, "openings": list(config.openings)})

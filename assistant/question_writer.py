@@ -69,9 +69,9 @@ class WriterSettings:
 
 
 def clean_question(text: str) -> str:
-    """The question in a generated reply: its first non-empty line, a "Question:" label dropped, cut after the
-    first "?" (the model sometimes goes on with an answer)."""
-    line = next((part.strip() for part in text.strip().splitlines() if part.strip()), "")
+    """The question in a generated reply: its first non-empty line with runs of spaces made one, a "Question:"
+    label dropped, cut after the first "?" (the model sometimes goes on with an answer)."""
+    line = next((" ".join(part.split()) for part in text.strip().splitlines() if part.strip()), "")
     for label in ("question:", "q:"):
         if line.lower().startswith(label):
             line = line[len(label):].strip()

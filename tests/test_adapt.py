@@ -344,6 +344,40 @@ def test_openings_add_one_question_per_chunk_that_starts_with_them(indexed, tmp_
     assert AdaptConfig.from_dict(json.loads(json.dumps(config.to_dict()))).openings == config.openings  # noqa: F821
 
 
+def test_small_folders_get_several_openings_per_chunk(indexed, tmp_path):
+    """AdaptConfig.max_openings_per_chunk: when a small folder gets several free questions per chunk, it gets as
+    many forced openings (each chunk's different ones, in turn), up to the limit."""
+    import json
+    import re
+
+    _, index, encoder = indexed
+    asked: dict[str, list[str]] = {}
+
+    class OpeningWriter:
+        name = "opening writer"
+
+        def write(self, passages, per_passage=1, openings=None):
+            out = []
+            for i, p in enumerate(passages):
+                words = re.findall(r"[a-z]{5,}", p.lower())
+                if openings:
+                    asked.setdefault(p, []).append(openings[i])
+                out.append([f"{openings[i] if openings else 'What does the'} {words[0]} with {words[-1]}?"])
+            return out
+
+    chunks = len(DOCS)  # noqa: F821
+    openings = ("How do I", "How can I", "Is there a way to")
+    config = AdaptConfig(**{**CONFIG, "openings": openings, "question_chunks": 2 * chunks,  # noqa: F821
+                            "max_questions_per_chunk": 3, "max_openings_per_chunk": 2})
+    report = adapt_index(index, encoder, config, question_writer=OpeningWriter(), teacher=Teacher(),  # noqa: F821
+                         work_dir=tmp_path / "work", emit=lambda line: None, swap=False)
+    questions = next(step for step in report.steps if step.name == "questions")
+    assert questions.detail["per_chunk"] == 2
+    assert len(asked) == chunks and all(len(set(o)) == 2 and set(o) <= set(openings) for o in asked.values())
+    assert questions.detail["questions"] == 3 * chunks and questions.detail["usable"] == 3 * chunks
+    assert json.loads(json.dumps(config.to_dict()))["max_openings_per_chunk"] == 2
+
+
 _CHILD = HELPERS + textwrap.dedent("""
     import sys, time
     from pathlib import Path

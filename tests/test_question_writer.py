@@ -45,6 +45,7 @@ def test_clean_question() -> None:
     assert clean_question("\n\nQuestion: Who wrote it?\nAnswer: me") == "Who wrote it?"
     assert clean_question("When did it end") == "When did it end"
     assert clean_question("   ") == ""
+    assert clean_question("How do I  copy\ta tree?") == "How do I copy a tree?"  # one space between words
 
 
 def test_prompt_caps_the_passage_and_uses_the_instruction(generator: Generator) -> None:
