@@ -49,6 +49,8 @@ VARIANTS = {"mlm": {"mlm": True, "distill": False},
                              "max_openings_per_chunk": 1},
             "gpl-rt-howto3": {"mlm": False, "distill": True, "consistency_depth": 3, "openings": HOWTO_OPENINGS,
                               "max_openings_per_chunk": 3},
+            "gpl-rt-howto-long": {"mlm": False, "distill": True, "consistency_depth": 3, "openings": HOWTO_OPENINGS,
+                                  "max_openings_per_chunk": 1, "min_distill_examples": 1600},
             "mlm+gpl": {"mlm": True, "distill": True, "consistency_depth": 0, "openings": ()},
             "gpl-reader": {"mlm": False, "distill": True, "teacher": "reader", "openings": ()},
             "gpl-ce": {"mlm": False, "distill": True, "teacher": "cross-encoder", "consistency_depth": 0,
@@ -73,7 +75,7 @@ def retrieval_metrics(retriever, reranker, questions, unit: str, depth: int = 20
 
     out = {}
     for mode in ("dense", "hybrid"):
-        sums = {"off": [0.0, 0.0], "rerank": [0.0, 0.0]}
+        per: dict[str, list[tuple[float, float]]] = {"off": [], "rerank": []}  # (nDCG@10, recall@10) per question
         for question, spec in questions:
             relevant = ({str(c): 1 for c in relevant_chunks(retriever, spec)} if unit == "chunk"
                         else {p: 1 for p in spec})
@@ -85,11 +87,11 @@ def retrieval_metrics(retriever, reranker, questions, unit: str, depth: int = 20
                 variants["rerank"] = orders(len(hits), scores)["N=20 rrf"]  # what --rerank 20 does
             for name, order in variants.items():
                 ranking = list(dict.fromkeys(key(hits[i]) for i in order))
-                sums[name][0] += ndcg_at(ranking, relevant, 10)
-                sums[name][1] += recall_at(ranking, relevant, 10)
+                per[name].append((ndcg_at(ranking, relevant, 10), recall_at(ranking, relevant, 10)))
         n = max(1, len(questions))
-        out[mode] = {v: {"ndcg@10": s[0] / n, "recall@10": s[1] / n} for v, s in sums.items()
-                     if v == "off" or reranker is not None}
+        out[mode] = {v: {"ndcg@10": sum(r[0] for r in rows) / n, "recall@10": sum(r[1] for r in rows) / n,
+                         "per_question_ndcg@10": [round(r[0], 6) for r in rows]}
+                     for v, rows in per.items() if v == "off" or reranker is not None}
     return out
 
 
@@ -228,6 +230,20 @@ def _quiet(line: str) -> None:
         print(line, flush=True)
 
 
+def paired_interval(after: list[float], before: list[float], resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(after - before) by a paired bootstrap over the questions (how far a change on a
+    small set can be noise: on 25 questions one question moving one rank is about 0.01)."""
+    import numpy as np
+
+    diffs = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    if len(diffs) == 0:
+        return 0.0, 0.0
+    draws = np.random.default_rng(seed).integers(0, len(diffs), size=(resamples, len(diffs)))
+    means = diffs[draws].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def _print_variant(name: str, entry: dict, base: dict | None = None) -> None:
     def fmt(value: float, ref: float | None) -> str:
         return f"{value:.4f}" + (f" ({value - ref:+.4f})" if ref is not None else "")
@@ -235,8 +251,12 @@ def _print_variant(name: str, entry: dict, base: dict | None = None) -> None:
     for mode, by_rerank in entry["retrieval"].items():
         for rerank, m in by_rerank.items():
             ref = base["retrieval"][mode][rerank] if base else None
+            interval = ""
+            if ref is not None and m.get("per_question_ndcg@10") and ref.get("per_question_ndcg@10"):
+                low, high = paired_interval(m["per_question_ndcg@10"], ref["per_question_ndcg@10"])
+                interval = f" [95% {low:+.3f}..{high:+.3f}]"
             print(f"  {name:<8} {mode:<6} rerank {rerank:<6} nDCG@10 {fmt(m['ndcg@10'], ref and ref['ndcg@10'])}"
-                  f"  R@10 {fmt(m['recall@10'], ref and ref['recall@10'])}", flush=True)
+                  f"{interval}  R@10 {fmt(m['recall@10'], ref and ref['recall@10'])}", flush=True)
     g, ref = entry["general"], (base or {}).get("general")
     print(f"  {name:<8} general dense nDCG@10 {fmt(g['ndcg@10'], ref and ref['ndcg@10'])}", flush=True)
     if "answers" in entry:
