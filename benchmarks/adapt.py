@@ -51,6 +51,8 @@ VARIANTS = {"mlm": {"mlm": True, "distill": False},
                               "max_openings_per_chunk": 3},
             "gpl-rt-howto-long": {"mlm": False, "distill": True, "consistency_depth": 3, "openings": HOWTO_OPENINGS,
                                   "max_openings_per_chunk": 1, "min_distill_examples": 1600},
+            "gpl-rt-howto-short": {"mlm": False, "distill": True, "consistency_depth": 3, "openings": HOWTO_OPENINGS,
+                                   "max_openings_per_chunk": 1, "min_distill_examples": 0},
             "mlm+gpl": {"mlm": True, "distill": True, "consistency_depth": 0, "openings": ()},
             "gpl-reader": {"mlm": False, "distill": True, "teacher": "reader", "openings": ()},
             "gpl-ce": {"mlm": False, "distill": True, "teacher": "cross-encoder", "consistency_depth": 0,
@@ -230,21 +232,9 @@ def _quiet(line: str) -> None:
         print(line, flush=True)
 
 
-def paired_interval(after: list[float], before: list[float], resamples: int = 2000,
-                    seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean(after - before) by a paired bootstrap over the questions (how far a change on a
-    small set can be noise: on 25 questions one question moving one rank is about 0.01)."""
-    import numpy as np
-
-    diffs = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
-    if len(diffs) == 0:
-        return 0.0, 0.0
-    draws = np.random.default_rng(seed).integers(0, len(diffs), size=(resamples, len(diffs)))
-    means = diffs[draws].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def _print_variant(name: str, entry: dict, base: dict | None = None) -> None:
+    from benchmarks.rerank import paired_interval
+
     def fmt(value: float, ref: float | None) -> str:
         return f"{value:.4f}" + (f" ({value - ref:+.4f})" if ref is not None else "")
 

@@ -128,6 +128,20 @@ def orders(n_hits: int, scores: list[float]) -> dict[str, list[int]]:
     return out
 
 
+def paired_interval(after: list[float], before: list[float], resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(after - before) by a paired bootstrap over the questions (how far a change on a
+    small set can be noise: on 25 questions one question moving one rank is about 0.01)."""
+    import numpy as np
+
+    diffs = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    if len(diffs) == 0:
+        return 0.0, 0.0
+    draws = np.random.default_rng(seed).integers(0, len(diffs), size=(resamples, len(diffs)))
+    means = diffs[draws].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def evaluate(retriever, reranker, questions, unit: str, modes=("dense", "hybrid"), depth: int = 20,
              timed: int = 40) -> dict:
     """nDCG@10 / recall@10 per mode and variant (see `orders`), and the cross-encoder's ms per query for N=10
@@ -139,7 +153,7 @@ def evaluate(retriever, reranker, questions, unit: str, modes=("dense", "hybrid"
     results = {}
     cache: dict[tuple[str, int], float] = {}
     for mode in modes:
-        sums = {v: [0.0, 0.0] for v in VARIANTS}
+        per: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}  # (nDCG@10, recall@10) per question
         search_ms = 0.0
         for question, spec in questions:
             if unit == "chunk":
@@ -157,10 +171,10 @@ def evaluate(retriever, reranker, questions, unit: str, modes=("dense", "hybrid"
             key = (lambda h: str(h.chunk_id)) if unit == "chunk" else (lambda h: h.path)
             for name, order in orders(len(hits), scores).items():
                 ranking = list(dict.fromkeys(key(hits[i]) for i in order))
-                sums[name][0] += ndcg_at(ranking, relevant, 10)
-                sums[name][1] += recall_at(ranking, relevant, 10)
+                per[name].append((ndcg_at(ranking, relevant, 10), recall_at(ranking, relevant, 10)))
         n = max(1, len(questions))
-        results[mode] = {v: {"ndcg@10": s[0] / n, "recall@10": s[1] / n} for v, s in sums.items()}
+        results[mode] = {v: {"ndcg@10": sum(r[0] for r in rows) / n, "recall@10": sum(r[1] for r in rows) / n,
+                             "per_question_ndcg@10": [round(r[0], 6) for r in rows]} for v, rows in per.items()}
         results[mode]["search_ms"] = search_ms / n
     ms = {"N=10": [], "N=20": []}
     for question, _ in questions[:timed]:
@@ -288,8 +302,11 @@ def main() -> int:
         print(f"{'mode':<7} {'variant':<9} {'nDCG@10':>8} {'R@10':>7}")
         for mode in ("dense", "hybrid"):
             for variant in VARIANTS:
-                m = results[mode][variant]
-                print(f"{mode:<7} {variant:<9} {m['ndcg@10']:>8.4f} {m['recall@10']:>7.4f}")
+                m, off = results[mode][variant], results[mode]["off"]
+                low, high = paired_interval(m["per_question_ndcg@10"], off["per_question_ndcg@10"])
+                change = (f"  {m['ndcg@10'] - off['ndcg@10']:+.4f} [95% {low:+.3f}..{high:+.3f}]"
+                          if variant != "off" else "")
+                print(f"{mode:<7} {variant:<9} {m['ndcg@10']:>8.4f} {m['recall@10']:>7.4f}{change}")
         t = results["rerank_ms"]
         print(f"rerank ms/query (hybrid hits, {t['questions']} questions): "
               + ", ".join(f"{k} median {v['median']:.0f} mean {v['mean']:.0f} p90 {v['p90']:.0f}"
