@@ -71,7 +71,7 @@ def load_set(name: str, squad_questions: int):
 def retrieval_metrics(retriever, reranker, questions, unit: str, depth: int = 20) -> dict:
     """nDCG@10 / recall@10 for dense and hybrid search, reranker off and (with one) on (the top 20 reordered as
     `--rerank 20` does: its order fused with the retriever's)."""
-    from benchmarks.rerank import orders, relevant_chunks
+    from benchmarks.rerank import orders, relevant_chunks, summarize
     from retrieval.chunking import embedding_text
     from retrieval.evaluate import ndcg_at, recall_at
 
@@ -90,10 +90,7 @@ def retrieval_metrics(retriever, reranker, questions, unit: str, depth: int = 20
             for name, order in variants.items():
                 ranking = list(dict.fromkeys(key(hits[i]) for i in order))
                 per[name].append((ndcg_at(ranking, relevant, 10), recall_at(ranking, relevant, 10)))
-        n = max(1, len(questions))
-        out[mode] = {v: {"ndcg@10": sum(r[0] for r in rows) / n, "recall@10": sum(r[1] for r in rows) / n,
-                         "per_question_ndcg@10": [round(r[0], 6) for r in rows]}
-                     for v, rows in per.items() if v == "off" or reranker is not None}
+        out[mode] = {v: summarize(rows) for v, rows in per.items() if v == "off" or reranker is not None}
     return out
 
 

@@ -128,6 +128,14 @@ def orders(n_hits: int, scores: list[float]) -> dict[str, list[int]]:
     return out
 
 
+def summarize(rows: list[tuple[float, float]]) -> dict:
+    """Mean nDCG@10 / recall@10 of per-question (nDCG@10, recall@10) rows, and the nDCG@10 of each question (for
+    `paired_interval`)."""
+    n = max(1, len(rows))
+    return {"ndcg@10": sum(r[0] for r in rows) / n, "recall@10": sum(r[1] for r in rows) / n,
+            "per_question_ndcg@10": [round(r[0], 6) for r in rows]}
+
+
 def paired_interval(after: list[float], before: list[float], resamples: int = 2000,
                     seed: int = 0) -> tuple[float, float]:
     """95% interval of mean(after - before) by a paired bootstrap over the questions (how far a change on a
@@ -173,8 +181,7 @@ def evaluate(retriever, reranker, questions, unit: str, modes=("dense", "hybrid"
                 ranking = list(dict.fromkeys(key(hits[i]) for i in order))
                 per[name].append((ndcg_at(ranking, relevant, 10), recall_at(ranking, relevant, 10)))
         n = max(1, len(questions))
-        results[mode] = {v: {"ndcg@10": sum(r[0] for r in rows) / n, "recall@10": sum(r[1] for r in rows) / n,
-                             "per_question_ndcg@10": [round(r[0], 6) for r in rows]} for v, rows in per.items()}
+        results[mode] = {v: summarize(rows) for v, rows in per.items()}
         results[mode]["search_ms"] = search_ms / n
     ms = {"N=10": [], "N=20": []}
     for question, _ in questions[:timed]:
