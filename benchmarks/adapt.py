@@ -11,6 +11,7 @@ Sets (relevance as benchmarks/rerank.py defines it; its helpers are reused):
 - techdocs, pydocs, reports (and corpus): the folder with the answerable questions of
   benchmarks/open_questions.jsonl (relevant: chunks of a source file that hold one of the question's concepts);
   techdocs' questions are benchmarks/techdocs_questions.jsonl (47 standard-library modules, 108 by hand).
+  pydocs-all: the pydocs folder with its 25 questions and the 40 of benchmarks/pydocs_questions.jsonl.
 Variants: "base" (the bundled encoder), then each recipe on a fresh copy of the base index, adapted and switched
 with the product's own `adapt_index`: mlm (MLM alone), gpl (synthetic questions + BM25/dense negatives + teacher
 margin-MSE), gpl-rt (gpl keeping only questions whose own chunk BM25 or the dense index ranks in its top 3: round-

@@ -57,6 +57,7 @@ def squad_set(limit: int) -> tuple[Path, list[tuple[str, set[str]]], str]:
 
 FOLDER_SETS = {  # name -> (folder, question files holding its questions)
     "pydocs": ("benchmarks/folders/pydocs", ("open_questions.jsonl",)),
+    "pydocs-all": ("benchmarks/folders/pydocs", ("open_questions.jsonl", "pydocs_questions.jsonl")),  # + 40 how-to
     "corpus": ("corpus", ("open_questions.jsonl", "questions.jsonl")),
     "reports": ("benchmarks/folders/reports", ("open_questions.jsonl",)),
     "documents": ("benchmarks/folders/documents", ("documents_questions.jsonl",)),
