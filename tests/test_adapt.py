@@ -344,6 +344,23 @@ def test_openings_add_one_question_per_chunk_that_starts_with_them(indexed, tmp_
     assert AdaptConfig.from_dict(json.loads(json.dumps(config.to_dict()))).openings == config.openings  # noqa: F821
 
 
+def test_a_small_folder_is_warned_that_adapting_may_not_help(indexed, tmp_path):
+    """Below SMALL_FOLDER_CHUNKS chunks the run says, before training, that adaptation has not helped folders that
+    small and how to go back; the warning is repeated in the summary, and the run still adapts."""
+    from assistant.adapt import SMALL_FOLDER_CHUNKS
+
+    _, index, encoder = indexed
+    lines: list[str] = []
+    report = adapt_index(index, encoder, AdaptConfig(**CONFIG), question_writer=Writer(),  # noqa: F821
+                         teacher=Teacher(), work_dir=tmp_path / "work", emit=lines.append, swap=False)  # noqa: F821
+    assert report.chunks < SMALL_FOLDER_CHUNKS and len(report.warnings) == 1
+    warned = next(i for i, line in enumerate(lines) if "warning" in line)
+    assert f"only {report.chunks} chunks" in lines[warned] and "assistant adapt --off" in lines[warned]
+    assert warned < next(i for i, line in enumerate(lines) if "distill" in line)  # said before the training
+    assert f"warning: {report.warnings[0]}" in report.summary()
+    assert any(step.name == "distill" and not step.skipped for step in report.steps)
+
+
 def test_small_folders_get_several_openings_per_chunk(indexed, tmp_path):
     """AdaptConfig.max_openings_per_chunk: when a small folder gets several free questions per chunk, it gets as
     many forced openings (each chunk's different ones, in turn), up to the limit."""
