@@ -12,6 +12,7 @@ Sets (relevance as benchmarks/rerank.py defines it; its helpers are reused):
   benchmarks/open_questions.jsonl (relevant: chunks of a source file that hold one of the question's concepts);
   techdocs' questions are benchmarks/techdocs_questions.jsonl (47 standard-library modules, 108 by hand).
   pydocs-all: the pydocs folder with its 25 questions and the 40 of benchmarks/pydocs_questions.jsonl.
+  techdocs-small: every 4th techdocs module (64 chunks) and its 26 questions: folder size apart from question kind.
 Variants: "base" (the bundled encoder), then each recipe on a fresh copy of the base index, adapted and switched
 with the product's own `adapt_index`: mlm (MLM alone), gpl (synthetic questions + BM25/dense negatives + teacher
 margin-MSE), gpl-rt (gpl keeping only questions whose own chunk BM25 or the dense index ranks in its top 3: round-
@@ -66,7 +67,25 @@ def load_set(name: str, squad_questions: int):
     """(folder, [(question, relevance spec)], unit) for a set name."""
     from benchmarks.rerank import folder_set, squad_set
 
+    if name == "techdocs-small":
+        return small_techdocs()
     return squad_set(squad_questions) if name == "squad-test" else folder_set(name)
+
+
+def small_techdocs():
+    """techdocs-small: every 4th techdocs module (alphabetical; 12 modules, 64 chunks) copied to a folder in the
+    cache, with the techdocs questions about them (26): a small folder with the full set's kind of questions."""
+    from benchmarks.rerank import folder_set
+    from model.sources import cache_dir
+
+    source, questions, unit = folder_set("techdocs")
+    files = sorted(p.name for p in source.glob("*.md"))[::4]
+    folder = cache_dir() / "bench" / "techdocs-small-folder"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if not (folder / name).is_file() or (folder / name).read_bytes() != (source / name).read_bytes():
+            shutil.copy2(source / name, folder / name)
+    return folder, [(q, spec) for q, spec in questions if set(spec["sources"]) <= set(files)], unit
 
 
 def retrieval_metrics(retriever, reranker, questions, unit: str, depth: int = 20) -> dict:
