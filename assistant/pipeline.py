@@ -299,7 +299,8 @@ class Assistant:
                     hits = list(self.retriever.search(query, k=k or self.settings.k,
                                                       mode=mode or self.settings.retrieval_mode,
                                                       rerank=self.settings.rerank,
-                                                      rerank_mode=self.settings.rerank_mode))
+                                                      rerank_mode=self.settings.rerank_mode,
+                                                      fusion=self.settings.hybrid_fusion))
                 break
             except IndexMismatchError:
                 if attempt or self.index_path is None:

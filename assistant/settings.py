@@ -58,6 +58,7 @@ DEFAULT_READER_COSINE_WEIGHT = 4.3352
 
 RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
 RERANK_MODES = ("rrf", "replace")  # retrieval.retriever.RERANK_MODES (this module imports nothing heavy)
+FUSIONS = ("convex", "rrf")  # retrieval.retriever.FUSIONS
 ANSWER_MODES = ("guided", "generate", "extract")
 
 # Fields that are passed to the generator as sampling options (model.sampling.SamplingParams).
@@ -113,6 +114,7 @@ class Settings:
     # Retrieval and prompt.
     k: int = 4                          # passages given to the model
     retrieval_mode: str = "hybrid"      # hybrid | dense | lexical
+    hybrid_fusion: str = "convex"       # convex: mix both scores of every candidate | rrf: reciprocal-rank fusion
     rerank: int = 0                     # rescore the top N hits with the cross-encoder (0 = off; docs/benchmarks.md)
     reranker: Path | None = None        # cross-encoder folder; None = assistant/data/reranker
     rerank_mode: str = "rrf"            # rrf: fuse its order with the retriever's | replace: its order alone
@@ -175,6 +177,8 @@ class Settings:
             raise SettingsError(f"answer_mode must be one of {ANSWER_MODES}, not {self.answer_mode!r}")
         if self.retrieval_mode not in RETRIEVAL_MODES:
             raise SettingsError(f"retrieval_mode must be one of {RETRIEVAL_MODES}, not {self.retrieval_mode!r}")
+        if self.hybrid_fusion not in FUSIONS:
+            raise SettingsError(f"hybrid_fusion must be one of {FUSIONS}, not {self.hybrid_fusion!r}")
         if not 0 <= self.rerank <= 100:
             raise SettingsError(f"rerank (hits the reranker rescores) must be between 0 and 100, not {self.rerank}")
         if self.rerank_mode not in RERANK_MODES:
@@ -335,6 +339,9 @@ def add_arguments(parser: Any, *, source: bool = True, model: bool = True, sampl
         group.add_argument("--index", metavar="PATH", help="index path (default: next to the folder's index cache)")
         group.add_argument("-k", "--k", dest="k", type=int, metavar="N", help="passages given to the model (default 4)")
         group.add_argument("--retrieval-mode", choices=RETRIEVAL_MODES, help="hybrid (default), dense or lexical")
+        group.add_argument("--hybrid-fusion", choices=FUSIONS,
+                           help="convex (default): 0.7 x dense + 0.3 x BM25, both standardised over the candidates; "
+                                "rrf: reciprocal-rank fusion of the two lists (the fusion before 2026-12-04)")
         group.add_argument("--rerank", type=int, metavar="N",
                            help="rescore the top N retrieved passages with the cross-encoder reranker (0 = off, "
                                 "the default; see docs/benchmarks.md)")

@@ -14,7 +14,8 @@ Sets:
   (benchmarks/open_questions.jsonl, questions.jsonl, documents_questions.jsonl, techdocs_questions.jsonl); a passage
   is relevant when it is a chunk of a source file holding one of the question's concept strings (every chunk of
   the source file when none does).
-For each set and retrieval mode (dense, hybrid), the top 20 hits are retrieved once; then
+For each set and retrieval mode (dense; hybrid-rrf, hybrid search's reciprocal-rank fusion until 2026-12-04; hybrid,
+its convex score fusion since), the top 20 hits are retrieved once; then
 - off: that order;  N=10 / N=20: the top N rescored by the cross-encoder (`Retriever.search(rerank=N)`'s order);
 - N=10 rrf / N=20 rrf: the top N ordered by the reciprocal-rank fusion (k=60) of the cross-encoder's rank and the
   retriever's.
@@ -151,7 +152,15 @@ def paired_interval(after: list[float], before: list[float], resamples: int = 20
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def evaluate(retriever, reranker, questions, unit: str, modes=("dense", "hybrid"), depth: int = 20,
+MODES = ("dense", "hybrid-rrf", "hybrid")  # hybrid-rrf: hybrid search's reciprocal-rank fusion (before 2026-12-04)
+
+
+def search_options(mode: str) -> dict:
+    """Retriever.search keywords for a benchmark mode name ("hybrid-rrf" = hybrid with fusion="rrf")."""
+    return {"mode": "hybrid", "fusion": "rrf"} if mode == "hybrid-rrf" else {"mode": mode}
+
+
+def evaluate(retriever, reranker, questions, unit: str, modes=MODES, depth: int = 20,
              timed: int = 40) -> dict:
     """nDCG@10 / recall@10 per mode and variant (see `orders`), and the cross-encoder's ms per query for N=10
     and N=20 (hybrid hits of the first `timed` questions, scored afresh; quality reuses one score per
@@ -170,7 +179,7 @@ def evaluate(retriever, reranker, questions, unit: str, modes=("dense", "hybrid"
             else:
                 relevant = {p: 1 for p in spec}
             tick = time.perf_counter()
-            hits = retriever.search(question, k=depth, mode=mode)
+            hits = retriever.search(question, k=depth, **search_options(mode))
             search_ms += 1000 * (time.perf_counter() - tick)
             todo = [h for h in hits if (question, h.chunk_id) not in cache]
             if todo:
@@ -307,14 +316,19 @@ def main() -> int:
         results = evaluate(retriever, reranker, questions, unit)
         all_results[name] = results
         print(f"\n{name}: {len(questions)} questions, relevance by {unit} ({time.perf_counter() - started:.0f} s)")
-        print(f"{'mode':<7} {'variant':<9} {'nDCG@10':>8} {'R@10':>7}")
-        for mode in ("dense", "hybrid"):
+        print(f"{'mode':<10} {'variant':<9} {'nDCG@10':>8} {'R@10':>7}")
+        for mode in MODES:
             for variant in VARIANTS:
                 m, off = results[mode][variant], results[mode]["off"]
                 low, high = paired_interval(m["per_question_ndcg@10"], off["per_question_ndcg@10"])
                 change = (f"  {m['ndcg@10'] - off['ndcg@10']:+.4f} [95% {low:+.3f}..{high:+.3f}]"
                           if variant != "off" else "")
-                print(f"{mode:<7} {variant:<9} {m['ndcg@10']:>8.4f} {m['recall@10']:>7.4f}{change}")
+                print(f"{mode:<10} {variant:<9} {m['ndcg@10']:>8.4f} {m['recall@10']:>7.4f}{change}")
+            if mode == "hybrid":  # the fusion change itself, against hybrid-rrf
+                old, new = results["hybrid-rrf"]["off"], results["hybrid"]["off"]
+                low, high = paired_interval(new["per_question_ndcg@10"], old["per_question_ndcg@10"])
+                print(f"{'':<10} convex vs rrf: {new['ndcg@10'] - old['ndcg@10']:+.4f} [95% {low:+.3f}..{high:+.3f}],"
+                      f" R@10 {new['recall@10'] - old['recall@10']:+.4f}")
         t = results["rerank_ms"]
         print(f"rerank ms/query (hybrid hits, {t['questions']} questions): "
               + ", ".join(f"{k} median {v['median']:.0f} mean {v['mean']:.0f} p90 {v['p90']:.0f}"
@@ -328,7 +342,7 @@ def main() -> int:
             scorer = ReaderScorer(Reader.load(encoder, DEFAULT_READER))
             by_reader = evaluate(retriever, scorer, questions, unit, timed=10)
             all_results[name]["reader"] = by_reader
-            for mode in ("dense", "hybrid"):
+            for mode in MODES:
                 for variant in VARIANTS[1:]:
                     m = by_reader[mode][variant]
                     print(f"{mode:<7} reader {variant:<9} {m['ndcg@10']:>8.4f} {m['recall@10']:>7.4f}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from retrieval.errors import RetrievalError
-from retrieval.retriever import RRF_K, Retriever, path_matcher
+from retrieval.retriever import DENSE_WEIGHT, RRF_K, Retriever, convex_fusion, path_matcher
 from retrieval.sync import sync_folder
 from retrieval.testing import HashingEncoder
 
@@ -52,16 +52,61 @@ def test_dense_score_is_the_cosine_for_every_hit_in_every_mode(setup):
     assert all(h.lexical_score is None for h in dense)
 
 
-def test_hybrid_is_reciprocal_rank_fusion(setup):
+def test_hybrid_rrf_is_reciprocal_rank_fusion(setup):
     retriever, _ = setup
     query = "red planet rovers and the moon tides"
     dense = [h.chunk_id for h in retriever.search(query, k=50, mode="dense")]
     lexical = [h.chunk_id for h in retriever.search(query, k=50, mode="lexical")]
-    hybrid = retriever.search(query, k=3, mode="hybrid")
+    hybrid = retriever.search(query, k=3, mode="hybrid", fusion="rrf")
     for h in hybrid:
         expected = sum(1 / (RRF_K + ranks.index(h.chunk_id) + 1) for ranks in (dense, lexical) if h.chunk_id in ranks)
         assert h.score == pytest.approx(expected)
     assert {h.path for h in hybrid[:2]} == {"space/mars.txt", "space/moon.txt"}
+    with pytest.raises(RetrievalError, match="fusion"):
+        retriever.search(query, fusion="borda")
+
+
+def _z(values):
+    values = np.asarray(values, dtype=np.float64)
+    return (values - values.mean()) / values.std() if values.std() > 1e-9 else np.zeros_like(values)
+
+
+@pytest.mark.parametrize("query, candidates", [("red planet rovers and the moon tides", None),
+                                               ("the red dog barks at the moon", 2),
+                                               ("red moon dog", 2)])  # the last: a dense-only hit matches "red"
+def test_hybrid_default_is_a_convex_fusion_of_both_scores_of_every_candidate(setup, query, candidates):
+    """Each candidate (in either list's top `candidates`) is scored by its cosine AND its BM25, even when only one
+    list proposed it; the two are standardised over the candidates and mixed DENSE_WEIGHT : 1 - DENSE_WEIGHT."""
+    retriever, _ = setup
+    n = candidates or 50
+    every = {h.chunk_id: h for h in retriever.search(query, k=50, mode="dense")}
+    bm25 = {h.chunk_id: h.score for h in retriever.search(query, k=50, mode="lexical")}
+    pool = list(dict.fromkeys([h.chunk_id for h in retriever.search(query, k=n, mode="dense")] +
+                              [h.chunk_id for h in retriever.search(query, k=n, mode="lexical")]))
+    if candidates:  # both lists contribute, some chunks are left out
+        assert len(pool) > candidates and any(cid not in pool for cid in every)
+    fused = DENSE_WEIGHT * _z([every[c].dense_score for c in pool]) + \
+        (1 - DENSE_WEIGHT) * _z([bm25.get(c, 0.0) for c in pool])
+    expected = sorted(zip(pool, fused), key=lambda item: (-item[1], item[0]))
+    hybrid = retriever.search(query, k=len(pool), mode="hybrid", candidates=candidates)
+    assert [h.chunk_id for h in hybrid] == [c for c, _ in expected]
+    assert [h.score for h in hybrid] == pytest.approx([v for _, v in expected])
+    if not candidates:
+        assert {h.path for h in hybrid[:2]} == {"space/mars.txt", "space/moon.txt"}
+    for h in hybrid:  # what the hit reports is what was fused
+        assert h.lexical_score == pytest.approx(bm25.get(h.chunk_id, 0.0))
+
+
+def test_convex_fusion_keeps_one_list_order_when_the_other_does_not_vary():
+    ids = [7, 3, 5]
+    assert [c for c, _ in convex_fusion(ids, [0.2, 0.9, 0.5], [0.0, 0.0, 0.0])] == [3, 5, 7]  # no term matched
+    assert [c for c, _ in convex_fusion(ids, [0.4, 0.4, 0.4], [1.0, 3.0, 2.0])] == [3, 5, 7]
+    assert [c for c, _ in convex_fusion(ids, [0.2, 0.9, 0.5], [9.0, 0.0, 0.0], dense_weight=1.0)] == [3, 5, 7]
+    # a passage far ahead on BM25 overtakes a slightly better cosine; a slight BM25 edge does not
+    assert convex_fusion([1, 2, 3], [0.50, 0.49, 0.1], [0.0, 20.0, 0.0], dense_weight=0.5)[0][0] == 2
+    assert convex_fusion([1, 2, 3], [0.9, 0.5, 0.1], [1.0, 1.2, 0.0])[0][0] == 1
+    assert convex_fusion([4], [0.3], [2.0]) == [(4, 0.0)]
+    assert convex_fusion([], [], []) == []
 
 
 def test_path_filters(setup):
@@ -204,3 +249,27 @@ def test_joining_chunk_slices_fills_gaps_and_drops_table_headers():
     header = "| a | b |\n|---|---|\n"
     text, spans = join_chunk_slices([(1, "| a | b |\n|---|---|\n| 1 | 2 |", 0, 29), (2, header + "| 3 | 4 |", 30, 39)])
     assert text == "| a | b |\n|---|---|\n| 1 | 2 | | 3 | 4 |" and spans[1] == (2, 30, 39)
+
+
+def test_the_assistant_searches_with_its_hybrid_fusion_setting(setup, tmp_path):
+    from assistant.pipeline import Assistant
+    from assistant.settings import FUSIONS, Settings, SettingsError
+    from retrieval.retriever import FUSIONS as RETRIEVER_FUSIONS
+    from tests.assistant_fakes import FakeGenerator
+
+    assert FUSIONS == RETRIEVER_FUSIONS  # the settings' copy stays the retriever's
+    retriever, encoder = setup
+    docs = tmp_path / "docs"
+    for path, text in DOCS.items():
+        (docs / path).parent.mkdir(parents=True, exist_ok=True)
+        (docs / path).write_text(text)
+    query = "red planet rovers and the moon tides"
+    common = dict(encoder=encoder, generator=FakeGenerator(reply="Mars [1]."), use_reader=False, k=4)
+    for fusion in FUSIONS:
+        assistant = Assistant.from_folder(docs, tmp_path / "index", hybrid_fusion=fusion, **common)
+        hits, _ = assistant.retrieve(query)
+        expected = retriever.search(query, k=4, fusion=fusion)
+        assert [(h.path, round(h.score, 6)) for h in hits] == [(h.path, round(h.score, 6)) for h in expected]
+    assert Settings().hybrid_fusion == "convex"
+    with pytest.raises(SettingsError, match="hybrid_fusion"):
+        Settings(hybrid_fusion="borda").validate()
