@@ -20,7 +20,8 @@ trip filtering), gpl-rt-howto (gpl-rt plus one more question per chunk forced to
 "How do I ..."; the default recipe), mlm+gpl, and gpl-ce / gpl-ce-rt (the cross-encoder reranker as the teacher
 instead of the reader). Synthetic questions and teacher scores are computed once per set and shared by the
 variants (their cost is reported where they were computed).
-Metrics: nDCG@10 and recall@10 of dense and hybrid search, with the cross-encoder reranker off and on (N=20, when
+Metrics: nDCG@10 and recall@10 of dense and hybrid search (hybrid-rrf: with the reciprocal-rank fusion it used
+before 2026-12-04), with the cross-encoder reranker off and on (N=20, when
 one is shipped); a general set (SQuAD dev articles, questions vs their paragraphs, dense, in memory) that must not
 drop by more than a point; answers on held-out SQuAD (`--answers N` questions through the Assistant, extract or
 guided mode) before and after; each step's seconds, items/s and peak memory; the load average.
@@ -91,17 +92,17 @@ def small_techdocs():
 def retrieval_metrics(retriever, reranker, questions, unit: str, depth: int = 20) -> dict:
     """nDCG@10 / recall@10 for dense and hybrid search, reranker off and (with one) on (the top 20 reordered as
     `--rerank 20` does: its order fused with the retriever's)."""
-    from benchmarks.rerank import orders, relevant_chunks, summarize
+    from benchmarks.rerank import MODES, orders, relevant_chunks, search_options, summarize
     from retrieval.chunking import embedding_text
     from retrieval.evaluate import ndcg_at, recall_at
 
     out = {}
-    for mode in ("dense", "hybrid"):
+    for mode in MODES:  # dense, hybrid-rrf (the fusion before 2026-12-04), hybrid
         per: dict[str, list[tuple[float, float]]] = {"off": [], "rerank": []}  # (nDCG@10, recall@10) per question
         for question, spec in questions:
             relevant = ({str(c): 1 for c in relevant_chunks(retriever, spec)} if unit == "chunk"
                         else {p: 1 for p in spec})
-            hits = retriever.search(question, k=depth, mode=mode)
+            hits = retriever.search(question, k=depth, **search_options(mode))
             key = (lambda h: str(h.chunk_id)) if unit == "chunk" else (lambda h: h.path)
             variants = {"off": list(range(len(hits)))}
             if reranker is not None and hits:
@@ -262,7 +263,7 @@ def _print_variant(name: str, entry: dict, base: dict | None = None) -> None:
             if ref is not None and m.get("per_question_ndcg@10") and ref.get("per_question_ndcg@10"):
                 low, high = paired_interval(m["per_question_ndcg@10"], ref["per_question_ndcg@10"])
                 interval = f" [95% {low:+.3f}..{high:+.3f}]"
-            print(f"  {name:<8} {mode:<6} rerank {rerank:<6} nDCG@10 {fmt(m['ndcg@10'], ref and ref['ndcg@10'])}"
+            print(f"  {name:<8} {mode:<10} rerank {rerank:<6} nDCG@10 {fmt(m['ndcg@10'], ref and ref['ndcg@10'])}"
                   f"{interval}  R@10 {fmt(m['recall@10'], ref and ref['recall@10'])}", flush=True)
     g, ref = entry["general"], (base or {}).get("general")
     print(f"  {name:<8} general dense nDCG@10 {fmt(g['ndcg@10'], ref and ref['ndcg@10'])}", flush=True)

@@ -40,16 +40,16 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_RERANKER = ROOT / "assistant" / "data" / "reranker"
 
 
-def squad_set(limit: int) -> tuple[Path, list[tuple[str, set[str]]], str]:
-    """(folder, [(question, relevant file paths)], unit) for the held-out SQuAD test articles."""
+def squad_set(limit: int, split: str = "test") -> tuple[Path, list[tuple[str, set[str]]], str]:
+    """(folder, [(question, relevant file paths)], unit) for the held-out SQuAD test (or dev) articles."""
     from benchmarks.reader_rag import build_benchmark, write_folder
     from assistant.reader_training import reader_splits
     from assistant.training_data import load_squad
     from model.sources import cache_dir
 
     rows = load_squad()
-    files, items = build_benchmark(rows, reader_splits(rows).test, 300, 100)
-    folder = cache_dir() / "bench" / "squad-test"
+    files, items = build_benchmark(rows, getattr(reader_splits(rows), split), 300, 100)
+    folder = cache_dir() / "bench" / f"squad-{split}"
     write_folder(folder, files)
     items = [i for i in items if i["gold_file"]]
     random.Random(0).shuffle(items)
