@@ -340,7 +340,7 @@ def add_arguments(parser: Any, *, source: bool = True, model: bool = True, sampl
         group.add_argument("-k", "--k", dest="k", type=int, metavar="N", help="passages given to the model (default 4)")
         group.add_argument("--retrieval-mode", choices=RETRIEVAL_MODES, help="hybrid (default), dense or lexical")
         group.add_argument("--hybrid-fusion", choices=FUSIONS,
-                           help="convex (default): 0.7 x dense + 0.3 x BM25, both standardised over the candidates; "
+                           help="convex (default): 0.75 x dense + 0.25 x BM25, both standardised over the candidates; "
                                 "rrf: reciprocal-rank fusion of the two lists (the fusion before 2026-12-04)")
         group.add_argument("--rerank", type=int, metavar="N",
                            help="rescore the top N retrieved passages with the cross-encoder reranker (0 = off, "

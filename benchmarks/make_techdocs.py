@@ -1,7 +1,9 @@
-"""Build benchmarks/folders/techdocs: a larger technical-documentation folder for retrieval benchmarks.
+"""Build benchmarks/folders/techdocs (and techdocs-dev): technical-documentation folders for retrieval benchmarks.
 
-    python benchmarks/make_techdocs.py           # (re)write benchmarks/folders/techdocs/
-    python benchmarks/make_techdocs.py --check   # verify benchmarks/techdocs_questions.jsonl against the folder
+    python benchmarks/make_techdocs.py                 # (re)write benchmarks/folders/techdocs/
+    python benchmarks/make_techdocs.py --check         # verify benchmarks/techdocs_questions.jsonl against the folder
+    python benchmarks/make_techdocs.py --dev           # (re)write benchmarks/folders/techdocs-dev/
+    python benchmarks/make_techdocs.py --dev --check   # verify benchmarks/techdocs_dev_questions.jsonl against it
 
 One Markdown file per standard-library module (none of the 12 modules of folders/pydocs), in the same format as
 pydocs: `# module`, the module docstring's first paragraph, then per object `## module.name`, a fenced signature
@@ -13,6 +15,12 @@ strings (groups of alternatives) that occur verbatim in it, which decide which c
 
 The reranker's technical training text (assistant/docstring_pairs.py) comes from third-party packages only, so
 this folder stays unseen by everything trained in this project.
+
+The dev variant (--dev) is built the same way from DEV_OBJECTS: other standard-library modules, in neither
+TECHDOC_OBJECTS nor pydocs, with their own hand-written questions (benchmarks/techdocs_dev_questions.jsonl, ids
+tv01...). It is for choosing parameters, such as hybrid search's fusion weight, without looking at the test sets
+(techdocs, pydocs), so a value chosen on it can be reported on those honestly. Dotted object names (`Queue.put`)
+are looked up attribute by attribute on the module.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from benchmarks.make_folders import PYDOC_OBJECTS, PYDOCS_PYTHON, _clean, _norm,
 
 FOLDER = HERE / "folders" / "techdocs"
 QUESTIONS = HERE / "techdocs_questions.jsonl"
+DEV_FOLDER = HERE / "folders" / "techdocs-dev"
+DEV_QUESTIONS = HERE / "techdocs_dev_questions.jsonl"
 KINDS = ("factoid", "definition", "explanation", "list", "comparison", "procedure", "yesno", "howto")
 
 TECHDOC_OBJECTS: dict[str, list[str]] = {
@@ -83,6 +93,45 @@ TECHDOC_OBJECTS: dict[str, list[str]] = {
 }
 assert not set(TECHDOC_OBJECTS) & set(PYDOC_OBJECTS), "techdocs must not repeat a pydocs module"
 
+# The dev folder's modules: none of TECHDOC_OBJECTS or PYDOC_OBJECTS (asserted below).
+DEV_OBJECTS: dict[str, list[str]] = {
+    "hmac": ["new", "digest", "compare_digest"],
+    "html": ["escape", "unescape"],
+    "shelve": ["open", "Shelf"],
+    "configparser": ["BasicInterpolation", "ExtendedInterpolation", "RawConfigParser.read", "RawConfigParser.get",
+                     "RawConfigParser.read_dict"],
+    "tarfile": ["open", "is_tarfile", "TarFile.add", "TarFile.extractfile"],
+    "enum": ["Enum", "auto", "unique", "nonmember", "property"],
+    "graphlib": ["TopologicalSorter.add", "TopologicalSorter.get_ready", "TopologicalSorter.done",
+                 "TopologicalSorter.static_order", "CycleError"],
+    "queue": ["PriorityQueue", "Queue.put", "Queue.get", "Queue.task_done", "Queue.join"],
+    "sched": ["scheduler.enter", "scheduler.enterabs", "scheduler.run", "scheduler.cancel"],
+    "selectors": ["BaseSelector.register", "BaseSelector.select", "BaseSelector.modify"],
+    "socketserver": ["BaseServer", "ThreadingMixIn", "BaseRequestHandler"],
+    "random": ["sample", "choices", "seed", "SystemRandom"],
+    "struct": ["pack", "unpack", "calcsize", "iter_unpack"],
+    "binascii": ["hexlify", "unhexlify", "a2b_base64", "crc32"],
+    "lzma": ["open", "LZMACompressor", "compress"],
+    "getopt": ["getopt", "gnu_getopt"],
+    "tracemalloc": ["start", "get_traced_memory", "reset_peak", "get_object_traceback", "Snapshot.compare_to"],
+    "dis": ["dis", "get_instructions", "Bytecode"],
+    "atexit": ["register", "unregister"],
+    "fileinput": ["input", "FileInput"],
+    "tokenize": ["tokenize", "detect_encoding", "open"],
+    "urllib.request": ["urlopen", "build_opener"],
+    "zipapp": ["create_archive"],
+    "doctest": ["testmod", "run_docstring_examples"],
+    "cProfile": ["run", "Profile"],
+    "pstats": ["Stats"],
+    "email.utils": ["parseaddr", "formataddr", "formatdate", "make_msgid", "localtime"],
+    "smtplib": ["SMTP.sendmail", "SMTP.starttls", "SMTP.send_message", "SMTP.login"],
+    "http.cookies": ["SimpleCookie", "Morsel"],
+    "runpy": ["run_path", "run_module"],
+    "pkgutil": ["iter_modules", "walk_packages", "get_data"],
+    "gc": ["collect", "freeze", "get_referrers"],
+}
+assert not set(DEV_OBJECTS) & (set(TECHDOC_OBJECTS) | set(PYDOC_OBJECTS)), "techdocs-dev must not repeat a module"
+
 
 def _signature(name: str, obj) -> str:
     short = name.split(".")[-1]
@@ -98,38 +147,42 @@ def _description(mod) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
-def build() -> dict[str, str]:
-    """File name -> Markdown text for every module of TECHDOC_OBJECTS."""
+def build(objects: dict[str, list[str]] = TECHDOC_OBJECTS) -> dict[str, str]:
+    """File name -> Markdown text for every module of `objects` (TECHDOC_OBJECTS or DEV_OBJECTS)."""
     if sys.version_info[:2] != PYDOCS_PYTHON:
         print(f"warning: techdocs are made from Python {PYDOCS_PYTHON[0]}.{PYDOCS_PYTHON[1]} docstrings; this "
               f"is Python {sys.version_info[0]}.{sys.version_info[1]}", file=sys.stderr)
     files = {}
-    for module, names in TECHDOC_OBJECTS.items():
+    for module, names in objects.items():
         mod = importlib.import_module(module)
         out = [f"# {module}", ""]
         description = _description(mod)
         if description:
             out += [description, ""]
         for name in names:
-            obj = getattr(mod, name)
+            obj = mod
+            for part in name.split("."):
+                obj = getattr(obj, part)
             out += object_section(f"{module}.{name}", _signature(name, obj), obj)
         files[f"{module}.md"] = "\n".join(out).rstrip() + "\n"
     return files
 
 
-def write() -> None:
-    FOLDER.mkdir(parents=True, exist_ok=True)
-    files = build()
-    for old in FOLDER.glob("*.md"):
+def write(folder: Path = FOLDER, objects: dict[str, list[str]] = TECHDOC_OBJECTS) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = build(objects)
+    for old in folder.glob("*.md"):
         if old.name not in files:
             old.unlink()
     for name, text in files.items():
-        (FOLDER / name).write_text(text, encoding="utf-8", newline="\n")
-    print(f"techdocs: {len(files)} files, {sum(len(t) for t in files.values()):,} characters")
+        (folder / name).write_text(text, encoding="utf-8", newline="\n")
+    print(f"{folder.name}: {len(files)} files, {sum(len(t) for t in files.values()):,} characters")
 
 
-def check(questions: Path = QUESTIONS) -> int:
+def check(questions: Path = QUESTIONS, folder: Path = FOLDER,
+          objects: dict[str, list[str]] = TECHDOC_OBJECTS) -> int:
     """Every question well formed, its sources present, every concept alternative in one of its sources."""
+    folder_name = f"benchmarks/folders/{folder.name}"
     errors = []
     rows = [json.loads(line) for line in questions.read_text(encoding="utf-8").splitlines() if line.strip()]
     ids = [r.get("id") for r in rows]
@@ -141,8 +194,8 @@ def check(questions: Path = QUESTIONS) -> int:
         for key in ("id", "folder", "question", "kind", "concepts", "sources"):
             if key not in r:
                 errors.append(f"{rid}: missing {key}")
-        if r.get("folder") != "benchmarks/folders/techdocs":
-            errors.append(f"{rid}: folder must be benchmarks/folders/techdocs")
+        if r.get("folder") != folder_name:
+            errors.append(f"{rid}: folder must be {folder_name}")
         if r.get("kind") not in KINDS:
             errors.append(f"{rid}: unknown kind {r.get('kind')}")
         if r.get("question") in seen:
@@ -150,7 +203,7 @@ def check(questions: Path = QUESTIONS) -> int:
         seen.add(r.get("question"))
         texts = []
         for name in r.get("sources", []):
-            path = FOLDER / name
+            path = folder / name
             if not path.is_file():
                 errors.append(f"{rid}: no source {name}")
             else:
@@ -161,8 +214,8 @@ def check(questions: Path = QUESTIONS) -> int:
             for alt in group:
                 if not any(_norm(alt) in t for t in texts):
                     errors.append(f"{rid}: concept {alt!r} not in {r.get('sources')}")
-    stale = [n for n, t in build().items()
-             if not (FOLDER / n).is_file() or (FOLDER / n).read_text(encoding="utf-8") != t]
+    stale = [n for n, t in build(objects).items()
+             if not (folder / n).is_file() or (folder / n).read_text(encoding="utf-8") != t]
     if stale and sys.version_info[:2] == PYDOCS_PYTHON:
         errors += [f"{n} differs from what make_techdocs.py writes" for n in stale]
     print(f"{len(rows)} questions checked")
@@ -174,11 +227,19 @@ def check(questions: Path = QUESTIONS) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true")
-    parser.add_argument("--questions", type=Path, default=QUESTIONS, help="the question file --check reads")
+    parser.add_argument("--dev", action="store_true",
+                        help="the dev folder (folders/techdocs-dev from DEV_OBJECTS, techdocs_dev_questions.jsonl)")
+    parser.add_argument("--questions", type=Path, default=None,
+                        help="the question file --check reads (default: techdocs_questions.jsonl, or "
+                             "techdocs_dev_questions.jsonl with --dev)")
     args = parser.parse_args(argv)
+    if args.dev:
+        folder, objects, questions = DEV_FOLDER, DEV_OBJECTS, DEV_QUESTIONS
+    else:
+        folder, objects, questions = FOLDER, TECHDOC_OBJECTS, QUESTIONS
     if args.check:
-        return check(args.questions)
-    write()
+        return check(args.questions or questions, folder, objects)
+    write(folder, objects)
     return 0
 
 

@@ -63,6 +63,8 @@ FOLDER_SETS = {  # name -> (folder, question files holding its questions)
     "reports": ("benchmarks/folders/reports", ("open_questions.jsonl",)),
     "documents": ("benchmarks/folders/documents", ("documents_questions.jsonl",)),
     "techdocs": ("benchmarks/folders/techdocs", ("techdocs_questions.jsonl",)),
+    # a development set (other standard-library modules): for choosing parameters, never for reporting them
+    "techdocs-dev": ("benchmarks/folders/techdocs-dev", ("techdocs_dev_questions.jsonl",)),
 }
 
 
