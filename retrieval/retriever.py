@@ -3,9 +3,10 @@
 Hybrid fusion ("convex", the default): the union of the dense and the BM25 candidates, each scored by both (the
 cosine from its stored vector, BM25 over the index's statistics), each score standardised over the candidates
 (z-score), then DENSE_WEIGHT * dense + (1 - DENSE_WEIGHT) * BM25. "rrf", the reciprocal-rank fusion (k=60) of the
-two lists, is what hybrid search did before 2026-12-04: on held-out SQuAD articles, technical docs, ML notes and
-PDF reports the convex fusion ranks better on every set (docs/benchmarks.md, "Hybrid fusion"), as Bruch et al.
-("An Analysis of Fusion Functions for Hybrid Retrieval", 2023) found: ranks throw away how far apart scores are.
+two lists, is what hybrid search did before 2026-12-04: the convex fusion ranks better on both development sets
+and on six of seven reported ones (held-out SQuAD articles, technical docs, PDF reports, real documents; the ML
+notes -0.005; docs/benchmarks.md, "Hybrid fusion"), as Bruch et al. ("An Analysis of Fusion Functions for Hybrid
+Retrieval", 2023) found: ranks throw away how far apart scores are.
 
 Every returned `Hit` carries `dense_score`, the cosine between the query and the chunk, whatever the mode:
 the assistant uses it to decide that a question is not answered by the documents.
