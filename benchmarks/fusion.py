@@ -14,8 +14,8 @@ The weight is chosen on the development sets (`--choose-on`): **squad-dev** (300
 articles: neither a test set nor the reader's training articles) and **techdocs-dev** (other standard-library
 modules' docs and questions written for them: benchmarks/make_techdocs.py --dev), the best mean nDCG@10 over
 the two (within 0.001 of the best: the one nearest 0.7); the other sets (benchmarks/rerank.py's: held-out SQuAD
-test articles, technical docs, ML notes, PDF reports, real documents) only report it. nDCG@10 per set; the change against rrf with a 95% paired
-bootstrap interval for the shipped weight.
+test articles, technical docs, ML notes, PDF reports, real documents) only report it. nDCG@10 per set; the
+change against rrf with a 95% paired bootstrap interval for the shipped weight.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ PathFilter = str | Iterable[str] | Callable[[str], bool] | None
 
 @dataclass
 class Hit:
-    """One retrieved passage. `score` is the mode's own score (cosine, BM25, or the hybrid fusion's); `rank` starts at 1.
+    """One retrieved passage. `score` is the mode's own score (cosine, BM25, or the hybrid fusion's); `rank`
+    starts at 1.
 
     `path` is relative to the indexed folder; `also_in` lists other files with the very same content.
     """
