@@ -226,6 +226,8 @@ def test_chat_survives_reload_and_restart_and_is_not_shown_to_another_browser(se
     page.locator("#new-chat").click()
     page.wait_for_function("() => document.querySelectorAll('#chatbot .turn').length == 0")
     ask(page, "What is BPE?")
+    # the new chat is saved and listed after the answer (a later event): rename it once it is there, as a user would
+    page.wait_for_function("() => document.querySelector('#chats').innerText.includes('What is BPE?')")
     page.click("text=Rename or delete")
     page.fill("#chat-title input, #chat-title textarea", "Tokenizers")
     page.click("#rename-chat")
