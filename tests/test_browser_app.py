@@ -229,7 +229,13 @@ def test_chat_survives_reload_and_restart_and_is_not_shown_to_another_browser(se
     # the new chat is saved and listed after the answer (a later event): rename it once it is there, as a user would
     page.wait_for_function("() => document.querySelector('#chats').innerText.includes('What is BPE?')")
     page.click("text=Rename or delete")
-    page.fill("#chat-title input, #chat-title textarea", "Tokenizers")
+    title = page.locator("#chat-title input, #chat-title textarea")
+    title.wait_for(state="visible")
+    for _ in range(20):  # the name field can be set back to its state just after it shows: type until it stays
+        title.fill("Tokenizers")
+        page.wait_for_timeout(250)
+        if title.input_value() == "Tokenizers":
+            break
     page.click("#rename-chat")
     page.wait_for_function("() => document.querySelector('#chats').innerText.includes('Tokenizers')")
     page.locator("#chats label", has_text="grouped-query").click()    # reopen the first chat from the list
