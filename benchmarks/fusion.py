@@ -32,10 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def candidates(retriever, question: str, depth: int = 50) -> list[dict]:
-    """The union of the dense and BM25 top `depth`, each with its cosine, BM25 and rank in each list."""
-    import numpy as np
-
-    from retrieval.chunking import embedding_text
+    """The union of the dense and BM25 top `depth`, each with its cosine, BM25 and rank in each list, scored as
+    hybrid search scores them (`retrieval.retriever.score_candidates`)."""
+    from retrieval.retriever import score_candidates
     from retrieval.store import lexical_tokens
 
     parts = retriever.store.parts()
@@ -43,22 +42,12 @@ def candidates(retriever, question: str, depth: int = 50) -> list[dict]:
     dense = parts.vectors.search(query_vec, depth, None)
     tokens = lexical_tokens([question])[0]
     lexical, score_of = parts.lexical.search(tokens, depth, None) if tokens else ([], None)
-    union = list(dict.fromkeys([c for c, _ in dense] + [c for c, _ in lexical]))
-    rows = retriever.store.chunk_rows(union)
+    rows, ids, cosines, bm25 = score_candidates(retriever.store, query_vec, dense, lexical, score_of)
     dense_rank = {c: i for i, (c, _) in enumerate(dense)}
     lexical_rank = {c: i for i, (c, _) in enumerate(lexical)}
-    bm25 = dict(lexical)
-    out = []
-    for cid in union:
-        if cid not in rows:
-            continue
-        row = rows[cid]
-        lex = bm25.get(cid)
-        if lex is None:
-            lex = float(score_of(cid, embedding_text(row.heading, row.text))) if score_of else 0.0
-        out.append({"chunk": cid, "path": row.paths[0], "dense": float(np.dot(query_vec, row.vector)),
-                    "lexical": lex, "dense_rank": dense_rank.get(cid), "lexical_rank": lexical_rank.get(cid)})
-    return out
+    return [{"chunk": cid, "path": rows[cid].paths[0], "dense": cos, "lexical": lex,
+             "dense_rank": dense_rank.get(cid), "lexical_rank": lexical_rank.get(cid)}
+            for cid, cos, lex in zip(ids, cosines, bm25)]
 
 
 def rank(cands: list[dict], fusion: str, weight: float = 0.0) -> list[dict]:

@@ -201,6 +201,7 @@ def build_synthetic_index(path: Path, n_chunks: int, encoder, words: list[str], 
 
 
 def bench_queries(n_chunks: int, encoder, words: list[str], queries: list[str], repeats: int) -> dict:
+    from benchmarks.rerank import search_options
     from retrieval.retriever import Retriever
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,8 +223,7 @@ def bench_queries(n_chunks: int, encoder, words: list[str], queries: list[str], 
             embed_times.append(embed_ms)
             for mode in modes:
                 t0 = time.perf_counter()
-                hits = retriever.search(q, k=5, **({"mode": "hybrid", "fusion": "rrf"} if mode == "hybrid-rrf"
-                                                   else {"mode": mode}))
+                hits = retriever.search(q, k=5, **search_options(mode))
                 ms = 1000 * (time.perf_counter() - t0)
                 assert len(hits) == 5
                 times[mode].append(ms)

@@ -111,6 +111,23 @@ def convex_fusion(candidates: Sequence[int], dense: Sequence[float], lexical: Se
     return [(int(candidates[i]), float(fused[i])) for i in order]
 
 
+def score_candidates(store: IndexStore, query_vec: np.ndarray, dense: Sequence[tuple[int, float]],
+                     lexical: Sequence[tuple[int, float]], lexical_score: Callable[[int, str], float] | None) \
+        -> tuple[dict, list[int], list[float], list[float]]:
+    """Both scores of every candidate of the dense and lexical lists ([(chunk id, score)], best first):
+    (rows by id, candidate ids (dense list's order, then the lexical-only ones; ids no longer stored left out),
+    their cosines (from the stored vectors), their BM25 scores (the lexical list's, else `lexical_score`, 0 with
+    no lexical search))."""
+    union = list(dict.fromkeys([cid for cid, _ in dense] + [cid for cid, _ in lexical]))
+    rows = store.chunk_rows(union)
+    ids = [cid for cid in union if cid in rows]
+    bm25 = dict(lexical)
+    lexical_of = [bm25[cid] if cid in bm25 else
+                  float(lexical_score(cid, embedding_text(rows[cid].heading, rows[cid].text)))
+                  if lexical_score is not None else 0.0 for cid in ids]
+    return rows, ids, [float(np.dot(query_vec, rows[cid].vector)) for cid in ids], lexical_of
+
+
 class Retriever:
     """Search one index with one encoder. Reloads by itself when another process updates the index."""
 
@@ -206,6 +223,7 @@ class Retriever:
                 lexical, lexical_score = parts.lexical.search(tokens, n_cand, allowed)
 
         rows: dict = {}
+        known_lexical: dict[int, float] = {}  # BM25 of the candidates the convex fusion scored
         if mode == "dense":
             ranked = dense
         elif mode == "lexical":
@@ -219,15 +237,10 @@ class Retriever:
         else:
             # Every candidate of either list gets both scores: its exact cosine from the stored vector, its BM25
             # from the lexical index (0 when no query term occurs in it).
-            union = list(dict.fromkeys([cid for cid, _ in dense] + [cid for cid, _ in lexical]))
-            rows = store.chunk_rows(union)
-            candidates = [cid for cid in union if cid in rows]
-            bm25 = dict(lexical)
-            lexical_of = [bm25[cid] if cid in bm25 else
-                          float(lexical_score(cid, embedding_text(rows[cid].heading, rows[cid].text)))
-                          if lexical_score is not None else 0.0 for cid in candidates]
-            ranked = convex_fusion(candidates, [float(np.dot(query_vec, rows[cid].vector)) for cid in candidates],
-                                   lexical_of)
+            rows, ids, cosines, bm25 = score_candidates(store, query_vec, dense, lexical, lexical_score)
+            ranked = convex_fusion(ids, cosines, bm25)
+            if lexical_score is not None:
+                known_lexical = dict(zip(ids, bm25))
         if not ranked:
             return []
         depth = max(k, rerank) if rerank and self.reranker is not None else k
@@ -248,8 +261,8 @@ class Retriever:
         for cid, score in pool[:k]:
             row = rows[cid]
             paths = [p for p in row.paths if keep is None or keep(p)] or list(row.paths)
-            lex = None
-            if lexical_score is not None:
+            lex = known_lexical.get(cid)
+            if lex is None and lexical_score is not None:
                 lex = float(lexical_score(cid, embedding_text(row.heading, row.text)))
             hits.append(Hit(cid, row.text, paths[0], row.heading, row.page, row.start, row.end, float(score),
                             float(np.dot(query_vec, row.vector)), lex, len(hits) + 1, tuple(paths[1:]),
