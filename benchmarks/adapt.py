@@ -351,10 +351,11 @@ def main() -> int:
         results["reranker"] = str(DEFAULT_RERANKER) if reranker is not None else None
         general = general_set(args.general)
         generator = None
-        if args.answers:
-            from model.generate import Generator
+        if args.answers:  # the generator the assistant would load: the shipped adapter included
+            from assistant.pipeline import load_generator
+            from assistant.settings import Settings
 
-            generator = Generator.load()
+            generator = load_generator(Settings.load({}))
         cache: dict = {}
         for name in args.sets.split(","):
             results[name] = run_set(name, args, encoder, reranker, general, cache, generator)
