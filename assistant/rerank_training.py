@@ -8,6 +8,8 @@ its own paragraph (the positive) first, then `negatives` near misses that do not
 - lexical: the paragraphs of all training articles that BM25 (the index's own tokenisation) ranks highest for the
   question, from the same and from other articles;
 - same article: other paragraphs of the question's article (on topic, but not the answer's);
+- dense (`--dense N`, off unless asked): the paragraphs the bundled encoder puts nearest the question, the near
+  misses the dense half of hybrid search brings into the top hits the reranker reorders;
 - random: any other paragraph, so the scale stays calibrated against plainly off-topic passages.
 Checkpoints (resumable, model.train) go under ~/.cache/assistant/reranker-runs/<name>/; the finished weights are
 exported to <run>/cross_encoder/ (and to --export, e.g. assistant/data/reranker).
@@ -36,6 +38,8 @@ class PairDataConfig:
     lexical: int = 4  # of them from BM25's top ranks (sampled among the first `lexical_depth`)
     lexical_depth: int = 12
     same_article: int = 2
+    dense: int = 0  # of them from the bundled encoder's nearest (sampled among the first `dense_depth`)
+    dense_depth: int = 12
     max_questions: int | None = None  # None = every question of the articles
     seed: int = 0
 
@@ -51,6 +55,33 @@ def _lexical_near_misses(bm25: Any, tokens: list[str], usable: Any, depth: int, 
     return rng.sample(near, min(count, len(near)))
 
 
+def _dense_near_misses(vectors: np.ndarray, query: np.ndarray, usable: Any, depth: int, count: int,
+                       rng: random.Random) -> list[int]:
+    """Up to `count` passages sampled among the `depth` usable ones whose vectors ([n, dim], unit length) are
+    nearest the question's ([dim])."""
+    if count <= 0:
+        return []
+    scores = vectors @ query  # [n_passages]
+    near = [i for i in np.argsort(-scores)[: depth + 8].tolist() if usable(i)][:depth]
+    return rng.sample(near, min(count, len(near)))
+
+
+def embed_texts(encoder: Any, texts: Sequence[str], cache: Path | None = None) -> np.ndarray:
+    """Unit vectors [len(texts), dim] of `texts` by the bundled encoder, kept in `cache` (a .npy keyed by the
+    texts' hash) so a resumed run does not embed them again."""
+    import hashlib
+
+    key = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
+    path = cache / f"vectors-{key}.npy" if cache is not None else None
+    if path is not None and path.is_file():
+        return np.load(path)
+    vectors = np.asarray(encoder.embed(list(texts), batch_size=64), dtype=np.float32)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, vectors)
+    return vectors
+
+
 def _fill_at_random(chosen: list[int], total: int, n_passages: int, usable: Any, rng: random.Random) -> int:
     """Append random usable passages to `chosen` until it holds `total`; returns how many were added."""
     added = 0
@@ -63,10 +94,10 @@ def _fill_at_random(chosen: list[int], total: int, n_passages: int, usable: Any,
 
 
 def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
-                 config: PairDataConfig | None = None) -> tuple[list[Any], dict[str, Any]]:
+                 config: PairDataConfig | None = None, encoder: Any = None) -> tuple[list[Any], dict[str, Any]]:
     """model.cross_encoder.PairGroups for the questions of `titles` (see the module docstring), and counts.
 
-    `pairs`: a model.cross_encoder.PairMaker."""
+    `pairs`: a model.cross_encoder.PairMaker; `encoder`: the bundled encoder (needed for `config.dense`)."""
     from model.cross_encoder import PairGroup
     from retrieval.store import build_bm25, lexical_tokens
 
@@ -90,6 +121,12 @@ def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
         raise ValueError("no questions in the selected articles")
     bm25 = build_bm25([c for _, c in paragraphs])
     query_tokens = lexical_tokens([r.question for r in questions])
+    vectors = query_vectors = None
+    if config.dense:
+        if encoder is None:
+            raise ValueError("dense near misses need the encoder")
+        vectors = embed_texts(encoder, [c for _, c in paragraphs], runs_dir() / "vectors")  # [n_paragraphs, dim]
+        query_vectors = embed_texts(encoder, [r.question for r in questions])  # [n_questions, dim]
     passage_ids: dict[int, list[int]] = {}
 
     def ids_of(i: int) -> list[int]:
@@ -105,7 +142,7 @@ def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
         return answer in normalized[i]
 
     groups, counts = [], defaultdict(int)
-    for row, tokens in zip(questions, query_tokens):
+    for n, (row, tokens) in enumerate(zip(questions, query_tokens)):
         gold = index_of[row.context]
         answer = f" {normalize_answer(row.answer)} "
         chosen: list[int] = []
@@ -115,6 +152,10 @@ def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
 
         chosen += _lexical_near_misses(bm25, tokens, usable, config.lexical_depth, config.lexical, rng)
         counts["lexical"] += len(chosen)
+        if vectors is not None:
+            dense = _dense_near_misses(vectors, query_vectors[n], usable, config.dense_depth, config.dense, rng)
+            chosen += dense
+            counts["dense"] += len(dense)
         same = [i for i in by_title[row.title] if usable(i)]
         for i in rng.sample(same, min(config.same_article, len(same))):
             chosen.append(i)
@@ -128,12 +169,12 @@ def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
 
 
 def technical_groups(pairs_file: str | Path | Sequence[str | Path], pairs: Any, negatives: int = 4, lexical: int = 3,
-                     depth: int = 12, held_out: float = 0.1,
-                     seed: int = 0) -> tuple[list[Any], list[Any], dict[str, Any]]:
+                     depth: int = 12, held_out: float = 0.1, seed: int = 0, dense: int = 0,
+                     encoder: Any = None) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """Listwise groups from assistant.docstring_pairs' (question, docstring passage) pairs, from one file or
     several (e.g. its plain and its how-to questions; their passages are pooled): the passage first, then `lexical`
-    near misses among BM25's top `depth` of all the passages (not the same object), then random passages up to
-    `negatives`. Returns (training groups, held-out groups, counts); the held-out share is a random `held_out` of
+    near misses among BM25's top `depth` of all the passages (not the same object), `dense` among the bundled
+    `encoder`'s nearest `depth`, then random passages up to `negatives`. Returns (training groups, held-out groups, counts); the held-out share is a random `held_out` of
     the questions."""
     from model.cross_encoder import PairGroup
     from retrieval.store import build_bm25, lexical_tokens
@@ -151,6 +192,12 @@ def technical_groups(pairs_file: str | Path | Sequence[str | Path], pairs: Any, 
                          f"{len(passages)} passages)")
     rng = random.Random(f"technical-{seed}")
     bm25 = build_bm25(passages)
+    vectors = query_vectors = None
+    if dense:
+        if encoder is None:
+            raise ValueError("dense near misses need the encoder")
+        vectors = embed_texts(encoder, passages, runs_dir() / "vectors")  # [n_passages, dim]
+        query_vectors = embed_texts(encoder, [r["question"] for r in asked])  # [n_questions, dim]
     ids: dict[int, list[int]] = {}
 
     def ids_of(i: int) -> list[int]:
@@ -159,7 +206,7 @@ def technical_groups(pairs_file: str | Path | Sequence[str | Path], pairs: Any, 
         return ids[i]
 
     groups, counts = [], defaultdict(int)
-    for row, tokens in zip(asked, lexical_tokens([r["question"] for r in asked])):
+    for n, (row, tokens) in enumerate(zip(asked, lexical_tokens([r["question"] for r in asked]))):
         gold = index_of[row["passage"]]
         chosen: list[int] = []
 
@@ -168,6 +215,10 @@ def technical_groups(pairs_file: str | Path | Sequence[str | Path], pairs: Any, 
 
         chosen += _lexical_near_misses(bm25, tokens, usable, depth, lexical, rng)
         counts["lexical"] += len(chosen)
+        if vectors is not None:
+            near = _dense_near_misses(vectors, query_vectors[n], usable, depth, dense, rng)
+            chosen += near
+            counts["dense"] += len(near)
         counts["random"] += _fill_at_random(chosen, negatives, len(passages), usable, rng)
         q = pairs.question_ids(row["question"])
         groups.append(PairGroup([pairs.pair(q, ids_of(i)) for i in [gold, *chosen]]))
@@ -252,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--negatives", type=int, default=4, help="near misses per question")
     parser.add_argument("--lexical", type=int, default=3, help="of them from BM25's top ranks")
     parser.add_argument("--same-article", type=int, default=1, help="of them from the question's article")
+    parser.add_argument("--dense", type=int, default=0,
+                        help="of them from the bundled encoder's nearest passages (what hybrid search brings up)")
     parser.add_argument("--questions", type=int, default=12000, help="training questions (one group each)")
     parser.add_argument("--steps", type=int, default=1400)
     parser.add_argument("--batch", type=int, default=8, help="groups per optimizer step")
@@ -298,15 +351,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         ce.model.load_state_dict(initial_state(Path(args.init), ce, encoder))
         print(f"starting from the weights in {args.init}", flush=True)
     data = PairDataConfig(negatives=args.negatives, lexical=args.lexical, same_article=args.same_article,
-                          max_questions=args.questions)
-    groups, counts = build_groups(rows, splits.train, ce.pairs, data)
+                          dense=args.dense, max_questions=args.questions)
+    groups, counts = build_groups(rows, splits.train, ce.pairs, data, encoder)
     held_data = PairDataConfig(negatives=args.negatives, lexical=args.lexical, same_article=args.same_article,
-                               max_questions=128, seed=1)
-    held, held_counts = build_groups(rows, splits.dev, ce.pairs, held_data)
+                               dense=args.dense, max_questions=128, seed=1)
+    held, held_counts = build_groups(rows, splits.dev, ce.pairs, held_data, encoder)
     print(f"train groups: {counts}\nheld-out groups (dev articles): {held_counts}", flush=True)
     if args.technical:
         tech, tech_held, tech_counts = technical_groups(args.technical.split(","), ce.pairs, args.negatives,
-                                                        args.lexical)
+                                                        args.lexical, dense=args.dense, encoder=encoder)
         groups, held = groups + tech, held + tech_held
         random.Random(f"mix-{args.name}").shuffle(groups)
         random.Random("mix-held").shuffle(held)  # the evaluated first `eval_examples` hold both kinds

@@ -412,3 +412,55 @@ def test_technical_groups_put_the_passage_first_and_never_its_own_object_among_t
     for group in train + held:
         names = [name_of(pair) for pair in group.pairs]
         assert names[0] not in names[1:]
+
+
+class _FixedEmbedder:
+    """Stands in for the bundled encoder: each text's vector is given (unit length)."""
+
+    def __init__(self, vectors: dict[str, list[float]]) -> None:
+        self.vectors = vectors
+
+    def embed(self, texts, batch_size: int = 32):
+        import numpy as np
+
+        out = np.asarray([self.vectors[t] for t in texts], dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_dense_near_misses_are_the_encoders_nearest_other_passages(bert_tokenizer, tmp_path, monkeypatch):
+    """`--dense`: the near misses of a question are the passages the encoder puts nearest it (what hybrid search
+    brings into the reranker's top hits), never its own passage or object."""
+    import json
+
+    from assistant.rerank_training import technical_groups
+
+    monkeypatch.setenv("ASSISTANT_CACHE", str(tmp_path / "cache"))
+    ce = CrossEncoder.new(tiny_encoder(bert_tokenizer), CrossEncoderConfig(**TINY))
+    n = len(CODES)
+    rows, vectors = [], {}
+    for i, code in enumerate(CODES):
+        passage = f"## pkg.{code}\n\n{code} {WORDS[i]}"
+        question = f"what does {code} do?"
+        rows.append({"package": "pkg", "name": f"pkg.{code}", "passage": passage, "question": question})
+        # passage i points along axis i; question i lies between its passage and passage i+1 (nearer its own),
+        # so the encoder's nearest *other* passage is i+1
+        passage_vec, question_vec = [0.0] * n, [0.0] * n
+        passage_vec[i] = 1.0
+        question_vec[i], question_vec[(i + 1) % n] = 1.0, 0.6
+        vectors[passage], vectors[question] = passage_vec, question_vec
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    train, held, counts = technical_groups(path, ce.pairs, negatives=1, lexical=0, depth=1, held_out=0.0, dense=1,
+                                           encoder=_FixedEmbedder(vectors))
+    assert counts["dense"] == n and counts.get("random", 0) == 0
+    ids = {r["name"]: ce.pairs.passage_ids([r["passage"]])[0] for r in rows}
+    question_of = {tuple(ce.pairs.question_ids(r["question"])): i for i, r in enumerate(rows)}
+    for group in train:
+        first_ids, first_types = group.pairs[0]
+        miss_ids, miss_types = group.pairs[1]
+        question = tuple(first_ids[1:first_types.index(1) - 1])  # [CLS] question [SEP] | passage [SEP]
+        i = question_of[question]
+        miss = miss_ids[miss_types.index(1):-1]
+        assert miss == ids[rows[(i + 1) % n]["name"]][:len(miss)]
+    with pytest.raises(ValueError, match="encoder"):
+        technical_groups(path, ce.pairs, negatives=1, lexical=0, dense=1)
