@@ -174,8 +174,8 @@ def technical_groups(pairs_file: str | Path | Sequence[str | Path], pairs: Any, 
     """Listwise groups from assistant.docstring_pairs' (question, docstring passage) pairs, from one file or
     several (e.g. its plain and its how-to questions; their passages are pooled): the passage first, then `lexical`
     near misses among BM25's top `depth` of all the passages (not the same object), `dense` among the bundled
-    `encoder`'s nearest `depth`, then random passages up to `negatives`. Returns (training groups, held-out groups, counts); the held-out share is a random `held_out` of
-    the questions."""
+    `encoder`'s nearest `depth`, then random passages up to `negatives`. Returns (training groups, held-out
+    groups, counts); the held-out share is a random `held_out` of the questions."""
     from model.cross_encoder import PairGroup
     from retrieval.store import build_bm25, lexical_tokens
 
