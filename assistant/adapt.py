@@ -827,6 +827,8 @@ def adapt_index(index_path: str | Path, encoder: Any, config: AdaptConfig | None
             task = DistillTask(pad_id, scale, config.preserve_weight, anchors)
             epochs = min(4.0, max(config.distill_epochs, config.min_distill_examples / len(examples)))
             steps = max(1, int(math.ceil(epochs * len(examples) / config.distill_batch)))
+            emit(f"adapt: distilling in {steps} steps of {config.distill_batch} ({epochs:.1f} passes over the "
+                 f"{len(examples)} examples)")
             _, step.resumed = _train(model, examples, task, steps, config.distill_batch, config.distill_lr,
                                      work / "distill", config.seed + 2, progress, "distill", config.distill_batch)
             step.items = steps * config.distill_batch
