@@ -51,8 +51,7 @@ def _lexical_near_misses(bm25: Any, tokens: list[str], usable: Any, depth: int, 
     if not tokens or count <= 0:
         return []
     scores = np.asarray(bm25.get_scores(tokens), dtype=np.float32)  # [n_passages]
-    near = [i for i in np.argsort(-scores)[: depth + 4].tolist() if scores[i] > 0 and usable(i)][:depth]
-    return rng.sample(near, min(count, len(near)))
+    return _sample_top(scores, usable, depth, count, rng, slack=4, positive_only=True)
 
 
 def _dense_near_misses(vectors: np.ndarray, query: np.ndarray, usable: Any, depth: int, count: int,
@@ -61,9 +60,27 @@ def _dense_near_misses(vectors: np.ndarray, query: np.ndarray, usable: Any, dept
     nearest the question's ([dim])."""
     if count <= 0:
         return []
-    scores = vectors @ query  # [n_passages]
-    near = [i for i in np.argsort(-scores)[: depth + 8].tolist() if usable(i)][:depth]
+    return _sample_top(vectors @ query, usable, depth, count, rng, slack=8)  # scores [n_passages]
+
+
+def _sample_top(scores: np.ndarray, usable: Any, depth: int, count: int, rng: random.Random, slack: int,
+                positive_only: bool = False) -> list[int]:
+    """Up to `count` passages sampled among the first `depth` usable ones by score ([n_passages]), looking
+    `slack` ranks further for unusable ones; with `positive_only`, only scores above 0 count."""
+    near = [i for i in np.argsort(-scores)[: depth + slack].tolist()
+            if (not positive_only or scores[i] > 0) and usable(i)][:depth]
     return rng.sample(near, min(count, len(near)))
+
+
+def _dense_inputs(count: int, encoder: Any, passages: Sequence[str],
+                  questions: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(passage vectors [n, dim] (cached under the runs folder), question vectors [q, dim]) when `count` dense
+    near misses are asked for, else (None, None)."""
+    if count <= 0:
+        return None, None
+    if encoder is None:
+        raise ValueError("dense near misses need the encoder")
+    return embed_texts(encoder, passages, runs_dir() / "vectors"), embed_texts(encoder, questions)
 
 
 def embed_texts(encoder: Any, texts: Sequence[str], cache: Path | None = None) -> np.ndarray:
@@ -121,12 +138,8 @@ def build_groups(rows: Sequence[QARow], titles: Sequence[str], pairs: Any,
         raise ValueError("no questions in the selected articles")
     bm25 = build_bm25([c for _, c in paragraphs])
     query_tokens = lexical_tokens([r.question for r in questions])
-    vectors = query_vectors = None
-    if config.dense:
-        if encoder is None:
-            raise ValueError("dense near misses need the encoder")
-        vectors = embed_texts(encoder, [c for _, c in paragraphs], runs_dir() / "vectors")  # [n_paragraphs, dim]
-        query_vectors = embed_texts(encoder, [r.question for r in questions])  # [n_questions, dim]
+    vectors, query_vectors = _dense_inputs(config.dense, encoder, [c for _, c in paragraphs],
+                                           [r.question for r in questions])
     passage_ids: dict[int, list[int]] = {}
 
     def ids_of(i: int) -> list[int]:
@@ -192,12 +205,7 @@ def technical_groups(pairs_file: str | Path | Sequence[str | Path], pairs: Any, 
                          f"{len(passages)} passages)")
     rng = random.Random(f"technical-{seed}")
     bm25 = build_bm25(passages)
-    vectors = query_vectors = None
-    if dense:
-        if encoder is None:
-            raise ValueError("dense near misses need the encoder")
-        vectors = embed_texts(encoder, passages, runs_dir() / "vectors")  # [n_passages, dim]
-        query_vectors = embed_texts(encoder, [r["question"] for r in asked])  # [n_questions, dim]
+    vectors, query_vectors = _dense_inputs(dense, encoder, passages, [r["question"] for r in asked])
     ids: dict[int, list[int]] = {}
 
     def ids_of(i: int) -> list[int]:
